@@ -1,0 +1,201 @@
+"""`Artifact`: one exported model on disk, its metadata sidecar, and a runner loaded back from those files.
+
+Every artifact directory holds the format's files plus `deploycheck.json`, which records each file's sha256 and
+size. `load_artifact` refuses to run anything whose files do not match their recorded hashes: a truncated or
+altered file is reported by name, never turned into wrong numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deploycheck.errors import ArtifactError, InputError
+
+if TYPE_CHECKING:
+    from deploycheck.spec import ModelSpec
+
+METADATA_FILE = "deploycheck.json"
+METADATA_SCHEMA = 1
+Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (None on a dynamic axis) and numpy dtype of one input or output."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        dynamic = [axis for axis, size in enumerate(self.shape) if size is None]
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "dynamic_axes": dynamic}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
+        return cls(name=data["name"], shape=tuple(data["shape"]), dtype=data["dtype"])
+
+
+class Artifact:
+    """An exported model: `.format`, `.path`, `.metadata`, `.size_bytes`, and `.run(inputs) -> list[np.ndarray]`.
+
+    `spec` is set when the artifact was produced from a `ModelSpec` in this process (the plugin and the
+    measurement functions use it to find the reference model and the data); an artifact reopened with
+    `load_artifact` has no spec and needs none to run.
+    """
+
+    def __init__(self, format: str, path: Path, metadata: dict[str, Any], runner: Runner,
+                 spec: ModelSpec | None = None, reused: bool = False) -> None:
+        self.format = format
+        self.path = Path(path)
+        self.metadata = metadata
+        self.spec = spec
+        self.reused = reused
+        self._runner = runner
+        self.inputs = [TensorSpec.from_dict(d) for d in metadata["inputs"]]
+        self.outputs = [TensorSpec.from_dict(d) for d in metadata["outputs"]]
+
+    @property
+    def size_bytes(self) -> int:
+        return int(self.metadata["size_bytes"])
+
+    @property
+    def model_name(self) -> str:
+        return str(self.metadata["model"])
+
+    @property
+    def quantized(self) -> bool:
+        return bool(self.metadata.get("quantization"))
+
+    def run(self, inputs: Any) -> list[np.ndarray]:
+        """Run the artifact on a numpy array, a torch tensor, or a tuple/list of them (in input order)."""
+        return self._runner(self.prepare_inputs(inputs))
+
+    def prepare_inputs(self, inputs: Any) -> list[np.ndarray]:
+        """Inputs as contiguous numpy arrays of the declared dtypes, checked against the input specification."""
+        items = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
+        if len(items) != len(self.inputs):
+            raise InputError(f"{self.model_name}/{self.format}: expected {len(self.inputs)} input(s) "
+                             f"{[i.name for i in self.inputs]}, got {len(items)}")
+        arrays = []
+        for item, declared in zip(items, self.inputs):
+            if hasattr(item, "detach"):
+                item = item.detach().cpu().numpy()
+            array = np.asarray(item)
+            want = np.dtype(declared.dtype)
+            if array.dtype != want:
+                if not np.can_cast(array.dtype, want, casting="same_kind"):
+                    raise InputError(f"{self.model_name}/{self.format}: input {declared.name!r} has dtype "
+                                     f"{array.dtype}, expected {want}")
+                array = array.astype(want)
+            if array.ndim != len(declared.shape) or any(
+                    size is not None and size != got for size, got in zip(declared.shape, array.shape)):
+                shown = ["?" if s is None else s for s in declared.shape]
+                raise InputError(f"{self.model_name}/{self.format}: input {declared.name!r} has shape "
+                                 f"{list(array.shape)}, expected {shown} (? is dynamic)")
+            arrays.append(np.ascontiguousarray(array))
+        return arrays
+
+    def __repr__(self) -> str:
+        return f"Artifact({self.model_name}/{self.format}, {self.path}, {self.size_bytes} bytes)"
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages that decide what an export contains (recorded, and part of the cache key)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for package in ("deploycheck", "torch", "onnx", "onnxruntime", "onnxscript", "torchao", "numpy"):
+        try:
+            versions[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def write_metadata(directory: Path, format_name: str, spec: ModelSpec, details: dict[str, Any],
+                   inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], cache_key: str,
+                   in_memory_bytes: int = 0) -> dict[str, Any]:
+    """Hash every file of the artifact and write the sidecar. `in_memory_bytes` sizes formats with no files."""
+    files = {}
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and path.name != METADATA_FILE:
+            files[path.name] = {"sha256": file_digest(path), "size": path.stat().st_size}
+    metadata = {
+        "schema": METADATA_SCHEMA,
+        "format": format_name,
+        "model": spec.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cache_key": cache_key,
+        "files": files,
+        "size_bytes": sum(f["size"] for f in files.values()) or in_memory_bytes,
+        "versions": package_versions(),
+        "inputs": [t.to_dict() for t in inputs],
+        "outputs": [t.to_dict() for t in outputs],
+        "dynamic_batch": spec.dynamic_batch,
+        **details,
+    }
+    temporary = directory / (METADATA_FILE + ".tmp")
+    temporary.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, directory / METADATA_FILE)
+    return metadata
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The sidecar of an artifact directory, with every recorded file verified against its hash."""
+    path = Path(path)
+    sidecar = path / METADATA_FILE
+    if not sidecar.is_file():
+        raise ArtifactError(f"{path} is not a deploycheck artifact: {METADATA_FILE} is missing")
+    try:
+        metadata: dict[str, Any] = json.loads(sidecar.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{sidecar} is unreadable: {exc}") from exc
+    if metadata.get("schema") != METADATA_SCHEMA:
+        raise ArtifactError(f"{sidecar} has schema {metadata.get('schema')!r}; this deploycheck reads "
+                            f"{METADATA_SCHEMA}")
+    for name, recorded in metadata.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            raise ArtifactError(f"{metadata.get('model')}/{metadata.get('format')}: file {file} is missing")
+        size = file.stat().st_size
+        if size != recorded["size"]:
+            raise ArtifactError(f"{metadata.get('model')}/{metadata.get('format')}: file {file} has {size} bytes, "
+                                f"{recorded['size']} were recorded (truncated or replaced)")
+        if file_digest(file) != recorded["sha256"]:
+            raise ArtifactError(f"{metadata.get('model')}/{metadata.get('format')}: file {file} does not match its "
+                                "recorded sha256 (altered or corrupted); re-export it")
+    return metadata
+
+
+def load_artifact(path: str | os.PathLike[str], spec: ModelSpec | None = None, **runtime: Any) -> Artifact:
+    """Reopen an artifact from its directory alone, verifying its files first.
+
+    onnx, torchscript and torch_export artifacts need no model code. `state_dict` needs the model class (taken
+    from `spec.factory`, else imported from the recorded factory path) and `eager` needs the spec itself.
+    `runtime` options (e.g. `intra_op_threads=1`, `device="cuda"`) go to the format's loader.
+    """
+    from deploycheck.formats import get_format
+
+    directory = Path(path)
+    metadata = read_metadata(directory)
+    fmt = get_format(metadata["format"])
+    runner = fmt.load(directory, metadata, spec, **runtime)
+    return Artifact(metadata["format"], directory, metadata, runner, spec=spec)

@@ -1,0 +1,27 @@
+"""Exceptions with messages that say which model, which format and what was expected."""
+
+from __future__ import annotations
+
+
+class DeployCheckError(Exception):
+    """Base class of every error deploycheck raises on purpose."""
+
+
+class SpecError(DeployCheckError, ValueError):
+    """A `ModelSpec` (or data attached to it) is invalid."""
+
+
+class ExportError(DeployCheckError):
+    """A format failed to export a model; the message names the model, the format and the exporter's error."""
+
+
+class FormatUnavailable(DeployCheckError):
+    """A format cannot handle this model or environment (a stated reason, reported as a skip, not a failure)."""
+
+
+class ArtifactError(DeployCheckError):
+    """An artifact on disk is missing, altered, truncated or otherwise unusable."""
+
+
+class InputError(DeployCheckError, ValueError):
+    """Inputs given to `Artifact.run` do not match the artifact's input specification."""

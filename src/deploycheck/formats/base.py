@@ -1,0 +1,99 @@
+"""The one small interface every format implements, and the pieces the torch-based formats share."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from deploycheck.artifact import Runner, TensorSpec
+from deploycheck.parity import FP32_TOLERANCE, Tolerance
+
+if TYPE_CHECKING:
+    import torch
+
+    from deploycheck.artifact import Artifact
+    from deploycheck.spec import ModelSpec
+
+
+class Format(ABC):
+    """One deployment format: how to export a spec's model into a directory, and how to run it from there.
+
+    `base_format` names a format whose artifact this one is derived from (the ONNX int8 formats quantize the fp32
+    ONNX export); the exporter passes that artifact in as `base`. `export` writes files only into `out_dir` and
+    returns metadata details (settings, opset, quantization); the caller hashes the files and writes the sidecar.
+    """
+
+    name: ClassVar[str]
+    base_format: ClassVar[str | None] = None
+    default_tolerance: ClassVar[Tolerance] = FP32_TOLERANCE
+
+    def check_supported(self, spec: ModelSpec) -> None:
+        """Raise `FormatUnavailable` with a reason when this format cannot handle the spec."""
+
+    def cache_inputs(self, spec: ModelSpec) -> list[Any]:
+        """What, beyond the model and the settings, an export depends on (e.g. calibration data)."""
+        return []
+
+    @abstractmethod
+    def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
+        """Write the artifact's files into `out_dir`; return the metadata details."""
+
+    @abstractmethod
+    def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
+        """A runner over the files in `path` (already verified against `metadata`)."""
+
+
+def io_specs(spec: ModelSpec) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output specifications from the spec's names and the eager model's outputs on the examples."""
+    import torch
+
+    from deploycheck.spec import flatten_outputs
+
+    def describe(name: str, tensor: torch.Tensor) -> TensorSpec:
+        shape: list[int | None] = [int(s) for s in tensor.shape]
+        if spec.dynamic_batch and shape:
+            shape[0] = None
+        return TensorSpec(name, tuple(shape), str(tensor.detach().numpy().dtype))
+
+    with torch.no_grad():
+        outputs = flatten_outputs(spec.model(*spec.example_inputs), spec.name)
+    assert spec.input_names is not None and spec.output_names is not None
+    return ([describe(n, t) for n, t in zip(spec.input_names, spec.example_inputs)],
+            [describe(n, t) for n, t in zip(spec.output_names, outputs)])
+
+
+def batch_dynamic_shapes(spec: ModelSpec) -> tuple[dict[int, Any], ...] | None:
+    """`torch.export` dynamic shapes marking axis 0 of every input as one shared batch dimension."""
+    if not spec.dynamic_batch:
+        return None
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1, max=65536)
+    return tuple({0: batch} for _ in spec.example_inputs)
+
+
+class TorchRunner:
+    """Runs a torch module (eager, scripted or exported) on numpy inputs, without autograd."""
+
+    def __init__(self, module: Any, model_name: str, device: str = "cpu") -> None:
+        self.module = module
+        self.model_name = model_name
+        self.device = device
+
+    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        from deploycheck.spec import flatten_outputs
+
+        with torch.inference_mode():
+            tensors = [torch.from_numpy(array).to(self.device) for array in inputs]
+            outputs = flatten_outputs(self.module(*tensors), self.model_name)
+            return [o.detach().cpu().numpy() for o in outputs]
+
+
+def parameter_bytes(module: torch.nn.Module) -> int:
+    """Bytes held by a module's parameters and buffers (sizes a format that writes no files)."""
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])

@@ -1,0 +1,27 @@
+"""`eager`: the reference. The spec's own module, run in-process; nothing is written but the sidecar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deploycheck.artifact import Runner
+from deploycheck.errors import ArtifactError
+from deploycheck.formats.base import Format, TorchRunner
+
+if TYPE_CHECKING:
+    from deploycheck.artifact import Artifact
+    from deploycheck.spec import ModelSpec
+
+
+class EagerFormat(Format):
+    name = "eager"
+
+    def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
+        return {"module_class": f"{type(spec.model).__module__}.{type(spec.model).__qualname__}"}
+
+    def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
+        if spec is None:
+            raise ArtifactError(f"{path}: an eager artifact runs the spec's model in-process; pass spec= to load it")
+        device = runtime.get("device", "cpu")
+        return TorchRunner(spec.model.to(device), spec.name, device)

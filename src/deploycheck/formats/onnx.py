@@ -1,0 +1,83 @@
+"""`onnx`: the dynamo exporter (`torch.onnx.export(..., dynamo=True)`) with a dynamic batch axis, validated by
+`onnx.checker` (full check), run with ONNX Runtime.
+
+The model may keep its weights in `model.onnx.data` beside `model.onnx`; both files belong to the artifact and
+are hashed together. The ONNX int8 formats reuse `OnnxRunner` and `create_session`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deploycheck.artifact import Runner
+from deploycheck.formats.base import Format, batch_dynamic_shapes
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+    from deploycheck.artifact import Artifact
+    from deploycheck.spec import ModelSpec
+
+MODEL_FILE = "model.onnx"
+DEFAULT_OPSET = 18
+
+
+class OnnxFormat(Format):
+    name = "onnx"
+
+    def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
+        import onnx
+        import torch
+
+        options = spec.options(self.name)
+        opset = int(options.get("opset", DEFAULT_OPSET))
+        with contextlib.redirect_stdout(io.StringIO()):
+            torch.onnx.export(spec.model, spec.example_inputs, str(out_dir / MODEL_FILE), dynamo=True,
+                              input_names=list(spec.input_names or []), output_names=list(spec.output_names or []),
+                              dynamic_shapes=batch_dynamic_shapes(spec), opset_version=opset)
+        onnx.checker.check_model(str(out_dir / MODEL_FILE), full_check=True)
+        return {"opset": opset_of(out_dir / MODEL_FILE), "settings": {"exporter": "dynamo", "opset": opset}}
+
+    def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
+        return OnnxRunner(create_session(path / MODEL_FILE, **runtime))
+
+
+def opset_of(model_path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def create_session(model_path: Path, intra_op_threads: int | None = None, inter_op_threads: int | None = None,
+                   device: str = "cpu") -> onnxruntime.InferenceSession:
+    """An ONNX Runtime session with explicit thread counts; `device="cuda"` asks for the CUDA provider."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if intra_op_threads is not None:
+        options.intra_op_num_threads = intra_op_threads
+    if inter_op_threads is not None:
+        options.inter_op_num_threads = inter_op_threads
+    options.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda":
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+
+
+class OnnxRunner:
+    """Runs an ONNX Runtime session on numpy inputs given in the model's input order."""
+
+    def __init__(self, session: onnxruntime.InferenceSession) -> None:
+        self.session = session
+        self.input_names = [i.name for i in session.get_inputs()]
+
+    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        outputs = self.session.run(None, dict(zip(self.input_names, inputs)))
+        return [np.asarray(o) for o in outputs]

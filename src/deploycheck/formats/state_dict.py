@@ -1,0 +1,60 @@
+"""`state_dict`: weights saved with `torch.save`, loaded with `weights_only=True` into a fresh model instance.
+
+This checks what most training pipelines actually ship: that the weights survive a round trip into a newly built
+model. It needs the model's class (`ModelSpec.factory`); no pickled object is ever loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deploycheck.artifact import Runner
+from deploycheck.errors import ArtifactError, FormatUnavailable
+from deploycheck.formats.base import Format, TorchRunner
+
+if TYPE_CHECKING:
+    from deploycheck.artifact import Artifact
+    from deploycheck.spec import ModelSpec
+
+WEIGHTS_FILE = "state_dict.pt"
+
+
+class StateDictFormat(Format):
+    name = "state_dict"
+
+    def check_supported(self, spec: ModelSpec) -> None:
+        if spec.factory is None:
+            raise FormatUnavailable(f"{spec.name}/state_dict: no factory given, so there is no fresh instance to load "
+                                    "the weights into (set ModelSpec(factory=YourModel))")
+
+    def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
+        import torch
+
+        torch.save(spec.model.state_dict(), out_dir / WEIGHTS_FILE)
+        factory = spec.factory
+        path = f"{factory.__module__}:{factory.__qualname__}" if factory is not None else None
+        return {"factory": path}
+
+    def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
+        import torch
+
+        factory = spec.factory if spec is not None else _import_factory(metadata.get("factory"), path)
+        assert factory is not None
+        model = factory()
+        state = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+        device = runtime.get("device", "cpu")
+        return TorchRunner(model.eval().to(device), metadata["model"], device)
+
+
+def _import_factory(reference: str | None, path: Path) -> Any:
+    if not reference or "<locals>" in reference:
+        raise ArtifactError(f"{path}: a state_dict artifact needs its model class; pass spec= to load_artifact "
+                            f"(the recorded factory {reference!r} cannot be imported)")
+    module_name, _, qualname = reference.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target

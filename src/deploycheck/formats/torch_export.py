@@ -1,0 +1,41 @@
+"""`torch_export`: `torch.export.export` with a dynamic batch dimension, saved and loaded as a `.pt2` program."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deploycheck.artifact import Runner
+from deploycheck.formats.base import Format, TorchRunner, batch_dynamic_shapes
+
+if TYPE_CHECKING:
+    from deploycheck.artifact import Artifact
+    from deploycheck.spec import ModelSpec
+
+PROGRAM_FILE = "model.pt2"
+
+
+def save_exported_program(module: Any, spec: ModelSpec, out_dir: Path) -> None:
+    """Export `module` with the spec's example inputs and dynamic batch, and save the program into `out_dir`."""
+    import torch
+
+    program = torch.export.export(module, spec.example_inputs, dynamic_shapes=batch_dynamic_shapes(spec))
+    torch.export.save(program, str(out_dir / PROGRAM_FILE))
+
+
+def load_exported_program(path: Path, metadata: dict[str, Any], device: str) -> TorchRunner:
+    import torch
+
+    program = torch.export.load(str(path / PROGRAM_FILE))
+    return TorchRunner(program.module().to(device), metadata["model"], device)
+
+
+class TorchExportFormat(Format):
+    name = "torch_export"
+
+    def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
+        save_exported_program(spec.model, spec, out_dir)
+        return {}
+
+    def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
+        return load_exported_program(path, metadata, runtime.get("device", "cpu"))

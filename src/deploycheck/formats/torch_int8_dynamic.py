@@ -1,0 +1,64 @@
+"""`torch_int8_dynamic`: Linear layers with int8 weights and dynamically quantized int8 activations.
+
+torchao (`Int8DynamicActivationInt8WeightConfig`) is used when it imports, and the result is saved as a
+`torch.export` program; otherwise the deprecated `torch.ao.quantization.quantize_dynamic` is used and saved as
+TorchScript. The metadata records which backend produced the artifact, and loading follows it.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deploycheck.artifact import Runner
+from deploycheck.errors import FormatUnavailable
+from deploycheck.formats.base import Format, TorchRunner
+from deploycheck.formats.torch_export import load_exported_program, save_exported_program
+from deploycheck.parity import INT8_TOLERANCE
+
+if TYPE_CHECKING:
+    from deploycheck.artifact import Artifact
+    from deploycheck.spec import ModelSpec
+
+TORCHSCRIPT_FILE = "model.ts"
+
+
+class TorchInt8DynamicFormat(Format):
+    name = "torch_int8_dynamic"
+    default_tolerance = INT8_TOLERANCE
+
+    def check_supported(self, spec: ModelSpec) -> None:
+        import torch
+
+        if not any(isinstance(m, torch.nn.Linear) for m in spec.model.modules()):
+            raise FormatUnavailable(f"{spec.name}/torch_int8_dynamic: the model has no nn.Linear layer to quantize")
+
+    def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
+        import torch
+
+        model = copy.deepcopy(spec.model).eval()
+        linear_layers = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+        try:
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+        except ImportError:
+            quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            torch.jit.save(torch.jit.trace(quantized, spec.example_inputs), str(out_dir / TORCHSCRIPT_FILE))
+            backend = "torch.ao.quantization"
+        else:
+            quantize_(model, Int8DynamicActivationInt8WeightConfig())
+            save_exported_program(model, spec, out_dir)
+            backend = "torchao"
+        return {"quantization": {"backend": backend, "scheme": "int8 dynamic activations, int8 weights",
+                                 "modules": "nn.Linear", "quantized_layers": linear_layers}}
+
+    def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
+        import torch
+
+        device = runtime.get("device", "cpu")
+        if metadata["quantization"]["backend"] == "torchao":
+            import torchao  # noqa: F401  (registers the quantized tensor types the program refers to)
+
+            return load_exported_program(path, metadata, device)
+        module = torch.jit.load(str(path / TORCHSCRIPT_FILE), map_location=device).eval()
+        return TorchRunner(module, metadata["model"], device)

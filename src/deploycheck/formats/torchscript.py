@@ -1,0 +1,41 @@
+"""`torchscript`: `torch.jit.trace` by default, `torch.jit.script` with `format_options={"torchscript":
+{"method": "script"}}` (for models whose control flow depends on the data, which tracing would freeze)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deploycheck.artifact import Runner
+from deploycheck.errors import ExportError
+from deploycheck.formats.base import Format, TorchRunner
+
+if TYPE_CHECKING:
+    from deploycheck.artifact import Artifact
+    from deploycheck.spec import ModelSpec
+
+MODEL_FILE = "model.ts"
+
+
+class TorchScriptFormat(Format):
+    name = "torchscript"
+
+    def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
+        import torch
+
+        method = spec.options(self.name).get("method", "trace")
+        if method == "trace":
+            scripted = torch.jit.trace(spec.model, spec.example_inputs, check_trace=True)
+        elif method == "script":
+            scripted = torch.jit.script(spec.model)
+        else:
+            raise ExportError(f"{spec.name}/torchscript: method {method!r} is not 'trace' or 'script'")
+        torch.jit.save(scripted, str(out_dir / MODEL_FILE))
+        return {"settings": {"method": method}}
+
+    def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
+        import torch
+
+        device = runtime.get("device", "cpu")
+        module = torch.jit.load(str(path / MODEL_FILE), map_location=device).eval()
+        return TorchRunner(module, metadata["model"], device)

@@ -1,0 +1,208 @@
+"""Output parity: compare a candidate's outputs with the reference's, output by output, with statistics a person
+can act on (where the worst element is, how far off, which tolerance was in force).
+
+fp32 formats are judged elementwise (an element fails only where both its absolute and relative error exceed the
+tolerance, as in `numpy.isclose`); int8 formats are judged by top-1 agreement and SQNR, because elementwise
+closeness is not what quantization promises.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Pass criteria for one output. A criterion set to None is not checked."""
+
+    atol: float | None = 1e-4
+    rtol: float | None = 1e-4
+    min_top1_agreement: float | None = None
+    min_sqnr_db: float | None = None
+    min_cosine: float | None = None
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def describe(self) -> str:
+        parts = []
+        if self.atol is not None and self.rtol is not None:
+            parts.append(f"atol={self.atol:g} rtol={self.rtol:g}")
+        if self.min_top1_agreement is not None:
+            parts.append(f"top1>={self.min_top1_agreement:.1%}")
+        if self.min_sqnr_db is not None:
+            parts.append(f"sqnr>={self.min_sqnr_db:g}dB")
+        if self.min_cosine is not None:
+            parts.append(f"cos>={self.min_cosine:g}")
+        return " ".join(parts) or "none"
+
+
+FP32_TOLERANCE = Tolerance()
+INT8_TOLERANCE = Tolerance(atol=None, rtol=None, min_top1_agreement=0.9, min_sqnr_db=10.0)
+
+
+@dataclass
+class OutputParity:
+    """Error statistics of one output."""
+
+    name: str
+    shape: tuple[int, ...]
+    max_abs: float
+    mean_abs: float
+    median_abs: float
+    p99_abs: float
+    max_rel: float
+    cosine: float
+    sqnr_db: float
+    top1_agreement: float | None
+    worst_index: tuple[int, ...] | None
+    worst_expected: float | None
+    worst_obtained: float | None
+    mismatched: int
+    tolerance: Tolerance
+    passed: bool
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ParityReport:
+    """Per-output parity of a candidate against the reference. `str(report)` is a table."""
+
+    outputs: list[OutputParity]
+    problems: list[str] = field(default_factory=list)
+    label: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems and all(o.passed for o in self.outputs)
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.max_abs for o in self.outputs), default=math.nan)
+
+    @property
+    def min_top1_agreement(self) -> float | None:
+        values = [o.top1_agreement for o in self.outputs if o.top1_agreement is not None]
+        return min(values) if values else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "passed": self.passed, "problems": self.problems,
+                "outputs": [{**asdict(o), "tolerance": asdict(o.tolerance)} for o in self.outputs]}
+
+    def __str__(self) -> str:
+        header = ["output", "shape", "max abs", "mean abs", "p99 abs", "max rel", "cosine", "SQNR dB", "top-1",
+                  "worst (index: expected -> obtained)", "tolerance", "status"]
+        rows = []
+        for o in self.outputs:
+            worst = "-" if o.worst_index is None else f"{list(o.worst_index)}: {o.worst_expected:.6g} -> {o.worst_obtained:.6g}"
+            top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.2%}"
+            rows.append([o.name, "x".join(map(str, o.shape)), f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}",
+                         f"{o.p99_abs:.3g}", f"{o.max_rel:.3g}", f"{o.cosine:.6f}", f"{o.sqnr_db:.1f}", top1, worst,
+                         o.tolerance.describe(), "ok" if o.passed else "FAIL"])
+        lines = [format_table(header, rows)]
+        if self.label:
+            lines.insert(0, self.label)
+        for o in self.outputs:
+            lines.extend(f"  {o.name}: {p}" for p in o.problems)
+        lines.extend(f"  {p}" for p in self.problems)
+        return "\n".join(lines)
+
+
+def compare_outputs(reference: Sequence[Any], candidate: Sequence[Any], tolerance: Any = None,
+                    output_names: Sequence[str] | None = None, label: str = "") -> ParityReport:
+    """Compare two lists of outputs. `tolerance` is a `Tolerance`, a dict `{output_name or "*": Tolerance}`, or
+    None for the fp32 default. Mismatched output counts or shapes are reported as failures, not raised."""
+    reference = [_as_array(r) for r in reference]
+    candidate = [_as_array(c) for c in candidate]
+    names = list(output_names) if output_names is not None else [f"output_{i}" for i in range(len(reference))]
+    report = ParityReport(outputs=[], label=label)
+    if len(reference) != len(candidate):
+        report.problems.append(f"the reference has {len(reference)} outputs, the candidate {len(candidate)}")
+    for name, ref, cand in zip(names, reference, candidate):
+        tol = _tolerance_for(tolerance, name)
+        if ref.shape != cand.shape:
+            report.problems.append(f"{name}: expected shape {ref.shape}, obtained {cand.shape}")
+            continue
+        report.outputs.append(_compare_one(name, ref, cand, tol))
+    return report
+
+
+def _tolerance_for(tolerance: Any, name: str) -> Tolerance:
+    if tolerance is None:
+        return FP32_TOLERANCE
+    if isinstance(tolerance, Tolerance):
+        return tolerance
+    chosen = tolerance.get(name, tolerance.get("*", FP32_TOLERANCE))
+    return chosen if isinstance(chosen, Tolerance) else Tolerance(**chosen)
+
+
+def _as_array(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _compare_one(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance) -> OutputParity:
+    ref64 = ref.astype(np.float64)
+    cand64 = cand.astype(np.float64)
+    problems: list[str] = []
+    ref_finite, cand_finite = np.isfinite(ref64), np.isfinite(cand64)
+    nonfinite_mismatch = ~(ref_finite & cand_finite) & ~((ref64 == cand64) | (np.isnan(ref64) & np.isnan(cand64)))
+    if nonfinite_mismatch.any():
+        where = tuple(int(i) for i in np.argwhere(nonfinite_mismatch)[0])
+        problems.append(f"{int(nonfinite_mismatch.sum())} NaN/Inf mismatches, first at {list(where)}: "
+                        f"expected {ref64[where]}, obtained {cand64[where]}")
+    both = ref_finite & cand_finite
+    abs_err = np.where(both, np.abs(ref64 - cand64), 0.0)
+    rel_err = abs_err / np.maximum(np.abs(ref64), np.finfo(np.float64).tiny)
+    size = ref64.size
+    worst_index: tuple[int, ...] | None = None
+    if size:
+        worst_index = tuple(int(i) for i in np.unravel_index(int(np.argmax(abs_err)), ref64.shape))
+    r, c = np.where(both, ref64, 0.0).ravel(), np.where(both, cand64, 0.0).ravel()
+    noise = float(np.sum((r - c) ** 2))
+    signal = float(np.sum(r**2))
+    sqnr = math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -math.inf)
+    norms = float(np.linalg.norm(r) * np.linalg.norm(c))
+    cosine = float(np.dot(r, c) / norms) if norms > 0 else (1.0 if noise == 0 else 0.0)
+    top1 = None
+    if ref64.ndim == 2 and ref64.shape[1] > 1 and ref64.shape[0] > 0:
+        top1 = float(np.mean(np.argmax(ref64, axis=1) == np.argmax(cand64, axis=1)))
+    mismatched = 0
+    if tol.atol is not None and tol.rtol is not None:
+        mismatched = int(np.sum((abs_err > tol.atol) & (rel_err > tol.rtol)))
+        if mismatched:
+            problems.append(f"{mismatched} of {size} elements exceed both atol={tol.atol:g} and rtol={tol.rtol:g}")
+    if tol.min_top1_agreement is not None:
+        if top1 is None:
+            problems.append("top-1 agreement asked for, but the output is not 2-D (batch, classes)")
+        elif top1 < tol.min_top1_agreement:
+            problems.append(f"top-1 agreement {top1:.2%} is below {tol.min_top1_agreement:.2%}")
+    if tol.min_sqnr_db is not None and sqnr < tol.min_sqnr_db:
+        problems.append(f"SQNR {sqnr:.1f} dB is below {tol.min_sqnr_db:g} dB")
+    if tol.min_cosine is not None and cosine < tol.min_cosine:
+        problems.append(f"cosine similarity {cosine:.6f} is below {tol.min_cosine:g}")
+    return OutputParity(
+        name=name, shape=tuple(int(s) for s in ref.shape),
+        max_abs=float(abs_err.max()) if size else 0.0, mean_abs=float(abs_err.mean()) if size else 0.0,
+        median_abs=float(np.median(abs_err)) if size else 0.0,
+        p99_abs=float(np.percentile(abs_err, 99)) if size else 0.0,
+        max_rel=float(rel_err.max()) if size else 0.0, cosine=cosine, sqnr_db=sqnr, top1_agreement=top1,
+        worst_index=worst_index, worst_expected=None if worst_index is None else float(ref64[worst_index]),
+        worst_obtained=None if worst_index is None else float(cand64[worst_index]),
+        mismatched=mismatched, tolerance=tol, passed=not problems, problems=problems)
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table with columns padded to their widest cell."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+             for row in [list(header), *rows]]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)

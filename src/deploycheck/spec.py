@@ -1,0 +1,245 @@
+"""`ModelSpec`: everything deploycheck needs to know about one model under test.
+
+The spec is validated when it is built, so that a mistake (a numpy array where a tensor belongs, a batch of one
+that would make exporters freeze the batch axis, a misspelt format) is reported once, naming the model, instead
+of surfacing later as an obscure exporter error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from deploycheck.errors import SpecError
+from deploycheck.parity import Tolerance
+
+if TYPE_CHECKING:
+    import torch
+
+Batch = tuple[Any, Any]
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass
+class ModelSpec:
+    """The model under test, its inputs, its data and its tolerances.
+
+    `eval_data` is an iterable of `(inputs, labels)` pairs; it is read once and kept, because every format is
+    evaluated on the same batches. `calibration_data` (inputs only, or pairs) defaults to the first
+    `calibration_batches` batches of `eval_data`. `tolerances` maps a format name (or "default") to a `Tolerance`
+    or to a per-output mapping `{output_name or "*": Tolerance}`; plain dicts are accepted for both.
+    `format_options` holds per-format export settings, e.g. `{"onnx": {"opset": 18}, "torchscript":
+    {"method": "script"}, "onnx_int8_static": {"calibrate_method": "Entropy"}}`.
+    """
+
+    name: str
+    example_inputs: Any
+    model: Any = None
+    factory: Callable[[], Any] | None = None
+    dynamic_batch: bool = True
+    eval_data: Iterable[Batch] | None = None
+    calibration_data: Iterable[Any] | None = None
+    calibration_batches: int = 8
+    tolerances: Mapping[str, Any] | None = None
+    formats: Sequence[str] | None = None
+    format_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    input_names: Sequence[str] | None = None
+    output_names: Sequence[str] | None = None
+    max_accuracy_drop: float | None = None
+    max_relative_drop: float | None = None
+    min_agreement: float | None = None
+    accuracy_overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    metric: Callable[[list[Any], Any], float] | None = None
+    higher_is_better: bool = True
+    original: Any = None
+
+    def __post_init__(self) -> None:
+        import torch
+
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise SpecError(f"ModelSpec name {self.name!r} must be non-empty and use only letters, digits, '_', '.', '-'")
+        if self.model is None and self.factory is None:
+            raise SpecError(f"ModelSpec {self.name!r}: give `model` or `factory` (a callable returning the model)")
+        if self.model is None:
+            assert self.factory is not None
+            self.model = self.factory()
+        if not isinstance(self.model, torch.nn.Module):
+            raise SpecError(f"ModelSpec {self.name!r}: model is a {type(self.model).__name__}, expected a torch.nn.Module")
+        self.model.eval()
+        self.example_inputs = self._validated_inputs(self.example_inputs)
+        self._check_batch_axis()
+        self.input_names = self._validated_names(self.input_names, len(self.example_inputs), "input")
+        self.formats = self._validated_formats(self.formats)
+        self.tolerances = self._validated_tolerances(self.tolerances)
+        unknown_options = set(self.format_options) - set(_known_formats())
+        if unknown_options:
+            raise SpecError(f"ModelSpec {self.name!r}: format_options for unknown format(s) {sorted(unknown_options)}; "
+                            f"valid formats: {', '.join(_known_formats())}")
+        self.eval_data = self._validated_eval_data(self.eval_data)
+        self.calibration_data = self._validated_calibration_data(self.calibration_data)
+        with torch.no_grad():
+            outputs = flatten_outputs(self.model(*self.example_inputs), self.name)
+        self.output_names = self._validated_names(self.output_names, len(outputs), "output")
+
+    @property
+    def batch_size(self) -> int:
+        """The batch size of the example inputs."""
+        return int(self.example_inputs[0].shape[0])
+
+    def options(self, format_name: str) -> dict[str, Any]:
+        """Export settings for one format (empty when none were given)."""
+        return dict(self.format_options.get(format_name, {}))
+
+    def tolerance_for(self, format_name: str, output_name: str, default: Tolerance) -> Tolerance:
+        """The tolerance in force for one output of one format: the most specific entry wins."""
+        assert self.tolerances is not None
+        for key in (format_name, "default"):
+            entry = self.tolerances.get(key)
+            if entry is None:
+                continue
+            if isinstance(entry, Tolerance):
+                return entry
+            for out_key in (output_name, "*"):
+                if out_key in entry:
+                    return entry[out_key]  # type: ignore[no-any-return]
+        return default
+
+    def sample_inputs(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """Inputs of a given batch size drawn from real data when the spec has some, else from the examples.
+
+        Rows are taken in order and repeated when there are fewer than asked, so the result is deterministic.
+        """
+        import torch
+
+        pools: list[list[torch.Tensor]] = [[] for _ in self.example_inputs]
+        if self.eval_data:
+            for inputs, _labels in self.eval_data:
+                for pool, tensor in zip(pools, inputs):
+                    pool.append(tensor)
+        else:
+            for pool, tensor in zip(pools, self.example_inputs):
+                pool.append(tensor)
+        result = []
+        for pool in pools:
+            rows = torch.cat(pool)
+            repeats = -(-batch_size // rows.shape[0])
+            result.append(rows.repeat(repeats, *([1] * (rows.dim() - 1)))[:batch_size].contiguous())
+        return tuple(result)
+
+    def _validated_inputs(self, inputs: Any) -> tuple[torch.Tensor, ...]:
+        import torch
+
+        items = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+        if not items:
+            raise SpecError(f"ModelSpec {self.name!r}: example_inputs is empty")
+        for position, item in enumerate(items):
+            if not isinstance(item, torch.Tensor):
+                raise SpecError(f"ModelSpec {self.name!r}: example_inputs[{position}] is a {type(item).__module__}."
+                                f"{type(item).__name__}, expected a torch.Tensor (convert with torch.as_tensor)")
+            if item.dim() == 0:
+                raise SpecError(f"ModelSpec {self.name!r}: example_inputs[{position}] is a scalar; "
+                                "inputs need a leading batch axis")
+        return tuple(items)
+
+    def _check_batch_axis(self) -> None:
+        sizes = {int(t.shape[0]) for t in self.example_inputs}
+        if self.dynamic_batch and len(sizes) > 1:
+            raise SpecError(f"ModelSpec {self.name!r}: example inputs have different batch sizes {sorted(sizes)}; "
+                            "with dynamic_batch=True axis 0 of every input is the batch")
+        if self.dynamic_batch and sizes == {1}:
+            raise SpecError(f"ModelSpec {self.name!r}: dynamic_batch=True needs example inputs with a batch of at "
+                            "least 2 (a batch of 1 makes exporters specialise the batch axis to a constant); "
+                            "use e.g. torch.randn(8, ...) or set dynamic_batch=False")
+
+    def _validated_names(self, names: Sequence[str] | None, count: int, kind: str) -> list[str]:
+        if names is None:
+            return [kind] if count == 1 else [f"{kind}_{i}" for i in range(count)]
+        names = list(names)
+        if len(names) != count or len(set(names)) != count:
+            raise SpecError(f"ModelSpec {self.name!r}: {kind}_names {names} must be {count} distinct names "
+                            f"(the model has {count} {kind}s)")
+        return names
+
+    def _validated_formats(self, formats: Sequence[str] | None) -> list[str]:
+        known = _known_formats()
+        if formats is None:
+            return list(known)
+        if isinstance(formats, str):
+            formats = [formats]
+        unknown = [f for f in formats if f not in known]
+        if unknown:
+            raise SpecError(f"ModelSpec {self.name!r}: unknown format(s) {unknown}; valid formats: {', '.join(known)}")
+        return list(formats)
+
+    def _validated_tolerances(self, tolerances: Mapping[str, Any] | None) -> dict[str, Any]:
+        known = _known_formats()
+        result: dict[str, Any] = {}
+        for key, entry in (tolerances or {}).items():
+            if key != "default" and key not in known:
+                raise SpecError(f"ModelSpec {self.name!r}: tolerances for unknown format {key!r}; "
+                                f"use 'default' or one of: {', '.join(known)}")
+            if isinstance(entry, Tolerance):
+                result[key] = entry
+            elif isinstance(entry, Mapping) and set(entry) <= set(Tolerance.field_names()):
+                result[key] = Tolerance(**entry)
+            elif isinstance(entry, Mapping):
+                result[key] = {out: t if isinstance(t, Tolerance) else Tolerance(**t) for out, t in entry.items()}
+            else:
+                raise SpecError(f"ModelSpec {self.name!r}: tolerances[{key!r}] is a {type(entry).__name__}; expected "
+                                "a Tolerance, a dict of Tolerance fields, or {output_name: Tolerance}")
+        return result
+
+    def _validated_eval_data(self, data: Iterable[Batch] | None) -> list[Batch] | None:
+        if data is None:
+            return None
+        batches: list[Batch] = []
+        for position, item in enumerate(data):
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise SpecError(f"ModelSpec {self.name!r}: eval_data item {position} is not an (inputs, labels) pair")
+            inputs, labels = item
+            batches.append((self._validated_inputs(inputs), labels))
+        if not batches:
+            raise SpecError(f"ModelSpec {self.name!r}: eval_data is empty; give at least one (inputs, labels) batch "
+                            "or leave it as None")
+        return batches
+
+    def _validated_calibration_data(self, data: Iterable[Any] | None) -> list[tuple[torch.Tensor, ...]]:
+        if data is None:
+            if self.eval_data:
+                return [inputs for inputs, _ in self.eval_data[: self.calibration_batches]]
+            return [self.example_inputs]
+        batches = []
+        for item in data:
+            is_pair = isinstance(item, (tuple, list)) and len(item) == 2 and not _is_tensor(item[1], floating=True)
+            batches.append(self._validated_inputs(item[0] if is_pair else item))
+        if not batches:
+            raise SpecError(f"ModelSpec {self.name!r}: calibration_data is empty")
+        return batches
+
+
+def flatten_outputs(outputs: Any, model_name: str) -> list[Any]:
+    """A model's outputs as a flat list of tensors, in order: a tensor, a tuple/list, or a dict's values."""
+    import torch
+
+    if isinstance(outputs, torch.Tensor):
+        return [outputs]
+    if isinstance(outputs, Mapping):
+        outputs = list(outputs.values())
+    if isinstance(outputs, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in outputs):
+        return list(outputs)
+    raise SpecError(f"model {model_name!r} returned {type(outputs).__name__}; deploycheck needs a tensor, a tuple or "
+                    "list of tensors, or a dict of tensors")
+
+
+def _is_tensor(value: Any, floating: bool) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor) and (value.is_floating_point() or not floating)
+
+
+def _known_formats() -> list[str]:
+    from deploycheck.formats import format_names
+
+    return format_names()
