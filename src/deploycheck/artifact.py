@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deploycheck.errors import ArtifactError, InputError
+from deploycheck.report import write_json
 
 if TYPE_CHECKING:
     from deploycheck.spec import ModelSpec
@@ -152,9 +153,7 @@ def write_metadata(directory: Path, format_name: str, spec: ModelSpec, details: 
         "dynamic_batch": spec.dynamic_batch,
         **details,
     }
-    temporary = directory / (METADATA_FILE + ".tmp")
-    temporary.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, directory / METADATA_FILE)
+    write_json(directory / METADATA_FILE, metadata)
     return metadata
 
 
@@ -193,9 +192,11 @@ def load_artifact(path: str | os.PathLike[str], spec: ModelSpec | None = None, *
     `runtime` options (e.g. `intra_op_threads=1`, `device="cuda"`) go to the format's loader.
     """
     from deploycheck.formats import get_format
+    from deploycheck.formats.base import quiet_exporters
 
     directory = Path(path)
     metadata = read_metadata(directory)
     fmt = get_format(metadata["format"])
-    runner = fmt.load(directory, metadata, spec, **runtime)
+    with quiet_exporters():
+        runner = fmt.load(directory, metadata, spec, **runtime)
     return Artifact(metadata["format"], directory, metadata, runner, spec=spec)

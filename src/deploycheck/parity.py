@@ -11,9 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from deploycheck.artifact import Artifact
+    from deploycheck.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -206,3 +210,47 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
              for row in [list(header), *rows]]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def parity_batch_sizes(spec: ModelSpec) -> list[int]:
+    """1, the example's batch and a larger one for a dynamic batch; the example's batch alone otherwise."""
+    if not spec.dynamic_batch:
+        return [spec.batch_size]
+    return sorted({1, spec.batch_size, max(64, 2 * spec.batch_size)})
+
+
+def check_parity(artifact: Artifact, spec: ModelSpec | None = None,
+                 batch_sizes: Sequence[int] | None = None, tolerance: Any = None) -> ParityReport:
+    """Run an artifact and the spec's eager model on the same real inputs at several batch sizes and compare.
+
+    The tolerance in force is, per output: `tolerance` when given, else the spec's `tolerances` entry, else the
+    format's default (tight for fp32 formats, agreement and SQNR for int8 ones).
+    """
+    import torch
+
+    from deploycheck.formats import get_format
+    from deploycheck.spec import flatten_outputs
+
+    spec = spec or artifact.spec
+    if spec is None:
+        raise ValueError(f"{artifact!r} has no spec; pass spec= to compare it with its eager reference")
+    default = get_format(artifact.format).default_tolerance
+    names = list(spec.output_names or [])
+    tolerances = {name: tolerance if tolerance is not None else spec.tolerance_for(artifact.format, name, default)
+                  for name in names}
+    report = ParityReport(outputs=[], label=f"parity of {spec.name}/{artifact.format} against eager")
+    for batch_size in batch_sizes or parity_batch_sizes(spec):
+        inputs = spec.sample_inputs(batch_size)
+        with torch.no_grad():
+            reference = [t.numpy() for t in flatten_outputs(spec.model(*inputs), spec.name)]
+        try:
+            obtained = artifact.run(inputs)
+        except Exception as exc:  # noqa: BLE001  (a runtime failure at one batch size is a parity failure)
+            report.problems.append(f"batch {batch_size}: running the artifact failed: {type(exc).__name__}: {exc}")
+            continue
+        one = compare_outputs(reference, obtained, tolerances, names)
+        for output in one.outputs:
+            output.name = f"{output.name} @ batch {batch_size}"
+        report.outputs.extend(one.outputs)
+        report.problems.extend(f"batch {batch_size}: {p}" for p in one.problems)
+    return report

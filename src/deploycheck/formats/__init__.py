@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from deploycheck.artifact import Artifact, load_artifact, package_versions, read_metadata, write_metadata
 from deploycheck.errors import ArtifactError, DeployCheckError, ExportError, FormatUnavailable
-from deploycheck.formats.base import Format, io_specs, parameter_bytes
+from deploycheck.formats.base import Format, io_specs, parameter_bytes, quiet_exporters
 
 if TYPE_CHECKING:
     from deploycheck.spec import ModelSpec
@@ -89,7 +89,8 @@ def export(spec: ModelSpec, format: str, out_dir: str | Path, *, base: Artifact 
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         try:
-            details = fmt.export(spec, staging, base)
+            with quiet_exporters():
+                details = fmt.export(spec, staging, base)
             inputs, outputs = io_specs(spec)
         except DeployCheckError:
             raise

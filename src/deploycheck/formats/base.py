@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -97,3 +102,20 @@ class TorchRunner:
 def parameter_bytes(module: torch.nn.Module) -> int:
     """Bytes held by a module's parameters and buffers (sizes a format that writes no files)."""
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+@contextlib.contextmanager
+def quiet_exporters() -> Iterator[None]:
+    """Silence the progress prints, warnings and log lines exporters and quantizers emit while they work; their
+    errors still propagate as exceptions, which deploycheck reports with the format named."""
+    loggers = [logging.getLogger(name) for name in ("", "torch", "torchao", "onnxscript", "onnxruntime")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

@@ -7,8 +7,6 @@ are hashed together. The ONNX int8 formats reuse `OnnxRunner` and `create_sessio
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,10 +34,9 @@ class OnnxFormat(Format):
 
         options = spec.options(self.name)
         opset = int(options.get("opset", DEFAULT_OPSET))
-        with contextlib.redirect_stdout(io.StringIO()):
-            torch.onnx.export(spec.model, spec.example_inputs, str(out_dir / MODEL_FILE), dynamo=True,
-                              input_names=list(spec.input_names or []), output_names=list(spec.output_names or []),
-                              dynamic_shapes=batch_dynamic_shapes(spec), opset_version=opset)
+        torch.onnx.export(spec.model, spec.example_inputs, str(out_dir / MODEL_FILE), dynamo=True,
+                          input_names=list(spec.input_names or []), output_names=list(spec.output_names or []),
+                          dynamic_shapes=batch_dynamic_shapes(spec), opset_version=opset)
         onnx.checker.check_model(str(out_dir / MODEL_FILE), full_check=True)
         return {"opset": opset_of(out_dir / MODEL_FILE), "settings": {"exporter": "dynamo", "opset": opset}}
 

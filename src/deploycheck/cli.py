@@ -1,0 +1,174 @@
+"""The `deploycheck` command. Each subcommand is a thin wrapper over the library functions."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from deploycheck.errors import DeployCheckError
+
+CONFTEST_TEMPLATE = '''"""deploycheck gate configuration: register the models to gate."""
+
+import torch
+
+import deploycheck
+
+
+@deploycheck.model
+def my_model() -> deploycheck.ModelSpec:
+    # Replace with your model: give `factory` (the class) to also check the state_dict round trip, and
+    # `eval_data` (an iterable of (inputs, labels)) to measure accuracy and calibrate int8 formats.
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    return deploycheck.ModelSpec(
+        name="my_model",
+        model=model,
+        example_inputs=(torch.randn(8, 16),),
+        dynamic_batch=True,
+    )
+'''
+
+TEST_TEMPLATE = '''"""The deployment gate: every registered model x every format, loaded back from disk."""
+
+
+def test_parity(artifact, deploycheck):
+    deploycheck.assert_parity(artifact)
+'''
+
+
+def load_spec_function(reference: str) -> Any:
+    """Import `MODULE:FUNC` (the current directory is importable) and call it to get a `ModelSpec`."""
+    from deploycheck.spec import ModelSpec
+
+    module_name, _, function_name = reference.partition(":")
+    if not module_name or not function_name:
+        raise DeployCheckError(f"{reference!r} is not MODULE:FUNC (e.g. mypkg.models:tiny_cnn)")
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    function = getattr(importlib.import_module(module_name), function_name)
+    spec = getattr(function, "__wrapped__", function)()
+    if not isinstance(spec, ModelSpec):
+        raise DeployCheckError(f"{reference} returned a {type(spec).__name__}, expected a deploycheck.ModelSpec")
+    return spec
+
+
+def _artifact_rows(spec: Any, out_dir: Path, formats: list[str] | None) -> list[dict[str, Any]]:
+    """Export every format (failures and skips reported per format) and check each one's parity."""
+    from deploycheck.errors import FormatUnavailable
+    from deploycheck.formats import export, get_format
+    from deploycheck.parity import check_parity
+
+    rows: list[dict[str, Any]] = []
+    done: dict[str, Any] = {}
+    for name in formats or spec.formats:
+        fmt = get_format(name)
+        row: dict[str, Any] = {"model": spec.name, "format": name}
+        try:
+            base = done.get(fmt.base_format) if fmt.base_format else None
+            artifact = export(spec, name, out_dir / name, base=base)
+        except FormatUnavailable as exc:
+            rows.append({**row, "status": "skipped", "note": str(exc)})
+            continue
+        except DeployCheckError as exc:
+            rows.append({**row, "status": "export failed", "note": str(exc)})
+            continue
+        done[name] = artifact
+        report = check_parity(artifact, spec)
+        rows.append({**row, "status": "ok" if report.passed else "parity FAIL", "size_bytes": artifact.size_bytes,
+                     "reused": artifact.reused, "artifact": artifact, "parity": report})
+    return rows
+
+
+def _print_rows(rows: list[dict[str, Any]]) -> None:
+    from deploycheck.parity import format_table
+    from deploycheck.report import human_size
+
+    table = []
+    for row in rows:
+        parity = row.get("parity")
+        top1 = parity.min_top1_agreement if parity is not None else None
+        table.append([row["format"], row["status"], human_size(row.get("size_bytes")),
+                      f"{parity.max_abs:.3g}" if parity is not None else "",
+                      f"{top1:.2%}" if top1 is not None else "",
+                      "cached" if row.get("reused") else ("exported" if parity is not None else "")])
+    print(format_table(["format", "status", "size", "max abs err", "top-1 agree", "export"], table))
+    for row in rows:
+        if row.get("note"):
+            print(f"\n{row['format']}: {row['note']}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from deploycheck.digits import cache_dir, digits_spec
+
+    started = time.perf_counter()
+    spec = digits_spec()
+    out_dir = Path(args.out) if args.out else cache_dir() / "demo-artifacts"
+    rows = _artifact_rows(spec, out_dir, None)
+    print(f"deploycheck demo: {spec.name} (a CNN on scikit-learn's digits), artifacts in {out_dir}\n")
+    _print_rows(rows)
+    print(f"\nwall time {time.perf_counter() - started:.1f} s")
+    return 0 if all(r["status"] in ("ok", "skipped") for r in rows) else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    spec = load_spec_function(args.spec)
+    formats = [f.strip() for f in args.formats.split(",")] if args.formats else None
+    rows = _artifact_rows(spec, Path(args.out), formats)
+    _print_rows(rows)
+    return 0 if all(r["status"] in ("ok", "skipped") for r in rows) else 1
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    root = Path(args.directory)
+    files = {root / "conftest.py": CONFTEST_TEMPLATE, root / "tests" / "test_deploy.py": TEST_TEMPLATE}
+    existing = [str(p) for p in files if p.exists()]
+    if existing and not args.force:
+        print(f"deploycheck init: not overwriting {', '.join(existing)} (use --force)", file=sys.stderr)
+        return 1
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
+    (root / "baselines").mkdir(exist_ok=True)
+    (root / "baselines" / ".gitkeep").touch()
+    print(f"wrote {root / 'baselines'}/\nnext: edit conftest.py, then run `pytest`")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deploycheck", description="Gate a model's deployment formats.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="train the digits CNN, export every format, check parity")
+    demo.add_argument("--out", help="artifact directory (default: the deploycheck cache)")
+    demo.set_defaults(handler=cmd_demo)
+
+    init = commands.add_parser("init", help="write a starting conftest.py, tests/test_deploy.py and baselines/")
+    init.add_argument("directory", nargs="?", default=".")
+    init.add_argument("--force", action="store_true", help="overwrite existing files")
+    init.set_defaults(handler=cmd_init)
+
+    export = commands.add_parser("export", help="export MODULE:FUNC's model to every format")
+    export.add_argument("spec", metavar="MODULE:FUNC", help="a function returning a deploycheck.ModelSpec")
+    export.add_argument("--out", required=True, help="output directory (one subdirectory per format)")
+    export.add_argument("--formats", help="comma-separated formats (default: the spec's)")
+    export.set_defaults(handler=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.handler(args)
+    except DeployCheckError as exc:
+        print(f"deploycheck {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
