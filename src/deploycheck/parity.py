@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -153,8 +153,11 @@ def _as_array(value: Any) -> np.ndarray:
 
 
 def _compare_one(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance) -> OutputParity:
-    ref64 = ref.astype(np.float64)
-    cand64 = cand.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return _compare_arrays(name, ref, ref.astype(np.float64), cand.astype(np.float64), tol)
+
+
+def _compare_arrays(name: str, ref: np.ndarray, ref64: np.ndarray, cand64: np.ndarray, tol: Tolerance) -> OutputParity:
     problems: list[str] = []
     ref_finite, cand_finite = np.isfinite(ref64), np.isfinite(cand64)
     nonfinite_mismatch = ~(ref_finite & cand_finite) & ~((ref64 == cand64) | (np.isnan(ref64) & np.isnan(cand64)))
@@ -223,7 +226,8 @@ def check_parity(artifact: Artifact, spec: ModelSpec | None = None,
                  batch_sizes: Sequence[int] | None = None, tolerance: Any = None) -> ParityReport:
     """Run an artifact and the spec's eager model on the same real inputs at several batch sizes and compare.
 
-    The tolerance in force is, per output: `tolerance` when given, else the spec's `tolerances` entry, else the
+    Top-1 agreement is a rate, so it is judged once over the rows of every batch together (a row "@ all N
+    rows"); elementwise criteria and SQNR are judged per batch. The tolerance in force is, per output: `tolerance` when given, else the spec's `tolerances` entry, else the
     format's default (tight for fp32 formats, agreement and SQNR for int8 ones).
     """
     import torch
@@ -238,7 +242,9 @@ def check_parity(artifact: Artifact, spec: ModelSpec | None = None,
     names = list(spec.output_names or [])
     tolerances = {name: tolerance if tolerance is not None else spec.tolerance_for(artifact.format, name, default)
                   for name in names}
+    per_batch = {name: replace(tol, min_top1_agreement=None) for name, tol in tolerances.items()}
     report = ParityReport(outputs=[], label=f"parity of {spec.name}/{artifact.format} against eager")
+    pooled: list[tuple[list[np.ndarray], list[np.ndarray]]] = []
     for batch_size in batch_sizes or parity_batch_sizes(spec):
         inputs = spec.sample_inputs(batch_size)
         with torch.no_grad():
@@ -248,9 +254,18 @@ def check_parity(artifact: Artifact, spec: ModelSpec | None = None,
         except Exception as exc:  # noqa: BLE001  (a runtime failure at one batch size is a parity failure)
             report.problems.append(f"batch {batch_size}: running the artifact failed: {type(exc).__name__}: {exc}")
             continue
-        one = compare_outputs(reference, obtained, tolerances, names)
+        one = compare_outputs(reference, obtained, per_batch, names)
         for output in one.outputs:
             output.name = f"{output.name} @ batch {batch_size}"
         report.outputs.extend(one.outputs)
         report.problems.extend(f"batch {batch_size}: {p}" for p in one.problems)
+        pooled.append((reference, obtained))
+    if any(t.min_top1_agreement is not None for t in tolerances.values()) and pooled and not report.problems:
+        rows = sum(len(reference[0]) for reference, _ in pooled)
+        reference_rows = [np.concatenate([reference[i] for reference, _ in pooled]) for i in range(len(names))]
+        obtained_rows = [np.concatenate([obtained[i] for _, obtained in pooled]) for i in range(len(names))]
+        overall = compare_outputs(reference_rows, obtained_rows, tolerances, names)
+        for output in overall.outputs:
+            output.name = f"{output.name} @ all {rows} rows"
+        report.outputs.extend(overall.outputs)
     return report

@@ -1,0 +1,43 @@
+"""Test configuration of deploycheck itself: pytester for plugin runs, and exports shared by the whole session
+(exporting every format takes seconds, so each model is exported once per test run)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+sys.path.insert(0, str(Path(__file__).parent / "tests"))
+
+
+@pytest.fixture(scope="session")
+def digits_spec():
+    from deploycheck.digits import digits_spec
+
+    return digits_spec()
+
+
+@pytest.fixture(scope="session")
+def digits_artifacts(digits_spec, tmp_path_factory):
+    import deploycheck
+
+    return deploycheck.export_all(digits_spec, tmp_path_factory.mktemp("digits-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def two_io_spec():
+    from models import two_io_spec
+
+    return two_io_spec()
+
+
+@pytest.fixture(scope="session")
+def cache_env(tmp_path_factory):
+    """Environment for subprocesses: the same weight cache as this process, so the demo model trains once."""
+    env = dict(os.environ)
+    env.setdefault("DEPLOYCHECK_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    return env

@@ -1,0 +1,168 @@
+"""Every format on real exports: metadata, reloading from disk, integrity, the export cache, failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import deploycheck
+from deploycheck.digits import load_split
+from deploycheck.errors import ArtifactError, ExportError, FormatUnavailable
+from deploycheck.parity import check_parity
+
+ALL_FORMATS = ["eager", "state_dict", "torchscript", "torch_export", "onnx", "onnx_int8_dynamic",
+               "onnx_int8_static", "torch_int8_dynamic"]
+
+
+def test_export_all_gives_every_format_with_a_complete_sidecar(digits_artifacts) -> None:
+    assert list(digits_artifacts) == ALL_FORMATS
+    for name, artifact in digits_artifacts.items():
+        meta = json.loads((artifact.path / "deploycheck.json").read_text())
+        assert meta["format"] == name and meta["model"] == "digits_cnn"
+        assert meta["size_bytes"] == artifact.size_bytes > 0
+        assert meta["versions"]["torch"] and meta["versions"]["onnxruntime"]
+        assert meta["inputs"] == [{"name": "image", "shape": [None, 1, 8, 8], "dtype": "float32",
+                                   "dynamic_axes": [0]}]
+        assert meta["outputs"][0]["name"] == "logits" and meta["outputs"][0]["shape"] == [None, 10]
+        for file, recorded in meta["files"].items():
+            assert (artifact.path / file).stat().st_size == recorded["size"]
+            assert len(recorded["sha256"]) == 64
+    static = digits_artifacts["onnx_int8_static"].metadata
+    assert static["quantization"]["quant_format"] == "QDQ" and static["quantization"]["per_channel"] is True
+    assert static["quantization"]["calibrate_method"] == "MinMax" and static["opset"] >= 13
+    assert digits_artifacts["torch_int8_dynamic"].metadata["quantization"]["backend"] in ("torchao",
+                                                                                          "torch.ao.quantization")
+    assert digits_artifacts["onnx_int8_dynamic"].size_bytes < digits_artifacts["onnx"].size_bytes / 2
+
+
+@pytest.mark.parametrize("format_name", ["onnx_int8_dynamic", "onnx_int8_static", "torch_int8_dynamic"])
+def test_int8_formats_agree_with_eager_on_97_percent_of_the_test_split(format_name, digits_spec,
+                                                                     digits_artifacts) -> None:
+    _, _, x_test, _ = load_split()
+    with torch.no_grad():
+        reference = digits_spec.model(x_test).argmax(1).numpy()
+    obtained = digits_artifacts[format_name].run(x_test.numpy())[0].argmax(1)
+    assert np.mean(reference == obtained) >= 0.97
+    assert check_parity(digits_artifacts[format_name]).passed
+
+
+def test_two_inputs_two_outputs_in_every_format(two_io_spec, tmp_path) -> None:
+    artifacts = deploycheck.export_all(two_io_spec, tmp_path)
+    assert set(artifacts) == set(ALL_FORMATS)
+    for name, artifact in artifacts.items():
+        assert [t.name for t in artifact.inputs] == ["image", "vector"]
+        assert [t.name for t in artifact.outputs] == ["classes", "value"]
+        report = check_parity(artifact)
+        assert report.passed, f"{name}\n{report}"
+        assert {o.name.split(" @")[0] for o in report.outputs} == {"classes", "value"}
+
+
+def test_state_dict_is_unavailable_without_factory_and_others_still_export(tmp_path) -> None:
+    spec = deploycheck.ModelSpec(name="lin", model=torch.nn.Linear(4, 3), example_inputs=torch.randn(4, 4),
+                                 formats=["state_dict", "onnx"])
+    with pytest.raises(FormatUnavailable, match="lin/state_dict: no factory given"):
+        deploycheck.export(spec, "state_dict", tmp_path / "sd")
+    assert list(deploycheck.export_all(spec, tmp_path)) == ["onnx"]
+
+
+SUBPROCESS_RUN = textwrap.dedent("""
+    import sys, numpy as np, deploycheck
+    artifact = deploycheck.load_artifact(sys.argv[1])
+    np.save(sys.argv[3], artifact.run(np.load(sys.argv[2]))[0])
+    leaked = [m for m in ("models", "deploycheck.digits", "sklearn") if m in sys.modules]
+    assert not leaked, leaked
+""")
+
+
+@pytest.mark.parametrize("format_name", ["onnx", "torchscript", "torch_export"])
+def test_relocated_artifact_runs_in_a_process_without_the_model_code(format_name, digits_artifacts,
+                                                                     tmp_path) -> None:
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(digits_artifacts[format_name].path, moved)
+    inputs = load_split()[2][:20].numpy()
+    np.save(tmp_path / "in.npy", inputs)
+    subprocess.run([sys.executable, "-c", SUBPROCESS_RUN, str(moved), str(tmp_path / "in.npy"),
+                    str(tmp_path / "out.npy")], check=True, cwd=tmp_path)
+    expected = digits_artifacts[format_name].run(inputs)[0]
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
+
+
+@pytest.mark.parametrize("format_name", ["onnx", "torchscript", "torch_export", "state_dict"])
+def test_one_flipped_byte_is_refused_naming_the_file(format_name, digits_artifacts, tmp_path) -> None:
+    copy = tmp_path / format_name
+    shutil.copytree(digits_artifacts[format_name].path, copy)
+    victim = max((p for p in copy.iterdir() if p.name != "deploycheck.json"), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=rf"file {victim} does not match its recorded sha256"):
+        deploycheck.load_artifact(copy)
+    victim.write_bytes(bytes(data[:-10]))
+    with pytest.raises(ArtifactError, match="truncated or replaced"):
+        deploycheck.load_artifact(copy)
+
+
+def test_second_export_reuses_the_cache_and_a_changed_model_does_not(tmp_path) -> None:
+    spec = deploycheck.ModelSpec(name="lin", model=torch.nn.Linear(4, 3), factory=lambda: torch.nn.Linear(4, 3),
+                                 example_inputs=torch.randn(4, 4), formats=["torchscript", "onnx"])
+    first = deploycheck.export_all(spec, tmp_path)
+    assert not any(a.reused for a in first.values())
+    second = deploycheck.export_all(spec, tmp_path)
+    assert all(a.reused for a in second.values())
+    with torch.no_grad():
+        spec.model.weight.add_(1.0)
+    third = deploycheck.export_all(spec, tmp_path)
+    assert not any(a.reused for a in third.values())
+    assert check_parity(third["onnx"]).passed
+
+
+def test_a_failing_export_names_the_format_and_keeps_the_good_artifact(tmp_path) -> None:
+    class Flaky(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 3)
+            self.broken = False
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.broken and not torch.jit.is_tracing():
+                return self.linear(x)
+            if self.broken:
+                raise RuntimeError("unsupported operator aten::frobnicate")
+            return self.linear(x)
+
+    spec = deploycheck.ModelSpec(name="flaky", model=Flaky(), example_inputs=torch.randn(4, 4),
+                                 formats=["torchscript"])
+    good = deploycheck.export(spec, "torchscript", tmp_path / "ts")
+    before = {p.name: p.read_bytes() for p in good.path.iterdir()}
+    spec.model.broken = True
+    with torch.no_grad():
+        spec.model.linear.weight.add_(1.0)
+    with pytest.raises(ExportError, match=r"flaky/torchscript: export failed: RuntimeError: unsupported operator"):
+        deploycheck.export(spec, "torchscript", tmp_path / "ts")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ts").iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging directories are cleaned up"
+
+
+def test_run_checks_inputs(digits_artifacts) -> None:
+    onnx = digits_artifacts["onnx"]
+    with pytest.raises(deploycheck.DeployCheckError, match=r"digits_cnn/onnx: input 'image' has shape \[2, 8, 8\]"):
+        onnx.run(np.zeros((2, 8, 8), np.float32))
+    with pytest.raises(deploycheck.DeployCheckError, match="expected 1 input"):
+        onnx.run((np.zeros((2, 1, 8, 8), np.float32), np.zeros(2)))
+    with pytest.raises(deploycheck.DeployCheckError, match="has dtype complex64, expected float32"):
+        onnx.run(np.zeros((2, 1, 8, 8), np.complex64))
+    out64 = onnx.run(np.zeros((2, 1, 8, 8), np.float64))
+    out_t = onnx.run(torch.zeros(2, 1, 8, 8))
+    np.testing.assert_array_equal(out64[0], out_t[0])
+
+
+def test_eager_artifact_needs_its_spec(digits_artifacts) -> None:
+    with pytest.raises(ArtifactError, match="pass spec= to load it"):
+        deploycheck.load_artifact(digits_artifacts["eager"].path)
