@@ -135,7 +135,7 @@ def write_metadata(directory: Path, format_name: str, spec: ModelSpec, details: 
                    inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], cache_key: str,
                    in_memory_bytes: int = 0) -> dict[str, Any]:
     """Hash every file of the artifact and write the sidecar. `in_memory_bytes` sizes formats with no files."""
-    files = {}
+    files: dict[str, dict[str, Any]] = {}
     for path in sorted(directory.iterdir()):
         if path.is_file() and path.name != METADATA_FILE:
             files[path.name] = {"sha256": file_digest(path), "size": path.stat().st_size}

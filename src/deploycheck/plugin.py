@@ -57,7 +57,21 @@ def option(config: pytest.Config, name: str) -> Any:
     return value if value is not None else config.getini(ini)
 
 
+def selected_formats(config: pytest.Config) -> list[str]:
+    """The formats to gate: `--deploycheck-formats` / the ini key, else every registered format."""
+    from deploycheck.formats import format_names
+
+    selected = option(config, "formats")
+    known = format_names()
+    formats = [f.strip() for f in selected.split(",") if f.strip()] if selected else known
+    unknown = [f for f in formats if f not in known]
+    if unknown:
+        raise pytest.UsageError(f"--deploycheck-formats: unknown format(s) {unknown}; valid: {', '.join(known)}")
+    return formats
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    selected_formats(config)
     if not hasattr(config, "workerinput"):
         summary = _Summary(config)
         config.stash[SUMMARY] = summary
@@ -74,19 +88,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "artifact" not in metafunc.fixturenames:
         return
-    from deploycheck.formats import format_names
-
     models: dict[str, Any] = {}
     for plugin in metafunc.config.pluginmanager.get_plugins():
         if getattr(plugin, "__file__", "").endswith("conftest.py"):
             models.update(model_functions(plugin))
     models.update(model_functions(metafunc.module))
-    selected = option(metafunc.config, "formats")
-    known = format_names()
-    formats = [f.strip() for f in selected.split(",") if f.strip()] if selected else known
-    unknown = [f for f in formats if f not in known]
-    if unknown:
-        raise pytest.UsageError(f"--deploycheck-formats: unknown format(s) {unknown}; valid: {', '.join(known)}")
+    formats = selected_formats(metafunc.config)
     params = [(model, fmt) for model in sorted(models) for fmt in formats]
     metafunc.parametrize("artifact", params, indirect=True, ids=[f"{m}/{f}" for m, f in params])
 
@@ -150,9 +157,8 @@ class _Summary:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.results:
             return
-        from deploycheck.report import summary_table
-
         from deploycheck.formats import format_names
+        from deploycheck.report import summary_table
 
         order = {name: position for position, name in enumerate(format_names())}
         rows = [self.results[key] for key in sorted(self.results, key=lambda k: (k[0], order.get(k[1], len(order))))]

@@ -7,6 +7,7 @@ of surfacing later as an obscure exporter error.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,14 +60,16 @@ class ModelSpec:
         import torch
 
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
-            raise SpecError(f"ModelSpec name {self.name!r} must be non-empty and use only letters, digits, '_', '.', '-'")
+            raise SpecError(f"ModelSpec name {self.name!r} must be non-empty and use only letters, digits, "
+                            "'_', '.', '-'")
         if self.model is None and self.factory is None:
             raise SpecError(f"ModelSpec {self.name!r}: give `model` or `factory` (a callable returning the model)")
         if self.model is None:
             assert self.factory is not None
             self.model = self.factory()
         if not isinstance(self.model, torch.nn.Module):
-            raise SpecError(f"ModelSpec {self.name!r}: model is a {type(self.model).__name__}, expected a torch.nn.Module")
+            raise SpecError(f"ModelSpec {self.name!r}: model is a {type(self.model).__name__}, "
+                            "expected a torch.nn.Module")
         self.model.eval()
         self.example_inputs = self._validated_inputs(self.example_inputs)
         self._check_batch_axis()
@@ -208,7 +211,7 @@ class ModelSpec:
     def _validated_calibration_data(self, data: Iterable[Any] | None) -> list[tuple[torch.Tensor, ...]]:
         if data is None:
             if self.eval_data:
-                return [inputs for inputs, _ in self.eval_data[: self.calibration_batches]]
+                return [inputs for inputs, _ in itertools.islice(self.eval_data, self.calibration_batches)]
             return [self.example_inputs]
         batches = []
         for item in data:

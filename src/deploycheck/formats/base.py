@@ -35,7 +35,7 @@ class Format(ABC):
     base_format: ClassVar[str | None] = None
     default_tolerance: ClassVar[Tolerance] = FP32_TOLERANCE
 
-    def check_supported(self, spec: ModelSpec) -> None:
+    def check_supported(self, spec: ModelSpec) -> None:  # noqa: B027  (optional hook; most formats take any model)
         """Raise `FormatUnavailable` with a reason when this format cannot handle the spec."""
 
     def cache_inputs(self, spec: ModelSpec) -> list[Any]:

@@ -48,7 +48,7 @@ def opset_of(model_path: Path) -> int:
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
-    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return int(max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")))
 
 
 def create_session(model_path: Path, intra_op_threads: int | None = None, inter_op_threads: int | None = None,

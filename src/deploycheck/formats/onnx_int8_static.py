@@ -54,8 +54,13 @@ def calibration_feeds(spec: ModelSpec) -> list[dict[str, np.ndarray]]:
 def quantize_static_qdq(fp32_model: Path, output: Path, feeds: list[dict[str, np.ndarray]],
                         settings: dict[str, Any]) -> None:
     """Pre-process then statically quantize an fp32 ONNX model to QDQ int8 with the given settings."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]

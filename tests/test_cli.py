@@ -1,0 +1,48 @@
+"""The `deploycheck` command, run as a user runs it (a real subprocess)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploycheck.cli import main
+
+EXE = [sys.executable, "-m", "deploycheck.cli"]
+
+
+def test_init_writes_a_project_that_passes_the_gate(tmp_path: Path, pytester: pytest.Pytester) -> None:
+    assert main(["init", str(pytester.path)]) == 0
+    assert (pytester.path / "conftest.py").is_file() and (pytester.path / "baselines").is_dir()
+    assert main(["init", str(pytester.path)]) == 1, "init never overwrites without --force"
+    result = pytester.runpytest_subprocess(f"--deploycheck-artifacts={tmp_path}", "--deploycheck-formats=eager,onnx")
+    result.assert_outcomes(passed=2)
+
+
+def test_demo_prints_all_eight_formats_and_reuses_its_cache(tmp_path: Path, cache_env: dict[str, str]) -> None:
+    runs = [subprocess.run([*EXE, "demo", "--out", str(tmp_path)], capture_output=True, text=True, env=cache_env)
+            for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    first, second = (run.stdout for run in runs)
+    for name in ("eager", "state_dict", "torchscript", "torch_export", "onnx", "onnx_int8_dynamic",
+                 "onnx_int8_static", "torch_int8_dynamic"):
+        assert f"\n{name} " in first
+    assert first.count("exported") == 8 and second.count("cached") == 8
+
+
+def test_export_command_and_bad_reference(tmp_path: Path, cache_env: dict[str, str]) -> None:
+    (tmp_path / "specs.py").write_text(
+        "import torch, deploycheck\n"
+        "def lin():\n"
+        "    return deploycheck.ModelSpec(name='lin', model=torch.nn.Linear(3, 2), example_inputs=torch.randn(4, 3),"
+        " formats=['onnx', 'state_dict'])\n")
+    run = subprocess.run([*EXE, "export", "specs:lin", "--out", "out"], cwd=tmp_path, capture_output=True,
+                         text=True, env=cache_env)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "out" / "onnx" / "model.onnx").is_file()
+    assert "state_dict  skipped" in run.stdout and "no factory given" in run.stdout
+    bad = subprocess.run([*EXE, "export", "specs", "--out", "out"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2 and "'specs' is not MODULE:FUNC" in bad.stderr

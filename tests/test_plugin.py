@@ -1,0 +1,114 @@
+"""The plugin as users run it: real pytest runs through `pytester`, in-process and with pytest-xdist."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CONFTEST = '''
+import torch
+import deploycheck
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(12, 24)
+        self.fc2 = torch.nn.Linear(24, 3)
+        self.activation = lambda x: torch.relu(x)
+
+    def forward(self, x):
+        return self.fc2(self.activation(self.fc1(x)))
+
+
+@deploycheck.model
+def tiny():
+    torch.manual_seed(0)
+    x = torch.randn(256, 12)
+    model = Tiny().eval()
+    labels = model(x).argmax(1)
+    return deploycheck.ModelSpec(
+        name="tiny", model=model, factory=Tiny, example_inputs=x[:8],
+        eval_data=[(x[i:i + 64], labels[i:i + 64]) for i in range(0, 256, 64)],
+        format_options={"torchscript": {"method": "script"}},  # scripting a lambda attribute fails
+        tolerances=TOLERANCES,
+    )
+'''
+
+TEST = '''
+def test_parity(artifact, deploycheck):
+    deploycheck.assert_parity(artifact)
+'''
+
+
+def make_project(pytester: pytest.Pytester, tolerances: str = "None") -> None:
+    pytester.makeconftest(CONFTEST.replace("TOLERANCES", tolerances))
+    pytester.makepyfile(test_gate=TEST)
+
+
+def test_every_format_is_a_test_and_a_failing_export_fails_only_its_own(pytester: pytest.Pytester,
+                                                                      tmp_path: Path) -> None:
+    make_project(pytester)
+    result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path}")
+    result.assert_outcomes(passed=7, errors=1)
+    result.stdout.fnmatch_lines([
+        "*test_parity?tiny/eager? PASSED*",
+        "*test_parity?tiny/torchscript? ERROR*",
+        "*test_parity?tiny/onnx_int8_static? PASSED*",
+        "*tiny/torchscript: export failed: *",
+        "*= deploycheck =*",
+        "model*format*size*max abs err*status*",
+        "tiny*onnx_int8_dynamic*ok*",
+    ])
+    assert "tiny  torchscript" not in result.stdout.str(), "a format that never ran has no row"
+
+
+def test_parity_failure_shows_the_per_output_table(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    make_project(pytester, tolerances='{"onnx_int8_dynamic": {"atol": 1e-9, "rtol": 1e-9}}')
+    result = pytester.runpytest_subprocess("--deploycheck-formats=onnx,onnx_int8_dynamic",
+                                           f"--deploycheck-artifacts={tmp_path}")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*parity of tiny/onnx_int8_dynamic against eager*",
+        "*output*shape*max abs*worst (index: expected -> obtained)*tolerance*status*",
+        "*output @ batch 64*atol=1e-09 rtol=1e-09*FAIL*",
+        "*elements exceed both atol=1e-09*",
+        "*ModelSpec(tolerances={'onnx_int8_dynamic': Tolerance(...)})*",
+    ])
+
+
+def test_formats_option_and_ini_key_and_json_report(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    make_project(pytester)
+    pytester.makeini(f"[pytest]\ndeploycheck_formats = onnx\ndeploycheck_artifacts = {tmp_path}\n")
+    report = tmp_path / "report.json"
+    result = pytester.runpytest_subprocess(f"--deploycheck-report={report}")
+    result.assert_outcomes(passed=1)
+    rows = json.loads(report.read_text())["results"]
+    assert [(r["model"], r["format"]) for r in rows] == [("tiny", "onnx")]
+    assert rows[0]["parity"]["passed"] is True and rows[0]["parity"]["max_abs"] < 1e-5
+    result = pytester.runpytest_subprocess("--deploycheck-formats=onnx,nope")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "unknown format(s) ['nope']; valid: eager, state_dict" in result.stderr.str()
+
+
+def test_the_model_is_also_a_fixture(pytester: pytest.Pytester) -> None:
+    make_project(pytester)
+    pytester.makepyfile(test_fixture="def test_spec(tiny):\n    assert tiny.name == 'tiny' and tiny.batch_size == 8\n")
+    pytester.runpytest_subprocess("test_fixture.py").assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_digits_example_project(pytester: pytest.Pytester, workers: str, tmp_path_factory, cache_env) -> None:
+    shutil.copytree(ROOT / "examples" / "digits", pytester.path, dirs_exist_ok=True)
+    artifacts = tmp_path_factory.getbasetemp() / "digits-example-artifacts"
+    for key, value in cache_env.items():
+        pytester._monkeypatch.setenv(key, value)
+    result = pytester.runpytest_subprocess("-n", workers, f"--deploycheck-artifacts={artifacts}")
+    result.assert_outcomes(passed=8)
+    result.stdout.fnmatch_lines(["*= deploycheck =*", "digits_cnn*eager*ok", "digits_cnn*torch_int8_dynamic*ok"])
+    assert result.stdout.str().count("digits_cnn  ") == 8
