@@ -36,3 +36,40 @@ def two_io_spec(**overrides: object) -> deploycheck.ModelSpec:
     }
     settings.update(overrides)
     return deploycheck.ModelSpec(**settings)  # type: ignore[arg-type]
+
+
+class OutlierMLP(nn.Module):
+    """A digits MLP with one hidden unit that fires rarely but hugely (and feeds nothing): its range sets the
+    per-tensor int8 scale of the hidden activations and crushes every other unit to zero under MinMax
+    calibration. Built to quantize badly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(64, 33)
+        self.out = nn.Linear(33, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hidden(x.flatten(1))))
+
+
+def outlier_spec(**overrides: object) -> deploycheck.ModelSpec:
+    from deploycheck.digits import batches, load_split, train
+
+    x_train, y_train, x_test, y_test = load_split()
+    torch.manual_seed(0)
+    model = OutlierMLP()
+    train(model, x_train, y_train, {"epochs": 15})
+    bright = x_train.flatten(1).mean(0).argsort()[20]
+    with torch.no_grad():
+        model.hidden.weight[32].zero_()
+        model.hidden.weight[32, bright] = 50000.0
+        model.hidden.bias[32] = -45000.0
+        model.out.weight[:, 32] = 0.0
+    settings: dict[str, object] = {
+        "name": "outlier_mlp", "model": model, "factory": OutlierMLP, "example_inputs": (x_test[:8],),
+        "eval_data": batches(x_test, y_test), "max_accuracy_drop": 0.01,
+        "calibration_data": [x_train[i:i + 64] for i in range(0, 512, 64)],
+        "formats": ["eager", "onnx", "onnx_int8_static"],
+    }
+    settings.update(overrides)
+    return deploycheck.ModelSpec(**settings)  # type: ignore[arg-type]

@@ -68,6 +68,11 @@ class Artifact:
         self.outputs = [TensorSpec.from_dict(d) for d in metadata["outputs"]]
 
     @property
+    def runner(self) -> Runner:
+        """The loaded runtime call on prepared numpy inputs (what `bench` times)."""
+        return self._runner
+
+    @property
     def size_bytes(self) -> int:
         return int(self.metadata["size_bytes"])
 

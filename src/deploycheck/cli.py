@@ -122,6 +122,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0 if all(r["status"] in ("ok", "skipped") for r in rows) else 1
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from deploycheck.accuracy import check_accuracy
+    from deploycheck.quantize import search_quantization
+
+    spec = load_spec_function(args.spec)
+    result = search_quantization(spec, args.max_accuracy_drop, Path(args.out), measure_latency=not args.no_latency)
+    print(result)
+    assert result.artifact is not None
+    print()
+    print(check_accuracy(result.artifact, spec))
+    settings = {k: v for k, v in result.artifact.metadata["quantization"].items()
+                if k in ("calibrate_method", "per_channel", "nodes_to_exclude", "extra_options")}
+    print(f"\nto gate this configuration: ModelSpec(format_options={{'onnx_int8_static': {settings!r}}})")
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     root = Path(args.directory)
     files = {root / "conftest.py": CONFTEST_TEMPLATE, root / "tests" / "test_deploy.py": TEST_TEMPLATE}
@@ -157,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output directory (one subdirectory per format)")
     export.add_argument("--formats", help="comma-separated formats (default: the spec's)")
     export.set_defaults(handler=cmd_export)
+
+    quantize = commands.add_parser("quantize", help="search a static int8 configuration within an accuracy budget")
+    quantize.add_argument("spec", metavar="MODULE:FUNC", help="a function returning a deploycheck.ModelSpec")
+    quantize.add_argument("--max-accuracy-drop", type=float, required=True,
+                          help="the budget, a fraction (0.01 is one point of accuracy)")
+    quantize.add_argument("--out", required=True, help="where to write the winning onnx_int8_static artifact")
+    quantize.add_argument("--no-latency", action="store_true", help="do not measure batch-1 latency per trial")
+    quantize.set_defaults(handler=cmd_quantize)
     return parser
 
 

@@ -30,6 +30,8 @@ OPTIONS = [
     _Option("formats", "comma-separated formats to gate (default: every format)"),
     _Option("artifacts", "directory to export artifacts into and keep (default: the pytest cache)"),
     _Option("report", "write a JSON report of every measurement to this path"),
+    _Option("bench-time", "seconds of timing per batch size and per side-by-side comparison", default="1.0"),
+    _Option("no-bench", "skip benchmarks (quick runs)", kind="bool"),
 ]
 
 
@@ -131,14 +133,17 @@ def artifact(request: pytest.FixtureRequest, _deploycheck_exports: Any) -> Any:
 
 
 @pytest.fixture
-def deploycheck(request: pytest.FixtureRequest) -> Any:
+def deploycheck(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The gate's checks (`assert_parity`, ...); what they measure goes into the end-of-run summary."""
     from deploycheck.gate import Gate
 
     def record(payload: dict[str, Any]) -> None:
         request.node.user_properties.append((PROPERTY, payload))
 
-    return Gate(record)
+    config = request.config
+    return Gate(record, bench_time_s=float(option(config, "bench-time")),
+                bench_lock=tmp_path_factory.getbasetemp().parent / "deploycheck-bench.lock",
+                skip_bench=pytest.skip if option(config, "no-bench") else None)
 
 
 class _Summary:

@@ -52,6 +52,7 @@ class ModelSpec:
     max_relative_drop: float | None = None
     min_agreement: float | None = None
     accuracy_overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    min_speedup: Mapping[str, float] = field(default_factory=dict)
     metric: Callable[[list[Any], Any], float] | None = None
     higher_is_better: bool = True
     original: Any = None

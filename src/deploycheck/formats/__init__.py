@@ -96,6 +96,9 @@ def export(spec: ModelSpec, format: str, out_dir: str | Path, *, base: Artifact 
             raise
         except Exception as exc:
             raise ExportError(f"{spec.name}/{format}: export failed: {_summarise(exc)}") from exc
+        if base is not None:
+            details["base"] = {"format": base.format, "path": str(base.path.resolve()),
+                               "cache_key": base.metadata["cache_key"]}
         in_memory = parameter_bytes(spec.model) if format == "eager" else 0
         write_metadata(staging, format, spec, details, inputs, outputs, key, in_memory_bytes=in_memory)
         _replace_directory(staging, out_dir)

@@ -1,0 +1,262 @@
+"""Accuracy of an artifact on labelled data, its drop against the eager fp32 reference, the gate on that drop, and
+where a quantized model's error comes from.
+
+Accuracies and drops are fractions (0.01 is one point) everywhere in the API; they are printed as percentages.
+The default metric is top-1 accuracy on the first output; any `metric(outputs, labels) -> float` can replace it.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deploycheck.errors import SpecError
+from deploycheck.parity import format_table
+
+if TYPE_CHECKING:
+    from deploycheck.artifact import Artifact
+    from deploycheck.spec import ModelSpec
+
+Metric = Callable[[list[np.ndarray], np.ndarray], float]
+
+
+@dataclass
+class Evaluation:
+    """What one artifact scored on a dataset: the metric, and for top-1 the predictions and per-class accuracy."""
+
+    value: float
+    samples: int
+    predictions: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    def per_class(self) -> dict[int, float]:
+        if self.predictions is None or self.labels is None:
+            return {}
+        return {int(c): float(np.mean(self.predictions[self.labels == c] == c)) for c in np.unique(self.labels)}
+
+
+@dataclass
+class AccuracyReport:
+    """Accuracy of one artifact against the eager reference, with the budget in force and the verdict."""
+
+    model: str
+    format: str
+    reference: float
+    obtained: float
+    samples: int
+    agreement: float | None
+    max_drop: float | None
+    max_relative_drop: float | None
+    min_agreement: float | None
+    higher_is_better: bool = True
+    class_drops: list[tuple[int, float, float]] = field(default_factory=list)
+    explanation: str = ""
+
+    @property
+    def drop(self) -> float:
+        """Absolute drop: positive when the artifact is worse than the reference."""
+        return self.reference - self.obtained if self.higher_is_better else self.obtained - self.reference
+
+    @property
+    def relative_drop(self) -> float:
+        return self.drop / abs(self.reference) if self.reference else (0.0 if self.drop == 0 else math.inf)
+
+    @property
+    def problems(self) -> list[str]:
+        found = []
+        if self.max_drop is not None and self.drop > self.max_drop + 1e-12:
+            found.append(f"accuracy drop {self.drop:.2%} exceeds the budget of {self.max_drop:.2%}")
+        if self.max_relative_drop is not None and self.relative_drop > self.max_relative_drop + 1e-12:
+            found.append(f"relative drop {self.relative_drop:.2%} exceeds the budget of {self.max_relative_drop:.2%}")
+        if self.min_agreement is not None and self.agreement is not None and self.agreement < self.min_agreement:
+            found.append(f"agreement with the reference's predictions {self.agreement:.2%} is below "
+                         f"{self.min_agreement:.2%}")
+        return found
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.obtained, "reference": self.reference, "drop": self.drop,
+                "relative_drop": self.relative_drop, "agreement": self.agreement, "samples": self.samples,
+                "max_drop": self.max_drop, "passed": self.passed}
+
+    def __str__(self) -> str:
+        budget = " / ".join(part for part in (
+            f"drop <= {self.max_drop:.2%}" if self.max_drop is not None else "",
+            f"relative <= {self.max_relative_drop:.2%}" if self.max_relative_drop is not None else "",
+            f"agreement >= {self.min_agreement:.2%}" if self.min_agreement is not None else "") if part) or "none"
+        agreement = "" if self.agreement is None else f"{self.agreement:.2%}"
+        lines = [f"accuracy of {self.model}/{self.format} on {self.samples} samples",
+                 format_table(["reference (eager)", "obtained", "drop", "relative drop", "agreement", "budget",
+                               "status"],
+                              [[f"{self.reference:.2%}", f"{self.obtained:.2%}", f"{self.drop:.2%}",
+                                f"{self.relative_drop:.2%}", agreement, budget, "ok" if self.passed else "FAIL"]])]
+        lines.extend(f"  {p}" for p in self.problems)
+        if self.class_drops:
+            lines.append("worst classes (accuracy per class, reference -> obtained):")
+            lines.append(format_table(["class", "reference", "obtained", "drop"],
+                                      [[str(c), f"{r:.2%}", f"{o:.2%}", f"{r - o:.2%}"]
+                                       for c, r, o in self.class_drops]))
+        if self.explanation:
+            lines.append(self.explanation)
+        return "\n".join(lines)
+
+
+def evaluate(artifact: Artifact, eval_data: Iterable[tuple[Any, Any]] | None = None, metric: Metric | None = None,
+             model_name: str | None = None) -> Evaluation:
+    """Run an artifact over a whole labelled dataset, batch by batch, and score it.
+
+    With no metric, top-1 accuracy of the first output; with one, `metric(all_outputs, all_labels)` over the
+    concatenated outputs. Raises `SpecError` naming the model for an empty dataset, labels that do not match the
+    outputs, or a metric that does not return a number.
+    """
+    name = model_name or f"{artifact.model_name}/{artifact.format}"
+    data = eval_data if eval_data is not None else (artifact.spec.eval_data if artifact.spec else None)
+    if data is None:
+        raise SpecError(f"{name}: no eval_data to measure accuracy on (set ModelSpec(eval_data=...))")
+    outputs: list[list[np.ndarray]] = []
+    labels: list[np.ndarray] = []
+    for inputs, batch_labels in data:
+        batch_outputs = artifact.run(inputs)
+        label_array = _as_numpy(batch_labels)
+        if label_array.shape[:1] != batch_outputs[0].shape[:1]:
+            raise SpecError(f"{name}: a batch has {batch_outputs[0].shape[0]} output rows but labels of shape "
+                            f"{list(label_array.shape)}; labels need one entry per input row")
+        outputs.append(batch_outputs)
+        labels.append(label_array)
+    if not outputs:
+        raise SpecError(f"{name}: eval_data is empty; accuracy needs at least one (inputs, labels) batch")
+    joined = [np.concatenate([batch[i] for batch in outputs]) for i in range(len(outputs[0]))]
+    all_labels = np.concatenate(labels)
+    if metric is not None:
+        value = metric(joined, all_labels)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+            raise SpecError(f"{name}: the metric returned {value!r}; it must return a finite number")
+        return Evaluation(float(value), len(all_labels))
+    logits = joined[0]
+    if logits.ndim != 2 or all_labels.ndim != 1:
+        raise SpecError(f"{name}: top-1 accuracy needs 2-D outputs (batch, classes) and 1-D integer labels; got "
+                        f"outputs {list(logits.shape)} and labels {list(all_labels.shape)} (pass metric= otherwise)")
+    if not np.issubdtype(all_labels.dtype, np.integer) or all_labels.min() < 0 or all_labels.max() >= logits.shape[1]:
+        raise SpecError(f"{name}: labels must be class indices in [0, {logits.shape[1] - 1}] for an output with "
+                        f"{logits.shape[1]} classes; got {all_labels.dtype} labels in "
+                        f"[{all_labels.min()}, {all_labels.max()}]")
+    predictions = logits.argmax(axis=1)
+    return Evaluation(float(np.mean(predictions == all_labels)), len(all_labels), predictions, all_labels)
+
+
+def measure_accuracy(artifact: Artifact, eval_data: Iterable[tuple[Any, Any]] | None = None,
+                     metric: Metric | None = None) -> float:
+    """The artifact's accuracy (a fraction) on `eval_data` (default: its spec's), top-1 unless `metric` is given."""
+    return evaluate(artifact, eval_data, metric).value
+
+
+def reference_artifact(spec: ModelSpec) -> Artifact:
+    """The eager model as an in-memory artifact (the fp32 reference every format is measured against)."""
+    from deploycheck.artifact import Artifact
+    from deploycheck.formats.base import TorchRunner, io_specs
+
+    inputs, outputs = io_specs(spec)
+    metadata = {"format": "eager", "model": spec.name, "size_bytes": 0, "inputs": [t.to_dict() for t in inputs],
+                "outputs": [t.to_dict() for t in outputs]}
+    return Artifact("eager", Path(f"<in-memory {spec.name}>"), metadata, TorchRunner(spec.model, spec.name),
+                    spec=spec)
+
+
+def check_accuracy(artifact: Artifact, spec: ModelSpec | None = None, explain: bool = True,
+                   worst_classes: int = 3) -> AccuracyReport:
+    """Accuracy of an artifact and of the eager reference on the spec's eval data, gated by the spec's budget
+    (`max_accuracy_drop`, `max_relative_drop`, `min_agreement`, overridable per format through
+    `accuracy_overrides`). On failure of a quantized format, the report carries `explain_quantization`."""
+    spec = spec or artifact.spec
+    if spec is None:
+        raise SpecError(f"{artifact!r} has no spec; pass spec= to compare it with its eager reference")
+    budget = {"max_accuracy_drop": spec.max_accuracy_drop, "max_relative_drop": spec.max_relative_drop,
+              "min_agreement": spec.min_agreement, **spec.accuracy_overrides.get(artifact.format, {})}
+    reference = evaluate(reference_artifact(spec), spec.eval_data, spec.metric, f"{spec.name}/eager")
+    obtained = evaluate(artifact, spec.eval_data, spec.metric)
+    agreement = None
+    if reference.predictions is not None and obtained.predictions is not None:
+        agreement = float(np.mean(reference.predictions == obtained.predictions))
+    report = AccuracyReport(spec.name, artifact.format, reference.value, obtained.value, obtained.samples, agreement,
+                            budget["max_accuracy_drop"], budget["max_relative_drop"], budget["min_agreement"],
+                            spec.higher_is_better)
+    ref_classes, got_classes = reference.per_class(), obtained.per_class()
+    drops = sorted(((c, ref_classes[c], got_classes[c]) for c in ref_classes), key=lambda t: t[2] - t[1])
+    report.class_drops = [d for d in drops[:worst_classes] if d[1] > d[2]]
+    if explain and not report.passed and artifact.quantized:
+        report.explanation = str(explain_quantization(artifact, spec))
+    return report
+
+
+@dataclass
+class LayerError:
+    """Quantization error of one layer: SQNR in dB (higher is better) of its output, and of its weight."""
+
+    node: str
+    tensor: str
+    activation_sqnr_db: float
+    weight_sqnr_db: float | None = None
+    versus_float_sqnr_db: float | None = None
+
+
+@dataclass
+class QuantizationExplanation:
+    """Per-layer quantization error, worst layer first."""
+
+    model: str
+    format: str
+    method: str
+    layers: list[LayerError]
+
+    def worst_nodes(self, count: int) -> list[str]:
+        return [layer.node for layer in self.layers[:count]]
+
+    def __str__(self, limit: int = 10) -> str:
+        def db(value: float | None) -> str:
+            return "" if value is None else f"{value:.1f}"
+
+        rows = [[layer.node, layer.tensor, db(layer.activation_sqnr_db), db(layer.versus_float_sqnr_db),
+                 db(layer.weight_sqnr_db)] for layer in self.layers[:limit]]
+        return (f"where the error comes from ({self.model}/{self.format}, {self.method}; lowest SQNR first):\n"
+                + format_table(["layer", "output tensor", "activation SQNR dB", "vs fp32 model dB", "weight SQNR dB"],
+                               rows))
+
+
+def explain_quantization(artifact: Artifact, spec: ModelSpec | None = None,
+                         batches: int = 4) -> QuantizationExplanation:
+    """Per-layer quantization error of an int8 artifact against its fp32 form, worst first.
+
+    `onnx_int8_static` uses ONNX Runtime's `qdq_loss_debug` (activation SQNR of every quantized tensor against the
+    fp32 model on the same calibration inputs, and weight SQNR); `onnx_int8_dynamic` compares every intermediate
+    tensor the two ONNX models share by name; torch formats compare each module's output through forward hooks.
+    """
+    from deploycheck import explain
+
+    spec = spec or artifact.spec
+    if spec is None:
+        raise SpecError(f"{artifact!r} has no spec; pass spec= (its data feeds the comparison)")
+    if artifact.format == "onnx_int8_static":
+        return explain.explain_qdq(artifact, spec, batches)
+    if artifact.format.startswith("onnx"):
+        return explain.explain_onnx_by_name(artifact, spec, batches)
+    return explain.explain_torch(artifact, spec, batches)
+
+
+def layer_sort_key(layer: LayerError) -> float:
+    return layer.activation_sqnr_db if math.isfinite(layer.activation_sqnr_db) else math.inf
+
+
+def _as_numpy(labels: Any) -> np.ndarray:
+    if hasattr(labels, "detach"):
+        labels = labels.detach().cpu().numpy()
+    return np.asarray(labels)
+

@@ -1,0 +1,272 @@
+"""Latency and throughput measurement that holds on a shared, noisy machine.
+
+Discipline: inputs are prepared before timing and only the inference call is timed; outputs are materialised
+(numpy arrays, so lazy runtimes cannot cheat); a warm-up precedes timing; thread counts are fixed (1 intra-op
+thread by default, for both torch and ONNX Runtime) and recorded; the garbage collector is off while timing;
+measurement stops when the median of the last three windows agrees within `stable_within`, or at a time cap,
+and says which. Comparisons are made side by side (A B A B ...) in one run, as ratios with an interval, never
+against an absolute time from another run.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from deploycheck.artifact import Artifact, load_artifact, package_versions
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "fma", "f16c", "sse4_2", "asimd")
+
+
+@dataclass
+class LatencyStats:
+    """Per batch size: latencies in ms, throughput in samples/s from wall time, and how the run went."""
+
+    batch_size: int
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    max_ms: float
+    min_ms: float
+    stddev_ms: float
+    iqr_ms: float
+    cv: float
+    throughput_per_s: float
+    calls: int
+    rounds: int
+    stabilised: bool
+    samples_ms: list[float] = field(repr=False, default_factory=list)
+
+    @classmethod
+    def from_samples(cls, batch_size: int, samples_s: Sequence[float], wall_s: float, rounds: int,
+                     stabilised: bool) -> LatencyStats:
+        ms = np.asarray(samples_s, np.float64) * 1e3
+        p25, p50, p75, p90, p95, p99 = np.percentile(ms, [25, 50, 75, 90, 95, 99])
+        mean = float(ms.mean())
+        stddev = float(ms.std(ddof=1)) if len(ms) > 1 else 0.0
+        return cls(batch_size, float(p50), float(p90), float(p95), float(p99), mean, float(ms.max()),
+                   float(ms.min()), stddev, float(p75 - p25), stddev / mean if mean else 0.0,
+                   batch_size * len(ms) / wall_s if wall_s > 0 else 0.0, len(ms), rounds, stabilised,
+                   [round(float(v), 4) for v in ms])
+
+    def to_dict(self, with_samples: bool = False) -> dict[str, Any]:
+        data = asdict(self)
+        if not with_samples:
+            data.pop("samples_ms")
+        return data
+
+
+@dataclass
+class BenchResult:
+    """What `bench` measured: `stats[batch_size]`, the settings, and the environment record."""
+
+    model: str
+    format: str
+    stats: dict[int, LatencyStats]
+    threads: int
+    device: str
+    environment: dict[str, Any]
+    load_rss_bytes: int | None = None
+
+    def to_dict(self, with_samples: bool = False) -> dict[str, Any]:
+        return {"model": self.model, "format": self.format, "threads": self.threads, "device": self.device,
+                "environment": self.environment, "load_rss_bytes": self.load_rss_bytes,
+                "stats": {str(b): s.to_dict(with_samples) for b, s in self.stats.items()}}
+
+    def __str__(self) -> str:
+        from deploycheck.parity import format_table
+
+        rows = [[str(b), f"{s.p50_ms:.3f}", f"{s.p90_ms:.3f}", f"{s.p99_ms:.3f}", f"{s.max_ms:.3f}", f"{s.cv:.2f}",
+                 f"{s.throughput_per_s:.0f}", str(s.calls), "yes" if s.stabilised else "no (time cap)"]
+                for b, s in sorted(self.stats.items())]
+        return (f"latency of {self.model}/{self.format} ({self.device}, {self.threads} thread(s))\n"
+                + format_table(["batch", "p50 ms", "p90 ms", "p99 ms", "max ms", "cv", "samples/s", "calls",
+                                "stabilised"], rows))
+
+
+@dataclass
+class SpeedRatio:
+    """a's median time over b's, with a bootstrap confidence interval: above 1 means a is slower than b."""
+
+    a: str
+    b: str
+    ratio: float
+    low: float
+    high: float
+    confidence: float
+    a_p50_ms: float
+    b_p50_ms: float
+    pairs: int
+
+    @property
+    def speedup(self) -> float:
+        """How many times faster b is than a (the ratio itself, named for reading)."""
+        return self.ratio
+
+    def excludes_one(self) -> bool:
+        return self.low > 1.0 or self.high < 1.0
+
+    def __str__(self) -> str:
+        return (f"{self.a} / {self.b} median time ratio {self.ratio:.3f} "
+                f"[{self.low:.3f}, {self.high:.3f}] ({self.confidence:.0%} CI, {self.pairs} interleaved pairs; "
+                f"p50 {self.a_p50_ms:.3f} ms vs {self.b_p50_ms:.3f} ms)")
+
+
+def environment(threads: int, device: str = "cpu") -> dict[str, Any]:
+    """CPU model, core count, instruction-set flags, versions and thread settings, stored with every result."""
+    model = platform.processor() or ""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return {"cpu": model or platform.machine(), "cores": os.cpu_count(), "machine": platform.machine(),
+            "cpu_flags": [f for f in CPU_FLAGS if f in flags], "versions": package_versions(),
+            "threads": {"intra_op": threads, "inter_op": 1}, "device": device, "platform": platform.platform()}
+
+
+def timed_runner(artifact: Artifact, threads: int, device: str) -> Artifact:
+    """The artifact reloaded with fixed thread counts (and device); torch's own thread count is set as well."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if artifact.path.is_dir():
+        return load_artifact(artifact.path, spec=artifact.spec, intra_op_threads=threads, inter_op_threads=1,
+                             device=device)
+    return artifact
+
+
+def bench_inputs(artifact: Artifact, batch_size: int) -> list[np.ndarray]:
+    """Real inputs from the spec when there is one; otherwise seeded random values of the declared shapes."""
+    if artifact.spec is not None:
+        return artifact.prepare_inputs(artifact.spec.sample_inputs(batch_size))
+    rng = np.random.default_rng(0)
+    arrays = []
+    for tensor in artifact.inputs:
+        shape = [batch_size if size is None else size for size in tensor.shape]
+        arrays.append(rng.standard_normal(shape).astype(tensor.dtype))
+    return artifact.prepare_inputs(arrays)
+
+
+def _call(artifact: Artifact, inputs: list[np.ndarray]) -> float:
+    """One timed inference; runners return materialised numpy arrays, so the work is done when it returns."""
+    start = time.perf_counter()
+    artifact.runner(inputs)
+    return time.perf_counter() - start
+
+
+def bench(artifact: Artifact, batch_sizes: Sequence[int] = (1, 8, 32), max_time_s: float = 1.0,
+          min_time_s: float | None = None, warmup_s: float = 0.1, threads: int = 1, device: str = "cpu",
+          windows: int = 10, stable_within: float = 0.03) -> BenchResult:
+    """Measure latency and throughput per batch size (see the module docstring for the discipline)."""
+    rss_before = _rss_bytes()
+    timed = timed_runner(artifact, threads, device)
+    rss_after = _rss_bytes()
+    min_time_s = max_time_s / 3 if min_time_s is None else min_time_s
+    stats = {}
+    for batch_size in batch_sizes:
+        inputs = bench_inputs(timed, batch_size)
+        warm_end = time.perf_counter() + warmup_s
+        for _ in range(3):
+            _call(timed, inputs)
+        while time.perf_counter() < warm_end:
+            _call(timed, inputs)
+        samples: list[float] = []
+        medians: list[float] = []
+        window_s = max_time_s / windows
+        stabilised = False
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            started = time.perf_counter()
+            while True:
+                window: list[float] = []
+                window_end = time.perf_counter() + window_s
+                while time.perf_counter() < window_end or len(window) < 3:
+                    window.append(_call(timed, inputs))
+                samples.extend(window)
+                medians.append(float(np.median(window)))
+                elapsed = time.perf_counter() - started
+                last = medians[-3:]
+                if len(last) == 3 and max(last) / min(last) - 1 <= stable_within and elapsed >= min_time_s:
+                    stabilised = True
+                    break
+                if elapsed >= max_time_s:
+                    break
+            wall = time.perf_counter() - started
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        stats[batch_size] = LatencyStats.from_samples(batch_size, samples, wall, len(medians), stabilised)
+    rss = rss_after - rss_before if rss_before is not None and rss_after is not None else None
+    return BenchResult(artifact.model_name, artifact.format, stats, threads, device, environment(threads, device),
+                       rss)
+
+
+def compare_speed(a: Artifact, b: Artifact, batch_size: int = 1, max_time_s: float = 2.0, threads: int = 1,
+                  device: str = "cpu", confidence: float = 0.95, max_pairs: int = 2000, resamples: int = 2000,
+                  seed: int = 0) -> SpeedRatio:
+    """Run a and b interleaved on the same inputs and return the ratio of median times (a over b), with a
+    bootstrap confidence interval. The order alternates A B B A, so neither side always runs first, and drifts
+    of the machine hit both alike. The same artifact given twice shares one loaded runtime."""
+    timed_a = timed_runner(a, threads, device)
+    timed_b = timed_a if b is a or b.path == a.path else timed_runner(b, threads, device)
+    inputs_a, inputs_b = bench_inputs(timed_a, batch_size), bench_inputs(timed_b, batch_size)
+    for _ in range(5):
+        _call(timed_a, inputs_a)
+        _call(timed_b, inputs_b)
+    times_a: list[float] = []
+    times_b: list[float] = []
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        end = time.perf_counter() + max_time_s
+        while (time.perf_counter() < end and len(times_a) < max_pairs) or len(times_a) < 20:
+            if len(times_a) % 2:
+                times_b.append(_call(timed_b, inputs_b))
+                times_a.append(_call(timed_a, inputs_a))
+            else:
+                times_a.append(_call(timed_a, inputs_a))
+                times_b.append(_call(timed_b, inputs_b))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    low, high = bootstrap_ratio_interval(np.array(times_a), np.array(times_b), confidence, resamples, seed)
+    return SpeedRatio(f"{a.model_name}/{a.format}", f"{b.model_name}/{b.format}",
+                      float(np.median(times_a) / np.median(times_b)), low, high, confidence,
+                      float(np.median(times_a) * 1e3), float(np.median(times_b) * 1e3), len(times_a))
+
+
+def bootstrap_ratio_interval(a: np.ndarray, b: np.ndarray, confidence: float = 0.95, resamples: int = 2000,
+                             seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of median(a) / median(b), resampling interleaved pairs together so that
+    drifts shared by a neighbouring pair stay paired."""
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, len(a), size=(resamples, len(a)))
+    ratios = np.median(a[index], axis=1) / np.median(b[index], axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None

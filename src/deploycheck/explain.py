@@ -1,0 +1,196 @@
+"""Per-layer quantization error, the engines behind `deploycheck.explain_quantization`.
+
+All three compare the quantized model with its fp32 form on the same real inputs and report, per layer, the SQNR
+of its output (10·log10(signal power / error power), in dB; lower is worse), listed worst first.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deploycheck.accuracy import LayerError, QuantizationExplanation, layer_sort_key
+
+if TYPE_CHECKING:
+    from deploycheck.artifact import Artifact
+    from deploycheck.spec import ModelSpec
+
+
+def sqnr_db(reference: np.ndarray, obtained: np.ndarray) -> float:
+    reference = np.asarray(reference, np.float64)
+    noise = float(np.sum((reference - np.asarray(obtained, np.float64)) ** 2))
+    signal = float(np.sum(reference**2))
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def fp32_onnx_path(artifact: Artifact, spec: ModelSpec) -> Path:
+    """The fp32 ONNX model an int8 ONNX artifact was quantized from (re-exported from the cache if moved)."""
+    from deploycheck.formats import export
+    from deploycheck.formats.onnx import MODEL_FILE
+
+    default = artifact.path.with_name(f"{artifact.path.name}.onnx")
+    recorded = Path(artifact.metadata.get("base", {}).get("path", default))
+    return export(spec, "onnx", recorded).path / MODEL_FILE
+
+
+def _reader(spec: ModelSpec, batches: int) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    from deploycheck.formats.onnx_int8_static import calibration_feeds
+
+    feeds = calibration_feeds(spec)[:batches]
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.remaining = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.remaining, None)
+
+    return Reader()
+
+
+def _producers(model_path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Maps of tensor name -> the node producing it, and initializer name -> the node consuming it."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    produced = {output: node.name for node in model.graph.node for output in node.output}
+    initializers = {i.name for i in model.graph.initializer}
+    consumed = {name: node.name for node in model.graph.node for name in node.input if name in initializers}
+    return produced, consumed
+
+
+def explain_qdq(artifact: Artifact, spec: ModelSpec, batches: int) -> QuantizationExplanation:
+    """ONNX Runtime's `qdq_loss_debug` on the QDQ model and its pre-processed fp32 model.
+
+    Layers are ranked by the error their own quantize/dequantize pair adds (before vs after QDQ, per channel),
+    so the layer where the error starts comes before the layers that merely inherit it; the SQNR against the
+    fp32 model's tensor is shown beside it."""
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_weight_error,
+        create_activation_matching,
+        create_weight_matching,
+        modify_model_output_intermediate_tensors,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from deploycheck.formats.base import quiet_exporters
+    from deploycheck.formats.onnx import MODEL_FILE
+
+    with tempfile.TemporaryDirectory(prefix="deploycheck-explain-") as scratch, quiet_exporters():
+        float_model = Path(scratch) / "float.onnx"
+        quant_pre_process(str(fp32_onnx_path(artifact, spec)), str(float_model))
+        qdq_model = artifact.path / MODEL_FILE
+        float_augmented, qdq_augmented = Path(scratch) / "float_aug.onnx", Path(scratch) / "qdq_aug.onnx"
+        modify_model_output_intermediate_tensors(str(float_model), str(float_augmented))
+        modify_model_output_intermediate_tensors(str(qdq_model), str(qdq_augmented))
+        float_activations = collect_activations(str(float_augmented), _reader(spec, batches))
+        qdq_activations = collect_activations(str(qdq_augmented), _reader(spec, batches))
+        matching = create_activation_matching(qdq_activations, float_activations)
+        weight_error = compute_weight_error(create_weight_matching(str(float_model), str(qdq_model)))
+        produced, consumed = _producers(qdq_model)
+        float_produced, float_consumers = _producers(float_model)
+    weights_by_node = {(consumed.get(name) or float_consumers.get(name)): float(error)
+                       for name, error in weight_error.items()}
+    layers = []
+    for tensor, pair in matching.items():
+        if "pre_qdq" not in pair or "post_qdq" not in pair:
+            continue
+        node = produced.get(tensor, "")
+        if not node or node.endswith("_DequantizeLinear"):
+            node = float_produced.get(tensor, tensor)
+        local = channel_median_sqnr_db(pair["pre_qdq"], pair["post_qdq"])
+        versus_float = channel_median_sqnr_db(pair["float"], pair["post_qdq"]) if "float" in pair else None
+        layers.append(LayerError(node, tensor, local, weights_by_node.get(node), versus_float))
+    layers.sort(key=layer_sort_key)
+    return QuantizationExplanation(spec.name, artifact.format, "onnxruntime qdq_loss_debug", layers)
+
+
+def channel_median_sqnr_db(reference: list[np.ndarray], obtained: list[np.ndarray]) -> float:
+    """The median over channels (axis 1) of each channel's SQNR.
+
+    A whole-tensor SQNR is dominated by the largest values: a layer whose few huge outliers set the int8 scale,
+    crushing every other channel to zero, still scores well on it. Per channel, the crushed channels show.
+    """
+    ref = np.concatenate([np.asarray(a, np.float64) for a in reference])
+    got = np.concatenate([np.asarray(a, np.float64) for a in obtained])
+    if ref.ndim < 2:
+        return sqnr_db(ref, got)
+    ref, got = np.moveaxis(ref, 1, 0).reshape(ref.shape[1], -1), np.moveaxis(got, 1, 0).reshape(got.shape[1], -1)
+    values = [sqnr_db(r, g) for r, g in zip(ref, got) if np.any(r)]
+    return float(np.median(values)) if values else math.inf
+
+
+def explain_onnx_by_name(artifact: Artifact, spec: ModelSpec, batches: int) -> QuantizationExplanation:
+    """Every intermediate tensor that the fp32 and the quantized ONNX models share by name, compared."""
+    from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
+
+    from deploycheck.formats.base import quiet_exporters
+    from deploycheck.formats.onnx import MODEL_FILE
+
+    with tempfile.TemporaryDirectory(prefix="deploycheck-explain-") as scratch, quiet_exporters():
+        float_model = fp32_onnx_path(artifact, spec)
+        float_augmented, quant_augmented = Path(scratch) / "float_aug.onnx", Path(scratch) / "quant_aug.onnx"
+        modify_model_output_intermediate_tensors(str(float_model), str(float_augmented))
+        modify_model_output_intermediate_tensors(str(artifact.path / MODEL_FILE), str(quant_augmented))
+        float_activations = collect_activations(str(float_augmented), _reader(spec, batches))
+        quant_activations = collect_activations(str(quant_augmented), _reader(spec, batches))
+        produced, _ = _producers(float_model)
+    layers = []
+    for tensor in float_activations.keys() & quant_activations.keys():
+        reference = np.concatenate([np.ravel(a) for a in float_activations[tensor]])
+        obtained = np.concatenate([np.ravel(a) for a in quant_activations[tensor]])
+        if reference.shape == obtained.shape and np.issubdtype(reference.dtype, np.floating):
+            layers.append(LayerError(produced.get(tensor, tensor), tensor, sqnr_db(reference, obtained)))
+    layers.sort(key=layer_sort_key)
+    return QuantizationExplanation(spec.name, artifact.format, "intermediate tensors matched by name", layers)
+
+
+def explain_torch(artifact: Artifact, spec: ModelSpec, batches: int) -> QuantizationExplanation:
+    """Forward hooks on every leaf module of the eager model and of the same model quantized in-process with the
+    artifact's recorded backend; each module's output is compared on the calibration inputs."""
+    import torch
+
+    quantized = copy.deepcopy(spec.model).eval()
+    backend = artifact.metadata.get("quantization", {}).get("backend")
+    if backend == "torchao":
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+        quantize_(quantized, Int8DynamicActivationInt8WeightConfig())
+    elif backend == "torch.ao.quantization":
+        quantized = torch.ao.quantization.quantize_dynamic(quantized, {torch.nn.Linear}, dtype=torch.qint8)
+
+    def record_into(store: dict[str, list[np.ndarray]], name: str) -> Any:
+        def hook(module: Any, inputs: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor):
+                store.setdefault(name, []).append(output.detach().float().numpy().ravel())
+        return hook
+
+    stores: list[dict[str, list[np.ndarray]]] = [{}, {}]
+    handles = []
+    for store, model in zip(stores, (spec.model, quantized)):
+        for name, module in model.named_modules():
+            if name and not list(module.children()):
+                handles.append(module.register_forward_hook(record_into(store, name)))
+    try:
+        with torch.no_grad():
+            for batch in list(spec.calibration_data or [])[:batches]:
+                spec.model(*batch)
+                quantized(*batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    reference, obtained = stores
+    layers = [LayerError(name, name, sqnr_db(np.concatenate(reference[name]), np.concatenate(obtained[name])))
+              for name in reference if name in obtained]
+    layers.sort(key=layer_sort_key)
+    return QuantizationExplanation(spec.name, artifact.format, f"forward hooks ({backend or 'fp32'})", layers)
