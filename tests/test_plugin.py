@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,7 +109,62 @@ def test_digits_example_project(pytester: pytest.Pytester, workers: str, tmp_pat
     artifacts = tmp_path_factory.getbasetemp() / "digits-example-artifacts"
     for key, value in cache_env.items():
         pytester._monkeypatch.setenv(key, value)
-    result = pytester.runpytest_subprocess("-n", workers, f"--deploycheck-artifacts={artifacts}")
-    result.assert_outcomes(passed=8)
-    result.stdout.fnmatch_lines(["*= deploycheck =*", "digits_cnn*eager*ok", "digits_cnn*torch_int8_dynamic*ok"])
+    result = pytester.runpytest_subprocess("-n", workers, f"--deploycheck-artifacts={artifacts}",
+                                           "--deploycheck-bench-time=0.1")
+    result.assert_outcomes(passed=24)
+    result.stdout.fnmatch_lines(["*= deploycheck =*",
+                                 "model*format*size*max abs err*accuracy*drop*p50 ms*p99 ms*samples/s*speedup vs eager*",
+                                 "digits_cnn*eager*ok", "digits_cnn*torch_int8_dynamic*ok"])
     assert result.stdout.str().count("digits_cnn  ") == 8
+
+
+def test_no_bench_skips_benchmarks(pytester: pytest.Pytester, tmp_path_factory, cache_env) -> None:
+    shutil.copytree(ROOT / "examples" / "digits", pytester.path, dirs_exist_ok=True)
+    for key, value in cache_env.items():
+        pytester._monkeypatch.setenv(key, value)
+    artifacts = tmp_path_factory.getbasetemp() / "digits-example-artifacts"
+    result = pytester.runpytest_subprocess("--deploycheck-no-bench", "--deploycheck-formats=onnx",
+                                           f"--deploycheck-artifacts={artifacts}", "-rs")
+    result.assert_outcomes(passed=2, skipped=1)
+    result.stdout.fnmatch_lines(["*benchmarks are off (--deploycheck-no-bench)*"])
+
+
+def test_quantized_artifact_from_the_search_passes_the_gate(pytester: pytest.Pytester, tmp_path: Path,
+                                                            cache_env) -> None:
+    """`deploycheck quantize` on a model built to quantize badly, then the written artifact through the plugin."""
+    shutil.copy(ROOT / "tests" / "models.py", pytester.path / "models.py")
+    out = tmp_path / "int8"
+    quantize = pytester.run(sys.executable, "-m", "deploycheck.cli", "quantize", "models:outlier_spec",
+                            "--max-accuracy-drop", "0.01", "--out", str(out), "--no-latency")
+    assert quantize.ret == 0, quantize.stderr.str()
+    quantize.stdout.fnmatch_lines(["*MinMax, per-channel*",
+                                   "*<- chosen*", "*to gate this configuration*"])
+    pytester.makepyfile(test_written=f"""
+import deploycheck
+from models import outlier_spec
+
+
+def test_written_artifact(deploycheck):
+    spec = outlier_spec()
+    artifact = deploycheck_load(spec)
+    deploycheck.assert_accuracy(artifact)
+
+
+def test_plain_static_int8_fails(deploycheck, tmp_path):
+    spec = outlier_spec()
+    deploycheck.assert_accuracy(deploycheck_export(spec, tmp_path))
+
+
+def deploycheck_load(spec):
+    import deploycheck as dc
+    return dc.load_artifact({str(out)!r}, spec=spec)
+
+
+def deploycheck_export(spec, tmp_path):
+    import deploycheck as dc
+    return dc.export(spec, "onnx_int8_static", tmp_path / "plain")
+""")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*accuracy drop * exceeds the budget of 1.00%*", "*worst classes*",
+                                 "*where the error comes from*", "*node_linear*relu*"])

@@ -30,8 +30,8 @@ _EXPORTS = {
     "FormatUnavailable": "deploycheck.errors",
     "measure_accuracy": "deploycheck.accuracy",
     "explain_quantization": "deploycheck.accuracy",
-    "bench": "deploycheck.bench",
-    "compare_speed": "deploycheck.bench",
+    "bench": "deploycheck.latency",
+    "compare_speed": "deploycheck.latency",
     "Monitor": "deploycheck.monitor",
 }
 

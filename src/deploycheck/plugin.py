@@ -157,7 +157,12 @@ class _Summary:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for name, payload in report.user_properties:
             if name == PROPERTY and isinstance(payload, dict):
-                self.results.setdefault((payload["model"], payload["format"]), {}).update(payload)
+                row = self.results.setdefault((payload["model"], payload["format"]), {})
+                for key, value in payload.items():
+                    if isinstance(value, dict) and isinstance(row.get(key), dict):
+                        row[key].update(value)
+                    else:
+                        row[key] = value
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.results:

@@ -125,6 +125,6 @@ def _with_settings(spec: ModelSpec, settings: dict[str, Any]) -> ModelSpec:
 
 
 def _p50_ms(artifact: Artifact) -> float:
-    from deploycheck.bench import bench
+    from deploycheck.latency import bench
 
     return bench(artifact, batch_sizes=(1,), max_time_s=0.5).stats[1].p50_ms

@@ -1,0 +1,39 @@
+"""Latency measurement on real runtimes: statistics are consistent, the environment is recorded, side-by-side
+ratios separate different speeds and not identical ones. Speed goals themselves live in benchmarks/."""
+
+from __future__ import annotations
+
+import deploycheck
+from deploycheck.latency import bootstrap_ratio_interval
+
+
+def test_bench_reports_every_statistic_per_batch_size(digits_artifacts) -> None:
+    result = deploycheck.bench(digits_artifacts["onnx"], batch_sizes=(1, 8), max_time_s=0.3)
+    assert set(result.stats) == {1, 8}
+    for batch_size, stats in result.stats.items():
+        assert stats.batch_size == batch_size and stats.calls == len(stats.samples_ms) >= 3
+        assert stats.min_ms <= stats.p50_ms <= stats.p90_ms <= stats.p95_ms <= stats.p99_ms <= stats.max_ms
+        assert stats.iqr_ms >= 0 and stats.cv >= 0 and stats.rounds >= 1
+        assert stats.throughput_per_s > 0
+        assert stats.throughput_per_s <= batch_size / (stats.mean_ms / 1e3) * 1.001, "wall time includes the calls"
+    assert result.threads == 1 and result.environment["threads"]["intra_op"] == 1
+    assert result.environment["cores"] and result.environment["versions"]["onnxruntime"]
+    assert "stabilised" in str(result)
+
+
+def test_side_by_side_ratio_separates_eager_from_onnx_but_not_onnx_from_itself(digits_artifacts) -> None:
+    eager_vs_onnx = deploycheck.compare_speed(digits_artifacts["eager"], digits_artifacts["onnx"], max_time_s=0.5)
+    assert eager_vs_onnx.low <= eager_vs_onnx.ratio <= eager_vs_onnx.high
+    assert eager_vs_onnx.excludes_one()
+    itself = deploycheck.compare_speed(digits_artifacts["onnx"], digits_artifacts["onnx"], max_time_s=0.5)
+    assert itself.low <= 1.0 <= itself.high, str(itself)
+
+
+def test_bootstrap_interval_covers_the_true_ratio() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    a = rng.lognormal(np.log(2.0), 0.2, 400)
+    b = rng.lognormal(np.log(1.0), 0.2, 400)
+    low, high = bootstrap_ratio_interval(a, b)
+    assert low < 2.0 < high and high - low < 0.3
