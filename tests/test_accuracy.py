@@ -88,7 +88,7 @@ def test_bad_evaluation_data_names_the_model(digits_artifacts) -> None:
 
 
 def test_outlier_model_fails_static_int8_and_the_explanation_names_the_layer(outlier) -> None:
-    spec, artifacts = outlier
+    _, artifacts = outlier
     report = check_accuracy(artifacts["onnx_int8_static"])
     assert not report.passed and report.drop > 0.5
     explanation = deploycheck.explain_quantization(artifacts["onnx_int8_static"])

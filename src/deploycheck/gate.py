@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 from filelock import FileLock
 
 from deploycheck.accuracy import check_accuracy, reference_artifact
-from deploycheck.latency import BenchResult, SpeedRatio, bench, compare_speed
 from deploycheck.errors import DeployCheckError
 from deploycheck.formats import export, get_format
+from deploycheck.latency import BenchResult, SpeedRatio, bench, compare_speed
 from deploycheck.parity import check_parity
 
 if TYPE_CHECKING:
