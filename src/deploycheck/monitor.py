@@ -1,0 +1,328 @@
+"""`Monitor`: production metrics over a sliding time window, with alerts that fire once and resolve.
+
+`record` is O(1): it adds to the current time slice (a count, sums, and a log-bucketed latency histogram with
+relative error `RELATIVE_ERROR`, DDSketch-style). Window figures merge the slices that are still inside the
+window; rules are evaluated when a slice closes and whenever `metrics()` or `alerts()` is called, never per
+record. The clock is injectable, so tests simulate hours of traffic without sleeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+RELATIVE_ERROR = 0.005
+_GAMMA = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
+_LOG_GAMMA = math.log(_GAMMA)
+_MIN_MS = 1e-6
+LOGGER = logging.getLogger("deploycheck.monitor")
+
+
+def _bucket(latency_ms: float) -> int:
+    return math.ceil(math.log(max(latency_ms, _MIN_MS)) / _LOG_GAMMA)
+
+
+def _bucket_value(index: int) -> float:
+    """The value a bucket stands for: within RELATIVE_ERROR of every latency that fell into it."""
+    return 2 * _GAMMA**index / (_GAMMA + 1)
+
+
+@dataclass
+class _Slice:
+    start: float
+    requests: int = 0
+    samples: int = 0
+    errors: int = 0
+    latency_sum: float = 0.0
+    latency_max: float = 0.0
+    histogram: Counter[int] = field(default_factory=Counter)
+    error_types: Counter[str] = field(default_factory=Counter)
+    predictions: Counter[Any] = field(default_factory=Counter)
+    labelled: int = 0
+    correct: int = 0
+
+
+@dataclass
+class Rule:
+    """An alert rule: `type` (latency, error_rate, accuracy, drift), a threshold and how it is applied.
+
+    latency: fires when the window p95 exceeds `factor` x the baseline p95 (and `factor` x the trailing average
+    of earlier windows, when one exists); error_rate: when the window error rate exceeds `threshold`; accuracy:
+    when window accuracy falls below the baseline accuracy minus `threshold`; drift: when the PSI of predicted
+    classes against the baseline distribution exceeds `threshold`. `min_samples` guards against judging a
+    handful of requests; `cooldown_s` keeps a resolved alert from firing again at once.
+    """
+
+    type: str
+    threshold: float = 0.0
+    factor: float = 2.0
+    min_samples: int = 100
+    cooldown_s: float = 60.0
+    severity: str = "warning"
+
+
+DEFAULT_RULES = (
+    Rule("latency", factor=2.0, min_samples=100),
+    Rule("error_rate", threshold=0.05, min_samples=100, severity="critical"),
+    Rule("accuracy", threshold=0.02, min_samples=100),
+    Rule("drift", threshold=0.2, min_samples=200),
+)
+
+
+@dataclass
+class Alert:
+    type: str
+    severity: str
+    value: float
+    threshold: float
+    first_seen: float
+    last_seen: float
+    state: str = "firing"
+    message: str = ""
+
+
+class Monitor:
+    """Production metrics of one model: latency percentiles, throughput, errors, accuracy, drift, alerts.
+
+    `baseline` is a mapping with any of `p95_ms`, `accuracy` and `class_distribution` ({class: fraction}),
+    typically read from the gate's baselines; `sinks` are callables receiving each `Alert` when it fires or
+    resolves (alerts are also logged on the `deploycheck.monitor` logger).
+    """
+
+    def __init__(self, model_name: str, window_s: float = 60, baseline: Mapping[str, Any] | None = None,
+                 rules: Sequence[Rule] | None = None, sinks: Sequence[Callable[[Alert], None]] | None = None,
+                 clock: Callable[[], float] = time.monotonic, slices: int = 12, max_pending_labels: int = 100_000
+                 ) -> None:
+        self.model_name = model_name
+        self.window_s = float(window_s)
+        self.baseline = dict(baseline or {})
+        self.rules = list(DEFAULT_RULES if rules is None else rules)
+        self.sinks = list(sinks or [])
+        self.clock = clock
+        self._slice_s = self.window_s / slices
+        self._lock = threading.Lock()
+        self._started = clock()
+        self._slices: deque[_Slice] = deque()
+        self._current = _Slice(self._slice_start(self._started))
+        self._lifetime = _Slice(self._started)
+        self._pending: OrderedDict[str, Any] = OrderedDict()
+        self._max_pending = max_pending_labels
+        self._window_p95_history: deque[float] = deque(maxlen=30)
+        self._active: dict[str, Alert] = {}
+        self._history: list[Alert] = []
+        self._last_resolved: dict[str, float] = {}
+
+    def record(self, latency_ms: float, batch_size: int = 1, error: str | BaseException | None = None,
+               prediction: Any = None, request_id: str | None = None) -> None:
+        """Count one request. O(1): no percentile, no rule evaluation here."""
+        now = self.clock()
+        bucket = _bucket(latency_ms)
+        with self._lock:
+            if now - self._current.start >= self._slice_s:
+                self._rotate(now)
+            for part in (self._current, self._lifetime):
+                part.requests += 1
+                part.samples += batch_size
+                part.latency_sum += latency_ms
+                if latency_ms > part.latency_max:
+                    part.latency_max = latency_ms
+                part.histogram[bucket] += 1
+                if error is not None:
+                    part.errors += 1
+                    part.error_types[error if isinstance(error, str) else type(error).__name__] += 1
+                elif prediction is not None:
+                    part.predictions[prediction] += 1
+            if request_id is not None and prediction is not None:
+                self._pending[request_id] = prediction
+                if len(self._pending) > self._max_pending:
+                    self._pending.popitem(last=False)
+
+    def record_ground_truth(self, request_id: str, label: Any) -> bool:
+        """Match a late label to its request; False when the request is unknown or already labelled."""
+        with self._lock:
+            prediction = self._pending.pop(request_id, None)
+            if prediction is None:
+                return False
+            for part in (self._current, self._lifetime):
+                part.labelled += 1
+                part.correct += int(prediction == label)
+            return True
+
+    def metrics(self) -> dict[str, Any]:
+        """Window and lifetime figures; evaluates the alert rules."""
+        with self._lock:
+            now = self.clock()
+            self._expire(now)
+            window = self._merge([*self._slices, self._current])
+            result = self._figures(window, now - max(self._started, now - self.window_s))
+            result["lifetime"] = self._figures(self._lifetime, now - self._started)
+            self._evaluate(window, result, now)
+        result["alerts"] = [a.type for a in self._active.values()]
+        return result
+
+    def alerts(self) -> list[Alert]:
+        """Every alert raised so far (firing ones and resolved ones), oldest first."""
+        self.metrics()
+        return list(self._history)
+
+    def report(self) -> str:
+        m = self.metrics()
+        lat = m["latency_ms"]
+        accuracy = "n/a" if m["accuracy"] is None else f"{m['accuracy']:.2%} ({m['labelled']} labels)"
+        lines = [f"monitor {self.model_name} (window {self.window_s:g} s)",
+                 f"  requests {m['requests']}  samples {m['samples']}  errors {m['errors']} "
+                 f"({m['error_rate']:.2%})",
+                 f"  latency ms  mean {lat['mean']:.3f}  p50 {lat['p50']:.3f}  p95 {lat['p95']:.3f}  "
+                 f"p99 {lat['p99']:.3f}  max {lat['max']:.3f}",
+                 f"  throughput {m['throughput_rps']:.1f} req/s, {m['throughput_samples_per_s']:.1f} samples/s",
+                 f"  accuracy {accuracy}"]
+        for alert in self._history[-5:]:
+            lines.append(f"  alert {alert.type} {alert.state}: {alert.message}")
+        return "\n".join(lines)
+
+    def _slice_start(self, now: float) -> float:
+        return math.floor(now / self._slice_s) * self._slice_s
+
+    def _rotate(self, now: float) -> None:
+        self._slices.append(self._current)
+        self._current = _Slice(self._slice_start(now))
+        self._expire(now)
+        window = self._merge([*self._slices])
+        self._evaluate(window, self._figures(window, self.window_s), now)
+        if window.requests:
+            self._window_p95_history.append(self._percentile(window.histogram, window.requests, 95))
+
+    def _expire(self, now: float) -> None:
+        while self._slices and self._slices[0].start <= now - self.window_s:
+            self._slices.popleft()
+
+    @staticmethod
+    def _merge(parts: Sequence[_Slice]) -> _Slice:
+        merged = _Slice(parts[0].start if parts else 0.0)
+        for part in parts:
+            merged.requests += part.requests
+            merged.samples += part.samples
+            merged.errors += part.errors
+            merged.latency_sum += part.latency_sum
+            merged.latency_max = max(merged.latency_max, part.latency_max)
+            merged.histogram.update(part.histogram)
+            merged.error_types.update(part.error_types)
+            merged.predictions.update(part.predictions)
+            merged.labelled += part.labelled
+            merged.correct += part.correct
+        return merged
+
+    @staticmethod
+    def _percentile(histogram: Counter[int], total: int, q: float) -> float:
+        """The q-th percentile from the histogram, with numpy's linear-interpolation rank convention."""
+        if not total:
+            return 0.0
+        rank = q / 100 * (total - 1)
+        lower, upper = math.floor(rank), math.ceil(rank)
+        values, seen = {}, 0
+        for index in sorted(histogram):
+            count = histogram[index]
+            for wanted in (lower, upper):
+                if wanted not in values and seen <= wanted < seen + count:
+                    values[wanted] = _bucket_value(index)
+            seen += count
+            if upper in values:
+                break
+        return values[lower] + (values[upper] - values[lower]) * (rank - lower)
+
+    def _figures(self, part: _Slice, elapsed_s: float) -> dict[str, Any]:
+        elapsed_s = max(elapsed_s, 1e-9)
+        total = part.requests
+        return {
+            "requests": total, "samples": part.samples, "errors": part.errors,
+            "error_rate": part.errors / total if total else 0.0, "errors_by_type": dict(part.error_types),
+            "throughput_rps": total / elapsed_s, "throughput_samples_per_s": part.samples / elapsed_s,
+            "accuracy": part.correct / part.labelled if part.labelled else None, "labelled": part.labelled,
+            "predictions": dict(part.predictions),
+            "latency_ms": {"mean": part.latency_sum / total if total else 0.0,
+                           "p50": self._percentile(part.histogram, total, 50),
+                           "p95": self._percentile(part.histogram, total, 95),
+                           "p99": self._percentile(part.histogram, total, 99), "max": part.latency_max},
+        }
+
+    def _evaluate(self, window: _Slice, figures: dict[str, Any], now: float) -> None:
+        for rule in self.rules:
+            condition = self._condition(rule, window, figures)
+            if condition is None:
+                continue
+            breached, value, threshold = condition
+            active = self._active.get(rule.type)
+            if breached and active is None:
+                if now - self._last_resolved.get(rule.type, -math.inf) < rule.cooldown_s:
+                    continue
+                alert = Alert(rule.type, rule.severity, value, threshold, now, now,
+                              message=f"{self.model_name}: {rule.type} {value:.4g} beyond {threshold:.4g}")
+                self._active[rule.type] = alert
+                self._history.append(alert)
+                self._emit(alert)
+            elif breached and active is not None:
+                active.last_seen, active.value = now, value
+            elif not breached and active is not None:
+                active.state, active.last_seen = "resolved", now
+                del self._active[rule.type]
+                self._last_resolved[rule.type] = now
+                self._emit(active)
+
+    def _condition(self, rule: Rule, window: _Slice, figures: dict[str, Any]) -> tuple[bool, float, float] | None:
+        if rule.type == "latency":
+            if window.requests < rule.min_samples:
+                return None
+            p95 = figures["latency_ms"]["p95"]
+            limits = []
+            if "p95_ms" in self.baseline:
+                limits.append(rule.factor * float(self.baseline["p95_ms"]))
+            if self._window_p95_history:
+                limits.append(rule.factor * sum(self._window_p95_history) / len(self._window_p95_history))
+            if not limits:
+                return None
+            limit = max(limits)
+            return p95 > limit, p95, limit
+        if rule.type == "error_rate":
+            if window.requests < rule.min_samples:
+                return None
+            return figures["error_rate"] > rule.threshold, figures["error_rate"], rule.threshold
+        if rule.type == "accuracy":
+            if window.labelled < rule.min_samples or "accuracy" not in self.baseline:
+                return None
+            floor = float(self.baseline["accuracy"]) - rule.threshold
+            return figures["accuracy"] < floor, figures["accuracy"], floor
+        if rule.type == "drift":
+            expected = self.baseline.get("class_distribution")
+            counted = sum(window.predictions.values())
+            if not expected or counted < rule.min_samples:
+                return None
+            psi = population_stability_index(expected, window.predictions)
+            return psi > rule.threshold, psi, rule.threshold
+        return None
+
+    def _emit(self, alert: Alert) -> None:
+        LOGGER.warning("alert %s %s: %s", alert.type, alert.state, alert.message)
+        for sink in self.sinks:
+            try:
+                sink(alert)
+            except Exception:  # a broken sink must never break recording
+                LOGGER.exception("alert sink %r failed", sink)
+
+
+def population_stability_index(expected: Mapping[Any, float], observed: Mapping[Any, int],
+                               floor: float = 1e-4) -> float:
+    """PSI = sum((o - e) * ln(o / e)) over classes, with fractions floored to keep empty classes finite."""
+    total = sum(observed.values())
+    expected_total = sum(expected.values())
+    psi = 0.0
+    for key in set(expected) | set(observed):
+        e = max(expected.get(key, 0.0) / expected_total, floor)
+        o = max(observed.get(key, 0) / total, floor)
+        psi += (o - e) * math.log(o / e)
+    return psi
