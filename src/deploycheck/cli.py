@@ -58,6 +58,7 @@ def load_spec_function(reference: str) -> Any:
 
 def _artifact_rows(spec: Any, out_dir: Path, formats: list[str] | None) -> list[dict[str, Any]]:
     """Export every format (failures and skips reported per format) and check each one's parity."""
+    from deploycheck.accuracy import check_accuracy
     from deploycheck.errors import FormatUnavailable
     from deploycheck.formats import export, get_format
     from deploycheck.parity import check_parity
@@ -78,8 +79,12 @@ def _artifact_rows(spec: Any, out_dir: Path, formats: list[str] | None) -> list[
             continue
         done[name] = artifact
         report = check_parity(artifact, spec)
-        rows.append({**row, "status": "ok" if report.passed else "parity FAIL", "size_bytes": artifact.size_bytes,
-                     "reused": artifact.reused, "artifact": artifact, "parity": report})
+        accuracy = check_accuracy(artifact, spec, explain=False) if spec.eval_data else None
+        status = "ok" if report.passed else "parity FAIL"
+        if accuracy is not None and not accuracy.passed:
+            status = "accuracy FAIL" if report.passed else "FAIL"
+        rows.append({**row, "status": status, "size_bytes": artifact.size_bytes, "reused": artifact.reused,
+                     "artifact": artifact, "parity": report, "accuracy": accuracy})
     return rows
 
 
@@ -89,13 +94,16 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
 
     table = []
     for row in rows:
-        parity = row.get("parity")
+        parity, accuracy = row.get("parity"), row.get("accuracy")
         top1 = parity.min_top1_agreement if parity is not None else None
         table.append([row["format"], row["status"], human_size(row.get("size_bytes")),
                       f"{parity.max_abs:.3g}" if parity is not None else "",
                       f"{top1:.2%}" if top1 is not None else "",
+                      f"{accuracy.obtained:.2%}" if accuracy is not None else "",
+                      f"{accuracy.drop:.2%}" if accuracy is not None else "",
                       "cached" if row.get("reused") else ("exported" if parity is not None else "")])
-    print(format_table(["format", "status", "size", "max abs err", "top-1 agree", "export"], table))
+    print(format_table(["format", "status", "size", "max abs err", "top-1 agree", "accuracy", "drop", "export"],
+                       table))
     for row in rows:
         if row.get("note"):
             print(f"\n{row['format']}: {row['note']}")
@@ -159,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deploycheck", description="Gate a model's deployment formats.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="train the digits CNN, export every format, check parity")
+    demo = commands.add_parser("demo", help="train the digits CNN, export every format, check parity and accuracy")
     demo.add_argument("--out", help="artifact directory (default: the deploycheck cache)")
     demo.set_defaults(handler=cmd_demo)
 
