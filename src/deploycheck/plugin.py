@@ -176,7 +176,7 @@ class _Summary:
         terminalreporter.write_line(summary_table(rows))
         path = option(self.config, "report")
         if path:
-            from deploycheck.report import write_json
+            from deploycheck.report import with_size_ratios, write_json
 
-            write_json(Path(path), {"results": rows})
+            write_json(Path(path), {"results": with_size_ratios(rows)})
             terminalreporter.write_line(f"deploycheck: JSON report written to {path}")

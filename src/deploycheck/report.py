@@ -55,6 +55,8 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("model", lambda r: str(r.get("model", ""))),
     ("format", lambda r: str(r.get("format", ""))),
     ("size", lambda r: human_size(r.get("size_bytes"))),
+    ("size/onnx", lambda r: _num(r.get("size_ratio_vs_onnx"), ".2f")),
+    ("params", lambda r: _num(r.get("parameters"), "d")),
     ("max abs err", lambda r: _num(_get(r, "parity", "max_abs"))),
     ("top-1 agree", lambda r: _pct(_get(r, "parity", "top1_agreement"))),
     ("accuracy", lambda r: _pct(_get(r, "accuracy", "value"))),
@@ -68,9 +70,16 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
 ]
 
 
+def with_size_ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with `size_ratio_vs_onnx`: each format's size over its model's fp32 ONNX size, when that was run."""
+    onnx_sizes = {r["model"]: r["size_bytes"] for r in rows if r.get("format") == "onnx" and r.get("size_bytes")}
+    return [{**r, "size_ratio_vs_onnx": r["size_bytes"] / onnx_sizes[r["model"]]}
+            if r.get("model") in onnx_sizes and r.get("size_bytes") else dict(r) for r in rows]
+
+
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
     """One table, a row per model x format, keeping only the columns some row has a value for."""
-    cells = [[render(row) for _, render in COLUMNS] for row in rows]
+    cells = [[render(row) for _, render in COLUMNS] for row in with_size_ratios(rows)]
     keep = [i for i, (title, _) in enumerate(COLUMNS) if title in ("model", "format") or any(c[i] for c in cells)]
     return format_table([COLUMNS[i][0] for i in keep], [[c[i] for i in keep] for c in cells])
 
