@@ -41,20 +41,9 @@ def fp32_onnx_path(artifact: Artifact, spec: ModelSpec) -> Path:
 
 
 def _reader(spec: ModelSpec, batches: int) -> Any:
-    from onnxruntime.quantization import CalibrationDataReader
+    from deploycheck.formats.onnx_int8_static import calibration_feeds, feed_reader
 
-    from deploycheck.formats.onnx_int8_static import calibration_feeds
-
-    feeds = calibration_feeds(spec)[:batches]
-
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.remaining = iter(feeds)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.remaining, None)
-
-    return Reader()
+    return feed_reader(calibration_feeds(spec)[:batches])
 
 
 def _producers(model_path: Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -160,14 +149,12 @@ def explain_torch(artifact: Artifact, spec: ModelSpec, batches: int) -> Quantiza
     artifact's recorded backend; each module's output is compared on the calibration inputs."""
     import torch
 
-    quantized = copy.deepcopy(spec.model).eval()
-    backend = artifact.metadata.get("quantization", {}).get("backend")
-    if backend == "torchao":
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    from deploycheck.formats.torch_int8_dynamic import quantize_linear_layers
 
-        quantize_(quantized, Int8DynamicActivationInt8WeightConfig())
-    elif backend == "torch.ao.quantization":
-        quantized = torch.ao.quantization.quantize_dynamic(quantized, {torch.nn.Linear}, dtype=torch.qint8)
+    backend = artifact.metadata.get("quantization", {}).get("backend")
+    quantized = copy.deepcopy(spec.model).eval()
+    if backend is not None:
+        quantized, backend = quantize_linear_layers(spec.model, backend)
 
     def record_into(store: dict[str, list[np.ndarray]], name: str) -> Any:
         def hook(module: Any, inputs: Any, output: Any) -> None:

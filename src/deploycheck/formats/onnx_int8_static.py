@@ -51,29 +51,30 @@ def calibration_feeds(spec: ModelSpec) -> list[dict[str, np.ndarray]]:
             for batch in spec.calibration_data]
 
 
-def quantize_static_qdq(fp32_model: Path, output: Path, feeds: list[dict[str, np.ndarray]],
-                        settings: dict[str, Any]) -> None:
-    """Pre-process then statically quantize an fp32 ONNX model to QDQ int8 with the given settings."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+def feed_reader(feeds: list[dict[str, np.ndarray]]) -> Any:
+    """An ONNX Runtime `CalibrationDataReader` that hands out `feeds` once, in order."""
+    from onnxruntime.quantization import CalibrationDataReader
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
+    class FeedReader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
             self.remaining = iter(feeds)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.remaining, None)
 
+    return FeedReader()
+
+
+def quantize_static_qdq(fp32_model: Path, output: Path, feeds: list[dict[str, np.ndarray]],
+                        settings: dict[str, Any]) -> None:
+    """Pre-process then statically quantize an fp32 ONNX model to QDQ int8 with the given settings."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     with tempfile.TemporaryDirectory(prefix="deploycheck-qdq-") as scratch:
         preprocessed = Path(scratch) / "preprocessed.onnx"
         quant_pre_process(str(fp32_model), str(preprocessed))
-        quantize_static(str(preprocessed), str(output), Reader(), quant_format=QuantFormat.QDQ,
+        quantize_static(str(preprocessed), str(output), feed_reader(feeds), quant_format=QuantFormat.QDQ,
                         per_channel=settings["per_channel"],
                         activation_type=QuantType[settings["activation_type"]],
                         weight_type=QuantType[settings["weight_type"]],

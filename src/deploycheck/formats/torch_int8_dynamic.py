@@ -24,6 +24,25 @@ if TYPE_CHECKING:
 TORCHSCRIPT_FILE = "model.ts"
 
 
+def quantize_linear_layers(model: Any, backend: str | None = None) -> tuple[Any, str]:
+    """A copy of `model` with dynamic int8 Linear layers, and the backend that made it: `backend` when given
+    ("torchao" or "torch.ao.quantization"), else torchao when it imports."""
+    import torch
+
+    quantized = copy.deepcopy(model).eval()
+    if backend in (None, "torchao"):
+        try:
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+        except ImportError:
+            if backend == "torchao":
+                raise
+        else:
+            quantize_(quantized, Int8DynamicActivationInt8WeightConfig())
+            return quantized, "torchao"
+    dynamic = torch.ao.quantization.quantize_dynamic(quantized, {torch.nn.Linear}, dtype=torch.qint8)
+    return dynamic, "torch.ao.quantization"
+
+
 class TorchInt8DynamicFormat(Format):
     name = "torch_int8_dynamic"
     default_tolerance = INT8_TOLERANCE
@@ -37,18 +56,12 @@ class TorchInt8DynamicFormat(Format):
     def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
         import torch
 
-        model = copy.deepcopy(spec.model).eval()
-        linear_layers = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-        try:
-            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-        except ImportError:
-            quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-            torch.jit.save(torch.jit.trace(quantized, spec.example_inputs), str(out_dir / TORCHSCRIPT_FILE))
-            backend = "torch.ao.quantization"
+        linear_layers = sum(isinstance(m, torch.nn.Linear) for m in spec.model.modules())
+        quantized, backend = quantize_linear_layers(spec.model)
+        if backend == "torchao":
+            save_exported_program(quantized, spec, out_dir)
         else:
-            quantize_(model, Int8DynamicActivationInt8WeightConfig())
-            save_exported_program(model, spec, out_dir)
-            backend = "torchao"
+            torch.jit.save(torch.jit.trace(quantized, spec.example_inputs), str(out_dir / TORCHSCRIPT_FILE))
         return {"quantization": {"backend": backend, "scheme": "int8 dynamic activations, int8 weights",
                                  "modules": "nn.Linear", "quantized_layers": linear_layers}}
 
