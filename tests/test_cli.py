@@ -17,8 +17,11 @@ def test_init_writes_a_project_that_passes_the_gate(tmp_path: Path, pytester: py
     assert main(["init", str(pytester.path)]) == 0
     assert (pytester.path / "conftest.py").is_file() and (pytester.path / "baselines").is_dir()
     assert main(["init", str(pytester.path)]) == 1, "init never overwrites without --force"
-    result = pytester.runpytest_subprocess(f"--deploycheck-artifacts={tmp_path}", "--deploycheck-formats=eager,onnx")
-    result.assert_outcomes(passed=2)
+    options = [f"--deploycheck-artifacts={tmp_path}", "--deploycheck-formats=eager,onnx"]
+    pytester.runpytest_subprocess(*options).assert_outcomes(failed=2)
+    pytester.runpytest_subprocess(*options, "--deploycheck-update").assert_outcomes(passed=2)
+    pytester.runpytest_subprocess(*options).assert_outcomes(passed=2)
+    assert (pytester.path / "baselines" / "my_model" / "onnx.json").is_file()
 
 
 def test_demo_prints_all_eight_formats_and_reuses_its_cache(tmp_path: Path, cache_env: dict[str, str]) -> None:

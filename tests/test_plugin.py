@@ -48,8 +48,10 @@ def test_parity(artifact, deploycheck):
 
 
 def make_project(pytester: pytest.Pytester, tolerances: str = "None") -> None:
+    """The tiny project, with baselines off (their lifecycle is tested in test_baseline_plugin.py)."""
     pytester.makeconftest(CONFTEST.replace("TOLERANCES", tolerances))
     pytester.makepyfile(test_gate=TEST)
+    pytester.makeini("[pytest]\ndeploycheck_no_baselines = true\n")
 
 
 def test_every_format_is_a_test_and_a_failing_export_fails_only_its_own(pytester: pytest.Pytester,
@@ -109,13 +111,19 @@ def test_digits_example_project(pytester: pytest.Pytester, workers: str, tmp_pat
     artifacts = tmp_path_factory.getbasetemp() / "digits-example-artifacts"
     for key, value in cache_env.items():
         pytester._monkeypatch.setenv(key, value)
+    baselines = tmp_path_factory.mktemp("digits-baselines")
     result = pytester.runpytest_subprocess("-n", workers, f"--deploycheck-artifacts={artifacts}",
-                                           "--deploycheck-bench-time=0.1")
+                                           "--deploycheck-bench-time=0.1", "--deploycheck-update",
+                                           f"--deploycheck-baselines={baselines}")
     result.assert_outcomes(passed=24)
     result.stdout.fnmatch_lines(["*= deploycheck =*",
                                  "model*format*size*max abs err*accuracy*drop*p50 ms*p99 ms*samples/s*speedup*",
-                                 "digits_cnn*eager*ok", "digits_cnn*torch_int8_dynamic*ok"])
+                                 "digits_cnn*eager*ok", "digits_cnn*torch_int8_dynamic*ok",
+                                 "deploycheck: 8 baseline(s) written under*"])
     assert result.stdout.str().count("digits_cnn  ") == 8
+    stored = json.loads((baselines / "digits_cnn" / "onnx_int8_static.json").read_text())
+    assert {"size", "parity", "accuracy", "latency", "speedup", "environment"} <= set(stored)
+    assert set(stored["latency"]) == {"1", "8", "32"} and len(stored["latency"]["1"]["quantiles_ms"]) == 50
 
 
 def test_no_bench_skips_benchmarks(pytester: pytest.Pytester, tmp_path_factory, cache_env) -> None:
@@ -124,6 +132,7 @@ def test_no_bench_skips_benchmarks(pytester: pytest.Pytester, tmp_path_factory, 
         pytester._monkeypatch.setenv(key, value)
     artifacts = tmp_path_factory.getbasetemp() / "digits-example-artifacts"
     result = pytester.runpytest_subprocess("--deploycheck-no-bench", "--deploycheck-formats=onnx",
+                                           "--deploycheck-no-baselines",
                                            f"--deploycheck-artifacts={artifacts}", "-rs")
     result.assert_outcomes(passed=2, skipped=1)
     result.stdout.fnmatch_lines(["*benchmarks are off (--deploycheck-no-bench)*"])
@@ -164,7 +173,7 @@ def deploycheck_export(spec, tmp_path):
     import deploycheck as dc
     return dc.export(spec, "onnx_int8_static", tmp_path / "plain")
 """)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--deploycheck-no-baselines")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*accuracy drop * exceeds the budget of 1.00%*", "*worst classes*",
                                  "*where the error comes from*", "*node_linear*relu*"])

@@ -163,6 +163,37 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Hold NEW to OLD with the baseline rules; exit 1 on a regression, so CI scripts outside pytest can gate."""
+    from deploycheck.baseline import compare_sets, load_records, pyproject_settings
+    from deploycheck.parity import format_table
+
+    old, new = load_records(Path(args.old)), load_records(Path(args.new))
+    settings = pyproject_settings(Path(args.project))
+    layers = [(f"{Path(args.project) / 'pyproject.toml'} [tool.deploycheck.rules]", settings.get("rules"))]
+    if args.rule:
+        overrides: dict[str, Any] = {}
+        for item in args.rule:
+            key, _, value = item.partition("=")
+            try:
+                overrides[key.strip()] = value if key.strip() == "latency" else float(value)
+            except ValueError:
+                raise DeployCheckError(f"--rule {item!r}: expected KEY=NUMBER (or latency=p50:10%)") from None
+        layers.append(("--rule", overrides))
+    comparisons = compare_sets(old, new, layers, str(args.old))
+    for comparison in comparisons:
+        if comparison.findings and (args.verbose or not comparison.passed or comparison.inconclusive):
+            print(f"{comparison}\n")
+    rows = [[c.model, c.format, c.short(), c.status] for c in comparisons]
+    print(format_table(["model", "format", "vs old", "status"], rows) if rows else "nothing in common to compare")
+    for label, only in (("only in OLD", sorted(set(old) - set(new))), ("only in NEW", sorted(set(new) - set(old)))):
+        if only:
+            print(f"{label}: {', '.join(f'{m}/{f}' for m, f in only)}")
+    regressed = [c for c in comparisons if not c.passed]
+    print(f"\n{len(regressed)} of {len(comparisons)} regressed" if comparisons else "")
+    return 1 if regressed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deploycheck", description="Gate a model's deployment formats.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--out", required=True, help="where to write the winning onnx_int8_static artifact")
     quantize.add_argument("--no-latency", action="store_true", help="do not measure batch-1 latency per trial")
     quantize.set_defaults(handler=cmd_quantize)
+
+    compare = commands.add_parser("compare", help="compare two reports or baseline directories; exit 1 on regression")
+    compare.add_argument("old", metavar="OLD", help="a JSON report (--deploycheck-report), a baseline file or a "
+                         "baselines directory")
+    compare.add_argument("new", metavar="NEW", help="the same, for the new run")
+    compare.add_argument("--project", default=".", help="where pyproject.toml's [tool.deploycheck.rules] is read")
+    compare.add_argument("--rule", action="append", metavar="KEY=VALUE",
+                         help="override a rule, e.g. --rule latency=p50:15%% --rule accuracy_drop=0.01")
+    compare.add_argument("-v", "--verbose", action="store_true", help="print every comparison's table")
+    compare.set_defaults(handler=cmd_compare)
     return parser
 
 

@@ -25,3 +25,7 @@ class ArtifactError(DeployCheckError):
 
 class InputError(DeployCheckError, ValueError):
     """Inputs given to `Artifact.run` do not match the artifact's input specification."""
+
+
+class BaselineError(DeployCheckError):
+    """A stored baseline (or a report given to `deploycheck compare`) is unreadable, or rules are malformed."""

@@ -6,16 +6,32 @@ measured through a callback (the plugin forwards it on the test report, so it su
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import shutil
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
 from deploycheck.accuracy import check_accuracy, reference_artifact
-from deploycheck.errors import DeployCheckError
+from deploycheck.artifact import load_artifact
+from deploycheck.baseline import (
+    BaselineStore,
+    Comparison,
+    Rules,
+    compare_records,
+    git_commit,
+    latency_side_by_side,
+    measured_sections,
+    merge_records,
+    record_from_row,
+    resolve_rules,
+    throughput_side_by_side,
+)
+from deploycheck.errors import BaselineError, DeployCheckError
 from deploycheck.formats import export, get_format
-from deploycheck.latency import BenchResult, SpeedRatio, bench, compare_speed
+from deploycheck.latency import BenchResult, SpeedRatio, bench, compare_speed, environment, interleaved_times
 from deploycheck.parity import check_parity
 
 if TYPE_CHECKING:
@@ -57,27 +73,69 @@ class ExportSession:
             return exc
 
 
+class BaselineCheck:
+    """Holds a run to its stored baselines. `mode`: "compare" (a missing baseline fails), "update" (measure only;
+    the plugin's controller rewrites the files at the end of the run), or "update-new" (compare where a baseline
+    exists; the controller creates the missing ones). `rule_layers` are `(source, data)` pairs applied over the
+    defaults before the spec's own `baseline_rules`."""
+
+    def __init__(self, store: BaselineStore, mode: str = "compare",
+                 rule_layers: Sequence[tuple[str, Mapping[str, Any] | None]] = ()) -> None:
+        if mode not in ("compare", "update", "update-new"):
+            raise ValueError(f"baseline mode {mode!r}: expected compare, update or update-new")
+        self.store = store
+        self.mode = mode
+        self.rule_layers = list(rule_layers)
+
+    def rules(self, artifact: Artifact) -> Rules:
+        spec_rules = artifact.spec.baseline_rules if artifact.spec is not None else None
+        return resolve_rules(artifact.format, *self.rule_layers,
+                             (f"ModelSpec {artifact.model_name!r} baseline_rules", spec_rules))
+
+    def compare(self, artifact: Artifact, row: dict[str, Any], sections: Sequence[str]) -> Comparison | None:
+        """The comparison of the measured sections with the stored record; None when this run only records."""
+        if self.mode == "update":
+            return None
+        old = self.store.read(artifact.model_name, artifact.format)
+        path = self.store.path(artifact.model_name, artifact.format)
+        if old is None:
+            if self.mode == "update-new":
+                return None
+            raise AssertionError(f"no baseline for {artifact.model_name}/{artifact.format}: {path} does not exist; "
+                                 "run with --deploycheck-update-new to record the missing baselines "
+                                 "(or --deploycheck-update to rewrite all)")
+        if self.mode == "update-new" and not all(s in old for s in sections):
+            return None
+        return compare_records(old, record_from_row(row, passed_only=False), self.rules(artifact), str(path),
+                               sections)
+
+
 class Gate:
     """The checks a test calls on an artifact (the `deploycheck` fixture is one of these).
 
     `bench_lock` (a file path) serialises timing across pytest-xdist workers, so two benchmarks never share the
     CPU; `skip_bench` is called instead of timing when benchmarks are switched off (the plugin passes
-    `pytest.skip`).
+    `pytest.skip`); `baselines`, when given, holds every measurement to the stored baseline of its model x
+    format, and the check that measured it fails with the rule table when it fell behind.
     """
 
     def __init__(self, record: Record | None = None, bench_time_s: float = 1.0, bench_lock: Path | None = None,
-                 skip_bench: Callable[[str], Any] | None = None) -> None:
+                 skip_bench: Callable[[str], Any] | None = None, baselines: BaselineCheck | None = None) -> None:
         self._record = record or (lambda payload: None)
         self.bench_time_s = bench_time_s
         self.bench_lock = bench_lock
         self.skip_bench = skip_bench
+        self.baselines = baselines
 
-    def record(self, artifact: Artifact, **measured: Any) -> None:
+    def _row(self, artifact: Artifact, **measured: Any) -> dict[str, Any]:
         extra = {}
         if artifact.spec is not None:
             extra["parameters"] = sum(p.numel() for p in artifact.spec.model.parameters())
-        self._record({"model": artifact.model_name, "format": artifact.format, "size_bytes": artifact.size_bytes,
-                      **extra, **measured})
+        return {"model": artifact.model_name, "format": artifact.format, "size_bytes": artifact.size_bytes,
+                "artifact_path": str(artifact.path), **extra, **measured}
+
+    def record(self, artifact: Artifact, **measured: Any) -> None:
+        self._record(self._row(artifact, **measured))
 
     def check_parity(self, artifact: Artifact, batch_sizes: Sequence[int] | None = None,
                      tolerance: Any = None) -> ParityReport:
@@ -88,13 +146,16 @@ class Gate:
 
     def assert_parity(self, artifact: Artifact, batch_sizes: Sequence[int] | None = None,
                       tolerance: Any = None) -> ParityReport:
-        """Fail with the per-output table unless every output at every batch size is within tolerance."""
+        """Fail with the per-output table unless every output at every batch size is within tolerance, then hold
+        the size and the parity error to the baseline."""
         __tracebackhide__ = True
         report = self.check_parity(artifact, batch_sizes, tolerance)
         if not report.passed:
             raise AssertionError(
                 f"{report}\n\nTo accept a larger error for this format, set ModelSpec(tolerances="
                 f"{{{artifact.format!r}: Tolerance(...)}}) (per output: {{output_name: Tolerance(...)}}).")
+        self.assert_baseline(artifact, ("size", "parity"),
+                             parity={"max_abs": report.max_abs, "top1_agreement": report.min_top1_agreement})
         return report
 
     def check_accuracy(self, artifact: Artifact) -> AccuracyReport:
@@ -104,7 +165,8 @@ class Gate:
 
     def assert_accuracy(self, artifact: Artifact) -> AccuracyReport:
         """Fail with reference and obtained accuracy, drop, budget, worst classes and, for a quantized format,
-        the layers the error comes from, unless the drop is within the spec's budget."""
+        the layers the error comes from, unless the drop is within the spec's budget; then hold the accuracy to
+        the baseline."""
         __tracebackhide__ = True
         report = self.check_accuracy(artifact)
         if not report.passed:
@@ -112,19 +174,80 @@ class Gate:
                 f"{report}\n\nTo accept this drop, raise ModelSpec(max_accuracy_drop=...) or set "
                 f"accuracy_overrides={{{artifact.format!r}: {{'max_accuracy_drop': ...}}}}; to find an int8 "
                 "configuration within budget, run `deploycheck quantize MODULE:FUNC --max-accuracy-drop ...`.")
+        self.assert_baseline(artifact, ("accuracy",), accuracy=report.to_dict())
         return report
 
     def bench(self, artifact: Artifact, batch_sizes: Sequence[int] = (1, 8, 32), **options: Any) -> BenchResult:
-        """Latency and throughput per batch size (one benchmark at a time across xdist workers)."""
+        """Latency and throughput per batch size (one benchmark at a time across xdist workers), held to the
+        baseline. A latency regression is measured a second time before it fails, and fails only if the second
+        measurement regresses too; with the baseline's artifact kept, p50 is judged side by side with it."""
+        __tracebackhide__ = True
         if self.skip_bench is not None:
             self.skip_bench("benchmarks are off (--deploycheck-no-bench)")
         options.setdefault("max_time_s", self.bench_time_s)
+        options.setdefault("reference", True)
         with self._bench_lock():
             result = bench(artifact, batch_sizes, **options)
-        first = result.stats[min(result.stats)]
-        self.record(artifact, speed={"p50_ms": first.p50_ms, "p99_ms": first.p99_ms, "batch_size": first.batch_size,
-                                     "throughput_per_s": max(s.throughput_per_s for s in result.stats.values())})
+        self.record(artifact, **latency_payload(result))
+        if self.baselines is None:
+            return result
+        comparison = self._latency_comparison(artifact, result)
+        if comparison is not None and not comparison.passed:
+            with self._bench_lock():
+                result = bench(artifact, batch_sizes, **options)
+            self.record(artifact, **latency_payload(result))
+            comparison = self._latency_comparison(artifact, result)
+        if comparison is not None:
+            self._judge(artifact, comparison, "latency")
         return result
+
+    def _latency_comparison(self, artifact: Artifact, result: BenchResult) -> Comparison | None:
+        """The latency section against the baseline; when the baseline's artifact was kept, every latency rule
+        is judged on old and new timed interleaved in this run instead (the same machine state for both)."""
+        assert self.baselines is not None
+        comparison = self.baselines.compare(artifact, self._row(artifact, **latency_payload(result)), ("latency",))
+        kept = self.baselines.store.artifact_dir(artifact.model_name, artifact.format)
+        if comparison is None or not kept.is_dir() or artifact.format == "eager":
+            return comparison
+        try:
+            old = load_artifact(kept, spec=artifact.spec)
+        except Exception as exc:  # the kept artifact may no longer load with today's model code
+            warnings.warn(f"deploycheck: the kept baseline artifact {kept} does not load ({exc}); latency is "
+                          "judged against the stored figures", stacklevel=2)
+            return comparison
+        rules = self.baselines.rules(artifact)
+        smallest, largest = min(result.stats), max(result.stats)
+        with self._bench_lock():
+            new_times, old_times = interleaved_times(artifact, old, batch_size=smallest,
+                                                     max_time_s=self.bench_time_s)
+            side_by_side = {f"{limit.statistic} @ batch {smallest}": latency_side_by_side(
+                new_times, old_times, limit, smallest, rules.confidence) for limit in rules.latency}
+            if largest != smallest:
+                new_times, old_times = interleaved_times(artifact, old, batch_size=largest,
+                                                         max_time_s=self.bench_time_s)
+            side_by_side[f"throughput @ batch {largest}"] = throughput_side_by_side(
+                new_times, old_times, rules.throughput_drop, largest, rules.confidence)
+        comparison.findings = [side_by_side.get(f.metric, f) for f in comparison.findings]
+        return comparison
+
+    def assert_baseline(self, artifact: Artifact, sections: Sequence[str], **measured: Any) -> Comparison | None:
+        """Hold the given sections of this measurement to the stored baseline (nothing when baselines are off)."""
+        __tracebackhide__ = True
+        if self.baselines is None:
+            return None
+        comparison = self.baselines.compare(artifact, self._row(artifact, **measured), sections)
+        if comparison is not None:
+            self._judge(artifact, comparison, "+".join(sections))
+        return comparison
+
+    def _judge(self, artifact: Artifact, comparison: Comparison, key: str) -> None:
+        __tracebackhide__ = True
+        self.record(artifact, baseline={key: comparison.to_dict()})
+        if comparison.inconclusive:
+            warnings.warn(f"deploycheck: {comparison.model}/{comparison.format} against its baseline is "
+                          f"inconclusive: {comparison.inconclusive[0].note}", stacklevel=3)
+        if not comparison.passed:
+            raise AssertionError(str(comparison))
 
     def check_speedup(self, artifact: Artifact, against: Artifact | None = None) -> SpeedRatio:
         """Speedup of the artifact over `against` (default: the eager reference), measured side by side."""
@@ -135,8 +258,8 @@ class Gate:
         reference = against or reference_artifact(artifact.spec)
         with self._bench_lock():
             ratio = compare_speed(reference, artifact, max_time_s=self.bench_time_s)
-        key = "speedup_vs_eager" if against is None else f"speedup_vs_{against.format}"
-        self.record(artifact, speed={key: ratio.ratio, f"{key}_interval": [ratio.low, ratio.high]})
+        key = "vs_eager" if against is None else f"vs_{against.format}"
+        self.record(artifact, speedup={key: {"ratio": ratio.ratio, "low": ratio.low, "high": ratio.high}})
         return ratio
 
     def assert_speedup(self, artifact: Artifact, min_speedup: float | None = None,
@@ -160,3 +283,55 @@ class Gate:
             return
         with FileLock(str(self.bench_lock)):
             yield
+
+
+def write_baselines(directory: Path, rows: Sequence[Mapping[str, Any]], only_missing: bool = False,
+                    keep_artifacts: bool = False, root: Path | None = None) -> list[str]:
+    """Write the baselines of measured rows (what `--deploycheck-update` / `-update-new` do at the end of a run)
+    and say what was written and what was not. Sections whose own gate failed are never written; a kept
+    artifact is copied into place atomically, so a failed copy leaves the previous one."""
+    store = BaselineStore(directory)
+    commit = git_commit(root or Path.cwd())
+    written, lines = [], []
+    for row in rows:
+        new = record_from_row(row)
+        failed = [s for s in ("parity", "accuracy") if isinstance(row.get(s), dict) and row[s].get("passed") is False]
+        if failed:
+            lines.append(f"  {row['model']}/{row['format']}: {', '.join(failed)} not written (its gate failed)")
+        if not measured_sections(new):
+            continue
+        try:
+            old = store.read(row["model"], row["format"])
+        except BaselineError as exc:
+            if only_missing:
+                lines.append(f"  {exc} (left as it is)")
+                continue
+            old = None
+        new.setdefault("environment", environment(threads=1))
+        record = merge_records(old, {**new, "git_commit": commit}, only_missing)
+        if record == old:
+            continue
+        written.append(store.write(record))
+        if keep_artifacts and row.get("artifact_path") and row["format"] != "eager":
+            _keep_artifact(Path(row["artifact_path"]), store.artifact_dir(row["model"], row["format"]))
+    header = f"deploycheck: {len(written)} baseline(s) written under {directory}"
+    return [header, *(f"  {path}" for path in written), *lines]
+
+
+def _keep_artifact(source: Path, target: Path) -> None:
+    staging = target.with_name(f".{target.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    previous = target.with_name(f".{target.name}.previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if target.exists():
+        target.rename(previous)
+    staging.rename(target)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def latency_payload(result: BenchResult) -> dict[str, Any]:
+    """What a benchmark contributes to the report and the baseline: compact stats per batch size, the
+    environment record."""
+    return {"latency": {str(batch): stats.compact() for batch, stats in result.stats.items()},
+            "environment": result.environment}

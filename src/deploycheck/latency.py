@@ -14,7 +14,7 @@ import gc
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,10 +45,16 @@ class LatencyStats:
     rounds: int
     stabilised: bool
     samples_ms: list[float] = field(repr=False, default_factory=list)
+    reference_samples_ms: list[float] = field(repr=False, default_factory=list)
+
+    @property
+    def reference_p50_ms(self) -> float | None:
+        """Median time of the fixed reference workload timed between this batch size's windows (None if not)."""
+        return float(np.median(self.reference_samples_ms)) if self.reference_samples_ms else None
 
     @classmethod
     def from_samples(cls, batch_size: int, samples_s: Sequence[float], wall_s: float, rounds: int,
-                     stabilised: bool) -> LatencyStats:
+                     stabilised: bool, reference_s: Sequence[float] = ()) -> LatencyStats:
         ms = np.asarray(samples_s, np.float64) * 1e3
         p25, p50, p75, p90, p95, p99 = np.percentile(ms, [25, 50, 75, 90, 95, 99])
         mean = float(ms.mean())
@@ -56,13 +62,37 @@ class LatencyStats:
         return cls(batch_size, float(p50), float(p90), float(p95), float(p99), mean, float(ms.max()),
                    float(ms.min()), stddev, float(p75 - p25), stddev / mean if mean else 0.0,
                    batch_size * len(ms) / wall_s if wall_s > 0 else 0.0, len(ms), rounds, stabilised,
-                   [round(float(v), 4) for v in ms])
+                   [round(float(v), 4) for v in ms], [round(float(v) * 1e3, 4) for v in reference_s])
 
     def to_dict(self, with_samples: bool = False) -> dict[str, Any]:
         data = asdict(self)
         if not with_samples:
-            data.pop("samples_ms")
+            for key in ("samples_ms", "reference_samples_ms"):
+                data.pop(key)
         return data
+
+    def compact(self) -> dict[str, Any]:
+        """What a baseline keeps: the summary figures plus `QUANTILES` evenly spaced order statistics of the
+        latencies and of the reference workload, enough for a significance test at a few hundred bytes."""
+        data = {key: float(f"{value:.4g}") if isinstance(value, float) else value
+                for key, value in self.to_dict().items()}
+        data["quantiles_ms"] = compact_quantiles(self.samples_ms)
+        if self.reference_samples_ms:
+            data["reference_p50_ms"] = float(f"{self.reference_p50_ms:.4g}")
+            data["reference_calls"] = len(self.reference_samples_ms)
+            data["reference_quantiles_ms"] = compact_quantiles(self.reference_samples_ms)
+        return data
+
+
+QUANTILES = 50
+
+
+def compact_quantiles(samples: Sequence[float], count: int = QUANTILES) -> list[float]:
+    """`count` order statistics at the midpoints of equal probability slices, to 4 significant digits."""
+    if not len(samples):
+        return []
+    points = np.percentile(np.asarray(samples, np.float64), (np.arange(count) + 0.5) * 100 / count)
+    return [float(f"{value:.4g}") for value in points]
 
 
 @dataclass
@@ -163,6 +193,47 @@ def bench_inputs(artifact: Artifact, batch_size: int) -> list[np.ndarray]:
     return artifact.prepare_inputs(arrays)
 
 
+class ReferenceWorkload:
+    """A fixed ONNX Runtime workload (a chain of 256-wide MatMul + Relu, seeded weights, one thread) timed between
+    the model's windows. Its speed tracks the machine's speed at that moment, so a latency divided by it can be
+    compared with one recorded on another machine or on a busier day."""
+
+    WIDTH = 256
+    LAYERS = 4
+
+    def __init__(self) -> None:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        rng = np.random.default_rng(0)
+        nodes, weights, previous = [], [], "x"
+        for layer in range(self.LAYERS):
+            weight = (rng.standard_normal((self.WIDTH, self.WIDTH)) / np.sqrt(self.WIDTH)).astype(np.float32)
+            weights.append(numpy_helper.from_array(weight, f"w{layer}"))
+            nodes.append(helper.make_node("MatMul", [previous, f"w{layer}"], [f"m{layer}"]))
+            nodes.append(helper.make_node("Relu", [f"m{layer}"], [f"r{layer}"]))
+            previous = f"r{layer}"
+        graph = helper.make_graph(
+            nodes, "deploycheck_reference", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, self.WIDTH])],
+            [helper.make_tensor_value_info(previous, TensorProto.FLOAT, [8, self.WIDTH])], weights)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        onnx.checker.check_model(model)
+        self._session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self._feed = {"x": rng.standard_normal((8, self.WIDTH)).astype(np.float32)}
+        for _ in range(10):
+            self()
+
+    def __call__(self) -> float:
+        start = time.perf_counter()
+        self._session.run(None, self._feed)
+        return time.perf_counter() - start
+
+
 def _call(artifact: Artifact, inputs: list[np.ndarray]) -> float:
     """One timed inference; runners return materialised numpy arrays, so the work is done when it returns."""
     start = time.perf_counter()
@@ -172,11 +243,16 @@ def _call(artifact: Artifact, inputs: list[np.ndarray]) -> float:
 
 def bench(artifact: Artifact, batch_sizes: Sequence[int] = (1, 8, 32), max_time_s: float = 1.0,
           min_time_s: float | None = None, warmup_s: float = 0.1, threads: int = 1, device: str = "cpu",
-          windows: int = 10, stable_within: float = 0.03) -> BenchResult:
-    """Measure latency and throughput per batch size (see the module docstring for the discipline)."""
+          windows: int = 10, stable_within: float = 0.03, reference: bool = False) -> BenchResult:
+    """Measure latency and throughput per batch size (see the module docstring for the discipline).
+
+    With `reference=True`, a `ReferenceWorkload` is timed for a quarter of each window's time after each
+    window, so every batch size carries the machine's speed at the moment it was measured (for baselines).
+    """
     rss_before = _rss_bytes()
     timed = timed_runner(artifact, threads, device)
     rss_after = _rss_bytes()
+    workload = ReferenceWorkload() if reference else None
     min_time_s = max_time_s / 3 if min_time_s is None else min_time_s
     stats = {}
     for batch_size in batch_sizes:
@@ -187,6 +263,7 @@ def bench(artifact: Artifact, batch_sizes: Sequence[int] = (1, 8, 32), max_time_
         while time.perf_counter() < warm_end:
             _call(timed, inputs)
         samples: list[float] = []
+        reference_samples: list[float] = []
         medians: list[float] = []
         window_s = max_time_s / windows
         stabilised = False
@@ -194,13 +271,20 @@ def bench(artifact: Artifact, batch_sizes: Sequence[int] = (1, 8, 32), max_time_
         gc.disable()
         try:
             started = time.perf_counter()
+            wall = 0.0
             while True:
                 window: list[float] = []
-                window_end = time.perf_counter() + window_s
+                window_start = time.perf_counter()
+                window_end = window_start + window_s
                 while time.perf_counter() < window_end or len(window) < 3:
                     window.append(_call(timed, inputs))
+                wall += time.perf_counter() - window_start
                 samples.extend(window)
                 medians.append(float(np.median(window)))
+                if workload is not None:
+                    reference_end = time.perf_counter() + window_s / 4
+                    while time.perf_counter() < reference_end:
+                        reference_samples.append(workload())
                 elapsed = time.perf_counter() - started
                 last = medians[-3:]
                 if len(last) == 3 and max(last) / min(last) - 1 <= stable_within and elapsed >= min_time_s:
@@ -208,11 +292,11 @@ def bench(artifact: Artifact, batch_sizes: Sequence[int] = (1, 8, 32), max_time_
                     break
                 if elapsed >= max_time_s:
                     break
-            wall = time.perf_counter() - started
         finally:
             if gc_was_enabled:
                 gc.enable()
-        stats[batch_size] = LatencyStats.from_samples(batch_size, samples, wall, len(medians), stabilised)
+        stats[batch_size] = LatencyStats.from_samples(batch_size, samples, wall, len(medians), stabilised,
+                                                      reference_samples)
     rss = rss_after - rss_before if rss_before is not None and rss_after is not None else None
     return BenchResult(artifact.model_name, artifact.format, stats, threads, device, environment(threads, device),
                        rss)
@@ -222,8 +306,19 @@ def compare_speed(a: Artifact, b: Artifact, batch_size: int = 1, max_time_s: flo
                   device: str = "cpu", confidence: float = 0.95, max_pairs: int = 2000, resamples: int = 2000,
                   seed: int = 0) -> SpeedRatio:
     """Run a and b interleaved on the same inputs and return the ratio of median times (a over b), with a
-    bootstrap confidence interval. The order alternates A B B A, so neither side always runs first, and drifts
-    of the machine hit both alike. The same artifact given twice shares one loaded runtime."""
+    bootstrap confidence interval (see `interleaved_times`)."""
+    times_a, times_b = interleaved_times(a, b, batch_size, max_time_s, threads, device, max_pairs)
+    low, high = bootstrap_ratio_interval(times_a, times_b, confidence, resamples, seed)
+    return SpeedRatio(f"{a.model_name}/{a.format}", f"{b.model_name}/{b.format}",
+                      float(np.median(times_a) / np.median(times_b)), low, high, confidence,
+                      float(np.median(times_a) * 1e3), float(np.median(times_b) * 1e3), len(times_a))
+
+
+def interleaved_times(a: Artifact, b: Artifact, batch_size: int = 1, max_time_s: float = 2.0, threads: int = 1,
+                      device: str = "cpu", max_pairs: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """Per-call times in seconds of a and b run interleaved on the same inputs, pair by pair. The order
+    alternates A B B A, so neither side always runs first, and drifts of the machine hit both alike. The same
+    artifact given twice shares one loaded runtime."""
     timed_a = timed_runner(a, threads, device)
     timed_b = timed_a if b is a or b.path == a.path else timed_runner(b, threads, device)
     inputs_a, inputs_b = bench_inputs(timed_a, batch_size), bench_inputs(timed_b, batch_size)
@@ -246,19 +341,18 @@ def compare_speed(a: Artifact, b: Artifact, batch_size: int = 1, max_time_s: flo
     finally:
         if gc_was_enabled:
             gc.enable()
-    low, high = bootstrap_ratio_interval(np.array(times_a), np.array(times_b), confidence, resamples, seed)
-    return SpeedRatio(f"{a.model_name}/{a.format}", f"{b.model_name}/{b.format}",
-                      float(np.median(times_a) / np.median(times_b)), low, high, confidence,
-                      float(np.median(times_a) * 1e3), float(np.median(times_b) * 1e3), len(times_a))
+    return np.array(times_a), np.array(times_b)
 
 
 def bootstrap_ratio_interval(a: np.ndarray, b: np.ndarray, confidence: float = 0.95, resamples: int = 2000,
-                             seed: int = 0) -> tuple[float, float]:
-    """Percentile-bootstrap interval of median(a) / median(b), resampling interleaved pairs together so that
-    drifts shared by a neighbouring pair stay paired."""
+                             seed: int = 0, statistic: Callable[[np.ndarray], Any] | None = None
+                             ) -> tuple[float, float]:
+    """Percentile-bootstrap interval of statistic(a) / statistic(b) (default: the median; `statistic` reduces the
+    last axis), resampling interleaved pairs together so that drifts shared by a neighbouring pair stay paired."""
+    reduce = statistic or (lambda x: np.median(x, axis=-1))
     rng = np.random.default_rng(seed)
     index = rng.integers(0, len(a), size=(resamples, len(a)))
-    ratios = np.median(a[index], axis=1) / np.median(b[index], axis=1)
+    ratios = reduce(a[index]) / reduce(b[index])
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(ratios, [tail, 100 - tail])
     return float(low), float(high)

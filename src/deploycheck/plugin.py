@@ -7,6 +7,7 @@ Per-run state lives in `config.stash`. Measurements travel to the controller on 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,17 @@ class _Option:
 OPTIONS = [
     _Option("formats", "comma-separated formats to gate (default: every format)"),
     _Option("artifacts", "directory to export artifacts into and keep (default: the pytest cache)"),
+    _Option("baselines", "directory of the stored baselines, relative to the rootdir (default: baselines; "
+            "also [tool.deploycheck] baselines)"),
+    _Option("update", "write or rewrite the baselines of everything measured in this run", kind="bool"),
+    _Option("update-new", "write only the baselines (and sections) that do not exist yet", kind="bool"),
+    _Option("no-baselines", "do not hold the run to stored baselines", kind="bool"),
+    _Option("keep-baseline-artifacts", "with --deploycheck-update, keep each artifact next to its baseline, so "
+            "later runs time old and new side by side", kind="bool"),
     _Option("report", "write a JSON report of every measurement to this path"),
+    _Option("markdown", "write a Markdown report (for CI job summaries) to this path"),
+    _Option("html", "write a self-contained HTML report with plots to this path"),
+    _Option("benchmark-json", "write the latency results in pytest-benchmark's JSON schema to this path"),
     _Option("bench-time", "seconds of timing per batch size and per side-by-side comparison", default="1.0"),
     _Option("no-bench", "skip benchmarks (quick runs)", kind="bool"),
 ]
@@ -72,8 +83,35 @@ def selected_formats(config: pytest.Config) -> list[str]:
     return formats
 
 
+def baseline_mode(config: pytest.Config) -> str | None:
+    """None when baselines are off, else "update", "update-new" or "compare"."""
+    if option(config, "no-baselines"):
+        return None
+    if option(config, "update"):
+        return "update"
+    return "update-new" if option(config, "update-new") else "compare"
+
+
+def baseline_settings(config: pytest.Config) -> tuple[Path, list[tuple[str, Any]]]:
+    """The baselines directory and the rule layers from `[tool.deploycheck]` of the rootdir's pyproject.toml."""
+    from deploycheck.baseline import pyproject_settings
+    from deploycheck.errors import BaselineError
+
+    try:
+        settings = pyproject_settings(config.rootpath)
+    except BaselineError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    directory = Path(option(config, "baselines") or settings.get("baselines") or "baselines")
+    source = f"{config.rootpath / 'pyproject.toml'} [tool.deploycheck.rules]"
+    return config.rootpath / directory, [(source, settings.get("rules"))]
+
+
 def pytest_configure(config: pytest.Config) -> None:
     selected_formats(config)
+    if option(config, "update") and option(config, "update-new"):
+        raise pytest.UsageError("--deploycheck-update rewrites every baseline and --deploycheck-update-new only "
+                                "creates missing ones: give one of them")
+    baseline_settings(config)
     if not hasattr(config, "workerinput"):
         summary = _Summary(config)
         config.stash[SUMMARY] = summary
@@ -141,18 +179,27 @@ def deploycheck(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         request.node.user_properties.append((PROPERTY, payload))
 
     config = request.config
+    mode = baseline_mode(config)
+    baselines = None
+    if mode is not None:
+        from deploycheck.baseline import BaselineStore
+        from deploycheck.gate import BaselineCheck
+
+        directory, layers = baseline_settings(config)
+        baselines = BaselineCheck(BaselineStore(directory), mode, layers)
     return Gate(record, bench_time_s=float(option(config, "bench-time")),
                 bench_lock=tmp_path_factory.getbasetemp().parent / "deploycheck-bench.lock",
-                skip_bench=pytest.skip if option(config, "no-bench") else None)
+                skip_bench=pytest.skip if option(config, "no-bench") else None, baselines=baselines)
 
 
 class _Summary:
-    """Collects measurements from test reports (on the controller under xdist) and prints the summary; registered
-    as a plugin object in `pytest_configure`, as pytest's junitxml does."""
+    """Collects measurements from test reports (on the controller under xdist), writes baselines and reports, and
+    prints the summary; registered as a plugin object in `pytest_configure`, as pytest's junitxml does."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.results: dict[tuple[str, str], dict[str, Any]] = {}
+        self.collected: set[tuple[str, str]] = set()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for name, payload in report.user_properties:
@@ -164,19 +211,82 @@ class _Summary:
                     else:
                         row[key] = value
 
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.results:
-            return
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.collected.update(_pairs(item.nodeid for item in session.items))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self.collected.update(_pairs(ids))
+
+    def rows(self) -> list[dict[str, Any]]:
         from deploycheck.formats import format_names
-        from deploycheck.report import summary_table
 
         order = {name: position for position, name in enumerate(format_names())}
-        rows = [self.results[key] for key in sorted(self.results, key=lambda k: (k[0], order.get(k[1], len(order))))]
-        terminalreporter.section("deploycheck")
-        terminalreporter.write_line(summary_table(rows))
-        path = option(self.config, "report")
-        if path:
-            from deploycheck.report import with_size_ratios, write_json
+        return [self.results[key] for key in sorted(self.results, key=lambda k: (k[0], order.get(k[1], len(order))))]
 
-            write_json(Path(path), {"results": with_size_ratios(rows)})
-            terminalreporter.write_line(f"deploycheck: JSON report written to {path}")
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        from deploycheck.report import summary_table
+
+        lines: list[str] = []
+        rows = self.rows()
+        if rows:
+            lines.append(summary_table(rows))
+        lines += self._write_baselines(rows)
+        lines += self._stale_baselines()
+        lines += self._write_reports(rows)
+        if lines:
+            terminalreporter.section("deploycheck")
+            for line in lines:
+                terminalreporter.write_line(line)
+
+    def _write_baselines(self, rows: list[dict[str, Any]]) -> list[str]:
+        from deploycheck.gate import write_baselines
+
+        mode = baseline_mode(self.config)
+        if mode not in ("update", "update-new") or not rows:
+            return []
+        directory, _ = baseline_settings(self.config)
+        return write_baselines(directory, rows, only_missing=mode == "update-new",
+                               keep_artifacts=bool(option(self.config, "keep-baseline-artifacts")),
+                               root=self.config.rootpath)
+
+    def _stale_baselines(self) -> list[str]:
+        from deploycheck.baseline import BaselineStore, stale_entries
+        from deploycheck.formats import format_names
+
+        filtered = self.config.getoption("keyword", "") or self.config.getoption("markexpr", "")
+        if baseline_mode(self.config) is None or filtered or not self.collected:
+            return []
+        directory, _ = baseline_settings(self.config)
+        models = sorted({model for model, _ in self.collected})
+        stale = stale_entries(BaselineStore(directory), models, format_names())
+        if not stale:
+            return []
+        return [f"deploycheck: {len(stale)} stale baseline(s), for a model or format that no longer exists "
+                "(delete them if that is intended):"] + [f"  {path}" for path in stale]
+
+    def _write_reports(self, rows: list[dict[str, Any]]) -> list[str]:
+        from deploycheck import report
+
+        writers = {"report": report.write_json_report, "markdown": report.write_markdown,
+                   "html": report.write_html, "benchmark-json": report.write_benchmark_json}
+        lines = []
+        for name, write in writers.items():
+            path = option(self.config, name)
+            if path:
+                write(Path(path), rows)
+                lines.append(f"deploycheck: {name} written to {path}")
+        return lines
+
+
+def _pairs(nodeids: Any) -> set[tuple[str, str]]:
+    """(model, format) of each test id parametrized by the `artifact` fixture (ids end in `[model/format]`)."""
+    found = set()
+    for nodeid in nodeids:
+        match = _PAIR_RE.search(nodeid)
+        if match:
+            found.add((match.group(1), match.group(2)))
+    return found
+
+
+_PAIR_RE = re.compile(r"\[([A-Za-z0-9_.-]+)/([A-Za-z0-9_]+)(?:-[^\]]*)?\]$")

@@ -1,13 +1,18 @@
-"""Reports: the end-of-run summary table and the JSON report.
+"""Reports: the end-of-run summary table, and the JSON, Markdown, HTML and pytest-benchmark JSON reports.
 
 A row is the dict of everything measured for one model x format (what the `Gate` recorded). Columns that no row
-has a value for are left out, so a run that only checks parity prints a parity table.
+has a value for are left out, so a run that only checks parity prints a parity table. The HTML page is one file
+with inline SVG plots (no JavaScript, no network), so it can be attached to a CI run as it is.
 """
 
 from __future__ import annotations
 
+import datetime
+import html
 import json
+import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,12 +48,32 @@ def _num(value: Any, spec: str = ".3g") -> str:
     return "" if value is None else format(value, spec)
 
 
+def _smallest_batch(row: dict[str, Any]) -> dict[str, Any]:
+    latency = row.get("latency") or {}
+    return latency[min(latency, key=int)] if latency else {}
+
+
+def _throughput(row: dict[str, Any]) -> float | None:
+    figures = [s.get("throughput_per_s") for s in (row.get("latency") or {}).values() if s.get("throughput_per_s")]
+    return max(figures) if figures else None
+
+
+def _baseline_change(row: dict[str, Any]) -> str:
+    changes = [c["change"] for c in (row.get("baseline") or {}).values() if c.get("change")]
+    notable = [c for c in changes if c != "same"]
+    return "; ".join(notable) if notable else "same" if changes else ""
+
+
 def _status(row: dict[str, Any]) -> str:
-    checks = [_get(row, section, "passed") for section in ("parity", "accuracy", "speed", "baseline")]
+    checks = [_get(row, section, "passed") for section in ("parity", "accuracy")]
+    checks += [c.get("passed") for c in (row.get("baseline") or {}).values()]
     known = [c for c in checks if c is not None]
     if not known:
         return ""
-    return "ok" if all(known) else "FAIL"
+    if not all(known):
+        return "FAIL"
+    return "inconclusive" if any(c.get("status") == "inconclusive" for c in (row.get("baseline") or {}).values()) \
+        else "ok"
 
 
 COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
@@ -61,11 +86,11 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("top-1 agree", lambda r: _pct(_get(r, "parity", "top1_agreement"))),
     ("accuracy", lambda r: _pct(_get(r, "accuracy", "value"))),
     ("drop", lambda r: _pct(_get(r, "accuracy", "drop"))),
-    ("p50 ms", lambda r: _num(_get(r, "speed", "p50_ms"), ".3f")),
-    ("p99 ms", lambda r: _num(_get(r, "speed", "p99_ms"), ".3f")),
-    ("samples/s", lambda r: _num(_get(r, "speed", "throughput_per_s"), ".0f")),
-    ("speedup vs eager", lambda r: _num(_get(r, "speed", "speedup_vs_eager"), ".2f")),
-    ("vs baseline", lambda r: str(_get(r, "baseline", "change") or "")),
+    ("p50 ms", lambda r: _num(_smallest_batch(r).get("p50_ms"), ".3f")),
+    ("p99 ms", lambda r: _num(_smallest_batch(r).get("p99_ms"), ".3f")),
+    ("samples/s", lambda r: _num(_throughput(r), ".0f")),
+    ("speedup vs eager", lambda r: _num(_get(r, "speedup", "vs_eager", "ratio"), ".2f")),
+    ("vs baseline", _baseline_change),
     ("status", _status),
 ]
 
@@ -77,22 +102,250 @@ def with_size_ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             if r.get("model") in onnx_sizes and r.get("size_bytes") else dict(r) for r in rows]
 
 
-def summary_table(rows: Sequence[dict[str, Any]]) -> str:
-    """One table, a row per model x format, keeping only the columns some row has a value for."""
+def _cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Titles and cells of the summary, keeping only the columns some row has a value for."""
     cells = [[render(row) for _, render in COLUMNS] for row in with_size_ratios(rows)]
     keep = [i for i, (title, _) in enumerate(COLUMNS) if title in ("model", "format") or any(c[i] for c in cells)]
-    return format_table([COLUMNS[i][0] for i in keep], [[c[i] for i in keep] for c in cells])
+    return [COLUMNS[i][0] for i in keep], [[c[i] for i in keep] for c in cells]
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file in the same directory, then rename), keys sorted for diffs."""
+def summary_table(rows: Sequence[dict[str, Any]]) -> str:
+    """One table, a row per model x format."""
+    return format_table(*_cells(rows))
+
+
+def _findings(rows: Sequence[dict[str, Any]], only_problems: bool) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for row in rows:
+        for check in (row.get("baseline") or {}).values():
+            for finding in check.get("findings", []):
+                if not only_problems or finding.get("status") != "ok":
+                    found.append((f"{row['model']}/{row['format']}", finding))
+    return found
+
+
+def markdown_report(rows: Sequence[dict[str, Any]]) -> str:
+    """GitHub-flavoured Markdown: the summary table, then every baseline finding that is not ok."""
+    titles, cells = _cells(rows)
+
+    def line(values: Sequence[str]) -> str:
+        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+
+    failing = sum(_status(r) == "FAIL" for r in rows)
+    parts = ["## deploycheck", "", f"{len(rows)} model x format result(s), {failing} failing.", "",
+             line(titles), "| " + " | ".join("---" for _ in titles) + " |", *(line(c) for c in cells)]
+    problems = _findings(rows, only_problems=True)
+    if problems:
+        parts += ["", "### Against the baselines", "",
+                  line(["model/format", "metric", "baseline", "obtained", "change", "limit", "status", "note"]),
+                  "| " + " | ".join("---" for _ in range(8)) + " |"]
+        parts += [line([name, *(str(f.get(k, "")) for k in ("metric", "baseline", "obtained", "change", "limit",
+                                                            "status", "note"))]) for name, f in problems]
+    return "\n".join(parts) + "\n"
+
+
+def _svg_latency(rows: Sequence[dict[str, Any]]) -> str:
+    """Box plot per model x format of the smallest batch's latency (box p25-p75, whiskers p5-p95, dot p99), on a
+    logarithmic axis."""
+    entries = []
+    for row in rows:
+        stats = _smallest_batch(row)
+        q = stats.get("quantiles_ms")
+        if q:
+            n = len(q)
+
+            def at(fraction: float, q: list[float] = q, n: int = n) -> float:
+                return float(q[min(n - 1, max(0, round(fraction * n - 0.5)))])
+            entries.append((f"{row['model']}/{row['format']}", at(0.05), at(0.25), at(0.5), at(0.75), at(0.95),
+                            stats.get("p99_ms") or q[-1], stats.get("batch_size")))
+    if not entries:
+        return ""
+    low = min(e[1] for e in entries) / 1.5
+    high = max(e[6] for e in entries) * 1.5
+    left, width, step = 230, 560, 28
+    height = 40 + step * len(entries)
+
+    def x(value: float) -> float:
+        return left + (math.log10(value) - math.log10(low)) / (math.log10(high) - math.log10(low)) * width
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 30}" height="{height + 30}" '
+             'role="img" aria-label="latency distribution per format">']
+    decade = 10 ** math.floor(math.log10(low))
+    while decade <= high:
+        for mantissa in (1, 2, 5):
+            tick = decade * mantissa
+            if low <= tick <= high:
+                parts.append(f'<line x1="{x(tick):.1f}" y1="20" x2="{x(tick):.1f}" y2="{height}" stroke="#ddd"/>'
+                             f'<text x="{x(tick):.1f}" y="{height + 15}" font-size="11" text-anchor="middle">'
+                             f'{tick:g}</text>')
+        decade *= 10
+    parts.append(f'<text x="{left + width / 2}" y="{height + 28}" font-size="12" text-anchor="middle">'
+                 'latency (ms, log scale): box p25-p75, line p50, whiskers p5-p95, dot p99</text>')
+    for index, (name, p5, p25, p50, p75, p95, p99, batch) in enumerate(entries):
+        y = 30 + index * step
+        parts.append(f'<text x="{left - 8}" y="{y + 4}" font-size="12" text-anchor="end">'
+                     f'{html.escape(name)} (batch {batch})</text>'
+                     f'<line x1="{x(p5):.1f}" y1="{y}" x2="{x(p95):.1f}" y2="{y}" stroke="#555"/>'
+                     f'<rect x="{x(p25):.1f}" y="{y - 8}" width="{max(1.0, x(p75) - x(p25)):.1f}" height="16" '
+                     'fill="#9ecae1" stroke="#3182bd"/>'
+                     f'<line x1="{x(p50):.1f}" y1="{y - 8}" x2="{x(p50):.1f}" y2="{y + 8}" stroke="#08306b" '
+                     'stroke-width="2"/>'
+                     f'<circle cx="{x(p99):.1f}" cy="{y}" r="3" fill="#e6550d"><title>p99 {p99:.3f} ms</title>'
+                     '</circle>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _svg_tradeoff(rows: Sequence[dict[str, Any]]) -> str:
+    """Accuracy against size on disk (log), one circle per model x format whose area grows with throughput."""
+    points = [(f"{r['model']}/{r['format']}", float(r["size_bytes"]), float(_get(r, "accuracy", "value")),
+               _throughput(r))
+              for r in rows if r.get("size_bytes") and _get(r, "accuracy", "value") is not None]
+    if not points:
+        return ""
+    left, top, width, height = 70, 20, 560, 300
+    sizes = [p[1] for p in points]
+    accuracies = [p[2] for p in points]
+    s_low, s_high = min(sizes) / 1.3, max(sizes) * 1.3
+    a_low, a_high = min(accuracies), max(accuracies)
+    pad = max(0.002, (a_high - a_low) * 0.2)
+    a_low, a_high = a_low - pad, a_high + pad
+    fastest = max((p[3] or 0) for p in points) or 1.0
+
+    def x(size: float) -> float:
+        return left + (math.log(size) - math.log(s_low)) / (math.log(s_high) - math.log(s_low)) * width
+
+    def y(accuracy: float) -> float:
+        return top + (a_high - accuracy) / (a_high - a_low) * height
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 220}" height="{top + height + 50}" '
+             'role="img" aria-label="accuracy against size and speed">',
+             f'<rect x="{left}" y="{top}" width="{width}" height="{height}" fill="none" stroke="#999"/>']
+    for fraction in (0, 0.25, 0.5, 0.75, 1):
+        accuracy = a_low + (a_high - a_low) * fraction
+        parts.append(f'<text x="{left - 6}" y="{y(accuracy) + 4:.1f}" font-size="11" text-anchor="end">'
+                     f'{accuracy:.2%}</text>')
+    for fraction in (0, 0.5, 1):
+        size = math.exp(math.log(s_low) + (math.log(s_high) - math.log(s_low)) * fraction)
+        parts.append(f'<text x="{x(size):.1f}" y="{top + height + 15}" font-size="11" text-anchor="middle">'
+                     f'{html.escape(human_size(size))}</text>')
+    parts.append(f'<text x="{left + width / 2}" y="{top + height + 32}" font-size="12" text-anchor="middle">'
+                 'size on disk (log scale); circle area: samples/s; y: accuracy</text>')
+    for name, size, accuracy, throughput in points:
+        radius = 4 + 14 * math.sqrt((throughput or 0) / fastest)
+        label = f"{name}: {accuracy:.2%}, {human_size(size)}" + (f", {throughput:.0f}/s" if throughput else "")
+        parts.append(f'<circle cx="{x(size):.1f}" cy="{y(accuracy):.1f}" r="{radius:.1f}" fill="#31a354" '
+                     f'fill-opacity="0.45" stroke="#006d2c"><title>{html.escape(label)}</title></circle>'
+                     f'<text x="{x(size) + radius + 3:.1f}" y="{y(accuracy) + 4:.1f}" font-size="11">'
+                     f'{html.escape(name.split("/", 1)[1])}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def html_report(rows: Sequence[dict[str, Any]]) -> str:
+    """One self-contained page: the summary table, baseline findings, and the two plots."""
+    titles, cells = _cells(rows)
+    head = "".join(f"<th>{html.escape(t)}</th>" for t in titles)
+    body = "".join("<tr>" + "".join(f'<td class="{"bad" if c in ("FAIL", "REGRESSED") else ""}">{html.escape(c)}'
+                                    "</td>" for c in row) + "</tr>" for row in cells)
+    problems = _findings(rows, only_problems=True)
+    findings = ""
+    if problems:
+        findings = ("<h2>Against the baselines</h2><table><tr><th>model/format</th><th>metric</th><th>baseline</th>"
+                    "<th>obtained</th><th>change</th><th>limit</th><th>status</th><th>note</th></tr>" + "".join(
+                        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+                            name, *(f.get(k, "") for k in ("metric", "baseline", "obtained", "change", "limit",
+                                                           "status", "note")))) + "</tr>"
+                        for name, f in problems) + "</table>")
+    latency, tradeoff = _svg_latency(rows), _svg_tradeoff(rows)
+    plots = (f"<h2>Latency distribution</h2>{latency}" if latency else "") + \
+        (f"<h2>Accuracy, size and speed</h2>{tradeoff}" if tradeoff else "")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>deploycheck report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 13px; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+th {{ background: #f0f0f0; }} td:first-child, td:nth-child(2) {{ text-align: left; }}
+td.bad {{ background: #fdd; font-weight: bold; }}
+</style></head><body>
+<h1>deploycheck report</h1><p>{len(rows)} model x format result(s), generated {stamp}.</p>
+<table><tr>{head}</tr>{body}</table>{findings}{plots}
+</body></html>
+"""
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (temporary file in the same directory, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2, sort_keys=True, default=str)
-            stream.write("\n")
+            stream.write(text)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_json_report(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    write_json(path, {"results": with_size_ratios(rows)})
+
+
+def write_markdown(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    write_text(path, markdown_report(rows))
+
+
+def write_html(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    write_text(path, html_report(rows))
+
+
+def benchmark_json(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The latencies in pytest-benchmark's JSON schema (seconds), one benchmark per model x format x batch size,
+    so tools that read pytest-benchmark files (its `compare`, CI dashboards) read these."""
+    benchmarks = []
+    environment: dict[str, Any] = {}
+    for row in rows:
+        environment = row.get("environment") or environment
+        for batch, stats in sorted((row.get("latency") or {}).items(), key=lambda item: int(item[0])):
+            q = stats.get("quantiles_ms") or [stats["p50_ms"]]
+            q1, q3 = float(q[len(q) // 4]) / 1e3, float(q[(3 * len(q)) // 4]) / 1e3
+            name = f"{row['model']}/{row['format']}[batch={batch}]"
+            mean = stats["mean_ms"] / 1e3
+            benchmarks.append({
+                "group": row["model"], "name": name, "fullname": name,
+                "params": {"batch_size": int(batch)}, "param": str(batch),
+                "extra_info": {"format": row["format"], "throughput_per_s": stats.get("throughput_per_s"),
+                               "p99_ms": stats.get("p99_ms"), "stabilised": stats.get("stabilised")},
+                "options": {"timer": "perf_counter", "disable_gc": True, "warmup": True},
+                "stats": {"min": stats["min_ms"] / 1e3, "max": stats["max_ms"] / 1e3, "mean": mean,
+                          "stddev": stats["stddev_ms"] / 1e3, "rounds": stats["calls"],
+                          "median": stats["p50_ms"] / 1e3, "iqr": stats["iqr_ms"] / 1e3, "q1": q1, "q3": q3,
+                          "iqr_outliers": 0, "stddev_outliers": 0, "outliers": "0;0",
+                          "ld15iqr": stats["min_ms"] / 1e3, "hd15iqr": stats["max_ms"] / 1e3,
+                          "ops": 1 / mean if mean else 0.0, "total": mean * stats["calls"], "iterations": 1},
+            })
+    from importlib.metadata import version
+
+    return {"machine_info": {"node": os.uname().nodename, "processor": environment.get("cpu", ""),
+                             "machine": environment.get("machine", ""), "cpu": environment,
+                             "python_implementation": "CPython", "python_version": environment.get(
+                                 "versions", {}).get("python", "")},
+            "commit_info": {}, "benchmarks": benchmarks,
+            "datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "version": f"deploycheck {version('deploycheck')}"}
+
+
+def write_benchmark_json(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    write_json(path, benchmark_json(rows))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically, keys sorted and lists of numbers on one line, so diffs stay short and readable."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=str)
+    text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]", text)
+    write_text(path, text + "\n")
+
+
+_NUMBER_LIST = re.compile(r"\[\s*((?:-?[0-9][0-9.eE+-]*,?\s*)+)\]")

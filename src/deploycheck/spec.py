@@ -32,7 +32,9 @@ class ModelSpec:
     `calibration_batches` batches of `eval_data`. `tolerances` maps a format name (or "default") to a `Tolerance`
     or to a per-output mapping `{output_name or "*": Tolerance}`; plain dicts are accepted for both.
     `format_options` holds per-format export settings, e.g. `{"onnx": {"opset": 18}, "torchscript":
-    {"method": "script"}, "onnx_int8_static": {"calibrate_method": "Entropy"}}`.
+    {"method": "script"}, "onnx_int8_static": {"calibrate_method": "Entropy"}}`. `baseline_rules` overrides the
+    regression rules against `baselines/` (`deploycheck.baseline.Rules`), e.g. `{"latency": "p50:15%",
+    "onnx_int8_static": {"accuracy_drop": 0.01}}`; they win over `[tool.deploycheck.rules]` in pyproject.toml.
     """
 
     name: str
@@ -53,6 +55,7 @@ class ModelSpec:
     min_agreement: float | None = None
     accuracy_overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     min_speedup: Mapping[str, float] = field(default_factory=dict)
+    baseline_rules: Mapping[str, Any] = field(default_factory=dict)
     metric: Callable[[list[Any], Any], float] | None = None
     higher_is_better: bool = True
     original: Any = None
@@ -81,11 +84,22 @@ class ModelSpec:
         if unknown_options:
             raise SpecError(f"ModelSpec {self.name!r}: format_options for unknown format(s) {sorted(unknown_options)}; "
                             f"valid formats: {', '.join(_known_formats())}")
+        self._check_baseline_rules()
         self.eval_data = self._validated_eval_data(self.eval_data)
         self.calibration_data = self._validated_calibration_data(self.calibration_data)
         with torch.no_grad():
             outputs = flatten_outputs(self.model(*self.example_inputs), self.name)
         self.output_names = self._validated_names(self.output_names, len(outputs), "output")
+
+    def _check_baseline_rules(self) -> None:
+        from deploycheck.baseline import resolve_rules
+        from deploycheck.errors import BaselineError
+
+        for format_name in self.formats or []:
+            try:
+                resolve_rules(format_name, (f"ModelSpec {self.name!r} baseline_rules", self.baseline_rules))
+            except BaselineError as exc:
+                raise SpecError(str(exc)) from exc
 
     @property
     def batch_size(self) -> int:
