@@ -59,7 +59,7 @@ def test_rules_layer_over_defaults_with_per_format_overrides() -> None:
                           ("spec", {"size_growth": 0.2}))
     assert rules.latency == (LatencyLimit("p50", 0.15),) and rules.accuracy_drop == 0.01
     assert rules.size_growth == 0.2 and resolve_rules("onnx", ("pyproject", {"onnx_int8_static": {}})) == Rules()
-    with pytest.raises(BaselineError, match="pyproject: unknown baseline rule.*'acuracy_drop'"):
+    with pytest.raises(BaselineError, match=r"pyproject: unknown baseline rule.*'acuracy_drop'"):
         resolve_rules("onnx", ("pyproject", {"acuracy_drop": 0.01}))
     with pytest.raises(BaselineError, match="must be a non-negative number"):
         resolve_rules("onnx", ("spec", {"size_growth": "5%"}))
@@ -164,3 +164,23 @@ def test_load_records_reads_reports_directories_and_files(tmp_path: Path) -> Non
     report.write_text('{"results": [{"model": 3}]}')
     with pytest.raises(BaselineError, match=r"results\[0\] has no 'model' and 'format'"):
         load_records(report)
+
+
+def test_markdown_report_is_a_github_table_and_html_has_both_plots() -> None:
+    from markdown_it import MarkdownIt
+
+    from deploycheck.report import html_report, markdown_report
+
+    rows = [{"model": "m", "format": fmt, "size_bytes": size, "accuracy": {"value": acc, "drop": 0.0, "passed": True},
+             "latency": latency_section(scale), "baseline": {"accuracy": {"passed": fmt != "onnx_int8_static",
+                                                                          "status": "FAIL", "change": "x | y",
+                                                                          "findings": [{"metric": "accuracy",
+                                                                                        "status": "REGRESSED"}]}}}
+            for fmt, size, acc, scale in (("onnx", 1000, 0.99, 1.0), ("onnx_int8_static", 300, 0.98, 0.6))]
+    markdown = markdown_report(rows)
+    rendered = MarkdownIt("commonmark").enable("table").render(markdown)
+    assert rendered.count("<table>") == 2 and rendered.count("<tr>") == 3 + 3
+    assert "x \\| y" in markdown, "a pipe inside a cell is escaped"
+    page = html_report(rows)
+    assert page.count("<svg") == 2 and 'aria-label="latency distribution per format"' in page
+    assert "m/onnx_int8_static (batch 1)" in page and '<td class="bad">FAIL</td>' in page

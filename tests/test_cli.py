@@ -49,3 +49,29 @@ def test_export_command_and_bad_reference(tmp_path: Path, cache_env: dict[str, s
     assert "state_dict  skipped" in run.stdout and "no factory given" in run.stdout
     bad = subprocess.run([*EXE, "export", "specs", "--out", "out"], cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode == 2 and "'specs' is not MODULE:FUNC" in bad.stderr
+
+
+def test_compare_exits_non_zero_on_a_regression(tmp_path: Path) -> None:
+    from deploycheck.baseline import BaselineStore
+
+    old, new = BaselineStore(tmp_path / "old"), BaselineStore(tmp_path / "new")
+    for store, accuracy in ((old, 0.95), (new, 0.95)):
+        store.write({"model": "m", "format": "onnx", "accuracy": {"value": accuracy}, "size": {"bytes": 100}})
+    same = subprocess.run([*EXE, "compare", str(old.root), str(new.root)], capture_output=True, text=True)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "0 of 1 regressed" in same.stdout
+
+    new.write({"model": "m", "format": "onnx", "accuracy": {"value": 0.90}, "size": {"bytes": 100}})
+    new.write({"model": "m", "format": "eager", "accuracy": {"value": 0.95}})
+    worse = subprocess.run([*EXE, "compare", str(old.root), str(new.root)], capture_output=True, text=True)
+    assert worse.returncode == 1
+    for expected in ("m/onnx against its baseline", "accuracy  95.00%", "90.00%", "-5.00 pt", "REGRESSED",
+                     "only in NEW: m/eager", "1 of 1 regressed"):
+        assert expected in worse.stdout, worse.stdout
+    loose = subprocess.run([*EXE, "compare", str(old.root), str(new.root), "--rule", "accuracy_drop=0.1"],
+                           capture_output=True, text=True)
+    assert loose.returncode == 0, loose.stdout
+
+    (new.path("m", "onnx")).write_text("{")
+    broken = subprocess.run([*EXE, "compare", str(old.root), str(new.root)], capture_output=True, text=True)
+    assert broken.returncode == 2 and f"{new.path('m', 'onnx')}: not valid JSON" in broken.stderr

@@ -107,9 +107,9 @@ class Artifact:
                 array = array.astype(want)
             if array.ndim != len(declared.shape) or any(
                     size is not None and size != got for size, got in zip(declared.shape, array.shape)):
-                shown = ["?" if s is None else s for s in declared.shape]
+                shown = ", ".join("?" if s is None else str(s) for s in declared.shape)
                 raise InputError(f"{self.model_name}/{self.format}: input {declared.name!r} has shape "
-                                 f"{list(array.shape)}, expected {shown} (? is dynamic)")
+                                 f"{list(array.shape)}, expected [{shown}] (? is dynamic)")
             arrays.append(np.ascontiguousarray(array))
         return arrays
 

@@ -20,7 +20,7 @@ import math
 import re
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -349,30 +349,40 @@ def compare_accuracy(old: Mapping[str, Any], new: Mapping[str, Any], rules: Rule
 
 def normalised_ratio(old: Mapping[str, Any], new: Mapping[str, Any], limit: LatencyLimit, confidence: float,
                      resamples: int = 500, seed: int = 0) -> tuple[float, float, float, bool]:
-    """New over old of one latency statistic, each divided by its reference workload's median when both runs
-    timed one; with a percentile-bootstrap interval. Each resample draws as many values as the run made calls
-    (capped at 2000) from the stored order statistics, so the interval reflects the real sample sizes.
-    Returns (ratio, low, high, normalised)."""
+    """New over old of one latency statistic, each divided by the same statistic of its reference workload when
+    both runs timed one (a p99 by the reference's p99, so a burst of stalls on a busy machine cancels out like a
+    slower clock does); with a smoothed-bootstrap interval. Returns (ratio, low, high, normalised).
+
+    The stored order statistics define each run's distribution (linear between them); each resample draws as many
+    values as the run made calls (capped at 2000), so the interval reflects the real sample sizes.
+    """
     normalised = bool(old.get("reference_quantiles_ms")) and bool(new.get("reference_quantiles_ms"))
     sets = [(old["quantiles_ms"], old.get("calls")), (new["quantiles_ms"], new.get("calls"))]
     if normalised:
         sets += [(old["reference_quantiles_ms"], old.get("reference_calls")),
                  (new["reference_quantiles_ms"], new.get("reference_calls"))]
-    arrays = [np.asarray(values, np.float64) for values, _ in sets]
+    quantiles = [np.asarray(values, np.float64) for values, _ in sets]
 
-    def statistic(o: np.ndarray, n: np.ndarray, *references: np.ndarray) -> Any:
-        ratio = limit.quantile(n) / limit.quantile(o)
-        if references:
-            ratio = ratio * np.median(references[0], axis=-1) / np.median(references[1], axis=-1)
-        return ratio
+    def ratio_of(values: list[np.ndarray], reduce: Callable[[np.ndarray], Any]) -> Any:
+        ratio = reduce(values[1]) / reduce(values[0])
+        return ratio * reduce(values[2]) / reduce(values[3]) if normalised else ratio
 
-    ratio = float(statistic(*arrays))
+    def on_grid(q: np.ndarray) -> float:
+        if limit.statistic == "mean":
+            return float(q.mean())
+        return float(np.interp(float(limit.statistic[1:]), _grid(len(q)), q))
+
     rng = np.random.default_rng(seed)
-    drawn = [a[rng.integers(0, len(a), size=(resamples, min(int(calls or len(a)), 2000)))]
-             for a, (_, calls) in zip(arrays, sets)]
+    drawn = [np.interp(rng.uniform(0, 100, size=(resamples, min(int(calls or len(q)), 2000))), _grid(len(q)), q)
+             for q, (_, calls) in zip(quantiles, sets)]
     tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(statistic(*drawn), [tail, 100 - tail])
-    return ratio, float(low), float(high), normalised
+    low, high = np.percentile(ratio_of(drawn, lambda x: limit.quantile(x, axis=-1)), [tail, 100 - tail])
+    return float(ratio_of(quantiles, on_grid)), float(low), float(high), normalised
+
+
+def _grid(count: int) -> np.ndarray:
+    """The percentiles at which `compact_quantiles` took its `count` order statistics."""
+    return (np.arange(count) + 0.5) * 100 / count
 
 
 def machine_difference(old: Mapping[str, Any], new: Mapping[str, Any], rules: Rules,
@@ -423,8 +433,8 @@ def compare_latency(old: Mapping[str, Any], new: Mapping[str, Any], rules: Rules
     batch = common[-1]
     o, n = before[batch], after[batch]
     if o.get("throughput_per_s") and n.get("throughput_per_s"):
-        machine = ((n["reference_p50_ms"] / o["reference_p50_ms"])
-                   if o.get("reference_p50_ms") and n.get("reference_p50_ms") else 1.0)
+        machine = (float(np.mean(n["reference_quantiles_ms"]) / np.mean(o["reference_quantiles_ms"]))
+                   if o.get("reference_quantiles_ms") and n.get("reference_quantiles_ms") else 1.0)
         change = n["throughput_per_s"] * machine / o["throughput_per_s"] - 1
         why_not = machine_difference(o, n, rules, old.get("environment"), new.get("environment"))
         findings.append(Finding(f"throughput @ batch {batch}", f"{o['throughput_per_s']:.0f}/s",

@@ -194,6 +194,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if regressed else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from deploycheck.server import serve
+
+    serve(args.path, host=args.host, port=args.port, workers=args.workers, max_batch_size=args.max_batch_size,
+          max_queue_delay_ms=args.max_queue_delay_ms, max_body_mb=args.max_body_mb, baselines=args.baselines,
+          log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deploycheck", description="Gate a model's deployment formats.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +239,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override a rule, e.g. --rule latency=p50:15%% --rule accuracy_drop=0.01")
     compare.add_argument("-v", "--verbose", action="store_true", help="print every comparison's table")
     compare.set_defaults(handler=cmd_compare)
+
+    serve = commands.add_parser("serve", help="serve artifacts over REST and the Open Inference Protocol v2")
+    serve.add_argument("path", metavar="PATH", help="an artifact directory, or a directory of them")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="processes (metrics are aggregated across them)")
+    serve.add_argument("--max-batch-size", type=int, default=32, help="rows merged from concurrent requests")
+    serve.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="how long a request waits for others")
+    serve.add_argument("--max-body-mb", type=float, default=16.0, help="larger request bodies get 413")
+    serve.add_argument("--baselines", help="baselines directory: the release figures the monitor alerts against")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(handler=cmd_serve)
     return parser
 
 

@@ -1,0 +1,638 @@
+"""The REST server: exported artifacts over HTTP, with seed endpoints and the Open Inference Protocol v2.
+
+`create_app(path_or_artifacts)` returns a Starlette (ASGI) app; `deploycheck serve` runs it on uvicorn.
+Artifacts are loaded through their metadata with file hashes verified; only formats that need no pickled
+Python object are served (ONNX Runtime, TorchScript, torch.export programs).
+
+Concurrent requests for a model are merged by a `Batcher` (up to `max_batch_size` rows within
+`max_queue_delay_ms`), run in a worker thread off the event loop, and split back so each caller gets exactly its
+own rows. Bad input is answered with a 4xx naming what was expected; an inference failure with a 500 carrying
+an error id (also logged), counted by the monitor; the server keeps serving after each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from deploycheck.artifact import Artifact, load_artifact
+from deploycheck.errors import DeployCheckError, InputError
+from deploycheck.monitor import Monitor
+from deploycheck.prometheus import CONTENT_TYPE, PrometheusMetrics
+
+LOGGER = logging.getLogger("deploycheck.server")
+SERVABLE_FORMATS = ("onnx", "onnx_int8_dynamic", "onnx_int8_static", "torchscript", "torch_export",
+                    "torch_int8_dynamic")
+PLATFORMS = {"onnx": "onnxruntime_onnx", "onnx_int8_dynamic": "onnxruntime_onnx",
+             "onnx_int8_static": "onnxruntime_onnx", "torchscript": "pytorch_libtorch",
+             "torch_export": "pytorch_export", "torch_int8_dynamic": "pytorch_export"}
+DATATYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32,
+             "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
+
+
+class RequestError(Exception):
+    """A request the server refuses, with its HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class JSONResponse(Response):
+    """JSON through orjson (numpy arrays serialised natively, fast on large tensors)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def datatype_of(dtype: str | np.dtype[Any]) -> str:
+    wanted = np.dtype(dtype)
+    for name, numpy_type in DATATYPES.items():
+        if np.dtype(numpy_type) == wanted:
+            return name
+    raise DeployCheckError(f"dtype {wanted} has no Open Inference Protocol datatype")
+
+
+def discover(path: str | os.PathLike[str]) -> dict[str, Artifact]:
+    """The artifacts under `path` (one artifact directory, or a tree of them), named by model, or
+    `model-format` when a model has several servable formats. Refuses formats that are not servable."""
+    root = Path(path)
+    directories = [root] if (root / "deploycheck.json").is_file() else sorted(
+        p.parent for p in root.rglob("deploycheck.json") if p.parent.name in SERVABLE_FORMATS or p.parent == root)
+    if not directories:
+        raise DeployCheckError(f"{root}: no artifact (a directory with deploycheck.json) found")
+    loaded = []
+    for directory in directories:
+        artifact = load_artifact(directory)
+        if artifact.format not in SERVABLE_FORMATS:
+            raise DeployCheckError(f"{directory}: format {artifact.format!r} is not served (it needs model code or "
+                                   f"a pickle); serve one of: {', '.join(SERVABLE_FORMATS)}")
+        loaded.append(artifact)
+    names = [a.model_name for a in loaded]
+    return {(a.model_name if names.count(a.model_name) == 1 else f"{a.model_name}-{a.format}"): a for a in loaded}
+
+
+@dataclass
+class _Pending:
+    inputs: list[np.ndarray]
+    rows: int
+    future: asyncio.Future[list[np.ndarray]]
+
+
+class Batcher:
+    """Merges concurrent requests into batches of at most `max_batch_size` rows, waiting at most
+    `max_delay_s` after the first request for more, runs each batch in `executor`, and returns to every caller
+    its own rows. Requests whose non-batch shapes differ are run in separate batches."""
+
+    def __init__(self, run: Callable[[list[np.ndarray]], list[np.ndarray]], max_batch_size: int, max_delay_s: float,
+                 executor: ThreadPoolExecutor) -> None:
+        self.run = run
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.executor = executor
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._carry: _Pending | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def submit(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        future: asyncio.Future[list[np.ndarray]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(inputs, int(inputs[0].shape[0]), future))
+        return await future
+
+    async def _next_batch(self) -> list[_Pending]:
+        first = self._carry or await self._queue.get()
+        self._carry = None
+        batch, rows = [first], first.rows
+        deadline = time.monotonic() + self.max_delay_s
+        while rows < self.max_batch_size:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except (asyncio.TimeoutError, TimeoutError):
+                    break
+            compatible = all(a.shape[1:] == b.shape[1:] for a, b in zip(item.inputs, first.inputs))
+            if rows + item.rows > self.max_batch_size or not compatible:
+                self._carry = item
+                break
+            batch.append(item)
+            rows += item.rows
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            merged = [np.concatenate([p.inputs[i] for p in batch]) if len(batch) > 1 else batch[0].inputs[i]
+                      for i in range(len(batch[0].inputs))]
+            try:
+                outputs = await loop.run_in_executor(self.executor, self.run, merged)
+            except Exception as exc:  # every caller of the batch gets the failure
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+                continue
+            self.batches += 1
+            start = 0
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_result([o[start:start + pending.rows] for o in outputs])
+                start += pending.rows
+
+
+@dataclass
+class ServedModel:
+    name: str
+    artifact: Artifact
+    monitor: Monitor
+    executor: ThreadPoolExecutor
+    batcher: Batcher | None = None
+    ready: bool = False
+    dynamic_batch: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dynamic_batch = all(spec.shape and spec.shape[0] is None for spec in self.artifact.inputs)
+
+    async def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        if self.batcher is not None and self.dynamic_batch:
+            return await self.batcher.submit(inputs)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.artifact.runner, inputs)
+
+    def metadata(self) -> dict[str, Any]:
+        """The Open Inference Protocol model metadata (-1 on dynamic axes)."""
+        def tensors(specs: Sequence[Any]) -> list[dict[str, Any]]:
+            return [{"name": s.name, "datatype": datatype_of(s.dtype), "shape": [-1 if d is None else d
+                                                                                 for d in s.shape]} for s in specs]
+        return {"name": self.name, "versions": ["1"], "platform": PLATFORMS.get(self.artifact.format, "unknown"),
+                "inputs": tensors(self.artifact.inputs), "outputs": tensors(self.artifact.outputs),
+                "parameters": {"format": self.artifact.format, "sha256": self.artifact.metadata.get("files")}}
+
+
+class BodyLimit:
+    """ASGI middleware refusing request bodies above `max_bytes` with 413: at once when Content-Length says so,
+    otherwise while the body streams in (uvicorn sets no limit of its own)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope.get("headers", []):
+            if key == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await _send_error(send, 413, f"request body of {int(value)} bytes exceeds the limit of "
+                                             f"{self.max_bytes} bytes")
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _send_error(send, 413, f"request body exceeds the limit of {self.max_bytes} bytes")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _send_error(send: Send, status: int, message: str) -> None:
+    body = orjson.dumps({"error": message})
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class InferenceServer:
+    """The state behind the app: served models, their monitors and metrics, and the request handlers."""
+
+    def __init__(self, artifacts: Mapping[str, Artifact] | Callable[[], Mapping[str, Artifact]],
+                 max_batch_size: int = 32, max_queue_delay_ms: float = 2.0,
+                 baselines: Mapping[str, Mapping[str, Any]] | None = None, window_s: float = 60.0) -> None:
+        self._artifacts = artifacts
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_queue_delay_ms / 1e3
+        self.baselines = dict(baselines or {})
+        self.window_s = window_s
+        self.models: dict[str, ServedModel] = {}
+        self.metrics = PrometheusMetrics()
+        self.started = time.time()
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.models) and all(m.ready for m in self.models.values())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """Load and warm up every model before readiness; stop the batchers after in-flight work drains."""
+        loop = asyncio.get_running_loop()
+        artifacts = self._artifacts() if callable(self._artifacts) else self._artifacts
+        for name, artifact in artifacts.items():
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"deploycheck-{name}")
+            served = ServedModel(name, artifact, Monitor(name, window_s=self.window_s,
+                                                         baseline=self.baselines.get(name)), executor)
+            if self.max_batch_size > 1:
+                served.batcher = Batcher(artifact.runner, self.max_batch_size, self.max_delay_s, executor)
+                served.batcher.start()
+            self.models[name] = served
+        for served in self.models.values():
+            await loop.run_in_executor(served.executor, served.artifact.runner, _warmup_inputs(served.artifact))
+            served.ready = True
+        LOGGER.info("serving %s", ", ".join(f"{n} ({m.artifact.format})" for n, m in self.models.items()))
+        try:
+            yield
+        finally:
+            for served in self.models.values():
+                served.ready = False
+                if served.batcher is not None:
+                    await served.batcher.stop()
+                served.executor.shutdown(wait=True)
+
+    def model(self, name: str | None) -> ServedModel:
+        if name is None:
+            if len(self.models) != 1:
+                raise RequestError(400, f"several models are served ({', '.join(self.models)}): name one with "
+                                        "?model=NAME or use /v2/models/NAME/infer")
+            return next(iter(self.models.values()))
+        if name not in self.models:
+            raise RequestError(404, f"unknown model {name!r}; served: {', '.join(self.models)}")
+        return self.models[name]
+
+    async def run(self, served: ServedModel, inputs: list[np.ndarray], request_id: str
+                  ) -> tuple[list[np.ndarray], float]:
+        """Infer and count the request in the monitor and the metrics; an inference failure becomes a 500 with an
+        error id."""
+        if not served.ready:
+            raise RequestError(503, f"model {served.name!r} is not ready")
+        rows = int(inputs[0].shape[0]) if inputs[0].ndim else 1
+        start = time.perf_counter()
+        try:
+            outputs = await served.infer(inputs)
+        except Exception as exc:
+            latency_ms = (time.perf_counter() - start) * 1e3
+            error_id = uuid.uuid4().hex[:12]
+            LOGGER.exception("inference failed on %s (error id %s, request %s)", served.name, error_id, request_id)
+            served.monitor.record(latency_ms, rows, error=exc, request_id=request_id)
+            self.metrics.observe(served.name, latency_ms, rows, error=type(exc).__name__)
+            raise RequestError(500, f"inference failed (error id {error_id})") from exc
+        latency_ms = (time.perf_counter() - start) * 1e3
+        prediction = _top1(outputs[0])
+        served.monitor.record(latency_ms, rows, prediction=prediction[0] if len(prediction) == 1 else None,
+                              request_id=request_id)
+        self.metrics.observe(served.name, latency_ms, rows)
+        return outputs, latency_ms
+
+    def reject(self, served: ServedModel | None, status: int) -> None:
+        """Count a refused request (bad input) in the metrics, so /metrics shows every request received."""
+        if served is not None:
+            self.metrics.observe(served.name, 0.0, 0, error=f"http_{status}")
+
+    async def predict(self, request: Request) -> Response:
+        served = self.model(request.query_params.get("model"))
+        body = await _json_body(request)
+        if not isinstance(body, dict) or ("input" not in body and "inputs" not in body):
+            raise RequestError(400, 'expected a JSON object {"input": [...]} (or {"inputs": {name: [...]}} for '
+                                    f"several inputs: {[s.name for s in served.artifact.inputs]})")
+        given = body.get("inputs", body.get("input"))
+        named = given if isinstance(given, dict) else {served.artifact.inputs[0].name: given}
+        if not isinstance(given, dict) and len(served.artifact.inputs) > 1:
+            raise RequestError(400, f"model {served.name!r} has inputs {[s.name for s in served.artifact.inputs]}; "
+                                    'send {"inputs": {name: [...]}}')
+        inputs = _prepare(served, {name: (value, None) for name, value in named.items()})
+        request_id = str(body.get("id") or uuid.uuid4().hex)
+        outputs, latency_ms = await self.run(served, inputs, request_id)
+        result: dict[str, Any] = {"request_id": request_id, "model": served.name,
+                                  "latency_ms": round(latency_ms, 4), "predictions": _top1(outputs[0]).tolist(),
+                                  "outputs": {s.name: o for s, o in zip(served.artifact.outputs, outputs)}}
+        if body.get("softmax") or request.query_params.get("softmax") in ("1", "true"):
+            result["probabilities"] = _softmax(outputs[0])
+        return JSONResponse(result)
+
+    async def infer_v2(self, request: Request) -> Response:
+        served = self.model(request.path_params["name"])
+        header_length = request.headers.get("inference-header-content-length")
+        raw = await request.body()
+        binary = b""
+        if header_length is not None:
+            if not header_length.isdigit() or int(header_length) > len(raw):
+                raise RequestError(400, "Inference-Header-Content-Length does not fit the body")
+            raw, binary = raw[:int(header_length)], raw[int(header_length):]
+        body = _parse_json(raw)
+        if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
+            raise RequestError(400, 'expected {"inputs": [{"name", "shape", "datatype", "data"}, ...]}')
+        named: dict[str, tuple[Any, list[int] | None]] = {}
+        offset = 0
+        for position, tensor in enumerate(body["inputs"]):
+            if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+                raise RequestError(400, f"inputs[{position}] is not an object with a name")
+            value, offset = _tensor_data(tensor, binary, offset)
+            named[tensor["name"]] = (value, tensor.get("shape"))
+        inputs = _prepare(served, named)
+        request_id = str(body.get("id") or uuid.uuid4().hex)
+        outputs, _ = await self.run(served, inputs, request_id)
+        requested = body.get("outputs") or [{"name": s.name} for s in served.artifact.outputs]
+        by_name = {s.name: o for s, o in zip(served.artifact.outputs, outputs)}
+        all_binary = bool((body.get("parameters") or {}).get("binary_data_output"))
+        results, chunks = [], []
+        for item in requested:
+            name = item.get("name") if isinstance(item, dict) else None
+            if name not in by_name:
+                raise RequestError(400, f"unknown output {name!r}; outputs: {list(by_name)}")
+            array = np.ascontiguousarray(by_name[name])
+            entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype_of(array.dtype)}
+            if all_binary or (item.get("parameters") or {}).get("binary_data"):
+                chunks.append(array.tobytes())
+                entry["parameters"] = {"binary_data_size": len(chunks[-1])}
+            else:
+                entry["data"] = array.reshape(-1)
+            results.append(entry)
+        payload = orjson.dumps({"model_name": served.name, "model_version": "1", "id": request_id,
+                                "outputs": results}, option=orjson.OPT_SERIALIZE_NUMPY)
+        if not chunks:
+            return Response(payload, media_type="application/json")
+        return Response(payload + b"".join(chunks), media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(len(payload))})
+
+    async def feedback(self, request: Request) -> Response:
+        body = await _json_body(request)
+        if not isinstance(body, dict) or "request_id" not in body or "label" not in body:
+            raise RequestError(400, 'expected {"request_id": ..., "label": ...}')
+        served = self.model(body.get("model"))
+        matched = served.monitor.record_ground_truth(str(body["request_id"]), body["label"])
+        return JSONResponse({"matched": matched})
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        """Prometheus text: the monitors' window figures copied into the gauges, then the registry."""
+        for name, served in self.models.items():
+            self.metrics.refresh(name, served.monitor.metrics())
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    def app(self, max_body_bytes: int = DEFAULT_MAX_BODY) -> ASGIApp:
+        def handle(method: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+            async def endpoint(request: Request) -> Response:
+                served = None
+                try:
+                    name = request.path_params.get("name") or request.query_params.get("model")
+                    served = self.models.get(name) if name else (
+                        next(iter(self.models.values())) if len(self.models) == 1 else None)
+                    return await method(request)
+                except RequestError as exc:
+                    if exc.status < 500:
+                        self.reject(served, exc.status)
+                    return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            return endpoint
+
+        def sync(build: Callable[[Request], Any], status: Callable[[Request], int] = lambda r: 200
+                 ) -> Callable[[Request], Awaitable[Response]]:
+            async def endpoint(request: Request) -> Response:
+                try:
+                    return JSONResponse(build(request), status_code=status(request))
+                except RequestError as exc:
+                    return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            return endpoint
+
+        ready_status: Callable[[Request], int] = lambda r: 200 if self.ready else 503  # noqa: E731
+        routes = [
+            Route("/predict", handle(self.predict), methods=["POST"]),
+            Route("/feedback", handle(self.feedback), methods=["POST"]),
+            Route("/health", sync(lambda r: {"status": "ready" if self.ready else "loading",
+                                             "models": {n: m.ready for n, m in self.models.items()},
+                                             "uptime_s": round(time.time() - self.started, 1)}, ready_status)),
+            Route("/health/live", sync(lambda r: {"live": True})),
+            Route("/health/ready", sync(lambda r: {"ready": self.ready}, ready_status)),
+            Route("/metrics", self.metrics_endpoint),
+            Route("/alerts", sync(lambda r: {n: [vars(a) for a in m.monitor.alerts()]
+                                             for n, m in self.models.items()})),
+            Route("/v2", sync(lambda r: {"name": "deploycheck", "version": _version(), "extensions": [
+                "binary_tensor_data"]})),
+            Route("/v2/health/live", sync(lambda r: {"live": True})),
+            Route("/v2/health/ready", sync(lambda r: {"ready": self.ready}, ready_status)),
+            Route("/v2/models/{name}", sync(lambda r: self.model(r.path_params["name"]).metadata())),
+            Route("/v2/models/{name}/ready", sync(
+                lambda r: {"name": r.path_params["name"], "ready": self.model(r.path_params["name"]).ready},
+                lambda r: 200 if self.models.get(r.path_params["name"]) and
+                self.models[r.path_params["name"]].ready else 400)),
+            Route("/v2/models/{name}/infer", handle(self.infer_v2), methods=["POST"]),
+        ]
+        return BodyLimit(Starlette(routes=routes, lifespan=self.lifespan), max_body_bytes)
+
+
+def create_app(source: str | os.PathLike[str] | Mapping[str, Artifact], max_batch_size: int = 32,
+               max_queue_delay_ms: float = 2.0, max_body_mb: float = 16.0, baselines: Path | None = None,
+               window_s: float = 60.0) -> ASGIApp:
+    """The ASGI app serving `source`: a path (one artifact directory or a tree of them) or `{name: Artifact}`.
+    Paths are loaded in the app's startup, so readiness reports loading honestly. `baselines` (a `baselines/`
+    directory) gives each model's monitor the release figures its alerts are held to."""
+    if isinstance(source, Mapping):
+        artifacts: Mapping[str, Artifact] | Callable[[], Mapping[str, Artifact]] = dict(source)
+    else:
+        path = Path(source)
+        artifacts = lambda: discover(path)  # noqa: E731
+    monitor_baselines = _monitor_baselines(baselines, source) if baselines is not None else None
+    server = InferenceServer(artifacts, max_batch_size, max_queue_delay_ms, monitor_baselines, window_s)
+    return server.app(int(max_body_mb * 1024 * 1024))
+
+
+def app_from_environment() -> ASGIApp:
+    """The app described by `DEPLOYCHECK_SERVE_*` variables: how `deploycheck serve --workers N` starts each
+    worker process (uvicorn imports the app by name in every worker)."""
+    baselines = os.environ.get("DEPLOYCHECK_SERVE_BASELINES")
+    return create_app(os.environ["DEPLOYCHECK_SERVE_PATH"],
+                      max_batch_size=int(os.environ.get("DEPLOYCHECK_SERVE_MAX_BATCH_SIZE", "32")),
+                      max_queue_delay_ms=float(os.environ.get("DEPLOYCHECK_SERVE_MAX_QUEUE_DELAY_MS", "2")),
+                      max_body_mb=float(os.environ.get("DEPLOYCHECK_SERVE_MAX_BODY_MB", "16")),
+                      baselines=Path(baselines) if baselines else None)
+
+
+def _monitor_baselines(directory: Path, source: Any) -> dict[str, dict[str, Any]]:
+    """Per served model: the release p95 latency (batch 1) and accuracy from its stored baseline."""
+    from deploycheck.baseline import BaselineStore
+
+    store = BaselineStore(directory)
+    result: dict[str, dict[str, Any]] = {}
+    artifacts = source if isinstance(source, Mapping) else discover(source)
+    for name, artifact in artifacts.items():
+        record = store.read(artifact.model_name, artifact.format)
+        if record is None:
+            continue
+        figures: dict[str, Any] = {}
+        latency = record.get("latency") or {}
+        if latency:
+            figures["p95_ms"] = latency[min(latency, key=int)].get("p95_ms")
+        if (record.get("accuracy") or {}).get("value") is not None:
+            figures["accuracy"] = record["accuracy"]["value"]
+        result[name] = {k: v for k, v in figures.items() if v is not None}
+    return result
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("deploycheck")
+
+
+async def _json_body(request: Request) -> Any:
+    return _parse_json(await request.body())
+
+
+def _parse_json(raw: bytes) -> Any:
+    """orjson on the fast path; the standard parser when orjson refuses, since it accepts the NaN, Infinity and
+    1e999 that many clients send, which are then refused by name as non-finite input."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise RequestError(400, f"malformed JSON: {exc}") from None
+
+
+def _tensor_data(tensor: dict[str, Any], binary: bytes, offset: int) -> tuple[Any, int]:
+    """An OIP input's values: `data` (nested or flat JSON), or its slice of the binary tensor data."""
+    datatype = tensor.get("datatype")
+    if datatype not in DATATYPES:
+        raise RequestError(400, f"input {tensor['name']!r}: datatype {datatype!r} is not one of "
+                                f"{', '.join(DATATYPES)}")
+    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if size is None:
+        if "data" not in tensor:
+            raise RequestError(400, f"input {tensor['name']!r} has no data")
+        return _array(tensor["data"], DATATYPES[datatype], tensor["name"]), offset
+    if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+        raise RequestError(400, f"input {tensor['name']!r}: binary_data_size {size} does not fit the body")
+    itemsize = np.dtype(DATATYPES[datatype]).itemsize
+    if size % itemsize:
+        raise RequestError(400, f"input {tensor['name']!r}: {size} bytes is not a whole number of {datatype}")
+    return np.frombuffer(binary[offset:offset + size], dtype=DATATYPES[datatype]), offset + size
+
+
+def _array(value: Any, dtype: Any, name: str) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError) as exc:
+        raise RequestError(400, f"input {name!r}: not a rectangular array of numbers ({exc})") from None
+
+
+def _prepare(served: ServedModel, named: Mapping[str, tuple[Any, list[int] | None]]) -> list[np.ndarray]:
+    """The request's inputs in the artifact's order, with names, shapes, dtypes and values checked."""
+    expected = [s.name for s in served.artifact.inputs]
+    unknown = sorted(set(named) - set(expected))
+    missing = [n for n in expected if n not in named]
+    if unknown or missing:
+        problems = [f"unknown {unknown}" if unknown else "", f"missing {missing}" if missing else ""]
+        raise RequestError(400, f"model {served.name!r} expects inputs {expected}; "
+                                f"{' '.join(p for p in problems if p)}")
+    arrays = []
+    for spec in served.artifact.inputs:
+        value, shape = named[spec.name]
+        array = value if isinstance(value, np.ndarray) else _array(value, np.dtype(spec.dtype), spec.name)
+        if shape is not None:
+            if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape) or \
+                    math.prod(shape) != array.size:
+                raise RequestError(400, f"input {spec.name!r}: shape {shape} does not match its {array.size} "
+                                        "values")
+            array = array.reshape(shape)
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise RequestError(400, f"input {spec.name!r} contains NaN or Inf")
+        if array.ndim == len(spec.shape) - 1:
+            array = array[None]
+        arrays.append(array)
+    try:
+        prepared = served.artifact.prepare_inputs(arrays)
+    except InputError as exc:
+        raise RequestError(400, str(exc)) from None
+    if len({a.shape[0] for a in prepared}) > 1:
+        raise RequestError(400, f"inputs of model {served.name!r} have different batch sizes "
+                                f"{[a.shape[0] for a in prepared]}")
+    if prepared[0].shape[0] == 0:
+        raise RequestError(400, "empty batch")
+    return prepared
+
+
+def _warmup_inputs(artifact: Artifact) -> list[np.ndarray]:
+    return [np.zeros([1 if d is None else d for d in s.shape], dtype=s.dtype) for s in artifact.inputs]
+
+
+def _top1(output: np.ndarray) -> np.ndarray:
+    return output.argmax(axis=-1) if output.ndim >= 2 else output
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return np.asarray(shifted / shifted.sum(axis=-1, keepdims=True))
+
+
+def serve(path: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, max_batch_size: int = 32,
+          max_queue_delay_ms: float = 2.0, max_body_mb: float = 16.0, baselines: str | None = None,
+          log_level: str = "info") -> None:
+    """Run the server on uvicorn (what `deploycheck serve` does). With several workers, each process loads the
+    artifacts itself and Prometheus metrics are aggregated through a shared multiprocess directory."""
+    import tempfile
+
+    import uvicorn
+
+    discover(path)  # fail before starting workers when nothing servable is there
+    os.environ.update({"DEPLOYCHECK_SERVE_PATH": str(path), "DEPLOYCHECK_SERVE_MAX_BATCH_SIZE": str(max_batch_size),
+                       "DEPLOYCHECK_SERVE_MAX_QUEUE_DELAY_MS": str(max_queue_delay_ms),
+                       "DEPLOYCHECK_SERVE_MAX_BODY_MB": str(max_body_mb)})
+    if baselines:
+        os.environ["DEPLOYCHECK_SERVE_BASELINES"] = baselines
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="deploycheck-prometheus-")
+    uvicorn.run("deploycheck.server:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                access_log=False, log_level=log_level, timeout_graceful_shutdown=30)
+

@@ -1,0 +1,254 @@
+"""The model server over real HTTP on loopback: a real `deploycheck serve` (uvicorn) process per test module."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+
+@dataclass
+class Server:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def request(self, method: str, path: str, body: bytes | str | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            raw = response.read()
+        finally:
+            connection.close()
+        try:
+            return response.status, json.loads(raw)
+        except ValueError:
+            return response.status, {"text": raw.decode()}
+
+    def post(self, path: str, payload: object) -> tuple[int, dict]:
+        return self.request("POST", path, json.dumps(payload), {"Content-Type": "application/json"})
+
+    def metric(self, name: str, model: str) -> float:
+        status, body = self.request("GET", "/metrics")
+        assert status == 200
+        match = re.search(rf'^{name}\{{model="{model}"\}} (\S+)$', body["text"], re.M)
+        return float(match.group(1)) if match else 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_server(path: Path, *options: str) -> Server:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "deploycheck.cli", "serve", str(path), "--port", str(port),
+                                "--log-level", "warning", *options], env={**os.environ})
+    server = Server(port, process)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"deploycheck serve exited with {process.returncode}"
+        try:
+            if server.request("GET", "/v2/health/ready")[0] == 200:
+                return server
+        except OSError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError("the server did not become ready in 90 s")
+
+
+def stop_server(server: Server) -> None:
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+class Lookup(torch.nn.Module):
+    """An embedding lookup: indices beyond the table make ONNX Runtime fail at run time (a real 500)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.nn.Embedding(10, 4)
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        return self.table(index).sum(dim=1)
+
+
+@pytest.fixture(scope="module")
+def served(digits_artifacts, tmp_path_factory) -> Iterator[tuple[Server, dict]]:
+    """Two models from a directory of artifacts: the digits CNN (onnx) and the lookup model (onnx)."""
+    import deploycheck
+
+    root = tmp_path_factory.mktemp("served")
+    lookup = deploycheck.ModelSpec(name="lookup", model=Lookup(), example_inputs=torch.randint(0, 10, (4, 3)),
+                                   formats=["onnx"])
+    artifacts = {"digits_cnn": deploycheck.export(digits_artifacts["onnx"].spec, "onnx", root / "digits_cnn" / "onnx"),
+                 "lookup": deploycheck.export(lookup, "onnx", root / "lookup" / "onnx")}
+    server = start_server(root, "--max-body-mb", "1")
+    yield server, artifacts
+    stop_server(server)
+
+
+def digits_rows(count: int, seed: int = 0) -> np.ndarray:
+    from deploycheck.digits import load_split
+
+    images = load_split()[2].numpy()
+    rng = np.random.default_rng(seed)
+    picked = images[rng.integers(0, len(images), count)]
+    return (picked + rng.normal(0, 0.05, picked.shape)).astype(np.float32)
+
+
+def test_tritonclient_health_metadata_and_infer_match_in_process(served) -> None:
+    import tritonclient.http as triton
+
+    server, artifacts = served
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("digits_cnn")
+    metadata = client.get_model_metadata("digits_cnn")
+    assert metadata["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
+    assert metadata["outputs"][0]["shape"] == [-1, 10] and metadata["platform"] == "onnxruntime_onnx"
+    assert client.get_server_metadata()["name"] == "deploycheck"
+    images = digits_rows(5)
+    expected = artifacts["digits_cnn"].run(images)[0]
+    for binary in (True, False):
+        request = triton.InferInput("image", list(images.shape), "FP32")
+        request.set_data_from_numpy(images, binary_data=binary)
+        result = client.infer("digits_cnn", [request], request_id="req-7",
+                              outputs=[triton.InferRequestedOutput("logits", binary_data=binary)])
+        np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-6, atol=1e-6)
+        assert result.get_response()["id"] == "req-7"
+    with pytest.raises(triton.InferenceServerException, match="unknown model 'nope'"):
+        client.get_model_metadata("nope")
+
+
+def test_predict_and_feedback(served) -> None:
+    server, artifacts = served
+    images = digits_rows(3, seed=1)
+    status, body = server.post("/predict?model=digits_cnn&softmax=true", {"input": images.tolist()})
+    assert status == 200, body
+    expected = artifacts["digits_cnn"].run(images)[0]
+    assert body["predictions"] == expected.argmax(1).tolist() and body["latency_ms"] > 0
+    np.testing.assert_allclose(body["outputs"]["logits"], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.sum(body["probabilities"], axis=1), 1.0, rtol=1e-5)
+    status, single = server.post("/predict?model=digits_cnn", {"input": images[0].tolist(), "id": "one"})
+    assert status == 200 and single["request_id"] == "one" and single["predictions"] == body["predictions"][:1]
+    status, matched = server.post("/feedback", {"model": "digits_cnn", "request_id": "one",
+                                                "label": single["predictions"][0]})
+    assert status == 200 and matched == {"matched": True}
+    assert server.request("GET", "/health")[1]["models"] == {"digits_cnn": True, "lookup": True}
+    assert server.request("GET", "/health/ready")[0] == 200 and server.request("GET", "/alerts")[0] == 200
+
+
+BAD_REQUESTS = [
+    ("malformed JSON", "POST", "/predict?model=digits_cnn", b'{"input": [1, 2', 400, "malformed JSON"),
+    ("wrong input name", "POST", "/v2/models/digits_cnn/infer",
+     {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}, 400,
+     "expects inputs ['image']; unknown ['pixels'] missing ['image']"),
+    ("wrong shape", "POST", "/predict?model=digits_cnn", {"input": [[0.0] * 7] * 7}, 400,
+     "input 'image' has shape [7, 7], expected [?, 1, 8, 8] (? is dynamic)"),
+    ("wrong datatype", "POST", "/v2/models/digits_cnn/infer",
+     {"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "BYTES", "data": ["a"] * 64}]}, 400,
+     "datatype 'BYTES' is not one of"),
+    ("not numbers", "POST", "/predict?model=digits_cnn", {"input": [[["x"] * 8] * 8]}, 400,
+     "not a rectangular array of numbers"),
+    ("NaN", "POST", "/predict?model=digits_cnn", b'{"input": [[' + b",".join([b"[" + b",".join([b"1e999"] * 8)
+                                                                              + b"]"] * 8) + b"]]}", 400,
+     "contains NaN or Inf"),
+    ("unknown model", "POST", "/v2/models/nope/infer", {"inputs": []}, 404, "unknown model 'nope'"),
+    ("too large", "POST", "/predict?model=digits_cnn", b"[" + b"0," * 700_000 + b"0]", 413,
+     "exceeds the limit of 1048576 bytes"),
+    ("inference failure", "POST", "/predict?model=lookup", {"input": [[1, 2, 99]]}, 500, "inference failed (error id"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "payload", "status", "message"),
+                         [case[1:] for case in BAD_REQUESTS], ids=[case[0] for case in BAD_REQUESTS])
+def test_bad_input_gets_its_status_and_the_server_keeps_answering(served, method, path, payload, status,
+                                                                  message) -> None:
+    server, artifacts = served
+    body = payload if isinstance(payload, bytes) else json.dumps(payload)
+    got, answer = server.request(method, path, body, {"Content-Type": "application/json"})
+    assert got == status, answer
+    assert message in answer["error"], answer
+    images = digits_rows(2, seed=2)
+    ok, good = server.post("/predict?model=digits_cnn", {"input": images.tolist()})
+    assert ok == 200 and good["predictions"] == artifacts["digits_cnn"].run(images)[0].argmax(1).tolist()
+    lookup = server.post("/predict?model=lookup", {"input": [[1, 2, 3]]})
+    assert lookup[0] == 200
+
+
+def test_inference_failures_are_counted(served) -> None:
+    server, _ = served
+    before = server.metric("deploycheck_errors_total", "lookup")
+    status, _ = server.post("/predict?model=lookup", {"input": [[0, 1, 50]]})
+    assert status == 500
+    text = server.request("GET", "/metrics")[1]["text"]
+    assert re.search(r'deploycheck_errors_total\{model="lookup",type="\w+"\} \d', text)
+    assert sum(float(v) for v in re.findall(r'deploycheck_errors_total\{model="lookup",type="[^"]+"\} (\S+)',
+                                            text)) > before
+
+
+def test_32_clients_each_get_their_own_rows_and_every_request_is_counted(served) -> None:
+    server, artifacts = served
+    clients, per_client = 32, 200
+    images = digits_rows(clients * per_client, seed=3)
+    expected = artifacts["digits_cnn"].run(images)[0]
+    before = server.metric("deploycheck_requests_total", "digits_cnn")
+
+    def client(index: int) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        mismatches = 0
+        for step in range(per_client):
+            row = index * per_client + step
+            connection.request("POST", "/predict?model=digits_cnn", json.dumps({"input": images[row].tolist()}),
+                               {"Content-Type": "application/json"})
+            body = json.loads(connection.getresponse().read())
+            if not np.allclose(body["outputs"]["logits"][0], expected[row], rtol=1e-4, atol=1e-4):
+                mismatches += 1
+        connection.close()
+        return mismatches
+
+    with ThreadPoolExecutor(clients) as pool:
+        assert sum(pool.map(client, range(clients))) == 0
+    assert server.metric("deploycheck_requests_total", "digits_cnn") - before == clients * per_client
+
+
+def test_several_workers_share_their_metrics(digits_artifacts) -> None:
+    server = start_server(digits_artifacts["onnx"].path, "--workers", "2")
+    try:
+        images = digits_rows(40, seed=4)
+        for row in images:
+            assert server.post("/predict", {"input": row.tolist()})[0] == 200
+        assert server.metric("deploycheck_requests_total", "digits_cnn") == 40
+    finally:
+        stop_server(server)
+    assert server.process.returncode == 0, "SIGTERM shuts the server down cleanly"
+
+
+def test_refuses_formats_that_need_pickles_or_code(digits_artifacts, tmp_path: Path) -> None:
+    from deploycheck.errors import DeployCheckError
+    from deploycheck.server import discover
+
+    with pytest.raises(DeployCheckError, match="format 'state_dict' is not served"):
+        discover(digits_artifacts["state_dict"].path)
+    with pytest.raises(DeployCheckError, match="no artifact"):
+        discover(tmp_path)
