@@ -75,3 +75,27 @@ def test_compare_exits_non_zero_on_a_regression(tmp_path: Path) -> None:
     (new.path("m", "onnx")).write_text("{")
     broken = subprocess.run([*EXE, "compare", str(old.root), str(new.root)], capture_output=True, text=True)
     assert broken.returncode == 2 and f"{new.path('m', 'onnx')}: not valid JSON" in broken.stderr
+
+
+def test_alerts_writes_prometheus_rules_that_promtool_accepts(tmp_path: Path) -> None:
+    import shutil
+
+    from deploycheck.baseline import BaselineStore
+
+    store = BaselineStore(tmp_path / "baselines")
+    store.write({"model": "digits_cnn", "format": "onnx", "accuracy": {"value": 0.99},
+                 "latency": {"1": {"p95_ms": 0.05}, "32": {"p95_ms": 0.5}}})
+    store.write({"model": "digits_cnn", "format": "eager", "accuracy": {"value": 0.99}})
+    run = subprocess.run([*EXE, "alerts", "--baselines", str(store.root)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rules = run.stdout
+    assert rules.count("- alert:") == 4 and 'format: "onnx"' in rules and "> 0.0041" in rules, rules
+    assert 'deploycheck_window_accuracy{model=\\"digits_cnn\\"} < 0.97' in rules
+    missing = subprocess.run([*EXE, "alerts", "--baselines", str(tmp_path)], capture_output=True, text=True)
+    assert missing.returncode == 2 and "no baselines found" in missing.stderr
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool (Debian package prometheus) is not installed")
+    (tmp_path / "rules.yml").write_text(rules)
+    check = subprocess.run(["promtool", "check", "rules", str(tmp_path / "rules.yml")], capture_output=True,
+                           text=True)
+    assert check.returncode == 0 and "SUCCESS: 4 rules found" in check.stdout, check.stdout + check.stderr

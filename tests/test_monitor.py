@@ -100,3 +100,51 @@ def test_old_requests_leave_the_window_but_stay_in_lifetime() -> None:
     m = monitor.metrics()
     assert m["requests"] == 1 and m["latency_ms"]["p50"] == pytest.approx(3.0, rel=0.01)
     assert m["lifetime"]["requests"] == 101
+
+
+def test_webhook_sink_retries_and_never_blocks_the_caller() -> None:
+    """A receiver on loopback that fails the first POST and holds every answer until the caller has returned."""
+    import http.server
+    import json
+    import threading
+
+    from deploycheck.monitor import Alert, WebhookSink
+
+    received: list[dict] = []
+    release = threading.Event()
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            release.wait(10)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append(body)
+            self.send_response(500 if len(received) == 1 else 200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sink = WebhookSink(f"http://127.0.0.1:{server.server_address[1]}/alerts", timeout_s=5, backoff_s=0.01)
+    try:
+        sink(Alert("latency", "warning", 3.0, 2.0, 1.0, 1.0, model="digits_cnn", message="slow"))
+        assert not received, "the call returned before the receiver answered"
+        release.set()
+        sink.close()
+    finally:
+        server.shutdown()
+    assert len(received) == 2 and sink.delivered == 1 and sink.failed == 0
+    assert received[1]["type"] == "latency" and received[1]["model"] == "digits_cnn"
+    assert received[1]["state"] == "firing" and received[1]["threshold"] == 2.0
+
+
+def test_a_million_steady_records_raise_no_alert() -> None:
+    rng = np.random.default_rng(0)
+    latencies = rng.lognormal(np.log(2.0), 0.2, 1_000_000)
+    clock = [0.0]
+    monitor = Monitor("m", window_s=60, baseline={"p95_ms": 3.0, "accuracy": 0.9}, clock=lambda: clock[0])
+    for index, latency in enumerate(latencies.tolist()):
+        clock[0] = index * 0.001
+        monitor.record(latency, prediction=index % 10, request_id=None)
+    assert monitor.alerts() == [] and monitor.metrics()["lifetime"]["requests"] == 1_000_000

@@ -194,6 +194,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if regressed else 0
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """Print Prometheus alerting rules for the models in a baselines directory (redirect to rules.yml)."""
+    from deploycheck.prometheus import alerting_rules
+
+    print(alerting_rules(Path(args.baselines), args.format, args.window, args.hold, args.queue_delay_ms), end="")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from deploycheck.server import serve
 
@@ -239,6 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override a rule, e.g. --rule latency=p50:15%% --rule accuracy_drop=0.01")
     compare.add_argument("-v", "--verbose", action="store_true", help="print every comparison's table")
     compare.set_defaults(handler=cmd_compare)
+
+    alerts = commands.add_parser("alerts", help="print Prometheus alerting rules from the stored baselines")
+    alerts.add_argument("--baselines", required=True, help="the baselines directory")
+    alerts.add_argument("--format", help="whose figures to use per model (default: onnx, else the first stored)")
+    alerts.add_argument("--window", default="5m", help="the rate window of the expressions")
+    alerts.add_argument("--hold", default="2m", help="how long a condition holds before the alert fires")
+    alerts.add_argument("--queue-delay-ms", type=float, default=2.0,
+                        help="the server's --max-queue-delay-ms, added to the release p95")
+    alerts.set_defaults(handler=cmd_alerts)
 
     serve = commands.add_parser("serve", help="serve artifacts over REST and the Open Inference Protocol v2")
     serve.add_argument("path", metavar="PATH", help="an artifact directory, or a directory of them")

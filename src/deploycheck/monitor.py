@@ -8,13 +8,18 @@ record. The clock is injectable, so tests simulate hours of traffic without slee
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
+import queue
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 RELATIVE_ERROR = 0.005
@@ -85,6 +90,7 @@ class Alert:
     last_seen: float
     state: str = "firing"
     message: str = ""
+    model: str = ""
 
 
 class Monitor:
@@ -261,7 +267,7 @@ class Monitor:
             if breached and active is None:
                 if now - self._last_resolved.get(rule.type, -math.inf) < rule.cooldown_s:
                     continue
-                alert = Alert(rule.type, rule.severity, value, threshold, now, now,
+                alert = Alert(rule.type, rule.severity, value, threshold, now, now, model=self.model_name,
                               message=f"{self.model_name}: {rule.type} {value:.4g} beyond {threshold:.4g}")
                 self._active[rule.type] = alert
                 self._history.append(alert)
@@ -313,6 +319,59 @@ class Monitor:
                 sink(alert)
             except Exception:  # a broken sink must never break recording
                 LOGGER.exception("alert sink %r failed", sink)
+
+
+class WebhookSink:
+    """Posts each alert as JSON to `url` from a background thread, with a timeout and retries (exponential
+    backoff), so `record` never waits on the network. Alerts beyond `max_queue` waiting are dropped and
+    counted in `dropped` rather than blocking."""
+
+    def __init__(self, url: str, timeout_s: float = 2.0, retries: int = 3, backoff_s: float = 0.5,
+                 max_queue: int = 1000, headers: Mapping[str, str] | None = None) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
+        self.delivered = 0
+        self.failed = 0
+        self.dropped = 0
+        self._queue: queue.Queue[Alert | None] = queue.Queue(max_queue)
+        self._thread = threading.Thread(target=self._deliver, name="deploycheck-webhook", daemon=True)
+        self._thread.start()
+
+    def __call__(self, alert: Alert) -> None:
+        try:
+            self._queue.put_nowait(replace(alert))
+        except queue.Full:
+            self.dropped += 1
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Deliver what is queued (within `timeout_s`), then stop the thread."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=timeout_s)
+        self._thread.join(timeout_s)
+
+    def _deliver(self) -> None:
+        while True:
+            alert = self._queue.get()
+            if alert is None:
+                return
+            body = json.dumps(asdict(alert)).encode()
+            for attempt in range(self.retries + 1):
+                try:
+                    request = urllib.request.Request(self.url, data=body, headers=self.headers, method="POST")
+                    with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                        response.read()
+                    self.delivered += 1
+                    break
+                except (OSError, urllib.error.URLError) as exc:
+                    if attempt == self.retries:
+                        self.failed += 1
+                        LOGGER.warning("webhook %s: alert %s not delivered after %d attempts (%s)", self.url,
+                                       alert.type, attempt + 1, exc)
+                    else:
+                        time.sleep(self.backoff_s * 2**attempt)
 
 
 def population_stability_index(expected: Mapping[Any, float], observed: Mapping[Any, int],

@@ -8,11 +8,15 @@ value (`multiprocess_mode="max"`), as prometheus_client's multiprocess mode pres
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from deploycheck.errors import DeployCheckError
 
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                      2.5, 5.0, 10.0)
@@ -69,3 +73,61 @@ class PrometheusMetrics:
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry)  # type: ignore[no-any-return]
         return generate_latest(self.registry)  # type: ignore[no-any-return]
+
+
+def alerting_rules(baselines: Path, format_name: str | None = None, window: str = "5m", hold: str = "2m",
+                   queue_delay_ms: float = 2.0) -> str:
+    """Prometheus alerting rules (YAML) holding served models to their release baselines with the thresholds of
+    the monitor's default rules: window p95 above `factor` x the served baseline (the release p95 plus the
+    server's `queue_delay_ms`, which a request may wait for a batch), error rate, accuracy below the baseline
+    minus its budget, and prediction drift. One model per baseline directory entry; `format_name` picks which
+    format's figures (default: onnx when stored, else the first stored format)."""
+    from deploycheck.baseline import BaselineStore
+    from deploycheck.monitor import DEFAULT_RULES
+
+    store = BaselineStore(baselines)
+    by_model: dict[str, list[str]] = {}
+    for model, stored_format in store.entries():
+        by_model.setdefault(model, []).append(stored_format)
+    if not by_model:
+        raise DeployCheckError(f"{baselines}: no baselines found (expected <model>/<format>.json files)")
+    rules = {rule.type: rule for rule in DEFAULT_RULES}
+    lines = ["groups:", "  - name: deploycheck", "    rules:"]
+    for model, formats in sorted(by_model.items()):
+        chosen = format_name or ("onnx" if "onnx" in formats else formats[0])
+        if chosen not in formats:
+            raise DeployCheckError(f"{baselines}: model {model!r} has no {chosen!r} baseline (it has {formats})")
+        record = store.read(model, chosen) or {}
+        label = f'model="{model}"'
+        latency = record.get("latency") or {}
+        p95_ms = latency[min(latency, key=int)].get("p95_ms") if latency else None
+        if p95_ms:
+            factor, served_ms = rules["latency"].factor, p95_ms + queue_delay_ms
+            lines += _rule("DeploycheckLatencyHigh", f"histogram_quantile(0.95, sum by (le) (rate("
+                           f"deploycheck_request_latency_seconds_bucket{{{label}}}[{window}]))) > "
+                           f"{factor * served_ms / 1e3:.6g}", hold, rules["latency"].severity, model, chosen,
+                           f"p95 latency above {factor:g} x (release p95 {p95_ms:.4g} ms + queue delay "
+                           f"{queue_delay_ms:g} ms)")
+        error_rate = rules["error_rate"]
+        lines += _rule("DeploycheckErrorRateHigh", f"sum(rate(deploycheck_errors_total{{{label}}}[{window}])) / "
+                       f"sum(rate(deploycheck_requests_total{{{label}}}[{window}])) > {error_rate.threshold:g}",
+                       hold, error_rate.severity, model, chosen, f"error rate above {error_rate.threshold:.0%}")
+        accuracy = (record.get("accuracy") or {}).get("value")
+        if accuracy is not None:
+            floor = accuracy - rules["accuracy"].threshold
+            lines += _rule("DeploycheckAccuracyLow", f"deploycheck_window_accuracy{{{label}}} < {floor:.6g}", hold,
+                           rules["accuracy"].severity, model, chosen,
+                           f"accuracy below the release baseline {accuracy:.2%} minus "
+                           f"{rules['accuracy'].threshold * 100:g} points")
+        lines += _rule("DeploycheckPredictionDrift", f"deploycheck_prediction_drift_psi{{{label}}} > "
+                       f"{rules['drift'].threshold:g}", hold, rules["drift"].severity, model, chosen,
+                       f"PSI of predicted classes above {rules['drift'].threshold:g}")
+    return "\n".join(lines) + "\n"
+
+
+def _rule(name: str, expression: str, hold: str, severity: str, model: str, format_name: str,
+          summary: str) -> list[str]:
+    return [f"      - alert: {name}", f"        expr: {json.dumps(expression)}", f"        for: {hold}",
+            "        labels:", f"          severity: {severity}", f"          model: {json.dumps(model)}",
+            f"          format: {json.dumps(format_name)}", "        annotations:",
+            f"          summary: {json.dumps(f'{model}: {summary}')}"]
