@@ -1,8 +1,8 @@
 """Per-call cost of `Monitor.record` next to a naive monitor, measured in the same run (prints, asserts nothing).
 
 The naive monitor is what a hand-rolled service often does: append to a 1000-entry deque and recompute a numpy
-mean over it on every call (the issue's reference point, about 26 us). Both are timed over the same latencies, interleaved in rounds so machine drift hits
-both; the figure is the median per-call cost over rounds.
+mean over it on every call (the issue's reference point, about 26 us). Both are timed over the same latencies,
+interleaved in rounds so machine drift hits both; the figure is the median per-call cost over rounds.
 
     python benchmarks/monitor.py [--calls 200000]
 """

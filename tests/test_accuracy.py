@@ -115,3 +115,23 @@ def test_search_finds_a_configuration_within_budget(outlier, tmp_path: Path) -> 
     assert "<- chosen" in str(result)
     with pytest.raises(DeployCheckError, match="no static int8 configuration fits"):
         search_quantization(spec, -1.0, tmp_path / "never", max_excluded=1)
+
+
+def test_without_labels_the_gate_is_agreement_with_the_reference(outlier) -> None:
+    """The outlier model's static int8 form disagrees with fp32 on some inputs: without labels, min_agreement
+    catches it, and a missing min_agreement is a failure that says what to set."""
+    spec, artifacts = outlier
+    unlabelled = [(inputs, None) for inputs, _ in spec.eval_data]
+    gated = dataclasses.replace(spec, eval_data=unlabelled, max_accuracy_drop=None, min_agreement=0.99)
+    fp32 = check_accuracy(artifacts["onnx"], gated)
+    assert fp32.passed and fp32.agreement == 1.0 and not fp32.labelled
+    assert fp32.to_dict()["value"] is None and "unlabelled samples" in str(fp32)
+    int8 = check_accuracy(artifacts["onnx_int8_static"], gated, explain=False)
+    assert not int8.passed and int8.agreement < 0.99
+    assert "agreement with the reference's predictions" in str(int8) and "below 99.00%" in str(int8)
+    ungated = check_accuracy(artifacts["onnx"], dataclasses.replace(gated, min_agreement=None))
+    assert not ungated.passed and "set ModelSpec(min_agreement=...)" in str(ungated)
+    with pytest.raises(SpecError, match="has no labels, so there is no accuracy"):
+        deploycheck.measure_accuracy(artifacts["onnx"], unlabelled)
+    with pytest.raises(SpecError, match="label all of them, or none"):
+        evaluate(artifacts["onnx"], [unlabelled[0], spec.eval_data[1]])

@@ -59,6 +59,11 @@ class AccuracyReport:
     explanation: str = ""
 
     @property
+    def labelled(self) -> bool:
+        """False when the eval data had no labels: only agreement with the reference is measured and gated."""
+        return not math.isnan(self.obtained)
+
+    @property
     def drop(self) -> float:
         """Absolute drop: positive when the artifact is worse than the reference."""
         return self.reference - self.obtained if self.higher_is_better else self.obtained - self.reference
@@ -70,6 +75,9 @@ class AccuracyReport:
     @property
     def problems(self) -> list[str]:
         found = []
+        if not self.labelled and self.min_agreement is None:
+            found.append("the eval data has no labels, so only agreement with the reference can be gated: set "
+                         "ModelSpec(min_agreement=...)")
         if self.max_drop is not None and self.drop > self.max_drop + 1e-12:
             found.append(f"accuracy drop {self.drop:.2%} exceeds the budget of {self.max_drop:.2%}")
         if self.max_relative_drop is not None and self.relative_drop > self.max_relative_drop + 1e-12:
@@ -84,9 +92,11 @@ class AccuracyReport:
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
-        return {"value": self.obtained, "reference": self.reference, "drop": self.drop,
-                "relative_drop": self.relative_drop, "agreement": self.agreement, "samples": self.samples,
-                "max_drop": self.max_drop, "passed": self.passed}
+        labelled = self.labelled
+        return {"value": self.obtained if labelled else None, "reference": self.reference if labelled else None,
+                "drop": self.drop if labelled else None, "relative_drop": self.relative_drop if labelled else None,
+                "agreement": self.agreement, "samples": self.samples, "max_drop": self.max_drop,
+                "min_agreement": self.min_agreement, "passed": self.passed}
 
     def __str__(self) -> str:
         budget = " / ".join(part for part in (
@@ -94,6 +104,13 @@ class AccuracyReport:
             f"relative <= {self.max_relative_drop:.2%}" if self.max_relative_drop is not None else "",
             f"agreement >= {self.min_agreement:.2%}" if self.min_agreement is not None else "") if part) or "none"
         agreement = "" if self.agreement is None else f"{self.agreement:.2%}"
+        if not self.labelled:
+            lines = [f"agreement of {self.model}/{self.format} with the eager reference's predictions on "
+                     f"{self.samples} unlabelled samples",
+                     format_table(["agreement", "budget", "status"], [[agreement, budget, "ok" if self.passed
+                                                                        else "FAIL"]])]
+            lines.extend(f"  {p}" for p in self.problems)
+            return "\n".join(lines)
         lines = [f"accuracy of {self.model}/{self.format} on {self.samples} samples",
                  format_table(["reference (eager)", "obtained", "drop", "relative drop", "agreement", "budget",
                                "status"],
@@ -124,17 +141,28 @@ def evaluate(artifact: Artifact, eval_data: Iterable[tuple[Any, Any]] | None = N
         raise SpecError(f"{name}: no eval_data to measure accuracy on (set ModelSpec(eval_data=...))")
     outputs: list[list[np.ndarray]] = []
     labels: list[np.ndarray] = []
+    unlabelled = 0
     for inputs, batch_labels in data:
         batch_outputs = artifact.run(inputs)
+        outputs.append(batch_outputs)
+        if batch_labels is None:
+            unlabelled += 1
+            continue
         label_array = _as_numpy(batch_labels)
         if label_array.shape[:1] != batch_outputs[0].shape[:1]:
             raise SpecError(f"{name}: a batch has {batch_outputs[0].shape[0]} output rows but labels of shape "
                             f"{list(label_array.shape)}; labels need one entry per input row")
-        outputs.append(batch_outputs)
         labels.append(label_array)
     if not outputs:
         raise SpecError(f"{name}: eval_data is empty; accuracy needs at least one (inputs, labels) batch")
     joined = [np.concatenate([batch[i] for batch in outputs]) for i in range(len(outputs[0]))]
+    if unlabelled:
+        if labels:
+            raise SpecError(f"{name}: {unlabelled} eval_data batch(es) have no labels and {len(labels)} have some; "
+                            "label all of them, or none (then the gate is agreement with the reference)")
+        if metric is not None:
+            raise SpecError(f"{name}: a metric needs labels, and eval_data has none")
+        return Evaluation(math.nan, len(joined[0]), joined[0].argmax(axis=-1), None)
     all_labels = np.concatenate(labels)
     if metric is not None:
         value = metric(joined, all_labels)
@@ -156,7 +184,11 @@ def evaluate(artifact: Artifact, eval_data: Iterable[tuple[Any, Any]] | None = N
 def measure_accuracy(artifact: Artifact, eval_data: Iterable[tuple[Any, Any]] | None = None,
                      metric: Metric | None = None) -> float:
     """The artifact's accuracy (a fraction) on `eval_data` (default: its spec's), top-1 unless `metric` is given."""
-    return evaluate(artifact, eval_data, metric).value
+    result = evaluate(artifact, eval_data, metric)
+    if math.isnan(result.value):
+        raise SpecError(f"{artifact.model_name}/{artifact.format}: the eval data has no labels, so there is no "
+                        "accuracy to measure (check_accuracy gates agreement with the reference instead)")
+    return result.value
 
 
 def reference_artifact(spec: ModelSpec) -> Artifact:
