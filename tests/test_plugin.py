@@ -114,8 +114,8 @@ def test_digits_example_project(pytester: pytest.Pytester, workers: str, tmp_pat
     baselines = tmp_path_factory.mktemp("digits-baselines")
     result = pytester.runpytest_subprocess("-n", workers, f"--deploycheck-artifacts={artifacts}",
                                            "--deploycheck-bench-time=0.1", "--deploycheck-update",
-                                           f"--deploycheck-baselines={baselines}")
-    result.assert_outcomes(passed=24)
+                                           f"--deploycheck-baselines={baselines}", "--deploycheck-models=digits_cnn")
+    result.assert_outcomes(passed=24, skipped=8)
     result.stdout.fnmatch_lines(["*= deploycheck =*",
                                  "model*format*size*max abs err*accuracy*drop*p50 ms*p99 ms*samples/s*speedup*",
                                  "digits_cnn*eager*ok", "digits_cnn*torch_int8_dynamic*ok",
@@ -132,9 +132,9 @@ def test_no_bench_skips_benchmarks(pytester: pytest.Pytester, tmp_path_factory, 
         pytester._monkeypatch.setenv(key, value)
     artifacts = tmp_path_factory.getbasetemp() / "digits-example-artifacts"
     result = pytester.runpytest_subprocess("--deploycheck-no-bench", "--deploycheck-formats=onnx",
-                                           "--deploycheck-no-baselines",
+                                           "--deploycheck-no-baselines", "--deploycheck-models=digits_cnn",
                                            f"--deploycheck-artifacts={artifacts}", "-rs")
-    result.assert_outcomes(passed=2, skipped=1)
+    result.assert_outcomes(passed=2, skipped=2)
     result.stdout.fnmatch_lines(["*benchmarks are off (--deploycheck-no-bench)*"])
 
 

@@ -8,9 +8,11 @@ deploycheck cache directory, keyed by the training recipe and the torch version,
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,23 +94,113 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: dict
     return model.eval()
 
 
-def trained_cnn() -> torch.nn.Module:
+def trained_cnn() -> DigitsCNN:
     """The trained demo CNN, from the weight cache when the same recipe was trained before."""
+    def build() -> DigitsCNN:
+        torch.manual_seed(RECIPE["seed"])
+        model = DigitsCNN()
+        x_train, y_train, _, _ = load_split()
+        train(model, x_train, y_train)
+        return model
+
+    return _cached("digits_cnn", DigitsCNN(), build)
+
+
+def _cached(name: str, shell: DigitsCNN, build: Callable[[], DigitsCNN]) -> DigitsCNN:
+    """`build()`'s weights, cached under `name` and the recipe (and torch version): reloaded into `shell` with
+    `weights_only=True`; written atomically."""
     recipe_key = hashlib.sha256(json.dumps({**RECIPE, "torch": torch.__version__}, sort_keys=True).encode())
-    weights = cache_dir() / "weights" / f"digits_cnn-{recipe_key.hexdigest()[:16]}.pt"
-    model = DigitsCNN()
+    weights = cache_dir() / "weights" / f"{name}-{recipe_key.hexdigest()[:16]}.pt"
     if weights.is_file():
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        return model.eval()
-    torch.manual_seed(RECIPE["seed"])
-    model = DigitsCNN()
-    x_train, y_train, _, _ = load_split()
-    train(model, x_train, y_train)
+        shell.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return shell.eval()
+    model = build()
     weights.parent.mkdir(parents=True, exist_ok=True)
     temporary = weights.with_suffix(f".tmp-{os.getpid()}")
     torch.save(model.state_dict(), temporary)
     os.replace(temporary, weights)
-    return model
+    return model.eval()
+
+
+FINE_TUNE = {"epochs": 8, "lr": 1e-3}
+SLIM_CHANNELS, SLIM_HIDDEN = (8, 16), 64
+STUDENT_CHANNELS, STUDENT_HIDDEN = (8, 16), 32
+
+
+def pruned_unstructured(amount: float = 0.5) -> DigitsCNN:
+    """The demo CNN with `amount` of its conv and Linear weights zeroed by global L1 magnitude
+    (`torch.nn.utils.prune`), fine-tuned with the mask in place, then made permanent: same shapes, sparse."""
+    from torch.nn.utils import prune
+
+    def build() -> DigitsCNN:
+        model = trained_cnn()
+        layers = [(model.conv1, "weight"), (model.conv2, "weight"), (model.fc1, "weight"), (model.fc2, "weight")]
+        prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=amount)
+        x_train, y_train, _, _ = load_split()
+        train(model, x_train, y_train, FINE_TUNE)
+        for module, name in layers:
+            prune.remove(module, name)
+        return model
+
+    return _cached(f"digits_pruned_unstructured_{amount}", DigitsCNN(), build)
+
+
+def pruned_channels() -> DigitsCNN:
+    """The demo CNN with half of each convolution's output channels removed: channels ranked by L1 norm with
+    `prune.ln_structured`, the kept ones copied into a narrower `DigitsCNN`, then fine-tuned. Fewer channels
+    really compute less, unlike zeros."""
+    from torch.nn.utils import prune
+
+    def build() -> DigitsCNN:
+        model = trained_cnn()
+        slim = DigitsCNN(SLIM_CHANNELS, SLIM_HIDDEN)
+        kept = []
+        for conv, width in ((model.conv1, SLIM_CHANNELS[0]), (model.conv2, SLIM_CHANNELS[1])):
+            prune.ln_structured(conv, "weight", amount=conv.out_channels - width, n=1, dim=0)
+            prune.remove(conv, "weight")
+            kept.append(torch.nonzero(conv.weight.flatten(1).abs().sum(1)).flatten())
+        first, second = kept
+        weights = model.state_dict()
+        slim.load_state_dict({
+            "conv1.weight": weights["conv1.weight"][first], "conv1.bias": weights["conv1.bias"][first],
+            "conv2.weight": weights["conv2.weight"][second][:, first], "conv2.bias": weights["conv2.bias"][second],
+            "fc1.weight": weights["fc1.weight"].view(model.fc1.out_features, -1, 16)[:, second].flatten(1),
+            "fc1.bias": weights["fc1.bias"], "fc2.weight": weights["fc2.weight"], "fc2.bias": weights["fc2.bias"]})
+        x_train, y_train, _, _ = load_split()
+        train(slim, x_train, y_train, FINE_TUNE)
+        return slim
+
+    return _cached("digits_pruned_channels", DigitsCNN(SLIM_CHANNELS, SLIM_HIDDEN), build)
+
+
+def distilled_student() -> DigitsCNN:
+    """A smaller CNN (8/16 channels, 32 hidden) trained on the labels and the demo CNN's soft targets."""
+    def build() -> DigitsCNN:
+        torch.manual_seed(RECIPE["seed"])
+        student = DigitsCNN(STUDENT_CHANNELS, STUDENT_HIDDEN)
+        x_train, y_train, _, _ = load_split()
+        train(student, x_train, y_train, teacher=trained_cnn())
+        return student
+
+    return _cached("digits_student", DigitsCNN(STUDENT_CHANNELS, STUDENT_HIDDEN), build)
+
+
+COMPRESSED = {
+    "pruned_unstructured": (pruned_unstructured, (16, 32), 64),
+    "pruned_channels": (pruned_channels, SLIM_CHANNELS, SLIM_HIDDEN),
+    "student": (distilled_student, STUDENT_CHANNELS, STUDENT_HIDDEN),
+}
+
+
+def compressed_spec(kind: str, original: Any = None, **overrides: Any) -> ModelSpec:
+    """A compressed variant of the demo CNN (`pruned_unstructured`, `pruned_channels` or `student`) gated
+    against the original (default: the trained demo CNN itself; pass a registered model's name in a gate)."""
+    build, channels, hidden = COMPRESSED[kind]
+    settings: dict[str, Any] = {
+        "name": f"digits_{kind}", "model": build(), "factory": functools.partial(DigitsCNN, channels, hidden),
+        "original": trained_cnn() if original is None else original,
+        "max_accuracy_drop_vs_original": 0.02, "min_agreement_vs_original": 0.97, **overrides}
+    return digits_spec(**settings)
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, size: int = EVAL_BATCH) -> list[tuple[torch.Tensor, torch.Tensor]]:

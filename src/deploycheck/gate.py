@@ -29,6 +29,7 @@ from deploycheck.baseline import (
     resolve_rules,
     throughput_side_by_side,
 )
+from deploycheck.compression import OriginalReport, check_against_original, compression_facts, original_spec
 from deploycheck.errors import BaselineError, DeployCheckError
 from deploycheck.formats import export, get_format
 from deploycheck.latency import BenchResult, SpeedRatio, bench, compare_speed, environment, interleaved_times
@@ -120,17 +121,21 @@ class Gate:
     """
 
     def __init__(self, record: Record | None = None, bench_time_s: float = 1.0, bench_lock: Path | None = None,
-                 skip_bench: Callable[[str], Any] | None = None, baselines: BaselineCheck | None = None) -> None:
+                 skip_bench: Callable[[str], Any] | None = None, baselines: BaselineCheck | None = None,
+                 exporter: Callable[[ModelSpec, str], Artifact] | None = None,
+                 resolve: Callable[[str], ModelSpec] | None = None) -> None:
         self._record = record or (lambda payload: None)
         self.bench_time_s = bench_time_s
         self.bench_lock = bench_lock
         self.skip_bench = skip_bench
         self.baselines = baselines
+        self.exporter = exporter
+        self.resolve = resolve
 
     def _row(self, artifact: Artifact, **measured: Any) -> dict[str, Any]:
-        extra = {}
+        extra: dict[str, Any] = {}
         if artifact.spec is not None:
-            extra["parameters"] = sum(p.numel() for p in artifact.spec.model.parameters())
+            extra.update(compression_facts(artifact.spec.model))
         return {"model": artifact.model_name, "format": artifact.format, "size_bytes": artifact.size_bytes,
                 "artifact_path": str(artifact.path), **extra, **measured}
 
@@ -275,6 +280,41 @@ class Gate:
                                  f"{ratio.a}: speedup {ratio.ratio:.3f} [{ratio.low:.3f}, {ratio.high:.3f}] "
                                  f"({ratio.confidence:.0%} interval)\n{ratio}")
         return ratio
+
+    def check_original(self, artifact: Artifact) -> OriginalReport:
+        """The artifact against the spec's original model: agreement, accuracy drop, size ratio against the
+        original in the same format, and (unless benchmarks are off) the speedup measured side by side."""
+        if artifact.spec is None:
+            raise DeployCheckError(f"{artifact!r} has no spec; comparing with the original needs it")
+        original = original_spec(artifact.spec, self.resolve)
+        original_artifact = self._export(original, artifact.format)
+
+        def speed(slow: Artifact, fast: Artifact) -> SpeedRatio:
+            with self._bench_lock():
+                return compare_speed(slow, fast, max_time_s=self.bench_time_s)
+
+        report = check_against_original(artifact, original, original_artifact,
+                                        None if self.skip_bench is not None else speed)
+        self.record(artifact, original=report.to_dict())
+        return report
+
+    def assert_original(self, artifact: Artifact) -> OriginalReport:
+        """Fail with the table (both models, both accuracies, agreement, size ratio, speedup, the budget) unless
+        the artifact is within the spec's `*_vs_original` budgets."""
+        __tracebackhide__ = True
+        report = self.check_original(artifact)
+        if not report.passed:
+            raise AssertionError(f"{report}\n\nTo accept this, relax ModelSpec(max_accuracy_drop_vs_original=..., "
+                                 "min_agreement_vs_original=..., min_speedup_vs_original=..., "
+                                 "max_size_ratio_vs_original=...).")
+        return report
+
+    def _export(self, spec: ModelSpec, format_name: str) -> Artifact:
+        if self.exporter is not None:
+            return self.exporter(spec, format_name)
+        import tempfile
+
+        return export(spec, format_name, Path(tempfile.mkdtemp(prefix="deploycheck-original-")) / format_name)
 
     @contextlib.contextmanager
     def _bench_lock(self) -> Iterator[None]:

@@ -29,6 +29,7 @@ class _Option:
 
 OPTIONS = [
     _Option("formats", "comma-separated formats to gate (default: every format)"),
+    _Option("models", "comma-separated registered models to gate (default: every model)"),
     _Option("artifacts", "directory to export artifacts into and keep (default: the pytest cache)"),
     _Option("baselines", "directory of the stored baselines, relative to the rootdir (default: baselines; "
             "also [tool.deploycheck] baselines)"),
@@ -133,6 +134,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if getattr(plugin, "__file__", "").endswith("conftest.py"):
             models.update(model_functions(plugin))
     models.update(model_functions(metafunc.module))
+    wanted = option(metafunc.config, "models")
+    if wanted:
+        names = {name.strip() for name in wanted.split(",") if name.strip()}
+        models = {name: function for name, function in models.items() if name in names}
     formats = selected_formats(metafunc.config)
     params = [(model, fmt) for model in sorted(models) for fmt in formats]
     metafunc.parametrize("artifact", params, indirect=True, ids=[f"{m}/{f}" for m, f in params])
@@ -171,7 +176,8 @@ def artifact(request: pytest.FixtureRequest, _deploycheck_exports: Any) -> Any:
 
 
 @pytest.fixture
-def deploycheck(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def deploycheck(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                _deploycheck_exports: Any) -> Any:
     """The gate's checks (`assert_parity`, ...); what they measure goes into the end-of-run summary."""
     from deploycheck.gate import Gate
 
@@ -189,7 +195,8 @@ def deploycheck(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         baselines = BaselineCheck(BaselineStore(directory), mode, layers)
     return Gate(record, bench_time_s=float(option(config, "bench-time")),
                 bench_lock=tmp_path_factory.getbasetemp().parent / "deploycheck-bench.lock",
-                skip_bench=pytest.skip if option(config, "no-bench") else None, baselines=baselines)
+                skip_bench=pytest.skip if option(config, "no-bench") else None, baselines=baselines,
+                exporter=_deploycheck_exports.artifact, resolve=request.getfixturevalue)
 
 
 class _Summary:
@@ -231,6 +238,10 @@ class _Summary:
         rows = self.rows()
         if rows:
             lines.append(summary_table(rows))
+        statements = [f"  {r['model']}/{r['format']}: {r['original']['statement']}" for r in rows
+                      if isinstance(r.get("original"), dict) and r["original"].get("statement")]
+        if statements:
+            lines += ["deploycheck: speed against the original, as measured:", *statements]
         lines += self._write_baselines(rows)
         lines += self._stale_baselines()
         lines += self._write_reports(rows)

@@ -64,8 +64,15 @@ def _baseline_change(row: dict[str, Any]) -> str:
     return "; ".join(notable) if notable else "same" if changes else ""
 
 
+def _speedup_interval(original: dict[str, Any] | None) -> str:
+    if not original or original.get("speedup") is None:
+        return ""
+    low, high = original["speedup_interval"]
+    return f"{original['speedup']:.2f} [{low:.2f}, {high:.2f}]"
+
+
 def _status(row: dict[str, Any]) -> str:
-    checks = [_get(row, section, "passed") for section in ("parity", "accuracy")]
+    checks = [_get(row, section, "passed") for section in ("parity", "accuracy", "original")]
     checks += [c.get("passed") for c in (row.get("baseline") or {}).values()]
     known = [c for c in checks if c is not None]
     if not known:
@@ -82,6 +89,7 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("size", lambda r: human_size(r.get("size_bytes"))),
     ("size/onnx", lambda r: _num(r.get("size_ratio_vs_onnx"), ".2f")),
     ("params", lambda r: _num(r.get("parameters"), "d")),
+    ("sparsity", lambda r: _pct(r.get("sparsity")) if r.get("sparsity") else ""),
     ("max abs err", lambda r: _num(_get(r, "parity", "max_abs"))),
     ("top-1 agree", lambda r: _pct(_get(r, "parity", "top1_agreement"))),
     ("accuracy", lambda r: _pct(_get(r, "accuracy", "value"))),
@@ -90,6 +98,10 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("p99 ms", lambda r: _num(_smallest_batch(r).get("p99_ms"), ".3f")),
     ("samples/s", lambda r: _num(_throughput(r), ".0f")),
     ("speedup vs eager", lambda r: _num(_get(r, "speedup", "vs_eager", "ratio"), ".2f")),
+    ("drop vs orig", lambda r: _pct(_get(r, "original", "drop"))),
+    ("agree vs orig", lambda r: _pct(_get(r, "original", "agreement"))),
+    ("size/orig", lambda r: _num(_get(r, "original", "size_ratio"), ".2f")),
+    ("speedup vs orig", lambda r: _speedup_interval(_get(r, "original"))),
     ("vs baseline", _baseline_change),
     ("status", _status),
 ]

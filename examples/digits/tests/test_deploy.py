@@ -1,4 +1,7 @@
-"""The deployment gate of the digits CNN: every format, loaded back from disk, against the eager model."""
+"""The deployment gate of the digits CNN and its compressed variants: every format, loaded back from disk,
+against the eager model, against the stored baselines and, for the compressed ones, against the original."""
+
+import pytest
 
 
 def test_parity(artifact, deploycheck):
@@ -12,3 +15,9 @@ def test_accuracy(artifact, deploycheck):
 def test_speed(artifact, deploycheck):
     deploycheck.bench(artifact)
     deploycheck.check_speedup(artifact)
+
+
+def test_against_original(artifact, deploycheck):
+    if artifact.spec.original is None:
+        pytest.skip(f"{artifact.model_name} is an original, not a compressed model")
+    deploycheck.assert_original(artifact)

@@ -1,0 +1,92 @@
+"""Compressed models against their original: facts, compatibility errors, and the gate through the plugin."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import deploycheck
+from deploycheck.compression import compression_facts, original_spec
+from deploycheck.errors import SpecError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compression_facts_count_zeros() -> None:
+    layer = torch.nn.Linear(10, 10)
+    with torch.no_grad():
+        layer.weight[:5] = 0
+    facts = compression_facts(layer)
+    assert facts == {"parameters": 110, "nonzero_parameters": 60, "sparsity": pytest.approx(50 / 110)}
+
+
+def test_an_incompatible_original_is_named_with_the_compressed_model() -> None:
+    x = torch.randn(8, 6)
+    wider = deploycheck.ModelSpec(name="small", model=torch.nn.Linear(6, 3), example_inputs=x,
+                                  original=torch.nn.Linear(6, 4))
+    with pytest.raises(SpecError, match=r"original 'small.original' produces outputs of shapes \[\[8, 4\]\] where "
+                                        r"'small' produces \[\[8, 3\]\]"):
+        original_spec(wider)
+    other_inputs = deploycheck.ModelSpec(name="small", model=torch.nn.Linear(6, 3), example_inputs=x,
+                                         original=torch.nn.Linear(5, 3))
+    with pytest.raises(SpecError, match=r"original 'small.original' cannot run the inputs of 'small' \(\[\[8, 6\]\]\)"):
+        original_spec(other_inputs)
+    named = deploycheck.ModelSpec(name="small", model=torch.nn.Linear(6, 3), example_inputs=x, original="big")
+    with pytest.raises(SpecError, match="outside pytest pass the original module or its ModelSpec"):
+        original_spec(named)
+
+
+def copy_example(pytester: pytest.Pytester, cache_env: dict[str, str]) -> None:
+    shutil.copytree(ROOT / "examples" / "digits", pytester.path, dirs_exist_ok=True)
+    for key, value in cache_env.items():
+        pytester._monkeypatch.setenv(key, value)
+
+
+def test_pruned_models_against_the_original_in_the_summary(pytester: pytest.Pytester, tmp_path: Path,
+                                                           cache_env: dict[str, str]) -> None:
+    copy_example(pytester, cache_env)
+    result = pytester.runpytest_subprocess(
+        "-k", "original", "--deploycheck-models=digits_pruned_channels,digits_pruned_unstructured",
+        "--deploycheck-formats=onnx", "--deploycheck-no-baselines", "--deploycheck-bench-time=0.5",
+        f"--deploycheck-artifacts={tmp_path}")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([
+        "model*format*sparsity*drop vs orig*agree vs orig*size/orig*speedup vs orig*",
+        "digits_pruned_channels*onnx*0.5? *[[]*]*ok",
+        "digits_pruned_unstructured*onnx*4?.??%*1.00 *ok",
+        "deploycheck: speed against the original, as measured:",
+        "*digits_pruned_channels/onnx: faster than the original in onnx: 1.*x [[]1.*]",
+        "*digits_pruned_unstructured/onnx: * its 50% sparsity does not speed it up here*",
+    ])
+
+
+def test_a_drop_beyond_the_budget_against_the_original_fails_with_the_table(pytester: pytest.Pytester,
+                                                                            tmp_path: Path,
+                                                                            cache_env: dict[str, str]) -> None:
+    copy_example(pytester, cache_env)
+    pytester.makeconftest('''
+import deploycheck
+from deploycheck.digits import compressed_spec, digits_spec
+
+
+@deploycheck.model
+def digits_cnn():
+    return digits_spec()
+
+
+@deploycheck.model
+def digits_student():
+    return compressed_spec("student", original="digits_cnn", max_accuracy_drop_vs_original=0.001)
+''')
+    result = pytester.runpytest_subprocess("-k", "original", "--deploycheck-formats=onnx", "--deploycheck-no-bench",
+                                           "--deploycheck-no-baselines", f"--deploycheck-artifacts={tmp_path}")
+    result.assert_outcomes(failed=1, skipped=1)
+    result.stdout.fnmatch_lines([
+        "*digits_student/onnx against its original digits_cnn",
+        "*original accuracy*accuracy*drop*agreement*budget*status*",
+        "*99.16%*FAIL*",
+        "*accuracy drop against the original *% exceeds 0.10%",
+    ])
