@@ -87,7 +87,8 @@ def test_parity_failure_shows_the_per_output_table(pytester: pytest.Pytester, tm
 
 def test_formats_option_and_ini_key_and_json_report(pytester: pytest.Pytester, tmp_path: Path) -> None:
     make_project(pytester)
-    pytester.makeini(f"[pytest]\ndeploycheck_formats = onnx\ndeploycheck_artifacts = {tmp_path}\n")
+    pytester.makeini(f"[pytest]\ndeploycheck_formats = onnx\ndeploycheck_artifacts = {tmp_path}\n"
+                     "deploycheck_no_baselines = true\n")
     report = tmp_path / "report.json"
     result = pytester.runpytest_subprocess(f"--deploycheck-report={report}")
     result.assert_outcomes(passed=1)

@@ -151,7 +151,7 @@ def _deploycheck_exports(request: pytest.FixtureRequest, tmp_path_factory: pytes
     configured = option(config, "artifacts")
     if configured:
         artifacts_dir = Path(configured)
-    elif config.cache is not None:
+    elif getattr(config, "cache", None) is not None:
         artifacts_dir = config.cache.mkdir("deploycheck-artifacts")
     else:
         artifacts_dir = tmp_path_factory.getbasetemp().parent / "deploycheck-artifacts"

@@ -230,7 +230,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _TooLarge
+                    raise _TooLarge(413, f"request body exceeds the limit of {self.max_bytes} bytes")
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -245,8 +245,8 @@ class BodyLimit:
                 await _send_error(send, 413, f"request body exceeds the limit of {self.max_bytes} bytes")
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(RequestError):
+    """Raised while reading a body past the limit: endpoints answer it as a 413 like any refused request."""
 
 
 async def _send_error(send: Send, status: int, message: str) -> None:
