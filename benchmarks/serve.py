@@ -7,10 +7,12 @@ Three ways to answer a batch-1 request, under 8 and 32 concurrent clients on loo
    model, and a monitor that recomputes a numpy mean over a 1000-entry deque on every call;
 3. in-process `session.run` from the same number of threads (no HTTP: the ceiling).
 
-Each client thread keeps one HTTP connection and sends requests back to back for `--seconds`; printed are
-requests/s over the run and the p50 / p99 of the per-request latency seen by the clients.
+The HTTP load comes from `wrk` (Debian package `wrk`) when it is installed: a C load generator leaves the
+CPU to the servers, which matters on a 2-core machine; otherwise from Python threads (`--load python`), one
+keep-alive connection each. Every client sends requests back to back for `--seconds`; printed are requests/s
+and the p50 / p99 latency the clients saw.
 
-    python benchmarks/serve.py [--seconds 10] [--clients 8,32]
+    python benchmarks/serve.py [--seconds 10] [--clients 8,32] [--load wrk|python]
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -110,6 +114,25 @@ def load(clients: int, seconds: float, call: Callable[[], Callable[[], None]]) -
     return len(flat) / elapsed, float(np.percentile(flat, 50)), float(np.percentile(flat, 99))
 
 
+def wrk_load(clients: int, seconds: float, port: int, path: str, body: bytes) -> tuple[float, float, float]:
+    """(requests/s, p50 ms, p99 ms) from `wrk --latency` with `clients` connections on 2 threads."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body.decode())}\n'
+                     'wrk.headers["Content-Type"] = "application/json"\n')
+    output = subprocess.run(["wrk", "-t", "2", "-c", str(clients), "-d", f"{seconds:g}s", "--latency", "-s",
+                             script.name, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
+                            check=True).stdout
+    if re.search(r"Non-2xx or 3xx responses", output):
+        raise RuntimeError(f"wrk saw failed requests:\n{output}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+
+    def percentile(label: str) -> float:
+        value, unit = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M).groups()  # type: ignore
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    return rps, percentile("50"), percentile("99")
+
+
 def http_client(port: int, path: str, body: bytes) -> Callable[[], Callable[[], None]]:
     def make() -> Callable[[], None]:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -128,6 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", default="8,32")
+    parser.add_argument("--load", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
     parser.add_argument("--flask-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.flask_server:
@@ -163,8 +187,12 @@ def main() -> None:
         rows = []
         for clients in (int(c) for c in args.clients.split(",")):
             for name, (_, port, _) in servers.items():
-                rows.append((clients, name, *load(clients, args.seconds, http_client(port, "/predict", body))))
+                if args.load == "wrk":
+                    rows.append((clients, name, *wrk_load(clients, args.seconds, port, "/predict", body)))
+                else:
+                    rows.append((clients, name, *load(clients, args.seconds, http_client(port, "/predict", body))))
             rows.append((clients, "in-process session.run", *load(clients, args.seconds, in_process)))
+        print(f"HTTP load from {args.load}")
         print(f"{'clients':>7}  {'server':<24} {'requests/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
         for clients, name, rps, p50, p99 in rows:
             print(f"{clients:>7}  {name:<24} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f}")

@@ -249,9 +249,12 @@ def test_32_clients_each_get_their_own_rows_and_every_request_is_counted(served)
         connection.close()
         return mismatches
 
+    batches_before = server.metric("deploycheck_batches_total", "digits_cnn")
     with ThreadPoolExecutor(clients) as pool:
         assert sum(pool.map(client, range(clients))) == 0
     assert server.metric("deploycheck_requests_total", "digits_cnn") - before == clients * per_client
+    batches = server.metric("deploycheck_batches_total", "digits_cnn") - batches_before
+    assert 0 < batches < clients * per_client, "concurrent requests were merged into batches"
 
 
 def test_several_workers_share_their_metrics(digits_artifacts) -> None:

@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.add_argument("--format", help="whose figures to use per model (default: onnx, else the first stored)")
     alerts.add_argument("--window", default="5m", help="the rate window of the expressions")
     alerts.add_argument("--hold", default="2m", help="how long a condition holds before the alert fires")
-    alerts.add_argument("--queue-delay-ms", type=float, default=2.0,
+    alerts.add_argument("--queue-delay-ms", type=float, default=0.0,
                         help="the server's --max-queue-delay-ms, added to the release p95")
     alerts.set_defaults(handler=cmd_alerts)
 
@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="processes (metrics are aggregated across them)")
     serve.add_argument("--max-batch-size", type=int, default=32, help="rows merged from concurrent requests")
-    serve.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="how long a request waits for others")
+    serve.add_argument("--max-queue-delay-ms", type=float, default=0.0,
+                       help="how long a batch waits for more requests (0: it takes what queued up meanwhile)")
     serve.add_argument("--max-body-mb", type=float, default=16.0, help="larger request bodies get 413")
     serve.add_argument("--baselines", help="baselines directory: the release figures the monitor alerts against")
     serve.add_argument("--log-level", default="info")

@@ -37,6 +37,8 @@ class PrometheusMetrics:
         self.samples = Counter(f"{namespace}_samples", "Rows inferred", ["model"], registry=self.registry)
         self.errors = Counter(f"{namespace}_errors", "Failed requests by error type", ["model", "type"],
                               registry=self.registry)
+        self.batches = Counter(f"{namespace}_batches", "Inference batches run (samples / batches is the mean "
+                               "batch size)", ["model"], registry=self.registry)
         self.latency = Histogram(f"{namespace}_request_latency_seconds", "Inference latency of a request",
                                  ["model"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
         self.window_latency = Gauge(f"{namespace}_window_latency_seconds", "Latency percentile over the monitor's "
@@ -55,6 +57,9 @@ class PrometheusMetrics:
             return
         self.samples.labels(model).inc(rows)
         self.latency.labels(model).observe(latency_ms / 1e3)
+
+    def observe_batch(self, model: str, rows: int) -> None:
+        self.batches.labels(model).inc()
 
     def refresh(self, model: str, figures: dict[str, Any]) -> None:
         """Copy a monitor's window figures into the gauges (called when /metrics is scraped)."""
@@ -76,7 +81,7 @@ class PrometheusMetrics:
 
 
 def alerting_rules(baselines: Path, format_name: str | None = None, window: str = "5m", hold: str = "2m",
-                   queue_delay_ms: float = 2.0) -> str:
+                   queue_delay_ms: float = 0.0) -> str:
     """Prometheus alerting rules (YAML) holding served models to their release baselines with the thresholds of
     the monitor's default rules: window p95 above `factor` x the served baseline (the release p95 plus the
     server's `queue_delay_ms`, which a request may wait for a batch), error rate, accuracy below the baseline

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -102,13 +103,15 @@ class _Pending:
 
 
 class Batcher:
-    """Merges concurrent requests into batches of at most `max_batch_size` rows, waiting at most
-    `max_delay_s` after the first request for more, runs each batch in `executor`, and returns to every caller
-    its own rows. Requests whose non-batch shapes differ are run in separate batches."""
+    """Merges concurrent requests into batches of at most `max_batch_size` rows, runs each batch in `executor`,
+    and returns to every caller its own rows. A batch takes what queued up while the previous one ran; with
+    `max_delay_s` > 0 it also waits that long after its first request for more (bigger batches, more latency).
+    Requests whose non-batch shapes differ are run in separate batches."""
 
     def __init__(self, run: Callable[[list[np.ndarray]], list[np.ndarray]], max_batch_size: int, max_delay_s: float,
-                 executor: ThreadPoolExecutor) -> None:
+                 executor: ThreadPoolExecutor, on_batch: Callable[[int], None] | None = None) -> None:
         self.run = run
+        self.on_batch = on_batch
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.executor = executor
@@ -169,6 +172,8 @@ class Batcher:
                         pending.future.set_exception(exc)
                 continue
             self.batches += 1
+            if self.on_batch is not None:
+                self.on_batch(sum(p.rows for p in batch))
             start = 0
             for pending in batch:
                 if not pending.future.done():
@@ -261,7 +266,7 @@ class InferenceServer:
     """The state behind the app: served models, their monitors and metrics, and the request handlers."""
 
     def __init__(self, artifacts: Mapping[str, Artifact] | Callable[[], Mapping[str, Artifact]],
-                 max_batch_size: int = 32, max_queue_delay_ms: float = 2.0,
+                 max_batch_size: int = 32, max_queue_delay_ms: float = 0.0,
                  baselines: Mapping[str, Mapping[str, Any]] | None = None, window_s: float = 60.0) -> None:
         self._artifacts = artifacts
         self.max_batch_size = max_batch_size
@@ -286,7 +291,8 @@ class InferenceServer:
             served = ServedModel(name, artifact, Monitor(name, window_s=self.window_s,
                                                          baseline=self.baselines.get(name)), executor)
             if self.max_batch_size > 1:
-                served.batcher = Batcher(artifact.runner, self.max_batch_size, self.max_delay_s, executor)
+                served.batcher = Batcher(artifact.runner, self.max_batch_size, self.max_delay_s, executor,
+                                         functools.partial(self.metrics.observe_batch, name))
                 served.batcher.start()
             self.models[name] = served
         for served in self.models.values():
@@ -472,7 +478,7 @@ class InferenceServer:
 
 
 def create_app(source: str | os.PathLike[str] | Mapping[str, Artifact], max_batch_size: int = 32,
-               max_queue_delay_ms: float = 2.0, max_body_mb: float = 16.0, baselines: Path | None = None,
+               max_queue_delay_ms: float = 0.0, max_body_mb: float = 16.0, baselines: Path | None = None,
                window_s: float = 60.0) -> ASGIApp:
     """The ASGI app serving `source`: a path (one artifact directory or a tree of them) or `{name: Artifact}`.
     Paths are loaded in the app's startup, so readiness reports loading honestly. `baselines` (a `baselines/`
@@ -494,7 +500,7 @@ def app_from_environment() -> ASGIApp:
     baselines = os.environ.get("DEPLOYCHECK_SERVE_BASELINES")
     return create_app(os.environ["DEPLOYCHECK_SERVE_PATH"],
                       max_batch_size=int(os.environ.get("DEPLOYCHECK_SERVE_MAX_BATCH_SIZE", "32")),
-                      max_queue_delay_ms=float(os.environ.get("DEPLOYCHECK_SERVE_MAX_QUEUE_DELAY_MS", "2")),
+                      max_queue_delay_ms=float(os.environ.get("DEPLOYCHECK_SERVE_MAX_QUEUE_DELAY_MS", "0")),
                       max_body_mb=float(os.environ.get("DEPLOYCHECK_SERVE_MAX_BODY_MB", "16")),
                       baselines=Path(baselines) if baselines else None)
 
@@ -620,7 +626,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def serve(path: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, max_batch_size: int = 32,
-          max_queue_delay_ms: float = 2.0, max_body_mb: float = 16.0, baselines: str | None = None,
+          max_queue_delay_ms: float = 0.0, max_body_mb: float = 16.0, baselines: str | None = None,
           log_level: str = "info") -> None:
     """Run the server on uvicorn (what `deploycheck serve` does). With several workers, each process loads the
     artifacts itself and Prometheus metrics are aggregated through a shared multiprocess directory."""
