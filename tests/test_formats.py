@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -70,6 +71,17 @@ def test_state_dict_is_unavailable_without_factory_and_others_still_export(tmp_p
     with pytest.raises(FormatUnavailable, match="lin/state_dict: no factory given"):
         deploycheck.export(spec, "state_dict", tmp_path / "sd")
     assert list(deploycheck.export_all(spec, tmp_path)) == ["onnx"]
+
+
+def test_state_dict_with_a_factory_that_cannot_be_imported_again(tmp_path) -> None:
+    """A partial (or lambda) factory works with the spec at hand; reopened alone, the artifact says what it needs."""
+    factory = functools.partial(torch.nn.Linear, 4, 3)
+    spec = deploycheck.ModelSpec(name="lin", model=factory(), factory=factory, example_inputs=torch.randn(4, 4),
+                                 formats=["state_dict"])
+    artifact = deploycheck.export(spec, "state_dict", tmp_path / "sd")
+    assert artifact.metadata["factory"] is None and check_parity(artifact).passed
+    with pytest.raises(ArtifactError, match="needs its model class; pass spec= to load_artifact"):
+        deploycheck.load_artifact(tmp_path / "sd")
 
 
 SUBPROCESS_RUN = textwrap.dedent("""

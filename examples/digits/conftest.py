@@ -17,7 +17,8 @@ def digits_pruned_unstructured() -> deploycheck.ModelSpec:
 
 @deploycheck.model
 def digits_pruned_channels() -> deploycheck.ModelSpec:
-    return compressed_spec("pruned_channels", original="digits_cnn", min_speedup_vs_original=1.05)
+    # Fewer channels compute less: in ONNX Runtime that must show as a real speedup.
+    return compressed_spec("pruned_channels", original="digits_cnn", min_speedup_vs_original={"onnx": 1.05})
 
 
 @deploycheck.model

@@ -9,7 +9,7 @@ and with the original exported to the same format for size and speed (timed side
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -201,9 +201,17 @@ def check_against_original(artifact: Artifact, original: ModelSpec, original_art
     if labelled:
         accuracy = evaluate(artifact, spec.eval_data, spec.metric).value
         original_accuracy = evaluate(reference, spec.eval_data, spec.metric, f"{original.name}/eager").value
-    budget = {key: getattr(spec, key) for key in ("max_accuracy_drop_vs_original", "min_agreement_vs_original",
-                                                  "min_speedup_vs_original", "max_size_ratio_vs_original")}
+    budget = {key: _for_format(getattr(spec, key), artifact.format)
+              for key in ("max_accuracy_drop_vs_original", "min_agreement_vs_original", "min_speedup_vs_original",
+                          "max_size_ratio_vs_original")}
     return OriginalReport(spec.name, artifact.format, original.name, original_accuracy, accuracy,
                           agree / rows if rows else None, max_diff, artifact.size_bytes, original_artifact.size_bytes,
                           compression_facts(spec.model)["sparsity"], speed(original_artifact, artifact) if speed
                           else None, budget, spec.higher_is_better)
+
+
+def _for_format(budget: float | Mapping[str, float] | None, format_name: str) -> float | None:
+    """A budget given as one number, or per format (formats not named are not gated on it)."""
+    if isinstance(budget, Mapping):
+        return budget.get(format_name)
+    return budget

@@ -8,7 +8,6 @@ deploycheck cache directory, keyed by the training recipe and the torch version,
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -185,19 +184,29 @@ def distilled_student() -> DigitsCNN:
     return _cached("digits_student", DigitsCNN(STUDENT_CHANNELS, STUDENT_HIDDEN), build)
 
 
-COMPRESSED = {
-    "pruned_unstructured": (pruned_unstructured, (16, 32), 64),
-    "pruned_channels": (pruned_channels, SLIM_CHANNELS, SLIM_HIDDEN),
-    "student": (distilled_student, STUDENT_CHANNELS, STUDENT_HIDDEN),
+def slim_cnn() -> DigitsCNN:
+    """An untrained `DigitsCNN` of the channel-pruned shape (the state_dict factory of that variant)."""
+    return DigitsCNN(SLIM_CHANNELS, SLIM_HIDDEN)
+
+
+def student_cnn() -> DigitsCNN:
+    """An untrained `DigitsCNN` of the student's shape."""
+    return DigitsCNN(STUDENT_CHANNELS, STUDENT_HIDDEN)
+
+
+COMPRESSED: dict[str, tuple[Callable[[], DigitsCNN], Callable[[], DigitsCNN]]] = {
+    "pruned_unstructured": (pruned_unstructured, DigitsCNN),
+    "pruned_channels": (pruned_channels, slim_cnn),
+    "student": (distilled_student, student_cnn),
 }
 
 
 def compressed_spec(kind: str, original: Any = None, **overrides: Any) -> ModelSpec:
     """A compressed variant of the demo CNN (`pruned_unstructured`, `pruned_channels` or `student`) gated
     against the original (default: the trained demo CNN itself; pass a registered model's name in a gate)."""
-    build, channels, hidden = COMPRESSED[kind]
+    build, factory = COMPRESSED[kind]
     settings: dict[str, Any] = {
-        "name": f"digits_{kind}", "model": build(), "factory": functools.partial(DigitsCNN, channels, hidden),
+        "name": f"digits_{kind}", "model": build(), "factory": factory,
         "original": trained_cnn() if original is None else original,
         "max_accuracy_drop_vs_original": 0.02, "min_agreement_vs_original": 0.97, **overrides}
     return digits_spec(**settings)

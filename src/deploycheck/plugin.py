@@ -104,7 +104,7 @@ def baseline_settings(config: pytest.Config) -> tuple[Path, list[tuple[str, Any]
         raise pytest.UsageError(str(exc)) from exc
     directory = Path(option(config, "baselines") or settings.get("baselines") or "baselines")
     source = f"{config.rootpath / 'pyproject.toml'} [tool.deploycheck.rules]"
-    return config.rootpath / directory, [(source, settings.get("rules"))]
+    return (config.rootpath / directory).resolve(), [(source, settings.get("rules"))]
 
 
 def pytest_configure(config: pytest.Config) -> None:

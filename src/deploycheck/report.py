@@ -174,7 +174,7 @@ def _svg_latency(rows: Sequence[dict[str, Any]]) -> str:
         return ""
     low = min(e[1] for e in entries) / 1.5
     high = max(e[6] for e in entries) * 1.5
-    left, width, step = 230, 560, 28
+    left, width, step = 20 + 7 * max(len(e[0]) + 10 for e in entries), 560, 24
     height = 40 + step * len(entries)
 
     def x(value: float) -> float:
@@ -206,6 +206,9 @@ def _svg_latency(rows: Sequence[dict[str, Any]]) -> str:
                      '</circle>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
 
 
 def _svg_tradeoff(rows: Sequence[dict[str, Any]]) -> str:
@@ -242,14 +245,22 @@ def _svg_tradeoff(rows: Sequence[dict[str, Any]]) -> str:
         parts.append(f'<text x="{x(size):.1f}" y="{top + height + 15}" font-size="11" text-anchor="middle">'
                      f'{html.escape(human_size(size))}</text>')
     parts.append(f'<text x="{left + width / 2}" y="{top + height + 32}" font-size="12" text-anchor="middle">'
-                 'size on disk (log scale); circle area: samples/s; y: accuracy</text>')
+                 'size on disk (log scale); circle area: samples/s; y: accuracy; hover for the format</text>')
+    models = sorted({name.split("/", 1)[0] for name, *_ in points})
+    colour = {model: PALETTE[i % len(PALETTE)] for i, model in enumerate(models)}
     for name, size, accuracy, throughput in points:
+        model, format_name = name.split("/", 1)
         radius = 4 + 14 * math.sqrt((throughput or 0) / fastest)
         label = f"{name}: {accuracy:.2%}, {human_size(size)}" + (f", {throughput:.0f}/s" if throughput else "")
-        parts.append(f'<circle cx="{x(size):.1f}" cy="{y(accuracy):.1f}" r="{radius:.1f}" fill="#31a354" '
-                     f'fill-opacity="0.45" stroke="#006d2c"><title>{html.escape(label)}</title></circle>'
-                     f'<text x="{x(size) + radius + 3:.1f}" y="{y(accuracy) + 4:.1f}" font-size="11">'
-                     f'{html.escape(name.split("/", 1)[1])}</text>')
+        parts.append(f'<circle cx="{x(size):.1f}" cy="{y(accuracy):.1f}" r="{radius:.1f}" fill="{colour[model]}" '
+                     f'fill-opacity="0.45" stroke="{colour[model]}"><title>{html.escape(label)}</title></circle>')
+        if len(points) <= 10:
+            parts.append(f'<text x="{x(size) + radius + 3:.1f}" y="{y(accuracy) + 4:.1f}" font-size="11">'
+                         f'{html.escape(format_name)}</text>')
+    for index, model in enumerate(models):
+        parts.append(f'<circle cx="{left + width + 20}" cy="{top + 10 + 18 * index}" r="6" fill="{colour[model]}" '
+                     f'fill-opacity="0.6"/><text x="{left + width + 32}" y="{top + 14 + 18 * index}" '
+                     f'font-size="12">{html.escape(model)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -278,7 +289,7 @@ def html_report(rows: Sequence[dict[str, Any]]) -> str:
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; font-size: 13px; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; white-space: nowrap; }}
 th {{ background: #f0f0f0; }} td:first-child, td:nth-child(2) {{ text-align: left; }}
 td.bad {{ background: #fdd; font-weight: bold; }}
 </style></head><body>

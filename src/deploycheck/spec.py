@@ -36,8 +36,8 @@ class ModelSpec:
     regression rules against `baselines/` (`deploycheck.baseline.Rules`), e.g. `{"latency": "p50:15%",
     "onnx_int8_static": {"accuracy_drop": 0.01}}`; they win over `[tool.deploycheck.rules]` in pyproject.toml.
     `original` is the uncompressed model this one was derived from (a module, a `ModelSpec`, or the name of another
-    registered model): each format is then also gated against it with the `*_vs_original` budgets
-    (`deploycheck.compression`).
+    registered model): each format is then also gated against it with the `*_vs_original` budgets, each a number
+    or a `{format: number}` mapping (`deploycheck.compression`).
     """
 
     name: str
@@ -62,10 +62,10 @@ class ModelSpec:
     metric: Callable[[list[Any], Any], float] | None = None
     higher_is_better: bool = True
     original: Any = None
-    max_accuracy_drop_vs_original: float | None = None
-    min_agreement_vs_original: float | None = None
-    min_speedup_vs_original: float | None = None
-    max_size_ratio_vs_original: float | None = None
+    max_accuracy_drop_vs_original: float | Mapping[str, float] | None = None
+    min_agreement_vs_original: float | Mapping[str, float] | None = None
+    min_speedup_vs_original: float | Mapping[str, float] | None = None
+    max_size_ratio_vs_original: float | Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         import torch

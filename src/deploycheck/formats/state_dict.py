@@ -33,9 +33,7 @@ class StateDictFormat(Format):
         import torch
 
         torch.save(spec.model.state_dict(), out_dir / WEIGHTS_FILE)
-        factory = spec.factory
-        path = f"{factory.__module__}:{factory.__qualname__}" if factory is not None else None
-        return {"factory": path}
+        return {"factory": _importable_path(spec.factory)}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
         import torch
@@ -47,6 +45,15 @@ class StateDictFormat(Format):
         model.load_state_dict(state, strict=True)
         device = runtime.get("device", "cpu")
         return TorchRunner(model.eval().to(device), metadata["model"], device)
+
+
+def _importable_path(factory: Any) -> str | None:
+    """`module:qualname` of a class or function that can be imported again; None for a partial, a lambda, a
+    local class or a callable object (loading without a spec then says the model class is needed)."""
+    module, qualname = getattr(factory, "__module__", None), getattr(factory, "__qualname__", None)
+    if not module or not qualname or "<" in qualname:
+        return None
+    return f"{module}:{qualname}"
 
 
 def _import_factory(reference: str | None, path: Path) -> Any:
