@@ -88,7 +88,10 @@ def test_alerts_writes_prometheus_rules_that_promtool_accepts(tmp_path: Path) ->
     run = subprocess.run([*EXE, "alerts", "--baselines", str(store.root)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     rules = run.stdout
-    assert rules.count("- alert:") == 4 and 'format: "onnx"' in rules and "> 0.0041" in rules, rules
+    assert rules.count("- alert:") == 4 and 'format: "onnx"' in rules and "> 0.0001\"" in rules, rules
+    delayed = subprocess.run([*EXE, "alerts", "--baselines", str(store.root), "--queue-delay-ms", "2"],
+                             capture_output=True, text=True).stdout
+    assert "> 0.0041\"" in delayed, "a batch may wait the queue delay: the threshold includes it"
     assert 'deploycheck_window_accuracy{model=\\"digits_cnn\\"} < 0.97' in rules
     missing = subprocess.run([*EXE, "alerts", "--baselines", str(tmp_path)], capture_output=True, text=True)
     assert missing.returncode == 2 and "no baselines found" in missing.stderr
