@@ -113,9 +113,11 @@ def test_digits_example_project(pytester: pytest.Pytester, workers: str, tmp_pat
     for key, value in cache_env.items():
         pytester._monkeypatch.setenv(key, value)
     baselines = tmp_path_factory.mktemp("digits-baselines")
+    benchmark_json = baselines / "benchmark.json"
     result = pytester.runpytest_subprocess("-n", workers, f"--deploycheck-artifacts={artifacts}",
                                            "--deploycheck-bench-time=0.1", "--deploycheck-update",
-                                           f"--deploycheck-baselines={baselines}", "--deploycheck-models=digits_cnn")
+                                           f"--deploycheck-baselines={baselines}", "--deploycheck-models=digits_cnn",
+                                           f"--deploycheck-benchmark-json={benchmark_json}")
     result.assert_outcomes(passed=24, skipped=8)
     result.stdout.fnmatch_lines(["*= deploycheck =*",
                                  "model*format*size*max abs err*accuracy*drop*p50 ms*p99 ms*samples/s*speedup*",
@@ -125,6 +127,9 @@ def test_digits_example_project(pytester: pytest.Pytester, workers: str, tmp_pat
     stored = json.loads((baselines / "digits_cnn" / "onnx_int8_static.json").read_text())
     assert {"size", "parity", "accuracy", "latency", "speedup", "environment"} <= set(stored)
     assert set(stored["latency"]) == {"1", "8", "32"} and len(stored["latency"]["1"]["quantiles_ms"]) == 50
+    compare = pytester.run(str(Path(sys.executable).parent / "pytest-benchmark"), "compare", str(benchmark_json))
+    assert compare.ret == 0, "pytest-benchmark's own tooling reads the file"
+    compare.stdout.fnmatch_lines(["*benchmark 'digits_cnn': 24 tests*", "*digits_cnn/onnx?batch=1?*"])
 
 
 def test_no_bench_skips_benchmarks(pytester: pytest.Pytester, tmp_path_factory, cache_env) -> None:

@@ -277,3 +277,26 @@ def test_refuses_formats_that_need_pickles_or_code(digits_artifacts, tmp_path: P
         discover(digits_artifacts["state_dict"].path)
     with pytest.raises(DeployCheckError, match="no artifact"):
         discover(tmp_path)
+
+
+def test_the_monitor_holds_traffic_to_the_release_baseline(digits_artifacts, tmp_path: Path) -> None:
+    """Baselines written by the gate give the served model's monitor its release class distribution: traffic of
+    one digit only is prediction drift, visible in /metrics and as one alert."""
+    from deploycheck.digits import load_split
+    from deploycheck.gate import Gate, write_baselines
+
+    rows: list[dict] = []
+    Gate(rows.append).check_accuracy(digits_artifacts["onnx"])
+    write_baselines(tmp_path / "baselines", rows)
+    server = start_server(digits_artifacts["onnx"].path, "--baselines", str(tmp_path / "baselines"))
+    try:
+        _, _, images, labels = load_split()
+        zeros = images[labels == 0].numpy()
+        for step in range(250):
+            assert server.post("/predict", {"input": zeros[step % len(zeros)].tolist()})[0] == 200
+        assert server.metric("deploycheck_prediction_drift_psi", "digits_cnn") > 0.2
+        alerts = server.request("GET", "/alerts")[1]["digits_cnn"]
+        drift = [a for a in alerts if a["type"] == "drift"]
+        assert len(drift) == 1 and drift[0]["state"] == "firing" and drift[0]["model"] == "digits_cnn"
+    finally:
+        stop_server(server)

@@ -57,6 +57,7 @@ class AccuracyReport:
     higher_is_better: bool = True
     class_drops: list[tuple[int, float, float]] = field(default_factory=list)
     explanation: str = ""
+    class_distribution: dict[int, float] = field(default_factory=dict)
 
     @property
     def labelled(self) -> bool:
@@ -96,7 +97,8 @@ class AccuracyReport:
         return {"value": self.obtained if labelled else None, "reference": self.reference if labelled else None,
                 "drop": self.drop if labelled else None, "relative_drop": self.relative_drop if labelled else None,
                 "agreement": self.agreement, "samples": self.samples, "max_drop": self.max_drop,
-                "min_agreement": self.min_agreement, "passed": self.passed}
+                "min_agreement": self.min_agreement, "passed": self.passed,
+                "class_distribution": {str(k): v for k, v in self.class_distribution.items()}}
 
     def __str__(self) -> str:
         budget = " / ".join(part for part in (
@@ -224,6 +226,9 @@ def check_accuracy(artifact: Artifact, spec: ModelSpec | None = None, explain: b
     ref_classes, got_classes = reference.per_class(), obtained.per_class()
     drops = sorted(((c, ref_classes[c], got_classes[c]) for c in ref_classes), key=lambda t: t[2] - t[1])
     report.class_drops = [d for d in drops[:worst_classes] if d[1] > d[2]]
+    if obtained.predictions is not None:
+        classes, counts = np.unique(obtained.predictions, return_counts=True)
+        report.class_distribution = {int(c): float(n / counts.sum()) for c, n in zip(classes, counts)}
     if explain and not report.passed and artifact.quantized:
         report.explanation = str(explain_quantization(artifact, spec))
     return report

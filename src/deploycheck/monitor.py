@@ -168,6 +168,9 @@ class Monitor:
             window = self._merge([*self._slices, self._current])
             result = self._figures(window, now - max(self._started, now - self.window_s))
             result["lifetime"] = self._figures(self._lifetime, now - self._started)
+            expected = self.baseline.get("class_distribution")
+            result["drift_psi"] = (population_stability_index(expected, window.predictions)
+                                   if expected and window.predictions else None)
             self._evaluate(window, result, now)
         result["alerts"] = [a.type for a in self._active.values()]
         return result

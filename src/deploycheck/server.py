@@ -507,7 +507,8 @@ def app_from_environment() -> ASGIApp:
 
 def _monitor_baselines(directory: Path, source: Any, queue_delay_ms: float) -> dict[str, dict[str, Any]]:
     """Per served model, from its stored baseline: the p95 latency a request should see (the release batch-1 p95
-    plus the time it may wait for a batch) and the release accuracy."""
+    plus the time it may wait for a batch), the release accuracy, and the distribution of predicted classes on the
+    evaluation data (what drift is measured against)."""
     from deploycheck.baseline import BaselineStore
 
     store = BaselineStore(directory)
@@ -522,8 +523,12 @@ def _monitor_baselines(directory: Path, source: Any, queue_delay_ms: float) -> d
         if latency:
             p95_ms = latency[min(latency, key=int)].get("p95_ms")
             figures["p95_ms"] = p95_ms + queue_delay_ms if p95_ms is not None else None
-        if (record.get("accuracy") or {}).get("value") is not None:
-            figures["accuracy"] = record["accuracy"]["value"]
+        accuracy = record.get("accuracy") or {}
+        if accuracy.get("value") is not None:
+            figures["accuracy"] = accuracy["value"]
+        if accuracy.get("class_distribution"):
+            figures["class_distribution"] = {int(k) if str(k).lstrip("-").isdigit() else k: v
+                                             for k, v in accuracy["class_distribution"].items()}
         result[name] = {k: v for k, v in figures.items() if v is not None}
     return result
 
