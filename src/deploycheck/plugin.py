@@ -265,7 +265,8 @@ class _Summary:
         from deploycheck.baseline import BaselineStore, stale_entries
         from deploycheck.formats import format_names
 
-        filtered = self.config.getoption("keyword", "") or self.config.getoption("markexpr", "")
+        filtered = (self.config.getoption("keyword", "") or self.config.getoption("markexpr", "")
+                    or option(self.config, "models"))
         if baseline_mode(self.config) is None or filtered or not self.collected:
             return []
         directory, _ = baseline_settings(self.config)
