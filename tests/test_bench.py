@@ -37,3 +37,36 @@ def test_bootstrap_interval_covers_the_true_ratio() -> None:
     b = rng.lognormal(np.log(1.0), 0.2, 400)
     low, high = bootstrap_ratio_interval(a, b)
     assert low < 2.0 < high and high - low < 0.3
+
+
+def test_reference_workload_and_load_memory_are_recorded(digits_artifacts) -> None:
+    result = deploycheck.bench(digits_artifacts["torchscript"], batch_sizes=(1,), max_time_s=0.3, reference=True)
+    stats = result.stats[1]
+    assert stats.reference_samples_ms and stats.reference_p50_ms > 0
+    compact = stats.compact()
+    assert len(compact["quantiles_ms"]) == len(compact["reference_quantiles_ms"]) == 50
+    assert compact["quantiles_ms"] == sorted(compact["quantiles_ms"]) and compact["reference_calls"] > 0
+    assert isinstance(result.load_rss_bytes, int), "the resident memory added by loading is measured"
+
+
+def test_cuda_without_a_gpu_is_a_clear_refusal(digits_artifacts) -> None:
+    import pytest
+    import torch
+
+    from deploycheck.errors import FormatUnavailable
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the refusal does not apply")
+    with pytest.raises(FormatUnavailable, match="device='cuda' asked for, but torch sees no CUDA device"):
+        deploycheck.bench(digits_artifacts["onnx"], batch_sizes=(1,), max_time_s=0.1, device="cuda")
+
+
+def test_bench_on_cuda_is_synchronised_and_recorded(digits_artifacts) -> None:
+    import pytest
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    result = deploycheck.bench(digits_artifacts["torchscript"], batch_sizes=(1, 32), max_time_s=0.3, device="cuda")
+    assert result.device == "cuda" and result.environment["device"] == "cuda"
+    assert result.stats[32].p50_ms > 0 and result.stats[32].throughput_per_s > 0

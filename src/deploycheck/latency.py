@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from deploycheck.artifact import Artifact, load_artifact, package_versions
+from deploycheck.errors import FormatUnavailable
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "fma", "f16c", "sse4_2", "asimd")
 
@@ -171,9 +172,13 @@ def environment(threads: int, device: str = "cpu") -> dict[str, Any]:
 
 
 def timed_runner(artifact: Artifact, threads: int, device: str) -> Artifact:
-    """The artifact reloaded with fixed thread counts (and device); torch's own thread count is set as well."""
+    """The artifact reloaded with fixed thread counts (and device); torch's own thread count is set as well.
+    Runners return host numpy arrays, so a timed call on a GPU includes its synchronisation."""
     import torch
 
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FormatUnavailable(f"{artifact.model_name}/{artifact.format}: device='cuda' asked for, but torch sees "
+                                "no CUDA device")
     torch.set_num_threads(threads)
     if artifact.path.is_dir():
         return load_artifact(artifact.path, spec=artifact.spec, intra_op_threads=threads, inter_op_threads=1,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deploycheck.artifact import Runner
+from deploycheck.errors import FormatUnavailable
 from deploycheck.formats.base import Format, batch_dynamic_shapes
 
 if TYPE_CHECKING:
@@ -64,6 +65,10 @@ def create_session(model_path: Path, intra_op_threads: int | None = None, inter_
     options.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
     if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise FormatUnavailable(f"{model_path}: device='cuda' needs ONNX Runtime's CUDA execution provider "
+                                    "(the onnxruntime-gpu package); this onnxruntime has "
+                                    f"{ort.get_available_providers()}")
         providers.insert(0, "CUDAExecutionProvider")
     return ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
 
