@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -300,3 +301,35 @@ def test_the_monitor_holds_traffic_to_the_release_baseline(digits_artifacts, tmp
         assert len(drift) == 1 and drift[0]["state"] == "firing" and drift[0]["model"] == "digits_cnn"
     finally:
         stop_server(server)
+
+
+def test_sigterm_drains_requests_in_flight(digits_artifacts) -> None:
+    """Large requests are sent on eight connections; SIGTERM arrives once the first answer is back, while the
+    others are still being served: every request that reached the server is answered with its own result."""
+    server = start_server(digits_artifacts["onnx"].path)
+    images = digits_rows(3000, seed=6)
+    expected = digits_artifacts["onnx"].run(images)[0].argmax(1).tolist()
+    body = json.dumps({"input": images.tolist()})
+    answered: list[tuple[int, float, bool]] = []
+    first_answer = threading.Event()
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        payload = json.loads(response.read())
+        answered.append((response.status, time.monotonic(), payload.get("predictions") == expected))
+        first_answer.set()
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    assert first_answer.wait(60)
+    terminated = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(60)
+    assert server.process.wait(timeout=60) in (0, -signal.SIGTERM), "uvicorn re-raises SIGTERM after draining"
+    assert len(answered) == 8 and all(status == 200 and correct for status, _, correct in answered), answered
+    assert any(when > terminated for _, when, _ in answered), "some requests were still in flight at SIGTERM"

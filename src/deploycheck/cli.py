@@ -159,7 +159,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     (root / "baselines").mkdir(exist_ok=True)
     (root / "baselines" / ".gitkeep").touch()
-    print(f"wrote {root / 'baselines'}/\nnext: edit conftest.py, then run `pytest`")
+    print(f"wrote {root / 'baselines'}/\nnext: edit conftest.py, record the baselines with "
+          "`pytest --deploycheck-update`, commit them, then gate with `pytest`")
     return 0
 
 
