@@ -25,15 +25,14 @@ def test_compression_facts_count_zeros() -> None:
 
 def test_an_incompatible_original_is_named_with_the_compressed_model() -> None:
     x = torch.randn(8, 6)
-    wider = deploycheck.ModelSpec(name="small", model=torch.nn.Linear(6, 3), example_inputs=x,
-                                  original=torch.nn.Linear(6, 4))
-    with pytest.raises(SpecError, match=r"original 'small.original' produces outputs of shapes \[\[8, 4\]\] where "
-                                        r"'small' produces \[\[8, 3\]\]"):
-        original_spec(wider)
-    other_inputs = deploycheck.ModelSpec(name="small", model=torch.nn.Linear(6, 3), example_inputs=x,
-                                         original=torch.nn.Linear(5, 3))
-    with pytest.raises(SpecError, match=r"original 'small.original' cannot run the inputs of 'small' \(\[\[8, 6\]\]\)"):
-        original_spec(other_inputs)
+    small = deploycheck.ModelSpec(name="small", model=torch.nn.Linear(6, 3), example_inputs=x)
+    for original, message in ((torch.nn.Linear(6, 4), r"original 'small.original' produces outputs of shapes "
+                                                      r"\[\[8, 4\]\] where 'small' produces \[\[8, 3\]\]"),
+                              (torch.nn.Linear(5, 3), r"original 'small.original' cannot run the inputs of 'small' "
+                                                      r"\(\[\[8, 6\]\]\)")):
+        small.original = original
+        with pytest.raises(SpecError, match=message):
+            original_spec(small)
     named = deploycheck.ModelSpec(name="small", model=torch.nn.Linear(6, 3), example_inputs=x, original="big")
     with pytest.raises(SpecError, match="outside pytest pass the original module or its ModelSpec"):
         original_spec(named)
@@ -90,3 +89,19 @@ def digits_student():
         "*99.16%*FAIL*",
         "*accuracy drop against the original *% exceeds 0.10%",
     ])
+
+
+def test_original_budgets_and_shapes_are_checked_when_the_spec_is_built() -> None:
+    x = torch.randn(8, 6)
+    with pytest.raises(SpecError, match=r"min_speedup_vs_original=\{'onnx': -1\}; expected a non-negative number"):
+        deploycheck.ModelSpec(name="small", model=torch.nn.Linear(6, 3), example_inputs=x,
+                              original=torch.nn.Linear(6, 3), min_speedup_vs_original={"onnx": -1})
+    with pytest.raises(SpecError, match=r"names unknown format\(s\) \['onx'\]"):
+        deploycheck.ModelSpec(name="small", model=torch.nn.Linear(6, 3), example_inputs=x,
+                              original=torch.nn.Linear(6, 3), min_speedup_vs_original={"onx": 1.1})
+    with pytest.raises(SpecError, match="is set but there is no original"):
+        deploycheck.ModelSpec(name="small", model=torch.nn.Linear(6, 3), example_inputs=x,
+                              max_accuracy_drop_vs_original=0.01)
+    with pytest.raises(SpecError, match=r"original 'small.original' produces outputs of shapes \[\[8, 4\]\]"):
+        deploycheck.ModelSpec(name="small", model=torch.nn.Linear(6, 3), example_inputs=x,
+                              original=torch.nn.Linear(6, 4))

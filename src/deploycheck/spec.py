@@ -92,11 +92,33 @@ class ModelSpec:
             raise SpecError(f"ModelSpec {self.name!r}: format_options for unknown format(s) {sorted(unknown_options)}; "
                             f"valid formats: {', '.join(_known_formats())}")
         self._check_baseline_rules()
+        self._check_original_budgets()
         self.eval_data = self._validated_eval_data(self.eval_data)
         self.calibration_data = self._validated_calibration_data(self.calibration_data)
         with torch.no_grad():
             outputs = flatten_outputs(self.model(*self.example_inputs), self.name)
         self.output_names = self._validated_names(self.output_names, len(outputs), "output")
+        if self.original is not None and not isinstance(self.original, str):
+            from deploycheck.compression import original_spec
+
+            original_spec(self)
+
+    def _check_original_budgets(self) -> None:
+        for key in ("max_accuracy_drop_vs_original", "min_agreement_vs_original", "min_speedup_vs_original",
+                    "max_size_ratio_vs_original"):
+            value = getattr(self, key)
+            values = value if isinstance(value, Mapping) else {"": value}
+            unknown = sorted(set(values) - set(_known_formats()) - {""})
+            if unknown:
+                raise SpecError(f"ModelSpec {self.name!r}: {key} names unknown format(s) {unknown}")
+            for budget in values.values():
+                if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                                           or budget < 0):
+                    raise SpecError(f"ModelSpec {self.name!r}: {key}={value!r}; expected a non-negative number or "
+                                    "{format: number}")
+            if value is not None and self.original is None:
+                raise SpecError(f"ModelSpec {self.name!r}: {key} is set but there is no original; set "
+                                "ModelSpec(original=...)")
 
     def _check_baseline_rules(self) -> None:
         from deploycheck.baseline import resolve_rules
