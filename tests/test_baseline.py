@@ -91,6 +91,12 @@ def test_store_writes_sorted_json_atomically_and_names_broken_files(tmp_path: Pa
     path.write_text("[]")
     with pytest.raises(BaselineError, match="expected an object with 'model' and 'format'"):
         store.read("m", "onnx")
+    path.write_text('{"model": "m", "format": "onnx", "schema": "one"}')
+    with pytest.raises(BaselineError, match="'schema' must be an integer"):
+        store.read("m", "onnx")
+    path.write_text('{"model": "m", "format": "onnx", "accuracy": {"value": "high"}}')
+    with pytest.raises(BaselineError, match=r"its 'accuracy' figures are malformed .*--deploycheck-update"):
+        compare_records(store.read("m", "onnx"), record(accuracy={"value": 0.9}), Rules(), str(path))
 
 
 def test_failed_sections_are_not_recorded_and_update_new_keeps_what_exists() -> None:

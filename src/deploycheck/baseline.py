@@ -254,6 +254,8 @@ def read_record(path: Path) -> dict[str, Any]:
             not isinstance(record.get("format"), str):
         raise BaselineError(f"baseline {path}: expected an object with 'model' and 'format'; rewrite it with "
                             "--deploycheck-update")
+    if not isinstance(record.get("schema", SCHEMA), int):
+        raise BaselineError(f"baseline {path}: 'schema' must be an integer; rewrite it with --deploycheck-update")
     if record.get("schema", SCHEMA) > SCHEMA:
         raise BaselineError(f"baseline {path}: schema {record['schema']} is newer than this deploycheck "
                             f"understands ({SCHEMA}); upgrade deploycheck")
@@ -460,7 +462,11 @@ def compare_records(old: Mapping[str, Any], new: Mapping[str, Any], rules: Rules
             comparison.findings.append(Finding(section, "", "measured", "", "", MISSING,
                                                f"the baseline has no {section} figures; {UPDATE_HINT}"))
             continue
-        comparison.findings.extend(COMPARERS[section](old, new, rules))
+        try:
+            comparison.findings.extend(COMPARERS[section](old, new, rules))
+        except (TypeError, KeyError, ValueError, AttributeError, IndexError, ZeroDivisionError) as exc:
+            raise BaselineError(f"baseline {source}: its {section!r} figures are malformed "
+                                f"({type(exc).__name__}: {exc}); rewrite it with --deploycheck-update") from exc
     return comparison
 
 
