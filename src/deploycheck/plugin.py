@@ -48,6 +48,7 @@ OPTIONS = [
 
 
 SUMMARY = pytest.StashKey["_Summary"]()
+BASELINE_SETTINGS = pytest.StashKey[tuple[Path, list[tuple[str, Any]]]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -94,6 +95,11 @@ def baseline_mode(config: pytest.Config) -> str | None:
 
 
 def baseline_settings(config: pytest.Config) -> tuple[Path, list[tuple[str, Any]]]:
+    """The baselines directory and the rule layers, read once in `pytest_configure`."""
+    return config.stash[BASELINE_SETTINGS]
+
+
+def _read_baseline_settings(config: pytest.Config) -> tuple[Path, list[tuple[str, Any]]]:
     """The baselines directory and the rule layers from `[tool.deploycheck]` of the rootdir's pyproject.toml."""
     from deploycheck.baseline import pyproject_settings
     from deploycheck.errors import BaselineError
@@ -112,7 +118,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if option(config, "update") and option(config, "update-new"):
         raise pytest.UsageError("--deploycheck-update rewrites every baseline and --deploycheck-update-new only "
                                 "creates missing ones: give one of them")
-    baseline_settings(config)
+    config.stash[BASELINE_SETTINGS] = _read_baseline_settings(config)
     if not hasattr(config, "workerinput"):
         summary = _Summary(config)
         config.stash[SUMMARY] = summary
