@@ -406,6 +406,11 @@ def machine_difference(old: Mapping[str, Any], new: Mapping[str, Any], rules: Ru
     return None
 
 
+def smallest_batch(latency: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The figures of the smallest batch size in a latency section (`{batch: figures}`), {} when there are none."""
+    return dict(latency[min(latency, key=int)]) if latency else {}
+
+
 def compare_latency(old: Mapping[str, Any], new: Mapping[str, Any], rules: Rules) -> list[Finding]:
     """Latency rules at the smallest common batch size, throughput at the largest (see the module docstring)."""
     before, after = old.get("latency", {}), new.get("latency", {})
@@ -414,24 +419,22 @@ def compare_latency(old: Mapping[str, Any], new: Mapping[str, Any], rules: Rules
     if not common:
         return []
     findings = []
-    for batch, limits in ((common[0], rules.latency), (common[-1], ())):
-        o, n = before[batch], after[batch]
-        why_not = machine_difference(o, n, rules, old.get("environment"), new.get("environment"))
-        for limit in limits:
-            ratio, low, high, normalised = normalised_ratio(o, n, limit, rules.confidence)
-            name = f"{limit.statistic} @ batch {batch}"
-            shown = (f"{o.get(limit.statistic + '_ms', float('nan')):.3f} ms",
-                     f"{n.get(limit.statistic + '_ms', float('nan')):.3f} ms")
-            interval = f"[{low - 1:+.1%}, {high - 1:+.1%}]"
-            note = ("normalised by the reference workload" if normalised
-                    else "NOT normalised: a run without the reference workload")
-            if why_not:
-                findings.append(Finding(name, *shown, _pct(ratio - 1), f"<= {limit.limit:+.0%}", INCONCLUSIVE,
-                                        why_not))
-                continue
-            regressed = ratio > 1 + limit.limit and low > 1
-            findings.append(Finding(name, *shown, f"{_pct(ratio - 1)} {interval}", f"<= {limit.limit:+.0%}",
-                                    REGRESSED if regressed else OK, note))
+    batch = common[0]
+    o, n = before[batch], after[batch]
+    why_not = machine_difference(o, n, rules, old.get("environment"), new.get("environment"))
+    for limit in rules.latency:
+        ratio, low, high, normalised = normalised_ratio(o, n, limit, rules.confidence)
+        name = f"{limit.statistic} @ batch {batch}"
+        shown = (f"{o.get(limit.statistic + '_ms', float('nan')):.3f} ms",
+                 f"{n.get(limit.statistic + '_ms', float('nan')):.3f} ms")
+        if why_not:
+            findings.append(Finding(name, *shown, _pct(ratio - 1), f"<= {limit.limit:+.0%}", INCONCLUSIVE, why_not))
+            continue
+        regressed = ratio > 1 + limit.limit and low > 1
+        note = ("normalised by the reference workload" if normalised
+                else "NOT normalised: a run without the reference workload")
+        findings.append(Finding(name, *shown, f"{_pct(ratio - 1)} [{low - 1:+.1%}, {high - 1:+.1%}]",
+                                f"<= {limit.limit:+.0%}", REGRESSED if regressed else OK, note))
     batch = common[-1]
     o, n = before[batch], after[batch]
     if o.get("throughput_per_s") and n.get("throughput_per_s"):

@@ -149,8 +149,7 @@ class Gate:
     def check_parity(self, artifact: Artifact, batch_sizes: Sequence[int] | None = None,
                      tolerance: Any = None) -> ParityReport:
         report = check_parity(artifact, batch_sizes=batch_sizes, tolerance=tolerance)
-        self.record(artifact, parity={"max_abs": report.max_abs, "top1_agreement": report.min_top1_agreement,
-                                      "passed": report.passed})
+        self.record(artifact, parity=parity_figures(report))
         return report
 
     def assert_parity(self, artifact: Artifact, batch_sizes: Sequence[int] | None = None,
@@ -163,8 +162,7 @@ class Gate:
             raise AssertionError(
                 f"{report}\n\nTo accept a larger error for this format, set ModelSpec(tolerances="
                 f"{{{artifact.format!r}: Tolerance(...)}}) (per output: {{output_name: Tolerance(...)}}).")
-        self.assert_baseline(artifact, ("size", "parity"),
-                             parity={"max_abs": report.max_abs, "top1_agreement": report.min_top1_agreement})
+        self.assert_baseline(artifact, ("size", "parity"), parity=parity_figures(report))
         return report
 
     def check_accuracy(self, artifact: Artifact) -> AccuracyReport:
@@ -196,26 +194,32 @@ class Gate:
             self.skip_bench("benchmarks are off (--deploycheck-no-bench)")
         options.setdefault("max_time_s", self.bench_time_s)
         options.setdefault("reference", True)
-        with self._bench_lock():
-            result = bench(artifact, batch_sizes, **options)
-        self.record(artifact, **latency_payload(result))
+        result, row = self._measure_latency(artifact, batch_sizes, options)
         if self.baselines is None:
             return result
-        comparison = self._latency_comparison(artifact, result)
+        comparison = self._latency_comparison(artifact, result, row)
         if comparison is not None and not comparison.passed:
-            with self._bench_lock():
-                result = bench(artifact, batch_sizes, **options)
-            self.record(artifact, **latency_payload(result))
-            comparison = self._latency_comparison(artifact, result)
+            result, row = self._measure_latency(artifact, batch_sizes, options)
+            comparison = self._latency_comparison(artifact, result, row)
         if comparison is not None:
             self._judge(artifact, comparison, "latency")
         return result
 
-    def _latency_comparison(self, artifact: Artifact, result: BenchResult) -> Comparison | None:
+    def _measure_latency(self, artifact: Artifact, batch_sizes: Sequence[int],
+                         options: dict[str, Any]) -> tuple[BenchResult, dict[str, Any]]:
+        """One benchmark (under the lock), recorded; returns the result and the recorded row."""
+        with self._bench_lock():
+            result = bench(artifact, batch_sizes, **options)
+        row = self._row(artifact, **latency_payload(result))
+        self._record(row)
+        return result, row
+
+    def _latency_comparison(self, artifact: Artifact, result: BenchResult,
+                            row: dict[str, Any]) -> Comparison | None:
         """The latency section against the baseline; when the baseline's artifact was kept, every latency rule
         is judged on old and new timed interleaved in this run instead (the same machine state for both)."""
         assert self.baselines is not None
-        comparison = self.baselines.compare(artifact, self._row(artifact, **latency_payload(result)), ("latency",))
+        comparison = self.baselines.compare(artifact, row, ("latency",))
         kept = self.baselines.store.artifact_dir(artifact.model_name, artifact.format)
         if comparison is None or not kept.is_dir() or artifact.format == "eager":
             return comparison
@@ -373,6 +377,11 @@ def _keep_artifact(source: Path, target: Path) -> None:
         target.rename(previous)
     staging.rename(target)
     shutil.rmtree(previous, ignore_errors=True)
+
+
+def parity_figures(report: ParityReport) -> dict[str, Any]:
+    """What a parity check contributes to the report and the baseline."""
+    return {"max_abs": report.max_abs, "top1_agreement": report.min_top1_agreement, "passed": report.passed}
 
 
 def latency_payload(result: BenchResult) -> dict[str, Any]:

@@ -87,7 +87,7 @@ def alerting_rules(baselines: Path, format_name: str | None = None, window: str 
     server's `queue_delay_ms`, which a request may wait for a batch), error rate, accuracy below the baseline
     minus its budget, and prediction drift. One model per baseline directory entry; `format_name` picks which
     format's figures (default: onnx when stored, else the first stored format)."""
-    from deploycheck.baseline import BaselineStore
+    from deploycheck.baseline import BaselineStore, smallest_batch
     from deploycheck.monitor import DEFAULT_RULES
 
     store = BaselineStore(baselines)
@@ -104,8 +104,7 @@ def alerting_rules(baselines: Path, format_name: str | None = None, window: str 
             raise DeployCheckError(f"{baselines}: model {model!r} has no {chosen!r} baseline (it has {formats})")
         record = store.read(model, chosen) or {}
         label = f'model="{model}"'
-        latency = record.get("latency") or {}
-        p95_ms = latency[min(latency, key=int)].get("p95_ms") if latency else None
+        p95_ms = smallest_batch(record.get("latency")).get("p95_ms")
         if p95_ms:
             factor, served_ms = rules["latency"].factor, p95_ms + queue_delay_ms
             lines += _rule("DeploycheckLatencyHigh", f"histogram_quantile(0.95, sum by (le) (rate("

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from deploycheck.baseline import smallest_batch
 from deploycheck.parity import format_table
 
 
@@ -46,11 +47,6 @@ def _pct(value: Any) -> str:
 
 def _num(value: Any, spec: str = ".3g") -> str:
     return "" if value is None else format(value, spec)
-
-
-def _smallest_batch(row: dict[str, Any]) -> dict[str, Any]:
-    latency = row.get("latency") or {}
-    return latency[min(latency, key=int)] if latency else {}
 
 
 def _throughput(row: dict[str, Any]) -> float | None:
@@ -94,8 +90,8 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("top-1 agree", lambda r: _pct(_get(r, "parity", "top1_agreement"))),
     ("accuracy", lambda r: _pct(_get(r, "accuracy", "value"))),
     ("drop", lambda r: _pct(_get(r, "accuracy", "drop"))),
-    ("p50 ms", lambda r: _num(_smallest_batch(r).get("p50_ms"), ".3f")),
-    ("p99 ms", lambda r: _num(_smallest_batch(r).get("p99_ms"), ".3f")),
+    ("p50 ms", lambda r: _num(smallest_batch(r.get("latency")).get("p50_ms"), ".3f")),
+    ("p99 ms", lambda r: _num(smallest_batch(r.get("latency")).get("p99_ms"), ".3f")),
     ("samples/s", lambda r: _num(_throughput(r), ".0f")),
     ("speedup vs eager", lambda r: _num(_get(r, "speedup", "vs_eager", "ratio"), ".2f")),
     ("drop vs orig", lambda r: _pct(_get(r, "original", "drop"))),
@@ -161,7 +157,7 @@ def _svg_latency(rows: Sequence[dict[str, Any]]) -> str:
     logarithmic axis."""
     entries = []
     for row in rows:
-        stats = _smallest_batch(row)
+        stats = smallest_batch(row.get("latency"))
         q = stats.get("quantiles_ms")
         if q:
             n = len(q)

@@ -118,7 +118,6 @@ class Batcher:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._carry: _Pending | None = None
         self._task: asyncio.Task[None] | None = None
-        self.batches = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -171,7 +170,6 @@ class Batcher:
                     if not pending.future.done():
                         pending.future.set_exception(exc)
                 continue
-            self.batches += 1
             if self.on_batch is not None:
                 self.on_batch(sum(p.rows for p in batch))
             start = 0
@@ -266,12 +264,12 @@ class InferenceServer:
     """The state behind the app: served models, their monitors and metrics, and the request handlers."""
 
     def __init__(self, artifacts: Mapping[str, Artifact] | Callable[[], Mapping[str, Artifact]],
-                 max_batch_size: int = 32, max_queue_delay_ms: float = 0.0,
-                 baselines: Mapping[str, Mapping[str, Any]] | None = None, window_s: float = 60.0) -> None:
+                 max_batch_size: int = 32, max_queue_delay_ms: float = 0.0, baselines: Path | None = None,
+                 window_s: float = 60.0) -> None:
         self._artifacts = artifacts
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_queue_delay_ms / 1e3
-        self.baselines = dict(baselines or {})
+        self.baselines = baselines
         self.window_s = window_s
         self.models: dict[str, ServedModel] = {}
         self.metrics = PrometheusMetrics()
@@ -286,10 +284,12 @@ class InferenceServer:
         """Load and warm up every model before readiness; stop the batchers after in-flight work drains."""
         loop = asyncio.get_running_loop()
         artifacts = self._artifacts() if callable(self._artifacts) else self._artifacts
+        release = (_monitor_baselines(self.baselines, artifacts, self.max_delay_s * 1e3)
+                   if self.baselines is not None else {})
         for name, artifact in artifacts.items():
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"deploycheck-{name}")
-            served = ServedModel(name, artifact, Monitor(name, window_s=self.window_s,
-                                                         baseline=self.baselines.get(name)), executor)
+            served = ServedModel(name, artifact, Monitor(name, window_s=self.window_s, baseline=release.get(name)),
+                                 executor)
             if self.max_batch_size > 1:
                 served.batcher = Batcher(artifact.runner, self.max_batch_size, self.max_delay_s, executor,
                                          functools.partial(self.metrics.observe_batch, name))
@@ -488,9 +488,7 @@ def create_app(source: str | os.PathLike[str] | Mapping[str, Artifact], max_batc
     else:
         path = Path(source)
         artifacts = lambda: discover(path)  # noqa: E731
-    monitor_baselines = (_monitor_baselines(baselines, source, max_queue_delay_ms) if baselines is not None
-                         else None)
-    server = InferenceServer(artifacts, max_batch_size, max_queue_delay_ms, monitor_baselines, window_s)
+    server = InferenceServer(artifacts, max_batch_size, max_queue_delay_ms, baselines, window_s)
     return server.app(int(max_body_mb * 1024 * 1024))
 
 
@@ -505,31 +503,30 @@ def app_from_environment() -> ASGIApp:
                       baselines=Path(baselines) if baselines else None)
 
 
-def _monitor_baselines(directory: Path, source: Any, queue_delay_ms: float) -> dict[str, dict[str, Any]]:
+def _monitor_baselines(directory: Path, artifacts: Mapping[str, Artifact],
+                       queue_delay_ms: float) -> dict[str, dict[str, Any]]:
     """Per served model, from its stored baseline: the p95 latency a request should see (the release batch-1 p95
     plus the time it may wait for a batch), the release accuracy, and the distribution of predicted classes on the
     evaluation data (what drift is measured against)."""
-    from deploycheck.baseline import BaselineStore
+    from deploycheck.baseline import BaselineStore, smallest_batch
 
     store = BaselineStore(directory)
     result: dict[str, dict[str, Any]] = {}
-    artifacts = source if isinstance(source, Mapping) else discover(source)
     for name, artifact in artifacts.items():
         record = store.read(artifact.model_name, artifact.format)
         if record is None:
             continue
         figures: dict[str, Any] = {}
-        latency = record.get("latency") or {}
-        if latency:
-            p95_ms = latency[min(latency, key=int)].get("p95_ms")
-            figures["p95_ms"] = p95_ms + queue_delay_ms if p95_ms is not None else None
+        p95_ms = smallest_batch(record.get("latency")).get("p95_ms")
+        if p95_ms is not None:
+            figures["p95_ms"] = p95_ms + queue_delay_ms
         accuracy = record.get("accuracy") or {}
         if accuracy.get("value") is not None:
             figures["accuracy"] = accuracy["value"]
         if accuracy.get("class_distribution"):
             figures["class_distribution"] = {int(k) if str(k).lstrip("-").isdigit() else k: v
                                              for k, v in accuracy["class_distribution"].items()}
-        result[name] = {k: v for k, v in figures.items() if v is not None}
+        result[name] = figures
     return result
 
 
