@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 import timeit
 
 import numpy as np
@@ -29,10 +30,15 @@ def main() -> None:
     artifacts = deploycheck.export_all(spec, tempfile.mkdtemp(prefix="deploycheck-bench-"))
     onnx = artifacts["onnx"]
 
-    p50s = [deploycheck.bench(onnx, batch_sizes=(1,), max_time_s=1.0, min_time_s=1.0).stats[1].p50_ms
-            for _ in range(3 if quick else 10)]
+    runs = []
+    for _ in range(3 if quick else 10):
+        started = time.perf_counter()
+        runs.append((deploycheck.bench(onnx, batch_sizes=(1,), max_time_s=1.0, min_time_s=1.0).stats[1],
+                     time.perf_counter() - started))
+    p50s = [stats.p50_ms for stats, _ in runs]
     print("1. ONNX batch 1, ten 1-second runs, p50 ms:", " ".join(f"{v:.4f}" for v in p50s))
-    print(f"   spread max/min = {max(p50s) / min(p50s):.3f}")
+    print(f"   spread max/min = {max(p50s) / min(p50s):.3f}; disturbed windows left out / wall s per run:",
+          " ".join(f"{'all' if s.all_disturbed else s.disturbed_rounds}/{wall:.1f}" for s, wall in runs))
 
     session = create_session(onnx.path / "model.onnx", intra_op_threads=1, inter_op_threads=1)
     feed = {"image": spec.sample_inputs(1)[0].numpy()}

@@ -4,7 +4,7 @@ ratios separate different speeds and not identical ones. Speed goals themselves 
 from __future__ import annotations
 
 import deploycheck
-from deploycheck.latency import bootstrap_ratio_interval
+from deploycheck.latency import Window, bootstrap_ratio_interval, undisturbed
 
 
 def test_bench_reports_every_statistic_per_batch_size(digits_artifacts) -> None:
@@ -40,13 +40,34 @@ def test_bootstrap_interval_covers_the_true_ratio() -> None:
 
 
 def test_reference_workload_and_load_memory_are_recorded(digits_artifacts) -> None:
-    result = deploycheck.bench(digits_artifacts["torchscript"], batch_sizes=(1,), max_time_s=0.3, reference=True)
+    result = deploycheck.bench(digits_artifacts["torchscript"], batch_sizes=(1,), max_time_s=0.3)
     stats = result.stats[1]
     assert stats.reference_samples_ms and stats.reference_p50_ms > 0
     compact = stats.compact()
     assert len(compact["quantiles_ms"]) == len(compact["reference_quantiles_ms"]) == 50
     assert compact["quantiles_ms"] == sorted(compact["quantiles_ms"]) and compact["reference_calls"] > 0
     assert isinstance(result.load_rss_bytes, int), "the resident memory added by loading is measured"
+
+
+def test_windows_next_to_a_slowed_reference_are_left_out() -> None:
+    def window(before_ms: float, after_ms: float) -> Window:
+        return Window([2.7e-5] * 5, 0.1, before_ms / 1e3, after_ms / 1e3, [after_ms / 1e3])
+
+    quiet, slowed_after, slowed_before = window(0.070, 0.071), window(0.070, 0.100), window(0.100, 0.072)
+    windows = [quiet, slowed_after, slowed_before, quiet]
+    assert undisturbed(windows, fastest_reference_s=0.069e-3, disturbed_above=0.15) == [quiet, quiet]
+    assert undisturbed(windows, fastest_reference_s=0.069e-3, disturbed_above=None) == windows
+    assert undisturbed(windows, fastest_reference_s=0.060e-3, disturbed_above=0.15) == [], "all slower than seen"
+
+
+def test_bench_accounts_for_every_window(digits_artifacts) -> None:
+    everything = deploycheck.bench(digits_artifacts["onnx"], batch_sizes=(1,), max_time_s=0.3,
+                                   disturbed_above=None).stats[1]
+    assert everything.disturbed_rounds == 0 and everything.rounds >= 3
+    assert everything.reference_samples_ms, "the reference runs between windows either way"
+    filtered = deploycheck.bench(digits_artifacts["onnx"], batch_sizes=(1,), max_time_s=0.3).stats[1]
+    assert filtered.rounds + filtered.disturbed_rounds >= 3 and filtered.calls == len(filtered.samples_ms)
+    assert not filtered.stabilised or filtered.rounds >= 3, "stable means three undisturbed windows agreed"
 
 
 def test_cuda_without_a_gpu_is_a_clear_refusal(digits_artifacts) -> None:

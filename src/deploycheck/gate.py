@@ -193,7 +193,6 @@ class Gate:
         if self.skip_bench is not None:
             self.skip_bench("benchmarks are off (--deploycheck-no-bench)")
         options.setdefault("max_time_s", self.bench_time_s)
-        options.setdefault("reference", True)
         result, row = self._measure_latency(artifact, batch_sizes, options)
         if self.baselines is None:
             return result

@@ -6,10 +6,19 @@ thread by default, for both torch and ONNX Runtime) and recorded; the garbage co
 measurement stops when the median of the last three windows agrees within `stable_within`, or at a time cap,
 and says which. Comparisons are made side by side (A B A B ...) in one run, as ratios with an interval, never
 against an absolute time from another run.
+
+Neighbours on a shared host do not time-slice us (that would only lengthen the tail): they slow every
+instruction for a second or two at a time (a busy sibling hyperthread or a thrashed cache on the host), which
+moves the median itself by up to 2x. `bench` therefore times a fixed reference workload (`ReferenceWorkload`)
+between its windows; a window next to which the reference ran more than `disturbed_above` slower than the
+fastest the reference has run in this process is left out of the statistics and measuring goes on, up to
+`patience` times the time cap, until enough undisturbed windows were collected. The number of windows left out
+is reported with every result.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import platform
@@ -28,7 +37,9 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "fma", "f
 
 @dataclass
 class LatencyStats:
-    """Per batch size: latencies in ms, throughput in samples/s from wall time, and how the run went."""
+    """Per batch size: latencies in ms, throughput in samples/s from wall time, and how the run went: `rounds`
+    windows in the statistics, `disturbed_rounds` left out because the machine was disturbed next to them, and
+    `all_disturbed` when no window was undisturbed (so every one was kept)."""
 
     batch_size: int
     p50_ms: float
@@ -45,6 +56,8 @@ class LatencyStats:
     calls: int
     rounds: int
     stabilised: bool
+    disturbed_rounds: int = 0
+    all_disturbed: bool = False
     samples_ms: list[float] = field(repr=False, default_factory=list)
     reference_samples_ms: list[float] = field(repr=False, default_factory=list)
 
@@ -55,7 +68,8 @@ class LatencyStats:
 
     @classmethod
     def from_samples(cls, batch_size: int, samples_s: Sequence[float], wall_s: float, rounds: int,
-                     stabilised: bool, reference_s: Sequence[float] = ()) -> LatencyStats:
+                     stabilised: bool, reference_s: Sequence[float] = (), disturbed_rounds: int = 0,
+                     all_disturbed: bool = False) -> LatencyStats:
         ms = np.asarray(samples_s, np.float64) * 1e3
         p25, p50, p75, p90, p95, p99 = np.percentile(ms, [25, 50, 75, 90, 95, 99])
         mean = float(ms.mean())
@@ -63,7 +77,8 @@ class LatencyStats:
         return cls(batch_size, float(p50), float(p90), float(p95), float(p99), mean, float(ms.max()),
                    float(ms.min()), stddev, float(p75 - p25), stddev / mean if mean else 0.0,
                    batch_size * len(ms) / wall_s if wall_s > 0 else 0.0, len(ms), rounds, stabilised,
-                   [round(float(v), 4) for v in ms], [round(float(v) * 1e3, 4) for v in reference_s])
+                   disturbed_rounds, all_disturbed, [round(float(v), 4) for v in ms],
+                   [round(float(v) * 1e3, 4) for v in reference_s])
 
     def to_dict(self, with_samples: bool = False) -> dict[str, Any]:
         data = asdict(self)
@@ -117,11 +132,12 @@ class BenchResult:
         from deploycheck.parity import format_table
 
         rows = [[str(b), f"{s.p50_ms:.3f}", f"{s.p90_ms:.3f}", f"{s.p99_ms:.3f}", f"{s.max_ms:.3f}", f"{s.cv:.2f}",
-                 f"{s.throughput_per_s:.0f}", str(s.calls), "yes" if s.stabilised else "no (time cap)"]
+                 f"{s.throughput_per_s:.0f}", str(s.calls), "yes" if s.stabilised else "no (time cap)",
+                 "all (kept)" if s.all_disturbed else str(s.disturbed_rounds)]
                 for b, s in sorted(self.stats.items())]
         return (f"latency of {self.model}/{self.format} ({self.device}, {self.threads} thread(s))\n"
                 + format_table(["batch", "p50 ms", "p90 ms", "p99 ms", "max ms", "cv", "samples/s", "calls",
-                                "stabilised"], rows))
+                                "stabilised", "disturbed windows left out"], rows))
 
 
 @dataclass
@@ -230,6 +246,7 @@ class ReferenceWorkload:
         onnx.checker.check_model(model)
         self._session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         self._feed = {"x": rng.standard_normal((8, self.WIDTH)).astype(np.float32)}
+        self.fastest_median_s = float("inf")
         for _ in range(10):
             self()
 
@@ -237,6 +254,46 @@ class ReferenceWorkload:
         start = time.perf_counter()
         self._session.run(None, self._feed)
         return time.perf_counter() - start
+
+    def probe(self, seconds: float) -> list[float]:
+        """Time the workload for `seconds` (at least 5 calls); remembers the fastest median seen."""
+        end = time.perf_counter() + seconds
+        samples = [self() for _ in range(5)]
+        while time.perf_counter() < end:
+            samples.append(self())
+        self.fastest_median_s = min(self.fastest_median_s, float(np.median(samples)))
+        return samples
+
+
+@functools.cache
+def reference_workload() -> ReferenceWorkload:
+    """One reference workload per process, so the fastest speed it has shown is remembered across benchmarks."""
+    return ReferenceWorkload()
+
+
+@dataclass
+class Window:
+    """One timing window and the reference workload's median just before and just after it."""
+
+    samples_s: list[float]
+    wall_s: float
+    reference_before_s: float
+    reference_after_s: float
+    reference_samples_s: list[float]
+
+    @property
+    def median_s(self) -> float:
+        return float(np.median(self.samples_s))
+
+
+def undisturbed(windows: Sequence[Window], fastest_reference_s: float, disturbed_above: float | None
+                ) -> list[Window]:
+    """The windows on both sides of which the reference ran within `disturbed_above` of its fastest (all of
+    them when `disturbed_above` is None)."""
+    if disturbed_above is None:
+        return list(windows)
+    limit = fastest_reference_s * (1 + disturbed_above)
+    return [w for w in windows if max(w.reference_before_s, w.reference_after_s) <= limit]
 
 
 def _call(artifact: Artifact, inputs: list[np.ndarray]) -> float:
@@ -248,17 +305,23 @@ def _call(artifact: Artifact, inputs: list[np.ndarray]) -> float:
 
 def bench(artifact: Artifact, batch_sizes: Sequence[int] = (1, 8, 32), max_time_s: float = 1.0,
           min_time_s: float | None = None, warmup_s: float = 0.1, threads: int = 1, device: str = "cpu",
-          windows: int = 10, stable_within: float = 0.03, reference: bool = False) -> BenchResult:
+          windows: int = 10, stable_within: float = 0.03, disturbed_above: float | None = 0.15,
+          patience: float = 5.0) -> BenchResult:
     """Measure latency and throughput per batch size (see the module docstring for the discipline).
 
-    With `reference=True`, a `ReferenceWorkload` is timed for a quarter of each window's time after each
-    window, so every batch size carries the machine's speed at the moment it was measured (for baselines).
+    Time is counted in undisturbed windows: measuring stops once their medians agree (after `min_time_s`) or
+    once they add up to `max_time_s`, and in any case after `patience * max_time_s` of wall time; if no window
+    was undisturbed by then, every window is used (and the result says it did not stabilise).
+    `disturbed_above=None` keeps every window, for a picture of the machine as it is. The reference workload
+    runs for an eighth of a window between windows; its undisturbed samples are kept with the result, so
+    baselines can be normalised by the machine's speed at that moment.
     """
     rss_before = _rss_bytes()
     timed = timed_runner(artifact, threads, device)
     rss_after = _rss_bytes()
-    workload = ReferenceWorkload() if reference else None
+    reference = reference_workload()
     min_time_s = max_time_s / 3 if min_time_s is None else min_time_s
+    window_s = max_time_s / windows
     stats = {}
     for batch_size in batch_sizes:
         inputs = bench_inputs(timed, batch_size)
@@ -267,41 +330,39 @@ def bench(artifact: Artifact, batch_sizes: Sequence[int] = (1, 8, 32), max_time_
             _call(timed, inputs)
         while time.perf_counter() < warm_end:
             _call(timed, inputs)
-        samples: list[float] = []
-        reference_samples: list[float] = []
-        medians: list[float] = []
-        window_s = max_time_s / windows
+        measured: list[Window] = []
         stabilised = False
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
             started = time.perf_counter()
-            wall = 0.0
+            before = float(np.median(reference.probe(window_s / 8)))
             while True:
-                window: list[float] = []
+                samples: list[float] = []
                 window_start = time.perf_counter()
                 window_end = window_start + window_s
-                while time.perf_counter() < window_end or len(window) < 3:
-                    window.append(_call(timed, inputs))
-                wall += time.perf_counter() - window_start
-                samples.extend(window)
-                medians.append(float(np.median(window)))
-                if workload is not None:
-                    reference_end = time.perf_counter() + window_s / 4
-                    while time.perf_counter() < reference_end:
-                        reference_samples.append(workload())
-                elapsed = time.perf_counter() - started
-                last = medians[-3:]
-                if len(last) == 3 and max(last) / min(last) - 1 <= stable_within and elapsed >= min_time_s:
+                while time.perf_counter() < window_end or len(samples) < 3:
+                    samples.append(_call(timed, inputs))
+                wall = time.perf_counter() - window_start
+                after = reference.probe(window_s / 8)
+                measured.append(Window(samples, wall, before, float(np.median(after)), after))
+                before = measured[-1].reference_after_s
+                quiet = undisturbed(measured, reference.fastest_median_s, disturbed_above)
+                quiet_s = sum(w.wall_s for w in quiet)
+                last = [w.median_s for w in quiet[-3:]]
+                if len(last) == 3 and max(last) / min(last) - 1 <= stable_within and quiet_s >= min_time_s:
                     stabilised = True
                     break
-                if elapsed >= max_time_s:
+                if quiet_s >= max_time_s or time.perf_counter() - started >= patience * max_time_s:
                     break
         finally:
             if gc_was_enabled:
                 gc.enable()
-        stats[batch_size] = LatencyStats.from_samples(batch_size, samples, wall, len(medians), stabilised,
-                                                      reference_samples)
+        quiet = undisturbed(measured, reference.fastest_median_s, disturbed_above)
+        used = quiet or measured
+        stats[batch_size] = LatencyStats.from_samples(
+            batch_size, [t for w in used for t in w.samples_s], sum(w.wall_s for w in used), len(used), stabilised,
+            [t for w in used for t in w.reference_samples_s], len(measured) - len(used), not quiet)
     rss = rss_after - rss_before if rss_before is not None and rss_after is not None else None
     return BenchResult(artifact.model_name, artifact.format, stats, threads, device, environment(threads, device),
                        rss)
