@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,4 +25,6 @@ class EagerFormat(Format):
         if spec is None:
             raise ArtifactError(f"{path}: an eager artifact runs the spec's model in-process; pass spec= to load it")
         device = runtime.get("device", "cpu")
-        return TorchRunner(spec.model.to(device), spec.name, device)
+        # .to() moves a module in place: on another device, run a copy so the spec's model stays on the CPU
+        module = spec.model if device == "cpu" else copy.deepcopy(spec.model).to(device)
+        return TorchRunner(module, spec.name, device)
