@@ -82,13 +82,15 @@ def test_alerts_writes_prometheus_rules_that_promtool_accepts(tmp_path: Path) ->
     from deploycheck.baseline import BaselineStore
 
     store = BaselineStore(tmp_path / "baselines")
-    store.write({"model": "digits_cnn", "format": "onnx", "accuracy": {"value": 0.99},
+    profile = {"image": {"edges": [0.0, 0.5], "fractions": [0.5, 0.3, 0.2]}}
+    store.write({"model": "digits_cnn", "format": "onnx", "accuracy": {"value": 0.99, "input_profile": profile},
                  "latency": {"1": {"p95_ms": 0.05}, "32": {"p95_ms": 0.5}}})
     store.write({"model": "digits_cnn", "format": "eager", "accuracy": {"value": 0.99}})
     run = subprocess.run([*EXE, "alerts", "--baselines", str(store.root)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     rules = run.stdout
-    assert rules.count("- alert:") == 4 and 'format: "onnx"' in rules and "> 0.0001\"" in rules, rules
+    assert rules.count("- alert:") == 5 and "DeploycheckInputDrift" in rules, rules
+    assert 'format: "onnx"' in rules and "> 0.0001\"" in rules, rules
     delayed = subprocess.run([*EXE, "alerts", "--baselines", str(store.root), "--queue-delay-ms", "2"],
                              capture_output=True, text=True).stdout
     assert "> 0.0041\"" in delayed, "a batch may wait the queue delay: the threshold includes it"
@@ -100,4 +102,4 @@ def test_alerts_writes_prometheus_rules_that_promtool_accepts(tmp_path: Path) ->
     (tmp_path / "rules.yml").write_text(rules)
     check = subprocess.run(["promtool", "check", "rules", str(tmp_path / "rules.yml")], capture_output=True,
                            text=True)
-    assert check.returncode == 0 and "SUCCESS: 4 rules found" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "SUCCESS: 5 rules found" in check.stdout, check.stdout + check.stderr

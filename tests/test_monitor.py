@@ -148,3 +148,42 @@ def test_a_million_steady_records_raise_no_alert() -> None:
         clock[0] = index * 0.001
         monitor.record(latency, prediction=index % 10, request_id=None)
     assert monitor.alerts() == [] and monitor.metrics()["lifetime"]["requests"] == 1_000_000
+
+
+def test_unscaled_inputs_fire_one_input_drift_alert_before_any_label() -> None:
+    from deploycheck.digits import load_split
+    from deploycheck.monitor import input_profile
+
+    x_train, _, x_test, _ = load_split()
+    profile = input_profile([(x_train[i:i + 64],) for i in range(0, 512, 64)], ["image"])
+    assert profile["image"]["edges"][0] == 0.0 and profile["image"]["fractions"][0] > 0.25, "blank pixels"
+    clock = Clock()
+    monitor = Monitor("digits", window_s=10, clock=clock, baseline={"input_profile": profile})
+
+    def serve(seconds: float, scale: float) -> None:
+        for i in range(int(seconds * 20)):
+            clock.now += 0.05
+            image = x_test[i % len(x_test)].numpy()[None] * scale
+            monitor.record(1.0, prediction=0)
+            monitor.record_inputs({"image": image})
+
+    serve(30, 1.0)
+    assert monitor.alerts() == [] and monitor.metrics()["input_drift_psi"]["image"] < 0.05
+    serve(20, 16.0)
+    assert monitor.metrics()["input_drift_psi"]["image"] > 1.0
+    serve(30, 1.0)
+    alerts = monitor.alerts()
+    assert [(a.type, a.state) for a in alerts] == [("input_drift", "resolved")]
+    assert "input 'image'" in alerts[0].message
+
+
+def test_input_drift_needs_a_profile_and_enough_requests() -> None:
+    clock = Clock()
+    plain = Monitor("m", clock=clock)
+    plain.record_inputs({"x": np.ones(4)})
+    assert plain.metrics()["input_drift_psi"] == {}
+    profile = {"x": {"edges": [0.5], "fractions": [0.5, 0.5]}}
+    few = Monitor("m", clock=clock, baseline={"input_profile": profile})
+    for _ in range(50):
+        few.record_inputs({"x": np.ones(4)})
+    assert few.metrics()["input_drift_psi"]["x"] > 1 and few.alerts() == [], "50 requests are below min_samples"

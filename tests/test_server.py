@@ -281,8 +281,9 @@ def test_refuses_formats_that_need_pickles_or_code(digits_artifacts, tmp_path: P
 
 
 def test_the_monitor_holds_traffic_to_the_release_baseline(digits_artifacts, tmp_path: Path) -> None:
-    """Baselines written by the gate give the served model's monitor its release class distribution: traffic of
-    one digit only is prediction drift, visible in /metrics and as one alert."""
+    """Baselines written by the gate give the served model's monitor its release class distribution and the
+    calibration data's input profile: traffic of one digit only is prediction drift (not input drift), and
+    pixels sent unscaled (0..16 instead of 0..1) are input drift, each visible in /metrics and as one alert."""
     from deploycheck.digits import load_split
     from deploycheck.gate import Gate, write_baselines
 
@@ -299,6 +300,16 @@ def test_the_monitor_holds_traffic_to_the_release_baseline(digits_artifacts, tmp
         alerts = server.request("GET", "/alerts")[1]["digits_cnn"]
         drift = [a for a in alerts if a["type"] == "drift"]
         assert len(drift) == 1 and drift[0]["state"] == "firing" and drift[0]["model"] == "digits_cnn"
+        assert not [a for a in alerts if a["type"] == "input_drift"], "the pixels of zeros are still digit pixels"
+        mixed = images.numpy()
+        for step in range(250):
+            assert server.post("/predict", {"input": (mixed[step] * 16).tolist()})[0] == 200
+        text = server.request("GET", "/metrics")[1]["text"]
+        psi = re.search(r'^deploycheck_input_drift_psi\{input="image",model="digits_cnn"\} (\S+)$', text, re.M)
+        assert psi and float(psi.group(1)) > 0.2, "half of the window's pixels are unscaled"
+        alerts = server.request("GET", "/alerts")[1]["digits_cnn"]
+        input_drift = [a for a in alerts if a["type"] == "input_drift"]
+        assert len(input_drift) == 1 and "input 'image'" in input_drift[0]["message"]
     finally:
         stop_server(server)
 

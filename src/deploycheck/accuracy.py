@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deploycheck.errors import SpecError
+from deploycheck.monitor import input_profile
 from deploycheck.parity import format_table
 
 if TYPE_CHECKING:
@@ -43,7 +44,9 @@ class Evaluation:
 
 @dataclass
 class AccuracyReport:
-    """Accuracy of one artifact against the eager reference, with the budget in force and the verdict."""
+    """Accuracy of one artifact against the eager reference, with the budget in force and the verdict. It also
+    describes the data, for the production monitor held to the baseline it is stored in: the distribution of
+    predicted classes on the eval data and the `input_profile` of the calibration data."""
 
     model: str
     format: str
@@ -58,6 +61,7 @@ class AccuracyReport:
     class_drops: list[tuple[int, float, float]] = field(default_factory=list)
     explanation: str = ""
     class_distribution: dict[int, float] = field(default_factory=dict)
+    input_profile: dict[str, Any] = field(default_factory=dict)
 
     @property
     def labelled(self) -> bool:
@@ -98,7 +102,8 @@ class AccuracyReport:
                 "drop": self.drop if labelled else None, "relative_drop": self.relative_drop if labelled else None,
                 "agreement": self.agreement, "samples": self.samples, "max_drop": self.max_drop,
                 "min_agreement": self.min_agreement, "passed": self.passed,
-                "class_distribution": {str(k): v for k, v in self.class_distribution.items()}}
+                "class_distribution": {str(k): v for k, v in self.class_distribution.items()},
+                "input_profile": self.input_profile}
 
     def __str__(self) -> str:
         budget = " / ".join(part for part in (
@@ -229,6 +234,7 @@ def check_accuracy(artifact: Artifact, spec: ModelSpec | None = None, explain: b
     if obtained.predictions is not None:
         classes, counts = np.unique(obtained.predictions, return_counts=True)
         report.class_distribution = {int(c): float(n / counts.sum()) for c, n in zip(classes, counts)}
+    report.input_profile = input_profile(spec.calibration_data or [], [tensor.name for tensor in artifact.inputs])
     if explain and not report.passed and artifact.quantized:
         report.explanation = str(explain_quantization(artifact, spec))
     return report

@@ -47,6 +47,8 @@ class PrometheusMetrics:
                               ["model"], registry=self.registry, **gauge_mode)
         self.drift = Gauge(f"{namespace}_prediction_drift_psi", "PSI of predicted classes against the baseline",
                            ["model"], registry=self.registry, **gauge_mode)
+        self.input_drift = Gauge(f"{namespace}_input_drift_psi", "PSI of an input's values against the calibration "
+                                 "data", ["model", "input"], registry=self.registry, **gauge_mode)
         self.alerts = Gauge(f"{namespace}_alerts_firing", "Alerts firing", ["model"], registry=self.registry,
                             **gauge_mode)
 
@@ -69,6 +71,8 @@ class PrometheusMetrics:
             self.accuracy.labels(model).set(figures["accuracy"])
         if figures.get("drift_psi") is not None:
             self.drift.labels(model).set(figures["drift_psi"])
+        for input_name, psi in (figures.get("input_drift_psi") or {}).items():
+            self.input_drift.labels(model, input_name).set(psi)
         self.alerts.labels(model).set(len(figures.get("alerts", [])))
 
     def render(self) -> bytes:
@@ -85,8 +89,9 @@ def alerting_rules(baselines: Path, format_name: str | None = None, window: str 
     """Prometheus alerting rules (YAML) holding served models to their release baselines with the thresholds of
     the monitor's default rules: window p95 above `factor` x the served baseline (the release p95 plus the
     server's `queue_delay_ms`, which a request may wait for a batch), error rate, accuracy below the baseline
-    minus its budget, and prediction drift. One model per baseline directory entry; `format_name` picks which
-    format's figures (default: onnx when stored, else the first stored format)."""
+    minus its budget, prediction drift, and input drift when the baseline has an input profile. One model per
+    baseline directory entry; `format_name` picks which format's figures (default: onnx when stored, else the
+    first stored format)."""
     from deploycheck.baseline import BaselineStore, smallest_batch
     from deploycheck.monitor import DEFAULT_RULES
 
@@ -126,6 +131,11 @@ def alerting_rules(baselines: Path, format_name: str | None = None, window: str 
         lines += _rule("DeploycheckPredictionDrift", f"deploycheck_prediction_drift_psi{{{label}}} > "
                        f"{rules['drift'].threshold:g}", hold, rules["drift"].severity, model, chosen,
                        f"PSI of predicted classes above {rules['drift'].threshold:g}")
+        if (record.get("accuracy") or {}).get("input_profile"):
+            lines += _rule("DeploycheckInputDrift", f"max(deploycheck_input_drift_psi{{{label}}}) > "
+                           f"{rules['input_drift'].threshold:g}", hold, rules["input_drift"].severity, model, chosen,
+                           f"PSI of some input's values against the calibration data above "
+                           f"{rules['input_drift'].threshold:g}")
     return "\n".join(lines) + "\n"
 
 

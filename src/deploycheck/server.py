@@ -339,6 +339,7 @@ class InferenceServer:
         prediction = _top1(outputs[0])
         served.monitor.record(latency_ms, rows, prediction=prediction[0] if len(prediction) == 1 else None,
                               request_id=request_id)
+        served.monitor.record_inputs({spec.name: array for spec, array in zip(served.artifact.inputs, inputs)})
         self.metrics.observe(served.name, latency_ms, rows)
         return outputs, latency_ms
 
@@ -506,8 +507,9 @@ def app_from_environment() -> ASGIApp:
 def _monitor_baselines(directory: Path, artifacts: Mapping[str, Artifact],
                        queue_delay_ms: float) -> dict[str, dict[str, Any]]:
     """Per served model, from its stored baseline: the p95 latency a request should see (the release batch-1 p95
-    plus the time it may wait for a batch), the release accuracy, and the distribution of predicted classes on the
-    evaluation data (what drift is measured against)."""
+    plus the time it may wait for a batch), the release accuracy, the distribution of predicted classes on the
+    evaluation data (what prediction drift is measured against) and the calibration data's input profile (what
+    input drift is measured against)."""
     from deploycheck.baseline import BaselineStore, smallest_batch
 
     store = BaselineStore(directory)
@@ -523,6 +525,8 @@ def _monitor_baselines(directory: Path, artifacts: Mapping[str, Artifact],
         accuracy = record.get("accuracy") or {}
         if accuracy.get("value") is not None:
             figures["accuracy"] = accuracy["value"]
+        if accuracy.get("input_profile"):
+            figures["input_profile"] = accuracy["input_profile"]
         if accuracy.get("class_distribution"):
             figures["class_distribution"] = {int(k) if str(k).lstrip("-").isdigit() else k: v
                                              for k, v in accuracy["class_distribution"].items()}
