@@ -49,12 +49,12 @@ def test_reference_workload_and_load_memory_are_recorded(digits_artifacts) -> No
     assert isinstance(result.load_rss_bytes, int), "the resident memory added by loading is measured"
 
 
-def test_windows_next_to_a_slowed_reference_are_left_out() -> None:
-    def window(before_ms: float, after_ms: float) -> Window:
-        return Window([2.7e-5] * 5, 0.1, before_ms / 1e3, after_ms / 1e3, [after_ms / 1e3])
+def test_windows_in_which_the_reference_ran_slow_are_left_out() -> None:
+    def window(*reference_ms: float) -> Window:
+        return Window([2.7e-5] * 5, 0.1, [t / 1e3 for t in reference_ms])
 
-    quiet, slowed_after, slowed_before = window(0.070, 0.071), window(0.070, 0.100), window(0.100, 0.072)
-    windows = [quiet, slowed_after, slowed_before, quiet]
+    quiet, partly, slowed = window(0.070, 0.071, 0.100), window(0.070, 0.100, 0.101), window(0.100, 0.102, 0.099)
+    windows = [quiet, partly, slowed, quiet]
     assert undisturbed(windows, fastest_reference_s=0.069e-3, disturbed_above=0.15) == [quiet, quiet]
     assert undisturbed(windows, fastest_reference_s=0.069e-3, disturbed_above=None) == windows
     assert undisturbed(windows, fastest_reference_s=0.060e-3, disturbed_above=0.15) == [], "all slower than seen"

@@ -8,12 +8,13 @@ and says which. Comparisons are made side by side (A B A B ...) in one run, as r
 against an absolute time from another run.
 
 Neighbours on a shared host do not time-slice us (that would only lengthen the tail): they slow every
-instruction for a second or two at a time (a busy sibling hyperthread or a thrashed cache on the host), which
-moves the median itself by up to 2x. `bench` therefore times a fixed reference workload (`ReferenceWorkload`)
-between its windows; a window next to which the reference ran more than `disturbed_above` slower than the
-fastest the reference has run in this process is left out of the statistics and measuring goes on, up to
-`patience` times the time cap, until enough undisturbed windows were collected. The number of windows left out
-is reported with every result.
+instruction for 0.05 to a few seconds at a time (a busy sibling hyperthread or a thrashed cache on the host),
+which moves the median itself by up to 2x. `bench` therefore interleaves a fixed reference workload
+(`ReferenceWorkload`) with the model in blocks of a tenth of a window (an eighth of the model's time each), so
+both see the same machine; a window in which the reference ran more than `disturbed_above` slower than the
+fastest it has run in this process is left out of the statistics and measuring goes on, up to `patience` times
+the time cap, until enough undisturbed windows were collected. The number of windows left out is reported with
+every result, and the kept reference times go with it, so a baseline can be normalised by the machine's speed.
 """
 
 from __future__ import annotations
@@ -215,9 +216,10 @@ def bench_inputs(artifact: Artifact, batch_size: int) -> list[np.ndarray]:
 
 
 class ReferenceWorkload:
-    """A fixed ONNX Runtime workload (a chain of 256-wide MatMul + Relu, seeded weights, one thread) timed between
-    the model's windows. Its speed tracks the machine's speed at that moment, so a latency divided by it can be
-    compared with one recorded on another machine or on a busier day."""
+    """A fixed ONNX Runtime workload (a chain of 256-wide MatMul + Relu, seeded weights, one thread) timed in
+    blocks between the model's. Its speed tracks the machine's speed at that moment, so a latency divided by it
+    can be compared with one recorded on another machine or on a busier day. `fastest_median_s` is the fastest
+    median of a window `bench` has seen in this process: the machine undisturbed."""
 
     WIDTH = 256
     LAYERS = 4
@@ -255,13 +257,14 @@ class ReferenceWorkload:
         self._session.run(None, self._feed)
         return time.perf_counter() - start
 
-    def probe(self, seconds: float) -> list[float]:
-        """Time the workload for `seconds` (at least 5 calls); remembers the fastest median seen."""
+    def run_for(self, seconds: float) -> list[float]:
+        """Time the workload for `seconds` (at least one timed call), after one untimed call that brings its
+        weights back into the cache the model's calls used."""
+        self()
         end = time.perf_counter() + seconds
-        samples = [self() for _ in range(5)]
+        samples = [self()]
         while time.perf_counter() < end:
             samples.append(self())
-        self.fastest_median_s = min(self.fastest_median_s, float(np.median(samples)))
         return samples
 
 
@@ -273,27 +276,50 @@ def reference_workload() -> ReferenceWorkload:
 
 @dataclass
 class Window:
-    """One timing window and the reference workload's median just before and just after it."""
+    """One timing window: the model's call times, the wall time of its blocks, and the reference workload's call
+    times from the blocks interleaved with them."""
 
     samples_s: list[float]
     wall_s: float
-    reference_before_s: float
-    reference_after_s: float
     reference_samples_s: list[float]
 
     @property
     def median_s(self) -> float:
         return float(np.median(self.samples_s))
 
+    @property
+    def reference_median_s(self) -> float:
+        return float(np.median(self.reference_samples_s))
+
 
 def undisturbed(windows: Sequence[Window], fastest_reference_s: float, disturbed_above: float | None
                 ) -> list[Window]:
-    """The windows on both sides of which the reference ran within `disturbed_above` of its fastest (all of
-    them when `disturbed_above` is None)."""
+    """The windows in which the reference ran within `disturbed_above` of its fastest (all of them when
+    `disturbed_above` is None)."""
     if disturbed_above is None:
         return list(windows)
     limit = fastest_reference_s * (1 + disturbed_above)
-    return [w for w in windows if max(w.reference_before_s, w.reference_after_s) <= limit]
+    return [w for w in windows if w.reference_median_s <= limit]
+
+
+def _timed_window(timed: Artifact, inputs: list[np.ndarray], reference: ReferenceWorkload, window_s: float,
+                  blocks: int) -> Window:
+    """`blocks` blocks of model calls, each followed by an eighth as long of reference calls. The first model
+    call of a block runs untimed (the reference has just used the cache), as does the first reference call."""
+    samples: list[float] = []
+    reference_samples: list[float] = []
+    wall = 0.0
+    block_s = window_s / blocks
+    for _ in range(blocks):
+        _call(timed, inputs)
+        block_start = time.perf_counter()
+        block_end = block_start + block_s
+        samples.append(_call(timed, inputs))
+        while time.perf_counter() < block_end:
+            samples.append(_call(timed, inputs))
+        wall += time.perf_counter() - block_start
+        reference_samples.extend(reference.run_for(block_s / 8))
+    return Window(samples, wall, reference_samples)
 
 
 def _call(artifact: Artifact, inputs: list[np.ndarray]) -> float:
@@ -312,9 +338,7 @@ def bench(artifact: Artifact, batch_sizes: Sequence[int] = (1, 8, 32), max_time_
     Time is counted in undisturbed windows: measuring stops once their medians agree (after `min_time_s`) or
     once they add up to `max_time_s`, and in any case after `patience * max_time_s` of wall time; if no window
     was undisturbed by then, every window is used (and the result says it did not stabilise).
-    `disturbed_above=None` keeps every window, for a picture of the machine as it is. The reference workload
-    runs for an eighth of a window between windows; its undisturbed samples are kept with the result, so
-    baselines can be normalised by the machine's speed at that moment.
+    `disturbed_above=None` keeps every window, for a picture of the machine as it is.
     """
     rss_before = _rss_bytes()
     timed = timed_runner(artifact, threads, device)
@@ -336,17 +360,9 @@ def bench(artifact: Artifact, batch_sizes: Sequence[int] = (1, 8, 32), max_time_
         gc.disable()
         try:
             started = time.perf_counter()
-            before = float(np.median(reference.probe(window_s / 8)))
             while True:
-                samples: list[float] = []
-                window_start = time.perf_counter()
-                window_end = window_start + window_s
-                while time.perf_counter() < window_end or len(samples) < 3:
-                    samples.append(_call(timed, inputs))
-                wall = time.perf_counter() - window_start
-                after = reference.probe(window_s / 8)
-                measured.append(Window(samples, wall, before, float(np.median(after)), after))
-                before = measured[-1].reference_after_s
+                measured.append(_timed_window(timed, inputs, reference, window_s, blocks=10))
+                reference.fastest_median_s = min(reference.fastest_median_s, measured[-1].reference_median_s)
                 quiet = undisturbed(measured, reference.fastest_median_s, disturbed_above)
                 quiet_s = sum(w.wall_s for w in quiet)
                 last = [w.median_s for w in quiet[-3:]]
