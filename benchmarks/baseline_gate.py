@@ -9,7 +9,10 @@ Two modes of the gate: "stored" judges against the stored figures, normalised by
 "side-by-side" keeps the baseline's artifact (`--deploycheck-keep-baseline-artifacts`) and times old and new
 interleaved in the same run.
 
-    python benchmarks/baseline_gate.py [--trials 20] [--bench-time 1.0] [--mode stored|side-by-side|both]
+`--busy` keeps a two-thread numpy matrix product running the whole time, as another pytest-xdist worker or a
+CI neighbour in the same machine would: the scheduler then stalls the timed calls now and then.
+
+    python benchmarks/baseline_gate.py [--trials 20] [--bench-time 1.0] [--mode stored|side-by-side|both] [--busy]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 
 HIDDEN = 4
 WIDTH = 512
+BUSY = "import numpy as np\na = np.random.rand(1500, 1500)\nwhile True:\n    a @ a\n"
 
 
 def spec(extra_layers: int) -> object:
@@ -74,6 +78,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--bench-time", type=float, default=1.0)
     parser.add_argument("--mode", choices=["stored", "side-by-side", "both"], default="both")
+    parser.add_argument("--busy", action="store_true", help="load the cores with a numpy matrix product")
     parser.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--trial", choices=["base", "slow"], help=argparse.SUPPRESS)
     parser.add_argument("--record", action="store_true", help=argparse.SUPPRESS)
@@ -82,8 +87,14 @@ def main() -> None:
     if args.trial:
         print(json.dumps(trial(args.trial, args.workdir, args.bench_time, args.record, args.keep)))
         return
-    for mode in ("stored", "side-by-side") if args.mode == "both" else (args.mode,):
-        error_rates(mode, args.trials, args.bench_time)
+    load = subprocess.Popen([sys.executable, "-c", BUSY]) if args.busy else None
+    try:
+        for mode in ("stored", "side-by-side") if args.mode == "both" else (args.mode,):
+            error_rates(mode, args.trials, args.bench_time)
+    finally:
+        if load is not None:
+            load.kill()
+
 
 
 def error_rates(mode: str, trials: int, bench_time: float) -> None:

@@ -147,6 +147,19 @@ def test_latency_is_normalised_by_the_reference_workload() -> None:
     assert statuses(compare_records(old, hidden, Rules(), "b"))["p50 @ batch 1"] == REGRESSED
 
 
+def test_stalls_in_the_reference_tail_do_not_move_the_model_tail() -> None:
+    """A busy neighbour process made the scheduler stall a few percent of the reference's (longer) calls when
+    the baseline was recorded: the model's unchanged p99 must read as unchanged today, so statistics are divided
+    by the reference's median only."""
+    stalled = latency_section(1.0, reference_ms=0.1)
+    reference = np.exp(np.random.default_rng(6).normal(np.log(0.1), 0.05, 800))
+    reference[::25] = 2.0
+    stalled["1"]["reference_quantiles_ms"] = compact_quantiles(reference)
+    comparison = compare_records(record(latency=stalled), record(latency=latency_section(1.0, seed=6)), Rules(),
+                                 "b")
+    assert comparison.passed and statuses(comparison)["p99 @ batch 1"] == "ok", str(comparison)
+
+
 def test_a_machine_too_different_is_inconclusive_not_a_pass() -> None:
     old = record(latency=latency_section(1.0, reference_ms=0.1))
     other = record(latency=latency_section(3.0, reference_ms=0.3, seed=5))

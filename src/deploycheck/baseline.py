@@ -351,9 +351,13 @@ def compare_accuracy(old: Mapping[str, Any], new: Mapping[str, Any], rules: Rule
 
 def normalised_ratio(old: Mapping[str, Any], new: Mapping[str, Any], limit: LatencyLimit, confidence: float,
                      resamples: int = 500, seed: int = 0) -> tuple[float, float, float, bool]:
-    """New over old of one latency statistic, each divided by the same statistic of its reference workload when
-    both runs timed one (a p99 by the reference's p99, so a burst of stalls on a busy machine cancels out like a
-    slower clock does); with a smoothed-bootstrap interval. Returns (ratio, low, high, normalised).
+    """New over old of one latency statistic, each divided by the median of its reference workload when both runs
+    timed one (the machine's speed in the windows `bench` kept); with a smoothed-bootstrap interval. Returns
+    (ratio, low, high, normalised).
+
+    Not the same statistic of the reference: with another busy process on the cores, a tail is made of the
+    scheduler's stalls, which hit a 70 us reference call and a 27 us model call at different rates; a p99 divided
+    by the reference's p99 then swung 20x between runs of an unchanged model.
 
     The stored order statistics define each run's distribution (linear between them); each resample draws as many
     values as the run made calls (capped at 2000), so the interval reflects the real sample sizes.
@@ -365,9 +369,10 @@ def normalised_ratio(old: Mapping[str, Any], new: Mapping[str, Any], limit: Late
                  (new["reference_quantiles_ms"], new.get("reference_calls"))]
     quantiles = [np.asarray(values, np.float64) for values, _ in sets]
 
-    def ratio_of(values: list[np.ndarray], reduce: Callable[[np.ndarray], Any]) -> Any:
+    def ratio_of(values: list[np.ndarray], reduce: Callable[[np.ndarray], Any],
+                 median: Callable[[np.ndarray], Any]) -> Any:
         ratio = reduce(values[1]) / reduce(values[0])
-        return ratio * reduce(values[2]) / reduce(values[3]) if normalised else ratio
+        return ratio * median(values[2]) / median(values[3]) if normalised else ratio
 
     def on_grid(q: np.ndarray) -> float:
         if limit.statistic == "mean":
@@ -378,8 +383,10 @@ def normalised_ratio(old: Mapping[str, Any], new: Mapping[str, Any], limit: Late
     drawn = [np.interp(rng.uniform(0, 100, size=(resamples, min(int(calls or len(q)), 2000))), _grid(len(q)), q)
              for q, (_, calls) in zip(quantiles, sets)]
     tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(ratio_of(drawn, lambda x: limit.quantile(x, axis=-1)), [tail, 100 - tail])
-    return float(ratio_of(quantiles, on_grid)), float(low), float(high), normalised
+    low, high = np.percentile(ratio_of(drawn, lambda x: limit.quantile(x, axis=-1),
+                                       lambda x: np.median(x, axis=-1)), [tail, 100 - tail])
+    return (float(ratio_of(quantiles, on_grid, lambda q: float(np.interp(50.0, _grid(len(q)), q)))), float(low),
+            float(high), normalised)
 
 
 def _grid(count: int) -> np.ndarray:
@@ -438,7 +445,7 @@ def compare_latency(old: Mapping[str, Any], new: Mapping[str, Any], rules: Rules
     batch = common[-1]
     o, n = before[batch], after[batch]
     if o.get("throughput_per_s") and n.get("throughput_per_s"):
-        machine = (float(np.mean(n["reference_quantiles_ms"]) / np.mean(o["reference_quantiles_ms"]))
+        machine = (float(np.median(n["reference_quantiles_ms"]) / np.median(o["reference_quantiles_ms"]))
                    if o.get("reference_quantiles_ms") and n.get("reference_quantiles_ms") else 1.0)
         change = n["throughput_per_s"] * machine / o["throughput_per_s"] - 1
         why_not = machine_difference(o, n, rules, old.get("environment"), new.get("environment"))
