@@ -39,7 +39,7 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "fma", "f
 @dataclass
 class LatencyStats:
     """Per batch size: latencies in ms, throughput in samples/s from wall time, and how the run went: `rounds`
-    windows in the statistics, `disturbed_rounds` left out because the machine was disturbed next to them, and
+    windows in the statistics, `disturbed_rounds` left out because the reference ran slow in them, and
     `all_disturbed` when no window was undisturbed (so every one was kept)."""
 
     batch_size: int
