@@ -27,10 +27,11 @@ from deploycheck.errors import BaselineError
 from deploycheck.latency import compact_quantiles
 
 
-def latency_section(scale: float, reference_ms: float = 0.1, seed: int = 0, calls: int = 3000) -> dict:
+def latency_section(scale: float, reference_ms: float = 0.1, seed: int = 0, calls: int = 3000,
+                    sigma: float = 0.1) -> dict:
     """A latency section as `bench` stores it, from log-normal samples scaled by `scale`."""
     rng = np.random.default_rng(seed)
-    samples = np.exp(rng.normal(np.log(0.5), 0.1, calls)) * scale
+    samples = np.exp(rng.normal(np.log(0.5), sigma, calls)) * scale
     reference = np.exp(rng.normal(np.log(reference_ms), 0.05, 800))
     return {"1": {"batch_size": 1, "calls": calls, "p50_ms": float(np.median(samples)),
                   "p99_ms": float(np.percentile(samples, 99)), "throughput_per_s": 1e3 / float(np.mean(samples)),
@@ -134,7 +135,19 @@ def test_latency_regression_needs_both_effect_size_and_significance() -> None:
     assert compare_records(old, record(latency=latency_section(1.02, seed=1)), Rules(), "b").passed
     slower = compare_records(old, record(latency=latency_section(1.25, seed=2)), Rules(), "b")
     assert statuses(slower)["p50 @ batch 1"] == REGRESSED and not slower.passed
+    assert statuses(slower)["throughput @ batch 1"] == REGRESSED
     assert "normalised by the reference workload" in str(slower)
+
+
+def test_a_throughput_drop_must_be_significant_too() -> None:
+    """A 22% drop in samples/s measured from 40 widely spread calls a side is within their noise (judged on the
+    figures alone it failed); 15% slower calls measured 3000 times are a regression."""
+    noisy = compare_records(record(latency=latency_section(1.0, calls=40, sigma=0.8)),
+                            record(latency=latency_section(1.15, seed=8, calls=40, sigma=0.8)), Rules(), "b")
+    assert statuses(noisy)["throughput @ batch 1"] == "ok", str(noisy)
+    many = compare_records(record(latency=latency_section(1.0)), record(latency=latency_section(1.15, seed=7)),
+                           Rules(), "b")
+    assert statuses(many)["throughput @ batch 1"] == REGRESSED, str(many)
 
 
 def test_latency_is_normalised_by_the_reference_workload() -> None:

@@ -445,14 +445,18 @@ def compare_latency(old: Mapping[str, Any], new: Mapping[str, Any], rules: Rules
     batch = common[-1]
     o, n = before[batch], after[batch]
     if o.get("throughput_per_s") and n.get("throughput_per_s"):
-        machine = (float(np.median(n["reference_quantiles_ms"]) / np.median(o["reference_quantiles_ms"]))
-                   if o.get("reference_quantiles_ms") and n.get("reference_quantiles_ms") else 1.0)
-        change = n["throughput_per_s"] * machine / o["throughput_per_s"] - 1
+        # throughput goes as the inverse of the mean call time: judged like the latency rules, on the normalised
+        # ratio of mean times with its interval, so a drop must be both larger than allowed and significant
+        time_ratio, low, high, normalised = normalised_ratio(o, n, LatencyLimit("mean", rules.throughput_drop),
+                                                             rules.confidence)
+        change = 1 / time_ratio - 1
         why_not = machine_difference(o, n, rules, old.get("environment"), new.get("environment"))
-        findings.append(Finding(f"throughput @ batch {batch}", f"{o['throughput_per_s']:.0f}/s",
-                                f"{n['throughput_per_s']:.0f}/s", _pct(change), f">= -{rules.throughput_drop:.0%}",
-                                INCONCLUSIVE if why_not else REGRESSED if -change > rules.throughput_drop else OK,
-                                why_not or ("normalised by the reference workload" if machine != 1.0 else "")))
+        regressed = -change > rules.throughput_drop and low > 1
+        findings.append(Finding(
+            f"throughput @ batch {batch}", f"{o['throughput_per_s']:.0f}/s", f"{n['throughput_per_s']:.0f}/s",
+            _pct(change) if why_not else f"{_pct(change)} [{1 / high - 1:+.1%}, {1 / low - 1:+.1%}]",
+            f">= -{rules.throughput_drop:.0%}", INCONCLUSIVE if why_not else REGRESSED if regressed else OK,
+            why_not or ("normalised by the reference workload" if normalised else "")))
     return findings
 
 
