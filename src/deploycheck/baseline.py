@@ -374,10 +374,10 @@ def normalised_ratio(old: Mapping[str, Any], new: Mapping[str, Any], limit: Late
         ratio = reduce(values[1]) / reduce(values[0])
         return ratio * median(values[2]) / median(values[3]) if normalised else ratio
 
-    def on_grid(q: np.ndarray) -> float:
-        if limit.statistic == "mean":
+    def on_grid(q: np.ndarray, statistic: str = limit.statistic) -> float:
+        if statistic == "mean":
             return float(q.mean())
-        return float(np.interp(float(limit.statistic[1:]), _grid(len(q)), q))
+        return float(np.interp(float(statistic[1:]), _grid(len(q)), q))
 
     rng = np.random.default_rng(seed)
     drawn = [np.interp(rng.uniform(0, 100, size=(resamples, min(int(calls or len(q)), 2000))), _grid(len(q)), q)
@@ -385,8 +385,7 @@ def normalised_ratio(old: Mapping[str, Any], new: Mapping[str, Any], limit: Late
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(ratio_of(drawn, lambda x: limit.quantile(x, axis=-1),
                                        lambda x: np.median(x, axis=-1)), [tail, 100 - tail])
-    return (float(ratio_of(quantiles, on_grid, lambda q: float(np.interp(50.0, _grid(len(q)), q)))), float(low),
-            float(high), normalised)
+    return (float(ratio_of(quantiles, on_grid, lambda q: on_grid(q, "p50"))), float(low), float(high), normalised)
 
 
 def _grid(count: int) -> np.ndarray:

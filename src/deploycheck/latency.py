@@ -355,6 +355,7 @@ def bench(artifact: Artifact, batch_sizes: Sequence[int] = (1, 8, 32), max_time_
         while time.perf_counter() < warm_end:
             _call(timed, inputs)
         measured: list[Window] = []
+        quiet: list[Window] = []
         stabilised = False
         gc_was_enabled = gc.isenabled()
         gc.disable()
@@ -374,7 +375,6 @@ def bench(artifact: Artifact, batch_sizes: Sequence[int] = (1, 8, 32), max_time_
         finally:
             if gc_was_enabled:
                 gc.enable()
-        quiet = undisturbed(measured, reference.fastest_median_s, disturbed_above)
         used = quiet or measured
         stats[batch_size] = LatencyStats.from_samples(
             batch_size, [t for w in used for t in w.samples_s], sum(w.wall_s for w in used), len(used), stabilised,

@@ -178,8 +178,7 @@ class Monitor:
                 self._rotate(now)
             for part in (self._current, self._lifetime):
                 part.inputs_recorded += 1
-                for name, counts in binned.items():
-                    part.input_bins[name] = part.input_bins[name] + counts if name in part.input_bins else counts
+                _add_bins(part.input_bins, binned)
 
     def record_ground_truth(self, request_id: str, label: Any) -> bool:
         """Match a late label to its request; False when the request is unknown or already labelled."""
@@ -259,8 +258,7 @@ class Monitor:
             merged.labelled += part.labelled
             merged.correct += part.correct
             merged.inputs_recorded += part.inputs_recorded
-            for name, counts in part.input_bins.items():
-                merged.input_bins[name] = merged.input_bins[name] + counts if name in merged.input_bins else counts
+            _add_bins(merged.input_bins, part.input_bins)
         return merged
 
     def _input_drift(self, window: _Slice) -> dict[str, float]:
@@ -427,6 +425,12 @@ class WebhookSink:
                                        alert.type, attempt + 1, exc)
                     else:
                         time.sleep(self.backoff_s * 2**attempt)
+
+
+def _add_bins(total: dict[str, np.ndarray], counts: Mapping[str, np.ndarray]) -> None:
+    """Add per-input bin counts into `total` (out of place: slices may hold the same array)."""
+    for name, values in counts.items():
+        total[name] = total[name] + values if name in total else values
 
 
 def input_profile(batches: Iterable[Sequence[Any]], names: Sequence[str], bins: int = 10,
