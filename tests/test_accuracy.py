@@ -38,19 +38,22 @@ def test_every_format_is_within_two_points_on_digits(digits_artifacts) -> None:
         assert reports[fp32].drop == 0.0
 
 
-def test_gate_fails_with_the_table_when_the_real_int8_drop_exceeds_the_budget(digits_spec, digits_artifacts) -> None:
-    static = digits_artifacts["onnx_int8_static"]
+def test_gate_fails_with_the_table_when_the_real_int8_drop_exceeds_the_budget(outlier) -> None:
+    # the outlier MLP loses accuracy in static int8 by construction (the digits CNN may lose none, depending on
+    # the ONNX Runtime release)
+    spec, artifacts = outlier
+    static = artifacts["onnx_int8_static"]
     drop = check_accuracy(static).drop
-    assert drop > 0, "static int8 really loses accuracy on the digits CNN"
-    strict = dataclasses.replace(digits_spec, max_accuracy_drop=drop / 2)
+    assert drop > 0, "static int8 really loses accuracy on the outlier MLP"
+    strict = dataclasses.replace(spec, max_accuracy_drop=drop / 2)
     report = check_accuracy(static, strict)
     assert not report.passed
     text = str(report)
     assert f"{report.reference:.2%}" in text and f"{report.obtained:.2%}" in text
     assert f"accuracy drop {drop:.2%} exceeds the budget of {drop / 2:.2%}" in text
     assert "worst classes" in text and "where the error comes from" in text
-    overridden = dataclasses.replace(digits_spec, max_accuracy_drop=drop / 2,
-                                     accuracy_overrides={"onnx_int8_static": {"max_accuracy_drop": 0.02}})
+    overridden = dataclasses.replace(spec, max_accuracy_drop=drop / 2,
+                                     accuracy_overrides={"onnx_int8_static": {"max_accuracy_drop": 1.0}})
     assert check_accuracy(static, overridden).passed
 
 
