@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
+from deploycheck.accepted import AcceptedStore
 from deploycheck.accuracy import check_accuracy, reference_artifact
 from deploycheck.artifact import load_artifact
 from deploycheck.baseline import (
@@ -21,12 +22,14 @@ from deploycheck.baseline import (
     Comparison,
     Rules,
     compare_records,
+    confirmed,
     git_commit,
     latency_side_by_side,
     measured_sections,
     merge_records,
     record_from_row,
     resolve_rules,
+    smallest_batch,
     throughput_side_by_side,
 )
 from deploycheck.compression import OriginalReport, check_against_original, compression_facts, original_spec
@@ -78,15 +81,42 @@ class BaselineCheck:
     """Holds a run to its stored baselines. `mode`: "compare" (a missing baseline fails), "update" (measure only;
     the plugin's controller rewrites the files at the end of the run), or "update-new" (compare where a baseline
     exists; the controller creates the missing ones). `rule_layers` are `(source, data)` pairs applied over the
-    defaults before the spec's own `baseline_rules`."""
+    defaults before the spec's own `baseline_rules`.
+
+    Latency is judged side by side whenever the accepted model can be had, first found wins: `against` (a
+    directory of artifacts exported from another git revision, and its label), the artifact kept beside the
+    baseline, the `accepted` store (by the digest the baseline names). Otherwise the stored figures are used.
+    `strict_latency` fails an inconclusive latency verdict instead of warning."""
 
     def __init__(self, store: BaselineStore, mode: str = "compare",
-                 rule_layers: Sequence[tuple[str, Mapping[str, Any] | None]] = ()) -> None:
+                 rule_layers: Sequence[tuple[str, Mapping[str, Any] | None]] = (),
+                 accepted: AcceptedStore | None = None, against: tuple[Path, str] | None = None,
+                 strict_latency: bool = False) -> None:
         if mode not in ("compare", "update", "update-new"):
             raise ValueError(f"baseline mode {mode!r}: expected compare, update or update-new")
         self.store = store
         self.mode = mode
         self.rule_layers = list(rule_layers)
+        self.accepted = accepted
+        self.against = against
+        self.strict_latency = strict_latency
+
+    def accepted_artifact(self, model: str, format_name: str) -> tuple[Path, str] | None:
+        """Where the accepted artifact of a model x format is, and how to name it; None when it cannot be had."""
+        if self.against is not None:
+            directory, label = self.against
+            if (directory / model / format_name).is_dir():
+                return directory / model / format_name, f"{label}'s artifact"
+        kept = self.store.artifact_dir(model, format_name)
+        if kept.is_dir():
+            return kept, "the kept baseline artifact"
+        record = self.store.read(model, format_name) if self.accepted is not None else None
+        digest = record.get("accepted_artifact") if record else None
+        if self.accepted is not None and isinstance(digest, str):
+            found = self.accepted.get(digest)
+            if found is not None:
+                return found, "the accepted artifact"
+        return None
 
     def rules(self, artifact: Artifact) -> Rules:
         spec_rules = artifact.spec.baseline_rules if artifact.spec is not None else None
@@ -197,9 +227,11 @@ class Gate:
         if self.baselines is None:
             return result
         comparison = self._latency_comparison(artifact, result, row)
-        if comparison is not None and not comparison.passed:
+        if comparison is not None and (not comparison.passed or comparison.inconclusive):
             result, row = self._measure_latency(artifact, batch_sizes, options)
-            comparison = self._latency_comparison(artifact, result, row)
+            second = self._latency_comparison(artifact, result, row)
+            assert second is not None
+            comparison = confirmed(comparison, second)
         if comparison is not None:
             self._judge(artifact, comparison, "latency")
         return result
@@ -215,18 +247,20 @@ class Gate:
 
     def _latency_comparison(self, artifact: Artifact, result: BenchResult,
                             row: dict[str, Any]) -> Comparison | None:
-        """The latency section against the baseline; when the baseline's artifact was kept, every latency rule
-        is judged on old and new timed interleaved in this run instead (the same machine state for both)."""
+        """The latency section against the baseline; when the accepted artifact can be had (see `BaselineCheck`),
+        every latency rule is judged on old and new timed interleaved in this run instead (the same machine state
+        for both)."""
         assert self.baselines is not None
         comparison = self.baselines.compare(artifact, row, ("latency",))
-        kept = self.baselines.store.artifact_dir(artifact.model_name, artifact.format)
-        if comparison is None or not kept.is_dir() or artifact.format == "eager":
+        found = self.baselines.accepted_artifact(artifact.model_name, artifact.format)
+        if comparison is None or found is None or artifact.format == "eager":
             return comparison
+        kept, label = found
         try:
             old = load_artifact(kept, spec=artifact.spec)
-        except Exception as exc:  # the kept artifact may no longer load with today's model code
-            warnings.warn(f"deploycheck: the kept baseline artifact {kept} does not load ({exc}); latency is "
-                          "judged against the stored figures", stacklevel=2)
+        except Exception as exc:  # the accepted artifact may no longer load with today's model code
+            warnings.warn(f"deploycheck: {label} {kept} does not load ({exc}); latency is judged against the "
+                          "stored figures", stacklevel=2)
             return comparison
         rules = self.baselines.rules(artifact)
         smallest, largest = min(result.stats), max(result.stats)
@@ -234,12 +268,12 @@ class Gate:
             new_times, old_times = interleaved_times(artifact, old, batch_size=smallest,
                                                      max_time_s=self.bench_time_s)
             side_by_side = {f"{limit.statistic} @ batch {smallest}": latency_side_by_side(
-                new_times, old_times, limit, smallest, rules.confidence) for limit in rules.latency}
+                new_times, old_times, limit, smallest, rules.confidence, label) for limit in rules.latency}
             if largest != smallest:
                 new_times, old_times = interleaved_times(artifact, old, batch_size=largest,
                                                          max_time_s=self.bench_time_s)
             side_by_side[f"throughput @ batch {largest}"] = throughput_side_by_side(
-                new_times, old_times, rules.throughput_drop, largest, rules.confidence)
+                new_times, old_times, rules.throughput_drop, largest, rules.confidence, label)
         comparison.findings = [side_by_side.get(f.metric, f) for f in comparison.findings]
         return comparison
 
@@ -256,11 +290,13 @@ class Gate:
     def _judge(self, artifact: Artifact, comparison: Comparison, key: str) -> None:
         __tracebackhide__ = True
         self.record(artifact, baseline={key: comparison.to_dict()})
-        if comparison.inconclusive:
+        strict = self.baselines is not None and self.baselines.strict_latency and key == "latency"
+        if comparison.inconclusive and not strict:
             warnings.warn(f"deploycheck: {comparison.model}/{comparison.format} against its baseline is "
                           f"inconclusive: {comparison.inconclusive[0].note}", stacklevel=3)
-        if not comparison.passed:
-            raise AssertionError(str(comparison))
+        if not comparison.passed or (strict and comparison.inconclusive):
+            raise AssertionError(str(comparison) + ("\n\n--deploycheck-strict-latency fails inconclusive latency "
+                                                    "verdicts" if comparison.passed else ""))
 
     def check_speedup(self, artifact: Artifact, against: Artifact | None = None) -> SpeedRatio:
         """Speedup of the artifact over `against` (default: the eager reference), measured side by side."""
@@ -333,11 +369,17 @@ class Gate:
             yield
 
 
+NOISY_SPREAD = 0.05  # window-to-window spread above which a recorded latency is called noisy
+
+
 def write_baselines(directory: Path, rows: Sequence[Mapping[str, Any]], only_missing: bool = False,
-                    keep_artifacts: bool = False, root: Path | None = None) -> list[str]:
+                    keep_artifacts: bool = False, root: Path | None = None,
+                    accepted: AcceptedStore | None = None) -> list[str]:
     """Write the baselines of measured rows (what `--deploycheck-update` / `-update-new` do at the end of a run)
     and say what was written and what was not. Sections whose own gate failed are never written; a kept
-    artifact is copied into place atomically, so a failed copy leaves the previous one."""
+    artifact is copied into place atomically, so a failed copy leaves the previous one. Each latency section
+    written names its artifact's digest, and the artifact goes into the `accepted` store, so later runs can
+    time it side by side; one recorded on a noisy machine is written with a warning."""
     store = BaselineStore(directory)
     commit = git_commit(root or Path.cwd())
     written, lines = [], []
@@ -357,6 +399,11 @@ def write_baselines(directory: Path, rows: Sequence[Mapping[str, Any]], only_mis
             old = None
         new.setdefault("environment", environment(threads=1))
         record = merge_records(old, {**new, "git_commit": commit}, only_missing)
+        latency_written = "latency" in new and record.get("latency") is new["latency"]
+        if latency_written:
+            lines += noisy_recording(row)
+            if accepted is not None and row.get("artifact_path") and row["format"] != "eager":
+                record["accepted_artifact"] = accepted.put(Path(row["artifact_path"]))
         if record == old:
             continue
         written.append(store.write(record))
@@ -364,6 +411,18 @@ def write_baselines(directory: Path, rows: Sequence[Mapping[str, Any]], only_mis
             _keep_artifact(Path(row["artifact_path"]), store.artifact_dir(row["model"], row["format"]))
     header = f"deploycheck: {len(written)} baseline(s) written under {directory}"
     return [header, *(f"  {path}" for path in written), *lines]
+
+
+def noisy_recording(row: Mapping[str, Any]) -> list[str]:
+    """A warning line when the latency about to become a baseline was measured on a noisy machine."""
+    figures = smallest_batch(row.get("latency"))
+    spread = float(figures.get("window_spread") or 0)
+    disturbed, kept = int(figures.get("disturbed_rounds") or 0), int(figures.get("rounds") or 0)
+    if spread <= NOISY_SPREAD and not figures.get("all_disturbed") and disturbed <= kept:
+        return []
+    return [f"  warning: {row['model']}/{row['format']}: latency recorded on a noisy machine (±{spread:.1%} "
+            f"between windows, {disturbed} of {disturbed + kept} windows disturbed): verdicts from these stored "
+            "figures will be inconclusive more often; record baselines on a quiet machine"]
 
 
 def _keep_artifact(source: Path, target: Path) -> None:

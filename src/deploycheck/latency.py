@@ -19,12 +19,13 @@ every result, and the kept reference times go with it, so a baseline can be norm
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,8 +40,10 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "fma", "f
 @dataclass
 class LatencyStats:
     """Per batch size: latencies in ms, throughput in samples/s from wall time, and how the run went: `rounds`
-    windows in the statistics, `disturbed_rounds` left out because the reference ran slow in them, and
-    `all_disturbed` when no window was undisturbed (so every one was kept)."""
+    windows in the statistics, `disturbed_rounds` left out because the reference ran slow in them,
+    `all_disturbed` when no window was undisturbed (so every one was kept), and `window_spread`, how much the
+    median moved from one kept window to the next (relative; see `window_spread`): the noise of this
+    measurement, which a verdict against stored figures must exceed."""
 
     batch_size: int
     p50_ms: float
@@ -59,6 +62,7 @@ class LatencyStats:
     stabilised: bool
     disturbed_rounds: int = 0
     all_disturbed: bool = False
+    window_spread: float = 0.0
     samples_ms: list[float] = field(repr=False, default_factory=list)
     reference_samples_ms: list[float] = field(repr=False, default_factory=list)
 
@@ -70,7 +74,7 @@ class LatencyStats:
     @classmethod
     def from_samples(cls, batch_size: int, samples_s: Sequence[float], wall_s: float, rounds: int,
                      stabilised: bool, reference_s: Sequence[float] = (), disturbed_rounds: int = 0,
-                     all_disturbed: bool = False) -> LatencyStats:
+                     all_disturbed: bool = False, spread: float = 0.0) -> LatencyStats:
         ms = np.asarray(samples_s, np.float64) * 1e3
         p25, p50, p75, p90, p95, p99 = np.percentile(ms, [25, 50, 75, 90, 95, 99])
         mean = float(ms.mean())
@@ -78,7 +82,7 @@ class LatencyStats:
         return cls(batch_size, float(p50), float(p90), float(p95), float(p99), mean, float(ms.max()),
                    float(ms.min()), stddev, float(p75 - p25), stddev / mean if mean else 0.0,
                    batch_size * len(ms) / wall_s if wall_s > 0 else 0.0, len(ms), rounds, stabilised,
-                   disturbed_rounds, all_disturbed, [round(float(v), 4) for v in ms],
+                   disturbed_rounds, all_disturbed, spread, [round(float(v), 4) for v in ms],
                    [round(float(v) * 1e3, 4) for v in reference_s])
 
     def to_dict(self, with_samples: bool = False) -> dict[str, Any]:
@@ -188,15 +192,28 @@ def environment(threads: int, device: str = "cpu") -> dict[str, Any]:
             "threads": {"intra_op": threads, "inter_op": 1}, "device": device, "platform": platform.platform()}
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set for a measurement and restored after it, so a benchmark does not leave
+    the rest of the process (parity, accuracy, the user's own code) on one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def timed_runner(artifact: Artifact, threads: int, device: str) -> Artifact:
-    """The artifact reloaded with fixed thread counts (and device); torch's own thread count is set as well.
-    Runners return host numpy arrays, so a timed call on a GPU includes its synchronisation."""
+    """The artifact reloaded with fixed thread counts (and device); torch's own thread count is set by the caller
+    (`torch_threads`). Runners return host numpy arrays, so a timed call on a GPU includes its synchronisation."""
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
         raise FormatUnavailable(f"{artifact.model_name}/{artifact.format}: device='cuda' asked for, but torch sees "
                                 "no CUDA device")
-    torch.set_num_threads(threads)
     if artifact.path.is_dir():
         return load_artifact(artifact.path, spec=artifact.spec, intra_op_threads=threads, inter_op_threads=1,
                              device=device)
@@ -302,6 +319,17 @@ def undisturbed(windows: Sequence[Window], fastest_reference_s: float, disturbed
     return [w for w in windows if w.reference_median_s <= limit]
 
 
+def window_spread(windows: Sequence[Window]) -> float:
+    """Half the spread between the 16th and 84th percentile of the windows' median latencies, relative to their
+    median (one standard deviation for normal data, robust to a stray window): how far a median measured in one
+    window of this run would move in the next. 0 with fewer than three windows."""
+    if len(windows) < 3:
+        return 0.0
+    medians = np.array([w.median_s for w in windows])
+    low, centre, high = np.percentile(medians, [16, 50, 84])
+    return float((high - low) / 2 / centre) if centre > 0 else 0.0
+
+
 def _timed_window(timed: Artifact, inputs: list[np.ndarray], reference: ReferenceWorkload, window_s: float,
                   blocks: int) -> Window:
     """`blocks` blocks of model calls, each followed by an eighth as long of reference calls. The first model
@@ -340,6 +368,14 @@ def bench(artifact: Artifact, batch_sizes: Sequence[int] = (1, 8, 32), max_time_
     was undisturbed by then, every window is used (and the result says it did not stabilise).
     `disturbed_above=None` keeps every window, for a picture of the machine as it is.
     """
+    with torch_threads(threads):
+        return _bench(artifact, batch_sizes, max_time_s, min_time_s, warmup_s, threads, device, windows,
+                      stable_within, disturbed_above, patience)
+
+
+def _bench(artifact: Artifact, batch_sizes: Sequence[int], max_time_s: float, min_time_s: float | None,
+           warmup_s: float, threads: int, device: str, windows: int, stable_within: float,
+           disturbed_above: float | None, patience: float) -> BenchResult:
     rss_before = _rss_bytes()
     timed = timed_runner(artifact, threads, device)
     rss_after = _rss_bytes()
@@ -378,7 +414,8 @@ def bench(artifact: Artifact, batch_sizes: Sequence[int] = (1, 8, 32), max_time_
         used = quiet or measured
         stats[batch_size] = LatencyStats.from_samples(
             batch_size, [t for w in used for t in w.samples_s], sum(w.wall_s for w in used), len(used), stabilised,
-            [t for w in used for t in w.reference_samples_s], len(measured) - len(used), not quiet)
+            [t for w in used for t in w.reference_samples_s], len(measured) - len(used), not quiet,
+            window_spread(used))
     rss = rss_after - rss_before if rss_before is not None and rss_after is not None else None
     return BenchResult(artifact.model_name, artifact.format, stats, threads, device, environment(threads, device),
                        rss)
@@ -402,6 +439,12 @@ def interleaved_times(a: Artifact, b: Artifact, batch_size: int = 1, max_time_s:
     """Per-call times in seconds of a and b run interleaved on the same inputs, pair by pair. The order
     alternates A B B A, so neither side always runs first, and drifts of the machine hit both alike. The same
     artifact given twice shares one loaded runtime."""
+    with torch_threads(threads):
+        return _interleaved_times(a, b, batch_size, max_time_s, threads, device, max_pairs)
+
+
+def _interleaved_times(a: Artifact, b: Artifact, batch_size: int, max_time_s: float, threads: int, device: str,
+                       max_pairs: int) -> tuple[np.ndarray, np.ndarray]:
     timed_a = timed_runner(a, threads, device)
     timed_b = timed_a if b is a or b.path == a.path else timed_runner(b, threads, device)
     inputs_a, inputs_b = bench_inputs(timed_a, batch_size), bench_inputs(timed_b, batch_size)

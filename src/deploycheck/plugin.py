@@ -7,14 +7,16 @@ Per-run state lives in `config.stash`. Measurements travel to the controller on 
 
 from __future__ import annotations
 
+import inspect
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deploycheck.registry import model_functions
+from deploycheck.registry import MODEL_FUNCTION, model_functions
 
 PROPERTY = "deploycheck"
 
@@ -36,8 +38,15 @@ OPTIONS = [
     _Option("update", "write or rewrite the baselines of everything measured in this run", kind="bool"),
     _Option("update-new", "write only the baselines (and sections) that do not exist yet", kind="bool"),
     _Option("no-baselines", "do not hold the run to stored baselines", kind="bool"),
-    _Option("keep-baseline-artifacts", "with --deploycheck-update, keep each artifact next to its baseline, so "
-            "later runs time old and new side by side", kind="bool"),
+    _Option("keep-baseline-artifacts", "with --deploycheck-update, keep each artifact next to its baseline (in "
+            "git), so later runs time old and new side by side", kind="bool"),
+    _Option("accepted", "directory of the accepted artifacts, by content, that later runs time side by side "
+            "(default: the pytest cache; persist it with a CI cache step)"),
+    _Option("against", "git revision (e.g. origin/main) whose models are exported in this job and timed side by "
+            "side with this checkout's"),
+    _Option("strict-latency", "fail inconclusive latency verdicts instead of warning", kind="bool"),
+    _Option("export-only", "export every model x format and run no checks (what --deploycheck-against runs on the "
+            "other revision; also warms the export cache)", kind="bool"),
     _Option("report", "write a JSON report of every measurement to this path"),
     _Option("markdown", "write a Markdown report (for CI job summaries) to this path"),
     _Option("html", "write a self-contained HTML report with plots to this path"),
@@ -49,6 +58,7 @@ OPTIONS = [
 
 SUMMARY = pytest.StashKey["_Summary"]()
 BASELINE_SETTINGS = pytest.StashKey[tuple[Path, list[tuple[str, Any]]]]()
+AGAINST = pytest.StashKey[tuple[Path, str] | None]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -87,7 +97,7 @@ def selected_formats(config: pytest.Config) -> list[str]:
 
 def baseline_mode(config: pytest.Config) -> str | None:
     """None when baselines are off, else "update", "update-new" or "compare"."""
-    if option(config, "no-baselines"):
+    if option(config, "no-baselines") or option(config, "export-only"):
         return None
     if option(config, "update"):
         return "update"
@@ -113,6 +123,21 @@ def _read_baseline_settings(config: pytest.Config) -> tuple[Path, list[tuple[str
     return (config.rootpath / directory).resolve(), [(source, settings.get("rules"))]
 
 
+def cache_dir(config: pytest.Config, name: str) -> Path:
+    """A directory under the pytest cache (under the base temp directory's parent without the cacheprovider)."""
+    if getattr(config, "cache", None) is not None:
+        return Path(config.cache.mkdir(name))
+    return Path(tempfile.gettempdir()) / f"deploycheck-{name}"
+
+
+def accepted_store(config: pytest.Config) -> Any:
+    """The accepted-artifact store: `--deploycheck-accepted` / its ini key, else under the pytest cache."""
+    from deploycheck.accepted import AcceptedStore
+
+    configured = option(config, "accepted")
+    return AcceptedStore(config.rootpath / configured if configured else cache_dir(config, "deploycheck-accepted"))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     selected_formats(config)
     if option(config, "update") and option(config, "update-new"):
@@ -123,6 +148,65 @@ def pytest_configure(config: pytest.Config) -> None:
         summary = _Summary(config)
         config.stash[SUMMARY] = summary
         config.pluginmanager.register(summary, "deploycheck-summary")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With `--deploycheck-against REF`, export that revision's models before any test runs (on the controller;
+    xdist workers find the same directory from the commit)."""
+    from deploycheck.against import artifacts_dir, export_revision, resolve
+    from deploycheck.errors import DeployCheckError
+
+    config = session.config
+    ref = option(config, "against")
+    if not ref or baseline_mode(config) is None:
+        config.stash[AGAINST] = None
+        return
+    cache = cache_dir(config, "deploycheck-against")
+    try:
+        revision = resolve(ref, config.rootpath)
+        if hasattr(config, "workerinput"):
+            directory = artifacts_dir(revision, cache)
+        else:
+            filters = [f"--deploycheck-{name}={option(config, name)}" for name in ("formats", "models")
+                       if option(config, name)]
+            terminal = config.pluginmanager.get_plugin("terminalreporter")
+            if terminal is not None:
+                terminal.write_line(f"deploycheck: exporting the models of {revision.label} to time them side by "
+                                    "side ...")
+            directory = export_revision(revision, config.rootpath, cache, filters)
+    except DeployCheckError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    config.stash[AGAINST] = (directory, revision.label)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`--deploycheck-export-only`: one test per model x format is kept, to export it (see `pytest_pyfunc_call`)."""
+    if not option(config, "export-only"):
+        return
+    seen: set[Any] = set()
+    kept, dropped = [], []
+    for item in items:
+        pair = _artifact_param(item)
+        if pair is not None and pair not in seen:
+            seen.add(pair)
+            kept.append(item)
+        else:
+            dropped.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    items[:] = kept
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """`--deploycheck-export-only`: the `artifact` fixture has exported; the test's own checks are not run."""
+    return True if option(pyfuncitem.config, "export-only") else None
+
+
+def _artifact_param(item: pytest.Item) -> Any:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("artifact") if callspec is not None else None
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -198,7 +282,9 @@ def deploycheck(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         from deploycheck.gate import BaselineCheck
 
         directory, layers = baseline_settings(config)
-        baselines = BaselineCheck(BaselineStore(directory), mode, layers)
+        baselines = BaselineCheck(BaselineStore(directory), mode, layers, accepted_store(config),
+                                  against=config.stash.get(AGAINST, None),
+                                  strict_latency=bool(option(config, "strict-latency")))
     return Gate(record, bench_time_s=float(option(config, "bench-time")),
                 bench_lock=tmp_path_factory.getbasetemp().parent / "deploycheck-bench.lock",
                 skip_bench=pytest.skip if option(config, "no-bench") else None, baselines=baselines,
@@ -213,6 +299,7 @@ class _Summary:
         self.config = config
         self.results: dict[tuple[str, str], dict[str, Any]] = {}
         self.collected: set[tuple[str, str]] = set()
+        self.checked_missing = False
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for name, payload in report.user_properties:
@@ -226,10 +313,29 @@ class _Summary:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.collected.update(_pairs(item.nodeid for item in session.items))
+        self._fail_fast_on_missing_baselines()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         self.collected.update(_pairs(ids))
+        self._fail_fast_on_missing_baselines()
+
+    def _fail_fast_on_missing_baselines(self) -> None:
+        """In compare mode, stop before exporting or measuring anything when baselines are missing, with one
+        message listing every missing file and the flag that records them."""
+        if baseline_mode(self.config) != "compare" or self.checked_missing:
+            return
+        self.checked_missing = True
+        missing = missing_baselines(self.config, self.collected)
+        if missing:
+            directory, _ = baseline_settings(self.config)
+            by_model: dict[str, list[str]] = {}
+            for path in missing:
+                by_model.setdefault(path.parent.name, []).append(path.name)
+            listing = "\n".join(f"  {model}/ {', '.join(names)}" for model, names in by_model.items())
+            pytest.exit(f"deploycheck: {len(missing)} baseline(s) missing under {directory}:\n{listing}\n"
+                        "Record them with `pytest --deploycheck-update-new` (or run without the regression gate: "
+                        "--deploycheck-no-baselines).", returncode=pytest.ExitCode.TESTS_FAILED)
 
     def rows(self) -> list[dict[str, Any]]:
         from deploycheck.formats import format_names
@@ -265,7 +371,7 @@ class _Summary:
         directory, _ = baseline_settings(self.config)
         return write_baselines(directory, rows, only_missing=mode == "update-new",
                                keep_artifacts=bool(option(self.config, "keep-baseline-artifacts")),
-                               root=self.config.rootpath)
+                               root=self.config.rootpath, accepted=accepted_store(self.config))
 
     def _stale_baselines(self) -> list[str]:
         from deploycheck.baseline import BaselineStore, stale_entries
@@ -295,6 +401,44 @@ class _Summary:
                 write(Path(path), rows)
                 lines.append(f"deploycheck: {name} written to {path}")
         return lines
+
+
+def missing_baselines(config: pytest.Config, pairs: set[tuple[str, str]]) -> list[Path]:
+    """The baseline files the collected model x format pairs would need and do not have. A format the spec leaves
+    out or cannot handle needs none, so each model with a missing file is built once to ask; when that cannot be
+    done before the tests run (a model defined in a test module, or needing other fixtures), nothing is listed
+    and each test reports its own missing baseline."""
+    from deploycheck.baseline import BaselineStore
+    from deploycheck.errors import FormatUnavailable
+    from deploycheck.formats import get_format
+
+    directory, _ = baseline_settings(config)
+    store = BaselineStore(directory)
+    absent = sorted(pair for pair in pairs if not store.path(*pair).exists())
+    functions: dict[str, Any] = {}
+    for plugin in config.pluginmanager.get_plugins():
+        if getattr(plugin, "__file__", "").endswith("conftest.py"):
+            functions.update(model_functions(plugin))
+    specs: dict[str, Any] = {}
+    missing = []
+    for model, format_name in absent:
+        function = getattr(functions.get(model), MODEL_FUNCTION, None)
+        if function is None or inspect.signature(function).parameters:
+            return []
+        if model not in specs:
+            try:
+                specs[model] = function()
+            except Exception:  # the tests will report a spec that cannot be built, with its traceback
+                return []
+        spec = specs[model]
+        if format_name not in (spec.formats or []):
+            continue
+        try:
+            get_format(format_name).check_supported(spec)
+        except FormatUnavailable:
+            continue
+        missing.append(store.path(model, format_name))
+    return missing
 
 
 def _pairs(nodeids: Any) -> set[tuple[str, str]]:

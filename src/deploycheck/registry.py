@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 MODEL_MARK = "_deploycheck_model"
+MODEL_FUNCTION = "_deploycheck_function"
 
 
 def model(function: Callable[[], Any]) -> Any:
@@ -22,6 +23,7 @@ def model(function: Callable[[], Any]) -> Any:
         return function
     fixture = pytest.fixture(scope="session", name=function.__name__)(function)
     setattr(fixture, MODEL_MARK, function.__name__)
+    setattr(fixture, MODEL_FUNCTION, function)  # the plain function, for checks made before any test runs
     return fixture
 
 

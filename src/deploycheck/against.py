@@ -1,0 +1,83 @@
+"""`--deploycheck-against REF`: the accepted models exported from another git revision in the same job, so a pull
+request's latency is timed side by side with its base branch's, the way continuous-benchmarking services do.
+
+The revision is checked out in a git worktree (detached, under the cache, reused while it exists) and its own
+gate is run there in a pytest subprocess with `--deploycheck-export-only`: every model x format is exported and
+nothing is measured. The model code is the revision's (its conftest, its modules, found through the rootdir and
+pytest's `pythonpath` setting); deploycheck is this one, so both sides are exported the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploycheck.errors import DeployCheckError
+
+EXPORT_TIMEOUT_S = 3600
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A git revision resolved in the repository holding the gate: what the user named, and its commit."""
+
+    ref: str
+    commit: str
+    toplevel: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.ref} ({self.commit[:10]})"
+
+
+def _git(args: Sequence[str], cwd: Path) -> str:
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise DeployCheckError(f"--deploycheck-against: git {' '.join(args)} failed to run ({exc})") from exc
+    if done.returncode != 0:
+        raise DeployCheckError(f"--deploycheck-against: git {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def resolve(ref: str, root: Path) -> Revision:
+    """The commit `ref` names in the repository holding `root`; a clear error when there is none."""
+    toplevel = Path(_git(["rev-parse", "--show-toplevel"], root))
+    try:
+        commit = _git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], root)
+    except DeployCheckError as exc:
+        raise DeployCheckError(f"--deploycheck-against {ref}: no commit of that name in {toplevel}") from exc
+    return Revision(ref, commit, toplevel)
+
+
+def artifacts_dir(revision: Revision, cache: Path) -> Path:
+    """Where the revision's artifacts are exported (`<model>/<format>/`): the same path in every xdist worker."""
+    return cache / revision.commit / "artifacts"
+
+
+def export_revision(revision: Revision, root: Path, cache: Path, pytest_args: Sequence[str] = ()) -> Path:
+    """Export every model x format of the gate at `revision` (rootdir `root` in this checkout) and return the
+    artifacts directory. The worktree and the exports are reused by later runs against the same commit."""
+    tree = cache / revision.commit / "tree"
+    if not (tree / ".git").exists():
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        _git(["worktree", "add", "--detach", "--force", str(tree), revision.commit], revision.toplevel)
+    out = artifacts_dir(revision, cache)
+    workdir = tree / Path(root).resolve().relative_to(revision.toplevel.resolve())
+    if not workdir.is_dir():
+        raise DeployCheckError(f"--deploycheck-against {revision.label}: {workdir.name!r} does not exist at that "
+                               "revision, so it has no gate to export")
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "--deploycheck-export-only",
+               "--deploycheck-no-baselines", "--deploycheck-artifacts", str(out), *pytest_args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    done = subprocess.run(command, cwd=workdir, capture_output=True, text=True, env=env,
+                          timeout=EXPORT_TIMEOUT_S)
+    if done.returncode not in (0, 5):  # 5: nothing collected there (a gate added after that revision)
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise DeployCheckError(f"--deploycheck-against {revision.label}: exporting that revision's models failed "
+                               f"(pytest exit {done.returncode} in {workdir}):\n{tail}")
+    return out
