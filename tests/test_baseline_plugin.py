@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -49,10 +50,13 @@ def test_baseline_lifecycle(pytester: pytest.Pytester, monkeypatch: pytest.Monke
     baselines = pytester.path / "baselines"
 
     first = pytester.runpytest_subprocess(*common)
-    first.assert_outcomes(failed=4)
-    first.stdout.fnmatch_lines([f"*no baseline for tiny/onnx: {baselines / 'tiny' / 'onnx.json'} does not exist; "
-                                "run with --deploycheck-update-new*"])
-    assert not baselines.exists(), "a run without an update flag writes nothing"
+    assert first.ret == pytest.ExitCode.TESTS_FAILED
+    first.assert_outcomes()
+    first.stdout.fnmatch_lines([f"*deploycheck: 2 baseline(s) missing under {baselines}:",
+                                "  tiny/ eager.json, onnx.json",
+                                "Record them with `pytest --deploycheck-update-new`*"])
+    assert "Traceback" not in first.stdout.str() and len(first.stdout.lines) < 15
+    assert not baselines.exists() and not (tmp_path / "artifacts").exists(), "nothing exported, nothing written"
 
     pytester.runpytest_subprocess(*common, "--deploycheck-update").assert_outcomes(passed=4)
     stored = json.loads((baselines / "tiny" / "onnx.json").read_text())
@@ -118,3 +122,44 @@ def test_rules_from_pyproject_and_reports(pytester: pytest.Pytester, tmp_path: P
     result.assert_outcomes(passed=2)
     assert "| tiny | onnx |" in (tmp_path / "r.md").read_text()
     assert (tmp_path / "r.html").read_text().count("<svg") == 1, "no latency figures, so only the trade-off plot"
+
+
+SPEED_TESTS = '''
+def test_speed(artifact, deploycheck):
+    deploycheck.bench(artifact, batch_sizes=(1, 8))
+'''
+
+
+def _latency_notes(report: Path) -> list[str]:
+    rows = json.loads(report.read_text())["results"]
+    return [finding["note"] for row in rows for finding in row["baseline"]["latency"]["findings"]]
+
+
+def test_latency_is_timed_side_by_side_with_the_accepted_artifact_or_another_revision(
+        pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """`--deploycheck-update` puts the artifact into the accepted store by content; a later run times it side by
+    side with the new one. `--deploycheck-against REF` exports REF's models from a git worktree and times those."""
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_gate=SPEED_TESTS)
+    pytester.makepyprojecttoml('[tool.deploycheck.rules]\nlatency = ["p50:200%"]\nthroughput_drop = 0.9\n')
+    common = ["--deploycheck-formats=onnx", "--deploycheck-bench-time=0.05", "--deploycheck-accepted=accepted"]
+    pytester.runpytest_subprocess(*common, "--deploycheck-update").assert_outcomes(passed=1)
+    digest = json.loads((pytester.path / "baselines" / "tiny" / "onnx.json").read_text())["accepted_artifact"]
+    assert (pytester.path / "accepted" / digest / "deploycheck.json").is_file()
+
+    report = tmp_path / "report.json"
+    pytester.runpytest_subprocess(*common, f"--deploycheck-report={report}").assert_outcomes(passed=1)
+    assert all(note == "side by side with the accepted artifact" for note in _latency_notes(report))
+
+    for command in (["init", "-q"], ["add", "-A"],
+                    ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "the accepted model"]):
+        subprocess.run(["git", *command], cwd=pytester.path, check=True)
+    against = pytester.runpytest_subprocess(*common, "--deploycheck-against=HEAD",
+                                            f"--deploycheck-report={report}")
+    against.assert_outcomes(passed=1)
+    against.stdout.fnmatch_lines(["*exporting the models of HEAD (*) to time them side by side*"])
+    assert all(note.startswith("side by side with HEAD (") for note in _latency_notes(report))
+
+    unknown = pytester.runpytest_subprocess(*common, "--deploycheck-against=no-such-branch")
+    assert unknown.ret == pytest.ExitCode.USAGE_ERROR
+    unknown.stderr.fnmatch_lines(["*--deploycheck-against no-such-branch: no commit of that name in*"])

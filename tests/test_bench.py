@@ -3,7 +3,13 @@ ratios separate different speeds and not identical ones. Speed goals themselves 
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
 import deploycheck
+from deploycheck.artifact import Artifact
+from deploycheck.gate import Gate
 from deploycheck.latency import Window, bootstrap_ratio_interval, undisturbed
 
 
@@ -91,3 +97,35 @@ def test_bench_on_cuda_is_synchronised_and_recorded(digits_artifacts) -> None:
     result = deploycheck.bench(digits_artifacts["torchscript"], batch_sizes=(1, 32), max_time_s=0.3, device="cuda")
     assert result.device == "cuda" and result.environment["device"] == "cuda"
     assert result.stats[32].p50_ms > 0 and result.stats[32].throughput_per_s > 0
+
+
+def test_a_budget_shares_what_is_left_and_never_stops_timing_altogether() -> None:
+    """Budget arithmetic with a fake clock: each timing of an artifact gets an even share of what is left of its
+    budget, at most the bench time, and at least a sliver (one call) when nothing is left."""
+    now = [0.0]
+    recorded: list[dict] = []
+    gate = Gate(recorded.append, bench_time_s=1.0, budget_s=6.0, clock=lambda: now[0])
+    artifact = SimpleNamespace(model_name="m", format="onnx", spec=None, size_bytes=1, path=Path("m"))
+    assert gate._allowance(artifact, 4) == 1.0, "6 s for 4 timings: the bench time caps each"
+    with gate._timing(artifact, 1.0):
+        now[0] += 4.0
+    assert gate._allowance(artifact, 4) == 0.5, "2 s left for 4 timings"
+    with gate._timing(artifact, 0.5):
+        now[0] += 3.0
+    assert gate._allowance(artifact, 2) == 0.001
+    assert gate._allowance(SimpleNamespace(model_name="m", format="torchscript"), 2) == 1.0, \
+        "each model x format has its own budget"
+    assert recorded[-1]["timing"] == {"spent_s": 7.0, "allowed_per_batch_s": 0.5, "shortened": True}
+    assert Gate(bench_time_s=0.3)._allowance(artifact, 9) == 0.3, "no budget: the bench time"
+
+
+def test_a_call_longer_than_the_window_is_one_call_per_window(digits_artifacts) -> None:
+    """Windows are sized from the cost of a call: a slow model (here a 64 ms sleep per call) gets one call per
+    window, not ten blocks of two calls, so `max_time_s` holds whatever the model."""
+    onnx = digits_artifacts["onnx"]
+    slow = Artifact(onnx.format, Path("<in-memory slow onnx>"), onnx.metadata,
+                    lambda inputs: time.sleep(0.064) or onnx.runner(inputs))
+    started = time.perf_counter()
+    result = deploycheck.bench(slow, batch_sizes=(1,), max_time_s=0.2, warmup_s=0.0)
+    assert time.perf_counter() - started < 1.0
+    assert 2 <= result.stats[1].calls <= 4

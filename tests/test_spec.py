@@ -73,7 +73,7 @@ def test_model_returning_a_string_is_refused() -> None:
         def forward(self, x: torch.Tensor) -> str:
             return "no"
 
-    with pytest.raises(SpecError, match="model 'odd' returned str"):
+    with pytest.raises(SpecError, match="model 'odd' returned a str"):
         deploycheck.ModelSpec(name="odd", model=Odd(), example_inputs=torch.randn(4, 4))
 
 

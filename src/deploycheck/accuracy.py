@@ -135,10 +135,11 @@ class AccuracyReport:
 
 
 def evaluate(artifact: Artifact, eval_data: Iterable[tuple[Any, Any]] | None = None, metric: Metric | None = None,
-             model_name: str | None = None) -> Evaluation:
+             model_name: str | None = None, ignore_index: int | None = -100) -> Evaluation:
     """Run an artifact over a whole labelled dataset, batch by batch, and score it.
 
-    With no metric, top-1 accuracy of the first output; with one, `metric(all_outputs, all_labels)` over the
+    With no metric, top-1 accuracy of the first output (per position for token-level outputs, skipping labels
+    equal to `ignore_index`); with one, `metric(all_outputs, all_labels)` over the
     concatenated outputs. Raises `SpecError` naming the model for an empty dataset, labels that do not match the
     outputs, or a metric that does not return a number.
     """
@@ -177,15 +178,35 @@ def evaluate(artifact: Artifact, eval_data: Iterable[tuple[Any, Any]] | None = N
             raise SpecError(f"{name}: the metric returned {value!r}; it must return a finite number")
         return Evaluation(float(value), len(all_labels))
     logits = joined[0]
+    if logits.ndim == all_labels.ndim + 1 and logits.ndim >= 3:
+        return _token_top1(name, logits, all_labels, ignore_index)
     if logits.ndim != 2 or all_labels.ndim != 1:
-        raise SpecError(f"{name}: top-1 accuracy needs 2-D outputs (batch, classes) and 1-D integer labels; got "
-                        f"outputs {list(logits.shape)} and labels {list(all_labels.shape)} (pass metric= otherwise)")
-    if not np.issubdtype(all_labels.dtype, np.integer) or all_labels.min() < 0 or all_labels.max() >= logits.shape[1]:
-        raise SpecError(f"{name}: labels must be class indices in [0, {logits.shape[1] - 1}] for an output with "
-                        f"{logits.shape[1]} classes; got {all_labels.dtype} labels in "
-                        f"[{all_labels.min()}, {all_labels.max()}]")
+        raise SpecError(f"{name}: top-1 accuracy needs outputs (batch, classes) with labels (batch,), or "
+                        "token-level outputs (batch, ..., classes) with labels (batch, ...); got outputs "
+                        f"{list(logits.shape)} and labels {list(all_labels.shape)} (pass metric= otherwise)")
+    _check_class_labels(name, all_labels, logits.shape[1])
     predictions = logits.argmax(axis=1)
     return Evaluation(float(np.mean(predictions == all_labels)), len(all_labels), predictions, all_labels)
+
+
+def _token_top1(name: str, logits: np.ndarray, labels: np.ndarray, ignore_index: int | None) -> Evaluation:
+    """Top-1 per position (the last axis holds the classes), leaving out positions labelled `ignore_index`
+    (padding, as transformers marks it); the predictions and labels of the scored positions are kept."""
+    if logits.shape[:-1] != labels.shape:
+        raise SpecError(f"{name}: token-level labels of shape {list(labels.shape)} do not match the outputs "
+                        f"{list(logits.shape)} (expected labels {list(logits.shape[:-1])})")
+    scored = labels != ignore_index if ignore_index is not None else np.ones(labels.shape, bool)
+    if not scored.any():
+        raise SpecError(f"{name}: every label is the ignore index {ignore_index}; there is nothing to score")
+    _check_class_labels(name, labels[scored], logits.shape[-1])
+    predictions = logits.argmax(axis=-1)[scored]
+    return Evaluation(float(np.mean(predictions == labels[scored])), int(scored.sum()), predictions, labels[scored])
+
+
+def _check_class_labels(name: str, labels: np.ndarray, classes: int) -> None:
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= classes:
+        raise SpecError(f"{name}: labels must be class indices in [0, {classes - 1}] for an output with "
+                        f"{classes} classes; got {labels.dtype} labels in [{labels.min()}, {labels.max()}]")
 
 
 def measure_accuracy(artifact: Artifact, eval_data: Iterable[tuple[Any, Any]] | None = None,
@@ -206,8 +227,17 @@ def reference_artifact(spec: ModelSpec) -> Artifact:
     inputs, outputs = io_specs(spec)
     metadata = {"format": "eager", "model": spec.name, "size_bytes": 0, "inputs": [t.to_dict() for t in inputs],
                 "outputs": [t.to_dict() for t in outputs]}
-    return Artifact("eager", Path(f"<in-memory {spec.name}>"), metadata, TorchRunner(spec.model, spec.name),
+    return Artifact("eager", Path(f"<in-memory {spec.name}>"), metadata, TorchRunner(spec.flat_model, spec.name),
                     spec=spec)
+
+
+def reference_evaluation(spec: ModelSpec) -> Evaluation:
+    """The eager reference's evaluation on the spec's eval data, computed once per process (every format of the
+    model is measured against it)."""
+    if "evaluation" not in spec.memo:
+        spec.memo["evaluation"] = evaluate(reference_artifact(spec), spec.eval_data, spec.metric,
+                                           f"{spec.name}/eager", spec.ignore_index)
+    return spec.memo["evaluation"]  # type: ignore[no-any-return]
 
 
 def check_accuracy(artifact: Artifact, spec: ModelSpec | None = None, explain: bool = True,
@@ -220,8 +250,8 @@ def check_accuracy(artifact: Artifact, spec: ModelSpec | None = None, explain: b
         raise SpecError(f"{artifact!r} has no spec; pass spec= to compare it with its eager reference")
     budget = {"max_accuracy_drop": spec.max_accuracy_drop, "max_relative_drop": spec.max_relative_drop,
               "min_agreement": spec.min_agreement, **spec.accuracy_overrides.get(artifact.format, {})}
-    reference = evaluate(reference_artifact(spec), spec.eval_data, spec.metric, f"{spec.name}/eager")
-    obtained = evaluate(artifact, spec.eval_data, spec.metric)
+    reference = reference_evaluation(spec)
+    obtained = evaluate(artifact, spec.eval_data, spec.metric, ignore_index=spec.ignore_index)
     agreement = None
     if reference.predictions is not None and obtained.predictions is not None:
         agreement = float(np.mean(reference.predictions == obtained.predictions))

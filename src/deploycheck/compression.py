@@ -69,15 +69,15 @@ def original_spec(spec: ModelSpec, resolve: Callable[[str], ModelSpec] | None = 
 def _check_compatible(spec: ModelSpec, original: torch.nn.Module, name: str) -> None:
     import torch
 
-    from deploycheck.spec import flatten_outputs
+    from deploycheck.tensors import FlatModule
 
     with torch.no_grad():
         try:
-            theirs = flatten_outputs(original(*spec.example_inputs), name)
+            theirs = FlatModule(original, spec.input_names or [], spec.keyword_inputs, name)(*spec.example_inputs)
         except Exception as exc:
             raise SpecError(f"original {name!r} cannot run the inputs of {spec.name!r} "
                             f"({[list(t.shape) for t in spec.example_inputs]}): {type(exc).__name__}: {exc}") from exc
-        ours = flatten_outputs(spec.model(*spec.example_inputs), spec.name)
+        ours = spec.flat_model(*spec.example_inputs)
     if [list(t.shape) for t in ours] != [list(t.shape) for t in theirs]:
         raise SpecError(f"original {name!r} produces outputs of shapes {[list(t.shape) for t in theirs]} "
                         f"where {spec.name!r} produces {[list(t.shape) for t in ours]}; they must match")
@@ -191,7 +191,7 @@ def check_against_original(artifact: Artifact, original: ModelSpec, original_art
     reference = reference_artifact(original)
     agree, rows, max_diff = 0, 0, 0.0
     for inputs, _ in spec.eval_data:
-        ours, theirs = artifact.run(inputs)[0], reference.run(inputs)[0]
+        ours, theirs = artifact.run(inputs)[0], original.reference_outputs(tuple(inputs))[0]
         max_diff = max(max_diff, float(np.max(np.abs(ours.astype(np.float64) - theirs))))
         if ours.ndim == 2:
             agree += int(np.sum(ours.argmax(1) == theirs.argmax(1)))
@@ -200,7 +200,10 @@ def check_against_original(artifact: Artifact, original: ModelSpec, original_art
     accuracy = original_accuracy = None
     if labelled:
         accuracy = evaluate(artifact, spec.eval_data, spec.metric).value
-        original_accuracy = evaluate(reference, spec.eval_data, spec.metric, f"{original.name}/eager").value
+        if "original-accuracy" not in spec.memo:  # the same for every format of the compressed model
+            spec.memo["original-accuracy"] = evaluate(reference, spec.eval_data, spec.metric,
+                                                      f"{original.name}/eager").value
+        original_accuracy = spec.memo["original-accuracy"]
     budget = {key: _for_format(getattr(spec, key), artifact.format)
               for key in ("max_accuracy_drop_vs_original", "min_agreement_vs_original", "min_speedup_vs_original",
                           "max_size_ratio_vs_original")}

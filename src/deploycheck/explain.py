@@ -152,9 +152,9 @@ def explain_torch(artifact: Artifact, spec: ModelSpec, batches: int) -> Quantiza
     from deploycheck.formats.torch_int8_dynamic import quantize_linear_layers
 
     backend = artifact.metadata.get("quantization", {}).get("backend")
-    quantized = copy.deepcopy(spec.model).eval()
+    quantized = copy.deepcopy(spec.flat_model).eval()
     if backend is not None:
-        quantized, backend = quantize_linear_layers(spec.model, backend)
+        quantized, backend = quantize_linear_layers(spec.flat_model, backend)
 
     def record_into(store: dict[str, list[np.ndarray]], name: str) -> Any:
         def hook(module: Any, inputs: Any, output: Any) -> None:
@@ -164,14 +164,14 @@ def explain_torch(artifact: Artifact, spec: ModelSpec, batches: int) -> Quantiza
 
     stores: list[dict[str, list[np.ndarray]]] = [{}, {}]
     handles = []
-    for store, model in zip(stores, (spec.model, quantized)):
+    for store, model in zip(stores, (spec.flat_model.model, quantized.model)):  # the user's module names
         for name, module in model.named_modules():
             if name and not list(module.children()):
                 handles.append(module.register_forward_hook(record_into(store, name)))
     try:
         with torch.no_grad():
             for batch in list(spec.calibration_data or [])[:batches]:
-                spec.model(*batch)
+                spec.flat_model(*batch)
                 quantized(*batch)
     finally:
         for handle in handles:

@@ -6,7 +6,9 @@ measured through a callback (the plugin forwards it on the test report, so it su
 from __future__ import annotations
 
 import contextlib
+import gc
 import shutil
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -16,7 +18,7 @@ from filelock import FileLock
 
 from deploycheck.accepted import AcceptedStore
 from deploycheck.accuracy import check_accuracy, reference_artifact
-from deploycheck.artifact import load_artifact
+from deploycheck.artifact import Artifact, load_artifact
 from deploycheck.baseline import (
     BaselineStore,
     Comparison,
@@ -40,7 +42,6 @@ from deploycheck.parity import check_parity
 
 if TYPE_CHECKING:
     from deploycheck.accuracy import AccuracyReport
-    from deploycheck.artifact import Artifact
     from deploycheck.parity import ParityReport
     from deploycheck.spec import ModelSpec
 
@@ -65,6 +66,12 @@ class ExportSession:
         if isinstance(outcome, DeployCheckError):
             raise outcome
         return outcome
+
+    def release(self, model: str, format_name: str) -> None:
+        """Drop the loaded artifact of a model x format (its runtime session and weights); its files stay on disk,
+        and a later request loads them again."""
+        if isinstance(self._done.pop((model, format_name), None), Artifact):
+            gc.collect()
 
     def _export(self, spec: ModelSpec, format_name: str) -> Artifact | DeployCheckError:
         fmt = get_format(format_name)
@@ -145,7 +152,9 @@ class Gate:
     """The checks a test calls on an artifact (the `deploycheck` fixture is one of these).
 
     `bench_lock` (a file path) serialises timing across pytest-xdist workers, so two benchmarks never share the
-    CPU; `skip_bench` is called instead of timing when benchmarks are switched off (the plugin passes
+    CPU; `budget_s`, when given, is the timing time of one model x format (benchmarks, speedups and side-by-side
+    comparisons together): each timing gets an even share of what is left, at most `bench_time_s`;
+    `skip_bench` is called instead of timing when benchmarks are switched off (the plugin passes
     `pytest.skip`); `baselines`, when given, holds every measurement to the stored baseline of its model x
     format, and the check that measured it fails with the rule table when it fell behind.
     """
@@ -153,7 +162,8 @@ class Gate:
     def __init__(self, record: Record | None = None, bench_time_s: float = 1.0, bench_lock: Path | None = None,
                  skip_bench: Callable[[str], Any] | None = None, baselines: BaselineCheck | None = None,
                  exporter: Callable[[ModelSpec, str], Artifact] | None = None,
-                 resolve: Callable[[str], ModelSpec] | None = None) -> None:
+                 resolve: Callable[[str], ModelSpec] | None = None, budget_s: float | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self._record = record or (lambda payload: None)
         self.bench_time_s = bench_time_s
         self.bench_lock = bench_lock
@@ -161,7 +171,30 @@ class Gate:
         self.baselines = baselines
         self.exporter = exporter
         self.resolve = resolve
+        self.budget_s = budget_s
+        self.clock = clock
         self._facts: dict[int, dict[str, Any]] = {}
+        self._spent: dict[tuple[str, str], float] = {}
+
+    def _allowance(self, artifact: Artifact, timings: int) -> float:
+        """Seconds for one of `timings` timings still to come for this artifact: `bench_time_s`, or less to stay
+        within the budget (never zero: a timing always makes at least one call)."""
+        if self.budget_s is None:
+            return self.bench_time_s
+        left = self.budget_s - self._spent.get((artifact.model_name, artifact.format), 0.0)
+        return min(self.bench_time_s, max(left / timings, 1e-3))
+
+    @contextlib.contextmanager
+    def _timing(self, artifact: Artifact, allowed_s: float) -> Iterator[None]:
+        """Count the wall time of a timing against the artifact's budget, and record the running total."""
+        started = self.clock()
+        try:
+            yield
+        finally:
+            key = (artifact.model_name, artifact.format)
+            self._spent[key] = self._spent.get(key, 0.0) + self.clock() - started
+            self.record(artifact, timing={"spent_s": self._spent[key], "allowed_per_batch_s": allowed_s,
+                                          "shortened": allowed_s < self.bench_time_s})
 
     def _row(self, artifact: Artifact, **measured: Any) -> dict[str, Any]:
         extra: dict[str, Any] = {}
@@ -222,6 +255,9 @@ class Gate:
         __tracebackhide__ = True
         if self.skip_bench is not None:
             self.skip_bench("benchmarks are off (--deploycheck-no-bench)")
+        if self.budget_s is not None:
+            options.setdefault("max_time_s", self._allowance(artifact, len(batch_sizes) + 1))
+            options.setdefault("patience", 1.0)  # a disturbed window is not made up for beyond the budget
         options.setdefault("max_time_s", self.bench_time_s)
         result, row = self._measure_latency(artifact, batch_sizes, options)
         if self.baselines is None:
@@ -239,7 +275,7 @@ class Gate:
     def _measure_latency(self, artifact: Artifact, batch_sizes: Sequence[int],
                          options: dict[str, Any]) -> tuple[BenchResult, dict[str, Any]]:
         """One benchmark (under the lock), recorded; returns the result and the recorded row."""
-        with self._bench_lock():
+        with self._bench_lock(), self._timing(artifact, options["max_time_s"]):
             result = bench(artifact, batch_sizes, **options)
         row = self._row(artifact, **latency_payload(result))
         self._record(row)
@@ -264,14 +300,13 @@ class Gate:
             return comparison
         rules = self.baselines.rules(artifact)
         smallest, largest = min(result.stats), max(result.stats)
-        with self._bench_lock():
-            new_times, old_times = interleaved_times(artifact, old, batch_size=smallest,
-                                                     max_time_s=self.bench_time_s)
+        allowed = self._allowance(artifact, 2)
+        with self._bench_lock(), self._timing(artifact, allowed):
+            new_times, old_times = interleaved_times(artifact, old, batch_size=smallest, max_time_s=allowed)
             side_by_side = {f"{limit.statistic} @ batch {smallest}": latency_side_by_side(
                 new_times, old_times, limit, smallest, rules.confidence, label) for limit in rules.latency}
             if largest != smallest:
-                new_times, old_times = interleaved_times(artifact, old, batch_size=largest,
-                                                         max_time_s=self.bench_time_s)
+                new_times, old_times = interleaved_times(artifact, old, batch_size=largest, max_time_s=allowed)
             side_by_side[f"throughput @ batch {largest}"] = throughput_side_by_side(
                 new_times, old_times, rules.throughput_drop, largest, rules.confidence, label)
         comparison.findings = [side_by_side.get(f.metric, f) for f in comparison.findings]
@@ -305,8 +340,9 @@ class Gate:
         if artifact.spec is None:
             raise DeployCheckError(f"{artifact!r} has no spec; speedups need the eager reference")
         reference = against or reference_artifact(artifact.spec)
-        with self._bench_lock():
-            ratio = compare_speed(reference, artifact, max_time_s=self.bench_time_s)
+        allowed = self._allowance(artifact, 1)
+        with self._bench_lock(), self._timing(artifact, allowed):
+            ratio = compare_speed(reference, artifact, max_time_s=allowed)
         key = "vs_eager" if against is None else f"vs_{against.format}"
         self.record(artifact, speedup={key: {"ratio": ratio.ratio, "low": ratio.low, "high": ratio.high}})
         return ratio

@@ -331,15 +331,20 @@ def window_spread(windows: Sequence[Window]) -> float:
 
 
 def _timed_window(timed: Artifact, inputs: list[np.ndarray], reference: ReferenceWorkload, window_s: float,
-                  blocks: int) -> Window:
-    """`blocks` blocks of model calls, each followed by an eighth as long of reference calls. The first model
-    call of a block runs untimed (the reference has just used the cache), as does the first reference call."""
+                  call_s: float) -> Window:
+    """Blocks of model calls, each followed by an eighth as long of reference calls: ten blocks, or as many as
+    hold two calls each (one, for a call longer than half the window: the window is then that one call). The
+    first model call of a block runs untimed (the reference has just used the cache) unless a call is long
+    enough for a cold cache not to matter; the first reference call is always untimed."""
     samples: list[float] = []
     reference_samples: list[float] = []
     wall = 0.0
+    blocks = max(1, min(10, int(window_s / (2 * call_s))))
     block_s = window_s / blocks
+    settle = call_s < block_s / 4
     for _ in range(blocks):
-        _call(timed, inputs)
+        if settle:
+            _call(timed, inputs)
         block_start = time.perf_counter()
         block_end = block_start + block_s
         samples.append(_call(timed, inputs))
@@ -348,6 +353,16 @@ def _timed_window(timed: Artifact, inputs: list[np.ndarray], reference: Referenc
         wall += time.perf_counter() - block_start
         reference_samples.extend(reference.run_for(block_s / 8))
     return Window(samples, wall, reference_samples)
+
+
+def _warm_up(timed: Artifact, inputs: list[np.ndarray], warmup_s: float) -> float:
+    """Untimed calls for `warmup_s`, and at least one; returns the fastest, the cost of a call that sizes the
+    timing windows (so a model whose call takes seconds is warmed once, not three times)."""
+    end = time.perf_counter() + warmup_s
+    costs = [_call(timed, inputs)]
+    while time.perf_counter() < end:
+        costs.append(_call(timed, inputs))
+    return min(costs)
 
 
 def _call(artifact: Artifact, inputs: list[np.ndarray]) -> float:
@@ -385,11 +400,7 @@ def _bench(artifact: Artifact, batch_sizes: Sequence[int], max_time_s: float, mi
     stats = {}
     for batch_size in batch_sizes:
         inputs = bench_inputs(timed, batch_size)
-        warm_end = time.perf_counter() + warmup_s
-        for _ in range(3):
-            _call(timed, inputs)
-        while time.perf_counter() < warm_end:
-            _call(timed, inputs)
+        call_s = _warm_up(timed, inputs, warmup_s)
         measured: list[Window] = []
         quiet: list[Window] = []
         stabilised = False
@@ -398,7 +409,7 @@ def _bench(artifact: Artifact, batch_sizes: Sequence[int], max_time_s: float, mi
         try:
             started = time.perf_counter()
             while True:
-                measured.append(_timed_window(timed, inputs, reference, window_s, blocks=10))
+                measured.append(_timed_window(timed, inputs, reference, window_s, call_s))
                 reference.fastest_median_s = min(reference.fastest_median_s, measured[-1].reference_median_s)
                 quiet = undisturbed(measured, reference.fastest_median_s, disturbed_above)
                 quiet_s = sum(w.wall_s for w in quiet)
@@ -448,16 +459,21 @@ def _interleaved_times(a: Artifact, b: Artifact, batch_size: int, max_time_s: fl
     timed_a = timed_runner(a, threads, device)
     timed_b = timed_a if b is a or b.path == a.path else timed_runner(b, threads, device)
     inputs_a, inputs_b = bench_inputs(timed_a, batch_size), bench_inputs(timed_b, batch_size)
-    for _ in range(5):
-        _call(timed_a, inputs_a)
-        _call(timed_b, inputs_b)
+    for _ in range(2):
+        _warm_up(timed_a, inputs_a, 0.05)
+        _warm_up(timed_b, inputs_b, 0.05)
     times_a: list[float] = []
     times_b: list[float] = []
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        end = time.perf_counter() + max_time_s
-        while (time.perf_counter() < end and len(times_a) < max_pairs) or len(times_a) < 20:
+        started = time.perf_counter()
+        while True:
+            elapsed = time.perf_counter() - started
+            enough = elapsed >= max_time_s or len(times_a) >= max_pairs
+            # 20 pairs at least for the interval, unless that would take over three times the time asked for
+            if enough and (len(times_a) >= 20 or elapsed >= 3 * max_time_s) and len(times_a) >= 3:
+                break
             if len(times_a) % 2:
                 times_b.append(_call(timed_b, inputs_b))
                 times_a.append(_call(timed_a, inputs_a))

@@ -53,12 +53,16 @@ OPTIONS = [
     _Option("benchmark-json", "write the latency results in pytest-benchmark's JSON schema to this path"),
     _Option("bench-time", "seconds of timing per batch size and per side-by-side comparison", default="1.0"),
     _Option("no-bench", "skip benchmarks (quick runs)", kind="bool"),
+    _Option("budget", "seconds of timing for the whole run, shared evenly by the model x format pairs (each "
+            "timing shortened to fit, at least one call); planned and spent are reported at the end"),
 ]
 
 
 SUMMARY = pytest.StashKey["_Summary"]()
 BASELINE_SETTINGS = pytest.StashKey[tuple[Path, list[tuple[str, Any]]]]()
 AGAINST = pytest.StashKey[tuple[Path, str] | None]()
+LAST_USE = pytest.StashKey[dict[str, tuple[str, str]]]()
+EXPORTS = pytest.StashKey[Any]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -181,9 +185,40 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`--deploycheck-export-only`: one test per model x format is kept, to export it (see `pytest_pyfunc_call`)."""
-    if not option(config, "export-only"):
-        return
+    """A model's tests run together, format by format (and carry `xdist_group(model)`, for `--dist loadgroup`),
+    so each artifact's runtime is released after its last test (`pytest_runtest_teardown`) and one model at a
+    time is in memory. `--deploycheck-export-only`: one test per model x format is kept, to export it."""
+    from deploycheck.formats import format_names
+
+    order = {name: position for position, name in enumerate(format_names())}
+    slots = [index for index, item in enumerate(items) if _artifact_param(item) is not None]
+    models: dict[str, int] = {}
+    for index in slots:
+        models.setdefault(_artifact_param(items[index])[0], len(models))
+
+    def key(index: int) -> tuple[int, int, int]:
+        model, format_name = _artifact_param(items[index])
+        return models[model], order.get(format_name, len(order)), index
+
+    grouped = [items[index] for index in sorted(slots, key=key)]
+    for index, item in zip(slots, grouped):
+        items[index] = item
+        item.add_marker(pytest.mark.xdist_group(name=_artifact_param(item)[0]))
+    config.stash[LAST_USE] = {item.nodeid: _artifact_param(item) for item in
+                              {_artifact_param(item): item for item in grouped}.values()}
+    if option(config, "export-only"):
+        _keep_one_test_per_artifact(config, items)
+
+
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """After the last test of a model x format, its loaded runtime is released (the files stay on disk)."""
+    pair = item.config.stash.get(LAST_USE, {}).get(item.nodeid)
+    exports = item.config.stash.get(EXPORTS, None)
+    if pair is not None and exports is not None:
+        exports.release(*pair)
+
+
+def _keep_one_test_per_artifact(config: pytest.Config, items: list[pytest.Item]) -> None:
     seen: set[Any] = set()
     kept, dropped = [], []
     for item in items:
@@ -245,7 +280,9 @@ def _deploycheck_exports(request: pytest.FixtureRequest, tmp_path_factory: pytes
         artifacts_dir = config.cache.mkdir("deploycheck-artifacts")
     else:
         artifacts_dir = tmp_path_factory.getbasetemp().parent / "deploycheck-artifacts"
-    return ExportSession(artifacts_dir, lock_dir=tmp_path_factory.getbasetemp().parent)
+    exports = ExportSession(artifacts_dir, lock_dir=tmp_path_factory.getbasetemp().parent)
+    config.stash[EXPORTS] = exports
+    return exports
 
 
 @pytest.fixture
@@ -285,10 +322,13 @@ def deploycheck(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         baselines = BaselineCheck(BaselineStore(directory), mode, layers, accepted_store(config),
                                   against=config.stash.get(AGAINST, None),
                                   strict_latency=bool(option(config, "strict-latency")))
+    budget = option(config, "budget")
+    pairs = len(_pairs(item.nodeid for item in request.session.items)) or 1
     return Gate(record, bench_time_s=float(option(config, "bench-time")),
                 bench_lock=tmp_path_factory.getbasetemp().parent / "deploycheck-bench.lock",
                 skip_bench=pytest.skip if option(config, "no-bench") else None, baselines=baselines,
-                exporter=_deploycheck_exports.artifact, resolve=request.getfixturevalue)
+                exporter=_deploycheck_exports.artifact, resolve=request.getfixturevalue,
+                budget_s=float(budget) / pairs if budget else None)
 
 
 class _Summary:
@@ -344,12 +384,15 @@ class _Summary:
         return [self.results[key] for key in sorted(self.results, key=lambda k: (k[0], order.get(k[1], len(order))))]
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        from deploycheck.report import summary_table
+        from deploycheck.report import budget_summary, inconclusive_summary, summary_table
 
         lines: list[str] = []
         rows = self.rows()
         if rows:
             lines.append(summary_table(rows))
+            lines += inconclusive_summary(rows)
+            budget = option(self.config, "budget")
+            lines += budget_summary(rows, float(budget) if budget else None)
         statements = [f"  {r['model']}/{r['format']}: {r['original']['statement']}" for r in rows
                       if isinstance(r.get("original"), dict) and r["original"].get("statement")]
         if statements:
@@ -451,4 +494,4 @@ def _pairs(nodeids: Any) -> set[tuple[str, str]]:
     return found
 
 
-_PAIR_RE = re.compile(r"\[([A-Za-z0-9_.-]+)/([A-Za-z0-9_]+)(?:-[^\]]*)?\]$")
+_PAIR_RE = re.compile(r"\[([A-Za-z0-9_.-]+)/([A-Za-z0-9_]+)(?:-[^\]]*)?\](?:@[\w.-]+)?$")  # @group: loadgroup

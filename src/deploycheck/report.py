@@ -122,12 +122,46 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
     return format_table(*_cells(rows))
 
 
+def inconclusive_summary(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Lines naming every verdict against a baseline that could not be reached, with its reason: they did not
+    fail the run, and the reader must know that nothing was concluded."""
+    found = [(name, finding) for name, finding in _findings(rows, only_problems=True)
+             if finding.get("status") == "inconclusive"]
+    if not found:
+        return []
+    lines = [f"deploycheck: {len(found)} verdict(s) against the baselines inconclusive (not failed; "
+             "--deploycheck-strict-latency fails them):"]
+    return lines + [f"  {name} {finding.get('metric')}: {finding.get('note')}" for name, finding in found]
+
+
+def budget_summary(rows: Sequence[dict[str, Any]], budget_s: float | None) -> list[str]:
+    """Time spent timing (benchmarks, speedups, side-by-side comparisons) against the budget when one was set,
+    and the measurements the budget shortened: those with a shorter time per batch size than asked, and batch
+    sizes measured with fewer than 20 calls."""
+    timings = [row["timing"] for row in rows if isinstance(row.get("timing"), dict)]
+    if budget_s is None or not timings:
+        return []
+    spent = sum(float(timing.get("spent_s") or 0) for timing in timings)
+    lines = [f"deploycheck: timing budget {budget_s:.0f} s planned, {spent:.1f} s spent on {len(timings)} "
+             "model x format pair(s)"]
+    for row in rows:
+        timing = row.get("timing") or {}
+        few = [f"batch {batch} ({figures.get('calls')} calls)" for batch, figures in (row.get("latency") or {}).items()
+               if isinstance(figures, dict) and int(figures.get("calls") or 0) < 20]
+        if timing.get("shortened") or few:
+            allowed = timing.get("allowed_per_batch_s")
+            detail = [f"{allowed:.2f} s per batch size" if allowed is not None and timing.get("shortened") else "",
+                      "; ".join(few)]
+            lines.append(f"  shortened {row['model']}/{row['format']}: {', '.join(d for d in detail if d)}")
+    return lines
+
+
 def _findings(rows: Sequence[dict[str, Any]], only_problems: bool) -> list[tuple[str, dict[str, Any]]]:
     found = []
     for row in rows:
         for check in (row.get("baseline") or {}).values():
             for finding in check.get("findings", []):
-                if not only_problems or finding.get("status") != "ok":
+                if not only_problems or finding.get("status") not in ("ok", "reported"):
                     found.append((f"{row['model']}/{row['format']}", finding))
     return found
 

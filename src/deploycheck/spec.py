@@ -7,6 +7,7 @@ of surfacing later as an obscure exporter error.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -17,6 +18,7 @@ from deploycheck.errors import SpecError
 from deploycheck.parity import Tolerance
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 Batch = tuple[Any, Any]
@@ -38,6 +40,14 @@ class ModelSpec:
     `original` is the uncompressed model this one was derived from (a module, a `ModelSpec`, or the name of another
     registered model): each format is then also gated against it with the `*_vs_original` budgets, each a number
     or a `{format: number}` mapping (`deploycheck.compression`).
+
+    `example_inputs` may be a dict of named tensors: the model is then called with keywords (as Hugging Face
+    models are) and the names become the input names; eval data inputs may be dicts too. Outputs may be a dict,
+    a `ModelOutput` or a NamedTuple: their keys or fields become the output names. `dynamic_axes` marks axes
+    beyond the batch as dynamic, e.g. `{"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}}`: they are
+    exported as dynamic, and parity runs at a second, shorter length too. Labels with one axis fewer than the
+    first output (token-level: logits `[batch, seq, vocab]`, labels `[batch, seq]`) are scored position by
+    position, skipping `ignore_index` (-100, as in transformers).
     """
 
     name: str
@@ -66,9 +76,16 @@ class ModelSpec:
     min_agreement_vs_original: float | Mapping[str, float] | None = None
     min_speedup_vs_original: float | Mapping[str, float] | None = None
     max_size_ratio_vs_original: float | Mapping[str, float] | None = None
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None
+    ignore_index: int | None = -100
+    keyword_inputs: bool = False
+    flat_model: Any = field(init=False, default=None, repr=False, compare=False)
+    memo: dict[Any, Any] = field(init=False, default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         import torch
+
+        from deploycheck.tensors import FlatModule, flatten_outputs, structure_names
 
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise SpecError(f"ModelSpec name {self.name!r} must be non-empty and use only letters, digits, "
@@ -82,9 +99,17 @@ class ModelSpec:
             raise SpecError(f"ModelSpec {self.name!r}: model is a {type(self.model).__name__}, "
                             "expected a torch.nn.Module")
         self.model.eval()
+        if isinstance(self.example_inputs, Mapping):
+            self.keyword_inputs = True
+            names = [str(key) for key in self.example_inputs]
+            if self.input_names is not None and list(self.input_names) != names:
+                raise SpecError(f"ModelSpec {self.name!r}: input_names {list(self.input_names)} differ from the "
+                                f"keys of example_inputs {names}; leave input_names out")
+            self.input_names = names
         self.example_inputs = self._validated_inputs(self.example_inputs)
         self._check_batch_axis()
         self.input_names = self._validated_names(self.input_names, len(self.example_inputs), "input")
+        self.dynamic_axes = self._validated_dynamic_axes(self.dynamic_axes)
         self.formats = self._validated_formats(self.formats)
         self.tolerances = self._validated_tolerances(self.tolerances)
         unknown_options = set(self.format_options) - set(_known_formats())
@@ -95,9 +120,12 @@ class ModelSpec:
         self._check_original_budgets()
         self.eval_data = self._validated_eval_data(self.eval_data)
         self.calibration_data = self._validated_calibration_data(self.calibration_data)
+        self.flat_model = FlatModule(self.model, self.input_names, self.keyword_inputs, self.name)
         with torch.no_grad():
-            outputs = flatten_outputs(self.model(*self.example_inputs), self.name)
-        self.output_names = self._validated_names(self.output_names, len(outputs), "output")
+            raw = self.model(**dict(zip(self.input_names, self.example_inputs))) if self.keyword_inputs else \
+                self.model(*self.example_inputs)
+        outputs = flatten_outputs(raw, self.name)
+        self.output_names = self._validated_names(self.output_names or structure_names(raw), len(outputs), "output")
         if self.original is not None and not isinstance(self.original, str):
             from deploycheck.compression import original_spec
 
@@ -175,9 +203,51 @@ class ModelSpec:
             result.append(rows.repeat(repeats, *([1] * (rows.dim() - 1)))[:batch_size].contiguous())
         return tuple(result)
 
+    def reference_outputs(self, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+        """The eager model's outputs on `inputs` as numpy arrays, computed once per process for the same inputs:
+        every format of a run is compared with the same reference, and a large model's forward pass is the
+        slowest part of a parity check."""
+        import torch
+
+        key = ("reference", _digest(inputs))
+        if key not in self.memo:
+            with torch.no_grad():
+                self.memo[key] = [t.numpy() for t in self.flat_model(*inputs)]
+        return self.memo[key]  # type: ignore[no-any-return]
+
+    def shortened(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The inputs cut to half their length (at least 1) along every dynamic axis of `dynamic_axes`, so that
+        an artifact exported with those axes dynamic is exercised at a second length."""
+        axes = self.dynamic_axes or {}
+        result = []
+        for name, tensor in zip(self.input_names or [], inputs):
+            for axis in axes.get(name, {}):
+                tensor = tensor.narrow(axis, 0, max(1, int(tensor.shape[axis]) // 2))
+            result.append(tensor.contiguous())
+        return tuple(result)
+
+    def _validated_dynamic_axes(self, axes: Mapping[str, Mapping[int, str]] | None) -> dict[str, dict[int, str]]:
+        result: dict[str, dict[int, str]] = {}
+        ranks = dict(zip(self.input_names or [], (t.dim() for t in self.example_inputs)))
+        for name, entry in (axes or {}).items():
+            if name not in ranks:
+                raise SpecError(f"ModelSpec {self.name!r}: dynamic_axes names input {name!r}; inputs are "
+                                f"{list(ranks)}")
+            if not isinstance(entry, Mapping) or not all(isinstance(a, int) and 0 < a < ranks[name] for a in entry):
+                raise SpecError(f"ModelSpec {self.name!r}: dynamic_axes[{name!r}] must map axes 1..{ranks[name] - 1} "
+                                f"of that input to names, e.g. {{1: 'seq'}} (axis 0 is the batch); got {entry!r}")
+            result[name] = {int(axis): str(label) for axis, label in entry.items()}
+        return result
+
     def _validated_inputs(self, inputs: Any) -> tuple[torch.Tensor, ...]:
         import torch
 
+        if isinstance(inputs, Mapping):
+            names = list(self.input_names or inputs)
+            if set(inputs) != set(names):
+                raise SpecError(f"ModelSpec {self.name!r}: inputs with keys {sorted(inputs)}; expected "
+                                f"{sorted(names)}")
+            inputs = tuple(inputs[name] for name in names)
         items = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
         if not items:
             raise SpecError(f"ModelSpec {self.name!r}: example_inputs is empty")
@@ -266,18 +336,13 @@ class ModelSpec:
         return batches
 
 
-def flatten_outputs(outputs: Any, model_name: str) -> list[Any]:
-    """A model's outputs as a flat list of tensors, in order: a tensor, a tuple/list, or a dict's values."""
-    import torch
-
-    if isinstance(outputs, torch.Tensor):
-        return [outputs]
-    if isinstance(outputs, Mapping):
-        outputs = list(outputs.values())
-    if isinstance(outputs, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in outputs):
-        return list(outputs)
-    raise SpecError(f"model {model_name!r} returned {type(outputs).__name__}; deploycheck needs a tensor, a tuple or "
-                    "list of tensors, or a dict of tensors")
+def _digest(tensors: Sequence[torch.Tensor]) -> str:
+    """A content digest of tensors (shape, dtype and bytes)."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    for tensor in tensors:
+        digest.update(f"{list(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _is_tensor(value: Any, floating: bool) -> bool:

@@ -7,7 +7,7 @@ import io
 import logging
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -55,29 +55,38 @@ def io_specs(spec: ModelSpec) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Input and output specifications from the spec's names and the eager model's outputs on the examples."""
     import torch
 
-    from deploycheck.spec import flatten_outputs
-
-    def describe(name: str, tensor: torch.Tensor) -> TensorSpec:
+    def describe(name: str, tensor: torch.Tensor, dynamic: Iterable[int] = ()) -> TensorSpec:
         shape: list[int | None] = [int(s) for s in tensor.shape]
         if spec.dynamic_batch and shape:
             shape[0] = None
+        for axis in dynamic:
+            shape[axis] = None
         return TensorSpec(name, tuple(shape), str(tensor.detach().numpy().dtype))
 
     with torch.no_grad():
-        outputs = flatten_outputs(spec.model(*spec.example_inputs), spec.name)
+        outputs = spec.flat_model(*spec.example_inputs)
     assert spec.input_names is not None and spec.output_names is not None
-    return ([describe(n, t) for n, t in zip(spec.input_names, spec.example_inputs)],
+    axes = spec.dynamic_axes or {}
+    return ([describe(n, t, axes.get(n, {})) for n, t in zip(spec.input_names, spec.example_inputs)],
             [describe(n, t) for n, t in zip(spec.output_names, outputs)])
 
 
-def batch_dynamic_shapes(spec: ModelSpec) -> tuple[dict[int, Any], ...] | None:
-    """`torch.export` dynamic shapes marking axis 0 of every input as one shared batch dimension."""
-    if not spec.dynamic_batch:
+def dynamic_shapes(spec: ModelSpec) -> tuple[tuple[dict[int, Any], ...]] | None:
+    """`torch.export` dynamic shapes of `spec.flat_model` (whose inputs arrive as one `*inputs` tuple): axis 0
+    of every input one shared batch dimension, and the spec's `dynamic_axes` left for the exporter to infer
+    (`Dim.DYNAMIC`: a model's own limits, such as a maximum sequence length, then need no declaring)."""
+    axes = spec.dynamic_axes or {}
+    if not spec.dynamic_batch and not axes:
         return None
     from torch.export import Dim
 
     batch = Dim("batch", min=1, max=65536)
-    return tuple({0: batch} for _ in spec.example_inputs)
+    shapes = []
+    for name in spec.input_names or []:
+        shape: dict[int, Any] = {0: batch} if spec.dynamic_batch else {}
+        shape.update({axis: Dim.DYNAMIC for axis in axes.get(name, {})})
+        shapes.append(shape)
+    return (tuple(shapes),)
 
 
 class TorchRunner:
@@ -91,7 +100,7 @@ class TorchRunner:
     def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         import torch
 
-        from deploycheck.spec import flatten_outputs
+        from deploycheck.tensors import flatten_outputs
 
         with torch.inference_mode():
             tensors = [torch.from_numpy(array).to(self.device) for array in inputs]
@@ -108,7 +117,8 @@ def parameter_bytes(module: torch.nn.Module) -> int:
 def quiet_exporters() -> Iterator[None]:
     """Silence the progress prints, warnings and log lines exporters and quantizers emit while they work; their
     errors still propagate as exceptions, which deploycheck reports with the format named."""
-    loggers = [logging.getLogger(name) for name in ("", "torch", "torchao", "onnxscript", "onnxruntime")]
+    names = ("", "torch", "torch.__trace", "torchao", "onnxscript", "onnxruntime")  # torch.__trace: DEBUG of its own
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)

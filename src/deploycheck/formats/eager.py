@@ -26,5 +26,5 @@ class EagerFormat(Format):
             raise ArtifactError(f"{path}: an eager artifact runs the spec's model in-process; pass spec= to load it")
         device = runtime.get("device", "cpu")
         # .to() moves a module in place: on another device, run a copy so the spec's model stays on the CPU
-        module = spec.model if device == "cpu" else copy.deepcopy(spec.model).to(device)
+        module = spec.flat_model if device == "cpu" else copy.deepcopy(spec.flat_model).to(device)
         return TorchRunner(module, spec.name, device)

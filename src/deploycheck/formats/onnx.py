@@ -14,7 +14,7 @@ import numpy as np
 
 from deploycheck.artifact import Runner
 from deploycheck.errors import FormatUnavailable
-from deploycheck.formats.base import Format, batch_dynamic_shapes
+from deploycheck.formats.base import Format, dynamic_shapes
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -35,9 +35,9 @@ class OnnxFormat(Format):
 
         options = spec.options(self.name)
         opset = int(options.get("opset", DEFAULT_OPSET))
-        torch.onnx.export(spec.model, spec.example_inputs, str(out_dir / MODEL_FILE), dynamo=True,
+        torch.onnx.export(spec.flat_model, spec.example_inputs, str(out_dir / MODEL_FILE), dynamo=True,
                           input_names=list(spec.input_names or []), output_names=list(spec.output_names or []),
-                          dynamic_shapes=batch_dynamic_shapes(spec), opset_version=opset)
+                          dynamic_shapes=dynamic_shapes(spec), opset_version=opset)
         onnx.checker.check_model(str(out_dir / MODEL_FILE), full_check=True)
         return {"opset": opset_of(out_dir / MODEL_FILE), "settings": {"exporter": "dynamo", "opset": opset}}
 

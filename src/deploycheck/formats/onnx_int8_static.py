@@ -73,7 +73,10 @@ def quantize_static_qdq(fp32_model: Path, output: Path, feeds: list[dict[str, np
 
     with tempfile.TemporaryDirectory(prefix="deploycheck-qdq-") as scratch:
         preprocessed = Path(scratch) / "preprocessed.onnx"
-        quant_pre_process(str(fp32_model), str(preprocessed))
+        try:
+            quant_pre_process(str(fp32_model), str(preprocessed))
+        except Exception:  # symbolic shape inference gives up on some graphs (dynamic sequence axes, attention)
+            quant_pre_process(str(fp32_model), str(preprocessed), auto_merge=True, guess_output_rank=True)
         quantize_static(str(preprocessed), str(output), feed_reader(feeds), quant_format=QuantFormat.QDQ,
                         per_channel=settings["per_channel"],
                         activation_type=QuantType[settings["activation_type"]],

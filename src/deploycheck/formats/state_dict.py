@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from deploycheck.artifact import Runner
 from deploycheck.errors import ArtifactError, FormatUnavailable
 from deploycheck.formats.base import Format, TorchRunner
+from deploycheck.tensors import FlatModule
 
 if TYPE_CHECKING:
     from deploycheck.artifact import Artifact
@@ -33,7 +34,7 @@ class StateDictFormat(Format):
         import torch
 
         torch.save(spec.model.state_dict(), out_dir / WEIGHTS_FILE)
-        return {"factory": _importable_path(spec.factory)}
+        return {"factory": _importable_path(spec.factory), "keyword_inputs": spec.keyword_inputs}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
         import torch
@@ -44,7 +45,9 @@ class StateDictFormat(Format):
         state = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
         device = runtime.get("device", "cpu")
-        return TorchRunner(model.eval().to(device), metadata["model"], device)
+        flat = FlatModule(model, [i["name"] for i in metadata["inputs"]], bool(metadata.get("keyword_inputs")),
+                          metadata["model"])
+        return TorchRunner(flat.eval().to(device), metadata["model"], device)
 
 
 def _importable_path(factory: Any) -> str | None:

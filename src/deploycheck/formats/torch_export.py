@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploycheck.artifact import Runner
-from deploycheck.formats.base import Format, TorchRunner, batch_dynamic_shapes
+from deploycheck.formats.base import Format, TorchRunner, dynamic_shapes
 
 if TYPE_CHECKING:
     from deploycheck.artifact import Artifact
@@ -16,10 +16,11 @@ PROGRAM_FILE = "model.pt2"
 
 
 def save_exported_program(module: Any, spec: ModelSpec, out_dir: Path) -> None:
-    """Export `module` with the spec's example inputs and dynamic batch, and save the program into `out_dir`."""
+    """Export `module` (taking the spec's inputs positionally) with the spec's example inputs and dynamic axes,
+    and save the program into `out_dir`."""
     import torch
 
-    program = torch.export.export(module, spec.example_inputs, dynamic_shapes=batch_dynamic_shapes(spec))
+    program = torch.export.export(module, spec.example_inputs, dynamic_shapes=dynamic_shapes(spec))
     torch.export.save(program, str(out_dir / PROGRAM_FILE))
 
 
@@ -34,7 +35,7 @@ class TorchExportFormat(Format):
     name = "torch_export"
 
     def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
-        save_exported_program(spec.model, spec, out_dir)
+        save_exported_program(spec.flat_model, spec, out_dir)
         return {}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:

@@ -57,7 +57,7 @@ class TorchInt8DynamicFormat(Format):
         import torch
 
         linear_layers = sum(isinstance(m, torch.nn.Linear) for m in spec.model.modules())
-        quantized, backend = quantize_linear_layers(spec.model)
+        quantized, backend = quantize_linear_layers(spec.flat_model)
         if backend == "torchao":
             save_exported_program(quantized, spec, out_dir)
         else:

@@ -25,7 +25,7 @@ class TorchScriptFormat(Format):
 
         method = spec.options(self.name).get("method", "trace")
         if method == "trace":
-            scripted = torch.jit.trace(spec.model, spec.example_inputs, check_trace=True)
+            scripted = torch.jit.trace(spec.flat_model, spec.example_inputs, check_trace=True)
         elif method == "script":
             scripted = torch.jit.script(spec.model)
         else:
