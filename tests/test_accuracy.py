@@ -92,12 +92,15 @@ def test_bad_evaluation_data_names_the_model(digits_artifacts) -> None:
 
 def test_outlier_model_fails_static_int8_and_the_explanation_names_the_layer(outlier) -> None:
     _, artifacts = outlier
+    listings = {name: sorted(p.name for p in artifact.path.iterdir()) for name, artifact in artifacts.items()}
     report = check_accuracy(artifacts["onnx_int8_static"])
     assert not report.passed and report.drop > 0.5
     explanation = deploycheck.explain_quantization(artifacts["onnx_int8_static"])
     assert explanation.layers[0].tensor == "relu", "the hidden layer whose outliers set the scale comes first"
     assert explanation.layers[0].node == "node_linear"
     assert "node_linear" in report.explanation
+    assert {name: sorted(p.name for p in artifact.path.iterdir()) for name, artifact in artifacts.items()} == \
+        listings, "explaining writes nothing into an artifact (or the fp32 one it compares with)"
 
 
 def test_torch_explanation_uses_hooks(digits_artifacts) -> None:
@@ -138,3 +141,17 @@ def test_without_labels_the_gate_is_agreement_with_the_reference(outlier) -> Non
         deploycheck.measure_accuracy(artifacts["onnx"], unlabelled)
     with pytest.raises(SpecError, match="label all of them, or none"):
         evaluate(artifacts["onnx"], [unlabelled[0], spec.eval_data[1]])
+
+
+def test_a_reference_that_ignores_its_input_is_warned_about(tmp_path: Path) -> None:
+    """An untrained network whose logits are the same for every input passes every gate trivially; say so."""
+    model = torch.nn.Linear(6, 3)
+    with torch.no_grad():
+        model.weight.mul_(1e-9)
+        model.bias.copy_(torch.tensor([0.0, 1.0, 0.0]))
+    x = torch.randn(32, 6)
+    spec = deploycheck.ModelSpec(name="constant", model=model, example_inputs=x[:4], formats=["onnx"],
+                                 eval_data=[(x, torch.ones(32, dtype=torch.int64))])
+    onnx = deploycheck.export(spec, "onnx", tmp_path / "onnx")
+    with pytest.warns(UserWarning, match="predicts class 1 for every one of the 32 evaluated samples"):
+        assert check_accuracy(onnx).passed

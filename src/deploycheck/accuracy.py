@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,8 +236,15 @@ def reference_evaluation(spec: ModelSpec) -> Evaluation:
     """The eager reference's evaluation on the spec's eval data, computed once per process (every format of the
     model is measured against it)."""
     if "evaluation" not in spec.memo:
-        spec.memo["evaluation"] = evaluate(reference_artifact(spec), spec.eval_data, spec.metric,
-                                           f"{spec.name}/eager", spec.ignore_index)
+        evaluation = evaluate(reference_artifact(spec), spec.eval_data, spec.metric, f"{spec.name}/eager",
+                              spec.ignore_index)
+        predictions = evaluation.predictions
+        if predictions is not None and predictions.size > 1 and np.all(predictions == predictions.flat[0]):
+            warnings.warn(f"deploycheck: {spec.name}: the eager model predicts class {predictions.flat[0]} for every "
+                          f"one of the {predictions.size} evaluated samples, so its outputs barely depend on its "
+                          "input (untrained weights? BatchNorm statistics never estimated?); every format then "
+                          "agrees with it trivially, and the gate proves little", stacklevel=2)
+        spec.memo["evaluation"] = evaluation
     return spec.memo["evaluation"]  # type: ignore[no-any-return]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,7 +79,7 @@ def explain_qdq(artifact: Artifact, spec: ModelSpec, batches: int) -> Quantizati
     with tempfile.TemporaryDirectory(prefix="deploycheck-explain-") as scratch, quiet_exporters():
         float_model = Path(scratch) / "float.onnx"
         quant_pre_process(str(fp32_onnx_path(artifact, spec)), str(float_model))
-        qdq_model = artifact.path / MODEL_FILE
+        qdq_model = _scratch_copy(artifact.path, Path(scratch) / "qdq") / MODEL_FILE
         float_augmented, qdq_augmented = Path(scratch) / "float_aug.onnx", Path(scratch) / "qdq_aug.onnx"
         modify_model_output_intermediate_tensors(str(float_model), str(float_augmented))
         modify_model_output_intermediate_tensors(str(qdq_model), str(qdq_augmented))
@@ -119,6 +120,13 @@ def channel_median_sqnr_db(reference: list[np.ndarray], obtained: list[np.ndarra
     return float(np.median(values)) if values else math.inf
 
 
+def _scratch_copy(directory: Path, target: Path) -> Path:
+    """A copy of an artifact directory to work on: ONNX Runtime's debugging helpers write files (such as
+    `model-inferred.onnx`) beside the model they read, and an artifact must stay exactly as exported."""
+    shutil.copytree(directory, target)
+    return target
+
+
 def explain_onnx_by_name(artifact: Artifact, spec: ModelSpec, batches: int) -> QuantizationExplanation:
     """Every intermediate tensor that the fp32 and the quantized ONNX models share by name, compared."""
     from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
@@ -127,10 +135,11 @@ def explain_onnx_by_name(artifact: Artifact, spec: ModelSpec, batches: int) -> Q
     from deploycheck.formats.onnx import MODEL_FILE
 
     with tempfile.TemporaryDirectory(prefix="deploycheck-explain-") as scratch, quiet_exporters():
-        float_model = fp32_onnx_path(artifact, spec)
+        float_model = _scratch_copy(fp32_onnx_path(artifact, spec).parent, Path(scratch) / "float") / MODEL_FILE
+        quant_model = _scratch_copy(artifact.path, Path(scratch) / "quant") / MODEL_FILE
         float_augmented, quant_augmented = Path(scratch) / "float_aug.onnx", Path(scratch) / "quant_aug.onnx"
         modify_model_output_intermediate_tensors(str(float_model), str(float_augmented))
-        modify_model_output_intermediate_tensors(str(artifact.path / MODEL_FILE), str(quant_augmented))
+        modify_model_output_intermediate_tensors(str(quant_model), str(quant_augmented))
         float_activations = collect_activations(str(float_augmented), _reader(spec, batches))
         quant_activations = collect_activations(str(quant_augmented), _reader(spec, batches))
         produced, _ = _producers(float_model)

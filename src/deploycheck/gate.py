@@ -46,15 +46,21 @@ if TYPE_CHECKING:
     from deploycheck.spec import ModelSpec
 
 Record = Callable[[dict[str, Any]], None]
+Progress = Callable[[str], contextlib.AbstractContextManager[None]]
+
+
+def no_progress(text: str) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
 
 
 class ExportSession:
     """Exports on demand into `artifacts_dir/<model>/<format>`, once per process and, through a file lock in
     `lock_dir` and the on-disk export cache, once per run across pytest-xdist workers."""
 
-    def __init__(self, artifacts_dir: Path, lock_dir: Path) -> None:
+    def __init__(self, artifacts_dir: Path, lock_dir: Path, progress: Progress = no_progress) -> None:
         self.artifacts_dir = Path(artifacts_dir)
         self.lock_dir = Path(lock_dir)
+        self.progress = progress
         self._done: dict[tuple[str, str], Artifact | DeployCheckError] = {}
 
     def artifact(self, spec: ModelSpec, format_name: str) -> Artifact:
@@ -78,7 +84,8 @@ class ExportSession:
         try:
             base = self.artifact(spec, fmt.base_format) if fmt.base_format else None
             self.lock_dir.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(self.lock_dir / f"deploycheck-export-{spec.name}-{format_name}.lock")):
+            lock = FileLock(str(self.lock_dir / f"deploycheck-export-{spec.name}-{format_name}.lock"))
+            with lock, self.progress(f"exporting {spec.name}/{format_name}"):
                 return export(spec, format_name, self.artifacts_dir / spec.name / format_name, base=base)
         except DeployCheckError as exc:
             return exc
@@ -163,7 +170,7 @@ class Gate:
                  skip_bench: Callable[[str], Any] | None = None, baselines: BaselineCheck | None = None,
                  exporter: Callable[[ModelSpec, str], Artifact] | None = None,
                  resolve: Callable[[str], ModelSpec] | None = None, budget_s: float | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, progress: Progress = no_progress) -> None:
         self._record = record or (lambda payload: None)
         self.bench_time_s = bench_time_s
         self.bench_lock = bench_lock
@@ -173,6 +180,7 @@ class Gate:
         self.resolve = resolve
         self.budget_s = budget_s
         self.clock = clock
+        self.progress = progress
         self._facts: dict[int, dict[str, Any]] = {}
         self._spent: dict[tuple[str, str], float] = {}
 
@@ -203,6 +211,9 @@ class Gate:
             if id(model) not in self._facts:
                 self._facts[id(model)] = compression_facts(model)
             extra.update(self._facts[id(model)])
+        fraction = (artifact.metadata.get("quantization") or {}).get("int8_weight_fraction")
+        if fraction is not None:
+            extra["int8_weight_fraction"] = fraction
         return {"model": artifact.model_name, "format": artifact.format, "size_bytes": artifact.size_bytes,
                 "artifact_path": str(artifact.path), **extra, **measured}
 
@@ -211,7 +222,8 @@ class Gate:
 
     def check_parity(self, artifact: Artifact, batch_sizes: Sequence[int] | None = None,
                      tolerance: Any = None) -> ParityReport:
-        report = check_parity(artifact, batch_sizes=batch_sizes, tolerance=tolerance)
+        with self.progress(f"parity of {artifact.model_name}/{artifact.format}"):
+            report = check_parity(artifact, batch_sizes=batch_sizes, tolerance=tolerance)
         self.record(artifact, parity=parity_figures(report))
         return report
 
@@ -229,7 +241,8 @@ class Gate:
         return report
 
     def check_accuracy(self, artifact: Artifact) -> AccuracyReport:
-        report = check_accuracy(artifact)
+        with self.progress(f"accuracy of {artifact.model_name}/{artifact.format}"):
+            report = check_accuracy(artifact)
         self.record(artifact, accuracy=report.to_dict())
         return report
 
@@ -275,7 +288,9 @@ class Gate:
     def _measure_latency(self, artifact: Artifact, batch_sizes: Sequence[int],
                          options: dict[str, Any]) -> tuple[BenchResult, dict[str, Any]]:
         """One benchmark (under the lock), recorded; returns the result and the recorded row."""
-        with self._bench_lock(), self._timing(artifact, options["max_time_s"]):
+        with self._bench_lock(), self._timing(artifact, options["max_time_s"]), \
+                self.progress(f"timing {artifact.model_name}/{artifact.format} at batch sizes "
+                              f"{', '.join(map(str, batch_sizes))}"):
             result = bench(artifact, batch_sizes, **options)
         row = self._row(artifact, **latency_payload(result))
         self._record(row)

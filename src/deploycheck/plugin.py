@@ -7,9 +7,13 @@ Per-run state lives in `config.stash`. Measurements travel to the controller on 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,7 +284,8 @@ def _deploycheck_exports(request: pytest.FixtureRequest, tmp_path_factory: pytes
         artifacts_dir = config.cache.mkdir("deploycheck-artifacts")
     else:
         artifacts_dir = tmp_path_factory.getbasetemp().parent / "deploycheck-artifacts"
-    exports = ExportSession(artifacts_dir, lock_dir=tmp_path_factory.getbasetemp().parent)
+    exports = ExportSession(artifacts_dir, lock_dir=tmp_path_factory.getbasetemp().parent,
+                            progress=_progress(config))
     config.stash[EXPORTS] = exports
     return exports
 
@@ -328,7 +333,55 @@ def deploycheck(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
                 bench_lock=tmp_path_factory.getbasetemp().parent / "deploycheck-bench.lock",
                 skip_bench=pytest.skip if option(config, "no-bench") else None, baselines=baselines,
                 exporter=_deploycheck_exports.artifact, resolve=request.getfixturevalue,
-                budget_s=float(budget) / pairs if budget else None)
+                budget_s=float(budget) / pairs if budget else None, progress=_progress(config))
+
+
+def _progress(config: pytest.Config) -> Any:
+    """The terminal progress of long steps, or none: under -q, and in xdist workers (no terminal of their own)."""
+    from deploycheck.gate import no_progress
+
+    if config.getoption("verbose") < 0 or hasattr(config, "workerinput"):
+        return no_progress
+    return _TerminalProgress(config)
+
+
+class _TerminalProgress:
+    """Announces a step (an export, a benchmark, ...) on the terminal once it has run for `after_s`, and its end,
+    so a long run shows a sign of life; a step that ends sooner prints nothing. Writes with capture suspended,
+    as pytest's live logging does."""
+
+    def __init__(self, config: pytest.Config, after_s: float = 2.0) -> None:
+        self.config = config
+        self.after_s = after_s
+        self._lock = threading.Lock()
+
+    def _write(self, line: str) -> None:
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        if terminal is None:
+            return
+        with self._lock, capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            terminal.write_line(line)
+
+    @contextlib.contextmanager
+    def __call__(self, text: str) -> Iterator[None]:
+        started = time.perf_counter()
+        announced = threading.Event()
+
+        def announce() -> None:
+            announced.set()
+            self._write(f"deploycheck: {text} ...")
+
+        timer = threading.Timer(self.after_s, announce)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+            timer.join()  # an announcement under way is written before the end is
+            if announced.is_set():
+                self._write(f"deploycheck: {text}: done in {time.perf_counter() - started:.1f} s")
 
 
 class _Summary:
@@ -350,6 +403,15 @@ class _Summary:
                         row[key].update(value)
                     else:
                         row[key] = value
+        pair = _pairs([report.nodeid])
+        if pair and (report.failed or (report.skipped and report.when == "setup")):
+            model, format_name = pair.pop()
+            row = self.results.setdefault((model, format_name), {"model": model, "format": format_name})
+            test = report.nodeid.split("::")[-1].split("[")[0]
+            if report.failed:  # a failure before anything was measured still makes the row FAIL
+                row.setdefault("failed_tests", []).append(test)
+            elif isinstance(report.longrepr, tuple):
+                row["skipped"] = str(report.longrepr[2]).removeprefix("Skipped: ")
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.collected.update(_pairs(item.nodeid for item in session.items))
@@ -384,12 +446,13 @@ class _Summary:
         return [self.results[key] for key in sorted(self.results, key=lambda k: (k[0], order.get(k[1], len(order))))]
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        from deploycheck.report import budget_summary, inconclusive_summary, summary_table
+        from deploycheck.report import budget_summary, inconclusive_summary, quantization_summary, summary_table
 
         lines: list[str] = []
         rows = self.rows()
         if rows:
             lines.append(summary_table(rows))
+            lines += quantization_summary(rows)
             lines += inconclusive_summary(rows)
             budget = option(self.config, "budget")
             lines += budget_summary(rows, float(budget) if budget else None)

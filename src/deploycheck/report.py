@@ -68,11 +68,13 @@ def _speedup_interval(original: dict[str, Any] | None) -> str:
 
 
 def _status(row: dict[str, Any]) -> str:
+    if row.get("failed_tests"):
+        return "FAIL"
     checks = [_get(row, section, "passed") for section in ("parity", "accuracy", "original")]
     checks += [c.get("passed") for c in (row.get("baseline") or {}).values()]
     known = [c for c in checks if c is not None]
     if not known:
-        return ""
+        return "skipped" if row.get("skipped") else ""
     if not all(known):
         return "FAIL"
     return "inconclusive" if any(c.get("status") == "inconclusive" for c in (row.get("baseline") or {}).values()) \
@@ -86,6 +88,7 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("size/onnx", lambda r: _num(r.get("size_ratio_vs_onnx"), ".2f")),
     ("params", lambda r: _num(r.get("parameters"), "d")),
     ("sparsity", lambda r: _pct(r.get("sparsity")) if r.get("sparsity") else ""),
+    ("int8 weights", lambda r: _pct(r.get("int8_weight_fraction"))),
     ("max abs err", lambda r: _num(_get(r, "parity", "max_abs"))),
     ("top-1 agree", lambda r: _pct(_get(r, "parity", "top1_agreement"))),
     ("accuracy", lambda r: _pct(_get(r, "accuracy", "value"))),
@@ -120,6 +123,17 @@ def _cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
     """One table, a row per model x format."""
     return format_table(*_cells(rows))
+
+
+NOMINAL_INT8 = 0.5  # a "quantized" artifact with fewer of its weights in int8 is flagged
+
+
+def quantization_summary(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """A line for every quantized artifact that left most of its weights in floating point (an LSTM that ONNX
+    Runtime's quantizer does not handle, a model with few Linear layers): int8 in name only."""
+    return [f"deploycheck: {row['model']}/{row['format']} is int8 in name only: {row['int8_weight_fraction']:.0%} of "
+            "its weights are 8-bit (the rest stays floating point)" for row in rows
+            if row.get("int8_weight_fraction") is not None and row["int8_weight_fraction"] < NOMINAL_INT8]
 
 
 def inconclusive_summary(rows: Sequence[dict[str, Any]]) -> list[str]:

@@ -52,6 +52,27 @@ def opset_of(model_path: Path) -> int:
     return int(max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")))
 
 
+def int8_weight_fraction(model_path: Path) -> float:
+    """The share of an ONNX model's weight elements stored as 8-bit integers (int32 biases of quantized layers
+    count as quantized; scales, zero points and other scalars are not weights). Read from the tensor shapes
+    alone, so external data is not loaded. A "quantized" model that quantized little is flagged with this."""
+    import math
+
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    quantized_types = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT32}
+    float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    quantized = total = 0
+    for tensor in model.graph.initializer:
+        elements = math.prod(tensor.dims)
+        if elements <= 1 or tensor.data_type not in quantized_types | float_types:
+            continue
+        total += elements
+        quantized += elements if tensor.data_type in quantized_types else 0
+    return quantized / total if total else 0.0
+
+
 def create_session(model_path: Path, intra_op_threads: int | None = None, inter_op_threads: int | None = None,
                    device: str = "cpu") -> onnxruntime.InferenceSession:
     """An ONNX Runtime session with explicit thread counts; `device="cuda"` asks for the CUDA provider."""

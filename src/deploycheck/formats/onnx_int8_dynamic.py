@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from deploycheck.artifact import Runner
 from deploycheck.formats.base import Format
-from deploycheck.formats.onnx import MODEL_FILE, OnnxRunner, create_session, opset_of
+from deploycheck.formats.onnx import MODEL_FILE, OnnxRunner, create_session, int8_weight_fraction, opset_of
 from deploycheck.parity import INT8_TOLERANCE
 
 if TYPE_CHECKING:
@@ -32,7 +32,8 @@ class OnnxInt8DynamicFormat(Format):
                          weight_type=QuantType[weight_type], op_types_to_quantize=options.get("op_types"))
         return {"opset": opset_of(out_dir / MODEL_FILE),
                 "quantization": {"tool": "onnxruntime.quantization.quantize_dynamic", "weight_type": weight_type,
-                                 "per_channel": per_channel, "activations": "dynamic"}}
+                                 "per_channel": per_channel, "activations": "dynamic",
+                                 "int8_weight_fraction": int8_weight_fraction(out_dir / MODEL_FILE)}}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
         return OnnxRunner(create_session(path / MODEL_FILE, **runtime))

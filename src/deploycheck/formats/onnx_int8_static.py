@@ -17,7 +17,7 @@ import numpy as np
 from deploycheck.artifact import Runner
 from deploycheck.errors import ExportError
 from deploycheck.formats.base import Format
-from deploycheck.formats.onnx import MODEL_FILE, OnnxRunner, create_session, opset_of
+from deploycheck.formats.onnx import MODEL_FILE, OnnxRunner, create_session, int8_weight_fraction, opset_of
 from deploycheck.parity import INT8_TOLERANCE
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class OnnxInt8StaticFormat(Format):
                 "quantization": {"tool": "onnxruntime.quantization.quantize_static", "quant_format": "QDQ",
                                  "calibration_batches": len(feeds),
                                  "calibration_samples": int(sum(len(next(iter(f.values()))) for f in feeds)),
-                                 **settings}}
+                                 "int8_weight_fraction": int8_weight_fraction(out_dir / MODEL_FILE), **settings}}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
         return OnnxRunner(create_session(path / MODEL_FILE, **runtime))

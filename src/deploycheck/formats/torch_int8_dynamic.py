@@ -56,14 +56,17 @@ class TorchInt8DynamicFormat(Format):
     def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
         import torch
 
-        linear_layers = sum(isinstance(m, torch.nn.Linear) for m in spec.model.modules())
+        linear = [m for m in spec.model.modules() if isinstance(m, torch.nn.Linear)]
+        in_linear = sum(p.numel() for m in linear for p in m.parameters())
+        total = sum(p.numel() for p in spec.model.parameters())
         quantized, backend = quantize_linear_layers(spec.flat_model)
         if backend == "torchao":
             save_exported_program(quantized, spec, out_dir)
         else:
             torch.jit.save(torch.jit.trace(quantized, spec.example_inputs), str(out_dir / TORCHSCRIPT_FILE))
         return {"quantization": {"backend": backend, "scheme": "int8 dynamic activations, int8 weights",
-                                 "modules": "nn.Linear", "quantized_layers": linear_layers}}
+                                 "modules": "nn.Linear", "quantized_layers": len(linear),
+                                 "int8_weight_fraction": in_linear / total if total else 0.0}}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
         import torch
