@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from deploycheck.accuracy import AccuracyReport
 from deploycheck.baseline import (
     INCONCLUSIVE,
     MISSING,
@@ -252,3 +254,34 @@ def test_markdown_report_is_a_github_table_and_html_has_both_plots() -> None:
     page = html_report(rows)
     assert page.count("<svg") == 2 and 'aria-label="latency distribution per format"' in page
     assert "m/onnx_int8_static (batch 1)" in page and '<td class="bad">FAIL</td>' in page
+
+
+@pytest.mark.parametrize("path, value", [("accuracy.value", float("nan")), ("parity.max_abs", float("inf")),
+                                         ("size.bytes", -5), ("latency.1.p50_ms", float("nan"))])
+def test_an_impossible_figure_in_a_baseline_is_refused_by_name(tmp_path: Path, path: str, value: float) -> None:
+    """NaN compares false with everything, so a NaN baseline figure silently turned its rule off."""
+    data = record(size={"bytes": 100}, parity={"max_abs": 1e-6}, accuracy={"value": 0.9},
+                  latency=latency_section(1.0))
+    target = data
+    *parents, leaf = path.split(".")
+    for key in parents:
+        target = target[key]
+    target[leaf] = value
+    store = BaselineStore(tmp_path)
+    store.path("m", "onnx").parent.mkdir(parents=True)
+    store.path("m", "onnx").write_text(json.dumps(data))
+    with pytest.raises(BaselineError, match=rf"{re.escape(path)} is (nan|inf|negative)"):
+        store.read("m", "onnx")
+
+
+def test_a_lower_is_better_metric_is_judged_in_its_own_direction() -> None:
+    """An error metric that rises has regressed; the report stores the direction so the baseline knows it."""
+    def accuracy(value: float) -> dict:
+        report = AccuracyReport("m", "onnx", reference=0.1, obtained=value, samples=10, agreement=None,
+                                max_drop=None, max_relative_drop=None, min_agreement=None, higher_is_better=False)
+        return record(accuracy=report.to_dict())
+
+    worse = compare_records(accuracy(0.10), accuracy(0.20), Rules(), "b")
+    assert statuses(worse) == {"accuracy": REGRESSED}
+    assert "0.1  " in str(worse) and "0.2  " in str(worse) and "lower is better" in str(worse)
+    assert statuses(compare_records(accuracy(0.10), accuracy(0.05), Rules(), "b")) == {"accuracy": OK}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 import textwrap
@@ -178,3 +180,22 @@ def test_run_checks_inputs(digits_artifacts) -> None:
 def test_eager_artifact_needs_its_spec(digits_artifacts) -> None:
     with pytest.raises(ArtifactError, match="pass spec= to load it"):
         deploycheck.load_artifact(digits_artifacts["eager"].path)
+
+
+def test_export_never_deletes_what_it_did_not_write(digits_spec, tmp_path) -> None:
+    """An export replaces its directory whole, so it refuses a directory holding anything but an earlier export
+    of the same model and format; what it writes follows the umask like any other output."""
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match=r"refusing to export into .*mine: it holds 1 entries that deploycheck"):
+        deploycheck.export(digits_spec, "onnx", foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    onnx = deploycheck.export(digits_spec, "onnx", tmp_path / "shared")
+    with pytest.raises(ExportError, match="it holds a deploycheck artifact of digits_cnn/onnx"):
+        deploycheck.export(digits_spec, "torchscript", tmp_path / "shared")
+    assert deploycheck.export(digits_spec, "onnx", tmp_path / "shared").path == onnx.path
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(onnx.path.stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((onnx.path / "deploycheck.json").stat().st_mode) == 0o666 & ~mask

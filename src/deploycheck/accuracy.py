@@ -102,7 +102,7 @@ class AccuracyReport:
         return {"value": self.obtained if labelled else None, "reference": self.reference if labelled else None,
                 "drop": self.drop if labelled else None, "relative_drop": self.relative_drop if labelled else None,
                 "agreement": self.agreement, "samples": self.samples, "max_drop": self.max_drop,
-                "min_agreement": self.min_agreement, "passed": self.passed,
+                "min_agreement": self.min_agreement, "passed": self.passed, "higher_is_better": self.higher_is_better,
                 "class_distribution": {str(k): v for k, v in self.class_distribution.items()},
                 "input_profile": self.input_profile}
 

@@ -276,7 +276,34 @@ def read_record(path: Path) -> dict[str, Any]:
     for section in ("parity", "accuracy", "latency", "speedup"):
         if section in record and not isinstance(record[section], dict):
             raise BaselineError(f"baseline {path}: '{section}' must be an object")
+    bad = _impossible_figure(record)
+    if bad:
+        raise BaselineError(f"baseline {path}: {bad}; a figure that is not a finite number would turn its rule "
+                            "off. Fix the file or rewrite it with --deploycheck-update")
     return record
+
+
+_NON_NEGATIVE = re.compile(r"(_ms|_per_s|bytes|calls|rounds|max_abs|parameters|spread)$")
+
+
+def _impossible_figure(value: Any, where: str = "") -> str | None:
+    """Where a record holds NaN or an infinity, or a negative size, time, count or error (None when nowhere)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _impossible_figure(item, f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _impossible_figure(item, f"{where}[{index}]")
+            if found:
+                return found
+    elif isinstance(value, float) and not math.isfinite(value):
+        return f"{where} is {value}"
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0 and \
+            _NON_NEGATIVE.search(where.split("[")[0]):
+        return f"{where} is negative ({value})"
+    return None
 
 
 def record_from_row(row: Mapping[str, Any], passed_only: bool = True) -> dict[str, Any]:
@@ -353,14 +380,23 @@ def compare_parity(old: Mapping[str, Any], new: Mapping[str, Any], rules: Rules)
 
 
 def compare_accuracy(old: Mapping[str, Any], new: Mapping[str, Any], rules: Rules) -> list[Finding]:
+    """The accuracy rule, in the metric's own direction (a lower-is-better metric such as an error is shown as a
+    number and fails when it rises; `higher_is_better` is stored with it)."""
     before, after = old.get("accuracy", {}), new.get("accuracy", {})
     if before.get("value") is None or after.get("value") is None:
         return []
-    sign = 1 if after.get("higher_is_better", True) else -1
-    change = (after["value"] - before["value"]) * sign
-    return [Finding("accuracy", f"{before['value']:.2%}", f"{after['value']:.2%}", f"{change * 100:+.2f} pt",
-                    f">= -{rules.accuracy_drop * 100:.2f} pt",
-                    REGRESSED if -change > rules.accuracy_drop + 1e-12 else OK)]
+    higher = after.get("higher_is_better", before.get("higher_is_better", True))
+    if before.get("higher_is_better", higher) != higher:
+        return [Finding("accuracy", "", "", "", "", MISSING, "the metric's direction changed since the baseline; "
+                        + UPDATE_HINT)]
+    change = (after["value"] - before["value"]) * (1 if higher else -1)
+    if higher:
+        shown = (f"{before['value']:.2%}", f"{after['value']:.2%}", f"{change * 100:+.2f} pt")
+        limit = f">= -{rules.accuracy_drop * 100:.2f} pt"
+    else:
+        shown = (f"{before['value']:.4g}", f"{after['value']:.4g}", f"{after['value'] - before['value']:+.4g}")
+        limit = f"<= +{rules.accuracy_drop:.4g} (lower is better)"
+    return [Finding("accuracy", *shown, limit, REGRESSED if -change > rules.accuracy_drop + 1e-12 else OK)]
 
 
 def latency_ratio(old: Mapping[str, Any], new: Mapping[str, Any], limit: LatencyLimit, confidence: float,

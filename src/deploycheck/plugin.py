@@ -67,6 +67,7 @@ BASELINE_SETTINGS = pytest.StashKey[tuple[Path, list[tuple[str, Any]]]]()
 AGAINST = pytest.StashKey[tuple[Path, str] | None]()
 LAST_USE = pytest.StashKey[dict[str, tuple[str, str]]]()
 EXPORTS = pytest.StashKey[Any]()
+SPEC_ERRORS = pytest.StashKey[set[str]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -293,10 +294,17 @@ def _deploycheck_exports(request: pytest.FixtureRequest, tmp_path_factory: pytes
 @pytest.fixture
 def artifact(request: pytest.FixtureRequest, _deploycheck_exports: Any) -> Any:
     """One model x format, exported once per run and loaded back from disk (parametrized over all of them)."""
-    from deploycheck.errors import ExportError, FormatUnavailable
+    from deploycheck.errors import ExportError, FormatUnavailable, SpecError
 
     model_name, format_name = request.param
-    spec = request.getfixturevalue(model_name)
+    try:
+        spec = request.getfixturevalue(model_name)
+    except SpecError as exc:  # a mistake in the spec: said plainly, in full once, then referred to
+        reported = request.config.stash.setdefault(SPEC_ERRORS, set())
+        first = model_name not in reported
+        reported.add(model_name)
+        pytest.fail(str(exc) if first else f"{model_name}: the spec cannot be built (see the first error of "
+                    f"{model_name})", pytrace=False)
     if format_name not in (spec.formats or []):
         pytest.skip(f"{spec.name}/{format_name}: not among the spec's formats {spec.formats}")
     try:

@@ -347,6 +347,9 @@ def write_text(path: Path, text: str) -> None:
     """Write a text file atomically (temporary file in the same directory, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(handle, 0o666 & ~mask)  # mkstemp's file is private; the file it replaces was not
     try:
         with os.fdopen(handle, "w") as stream:
             stream.write(text)

@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import os
 import shutil
 import tempfile
 import traceback
@@ -85,8 +86,10 @@ def export(spec: ModelSpec, format: str, out_dir: str | Path, *, base: Artifact 
     cached = _reusable(out_dir, key, spec)
     if cached is not None:
         return cached
+    _check_replaceable(out_dir, spec.name, format)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an artifact is shared like any other output
     try:
         try:
             with quiet_exporters():
@@ -188,6 +191,30 @@ def _reusable(out_dir: Path, key: str, spec: ModelSpec) -> Artifact | None:
         return None
     artifact.reused = True
     return artifact
+
+
+def _check_replaceable(out_dir: Path, model: str, format_name: str) -> None:
+    """An export replaces `out_dir` whole: refuse unless it is empty or an earlier export of the same model and
+    format (never delete what deploycheck did not write)."""
+    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return
+    try:
+        metadata = read_metadata(out_dir)
+    except ArtifactError:
+        metadata = {}
+    if metadata.get("model") != model or metadata.get("format") != format_name:
+        if metadata:
+            held = f"a deploycheck artifact of {metadata.get('model')}/{metadata.get('format')}"
+        else:
+            held = f"{sum(1 for _ in out_dir.iterdir())} entries that deploycheck did not write"
+        raise ExportError(f"{model}/{format_name}: refusing to export into {out_dir}: it holds {held}, and an "
+                          "export replaces its directory whole; give an empty or new directory")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _replace_directory(new: Path, target: Path) -> None:
