@@ -187,3 +187,44 @@ def test_input_drift_needs_a_profile_and_enough_requests() -> None:
     for _ in range(50):
         few.record_inputs({"x": np.ones(4)})
     assert few.metrics()["input_drift_psi"]["x"] > 1 and few.alerts() == [], "50 requests are below min_samples"
+
+
+def test_a_doubling_of_latency_for_thirty_seconds_fires() -> None:
+    """Exactly twice the baseline p95 for 30 s: the default factor (1.5) fires on a doubling."""
+    clock = Clock()
+    monitor = Monitor("m", window_s=10, clock=clock, baseline={"p95_ms": 5.5})
+    simulate(monitor, clock, 30, 100)
+    simulate(monitor, clock, 30, 100, latency=10.0)
+    assert [a.type for a in monitor.alerts()] == ["latency"]
+
+
+def test_an_idle_window_reads_empty_and_its_alerts_resolve() -> None:
+    """Traffic stops with half the requests failing; two hours later the window is empty and the alert over."""
+    clock = Clock()
+    monitor = Monitor("m", window_s=60, clock=clock)
+    simulate(monitor, clock, 10, 30, error_every=2)
+    assert monitor.metrics()["errors"] > 0 and [a.state for a in monitor.alerts()] == ["firing"]
+    clock.now += 2 * 3600
+    figures = monitor.metrics()
+    assert figures["requests"] == 0 and figures["errors"] == 0 and figures["throughput_rps"] == 0
+    assert [a.state for a in monitor.alerts()] == ["resolved"]
+
+
+@pytest.mark.parametrize("latency", [-1.0, float("nan"), float("inf"), "5"])
+def test_an_impossible_latency_is_refused(latency: float) -> None:
+    monitor = Monitor("m")
+    with pytest.raises(ValueError, match="latency_ms=.*expected a finite number >= 0"):
+        monitor.record(latency)
+    assert monitor.metrics()["requests"] == 0
+
+
+def test_a_clock_stepping_back_counts_as_no_time_passing() -> None:
+    clock = Clock()
+    clock.now = 10_000.0
+    monitor = Monitor("m", window_s=60, clock=clock)
+    simulate(monitor, clock, 10, 30)
+    clock.now -= 3600
+    simulate(monitor, clock, 1, 30)
+    figures = monitor.metrics()
+    assert figures["requests"] == 330 and 0 < figures["throughput_rps"] < 100
+    assert figures["latency_ms"]["p95"] < 6

@@ -62,25 +62,25 @@ class Rule:
     """An alert rule: `type` (latency, error_rate, accuracy, drift, input_drift), a threshold and how it is
     applied.
 
-    latency: fires when the window p95 exceeds `factor` x the baseline p95 (and `factor` x the trailing average
-    of earlier windows, when one exists); error_rate: when the window error rate exceeds `threshold`; accuracy:
-    when window accuracy falls below the baseline accuracy minus `threshold`; drift: when the PSI of predicted
-    classes against the baseline distribution exceeds `threshold`; input_drift: when the PSI of some input's
-    values against the calibration data's (`input_profile`) exceeds `threshold` (counted in requests whose
-    inputs were recorded). `min_samples` guards against judging a handful of requests; `cooldown_s` keeps a
-    resolved alert from firing again at once.
+    latency: fires when the window p95 exceeds `factor` x the baseline p95 (and `factor` x the trailing average of
+    earlier windows, when one exists; 1.5 by default, so that a doubling fires); error_rate: when the window error
+    rate exceeds `threshold`; accuracy: when window accuracy falls below the baseline accuracy minus `threshold`;
+    drift: when the PSI of predicted classes against the baseline distribution exceeds `threshold`; input_drift:
+    when the PSI of some input's values against the calibration data's (`input_profile`) exceeds `threshold`
+    (counted in requests whose inputs were recorded). `min_samples` guards against judging a handful of requests;
+    `cooldown_s` keeps a resolved alert from firing again at once.
     """
 
     type: str
     threshold: float = 0.0
-    factor: float = 2.0
+    factor: float = 1.5
     min_samples: int = 100
     cooldown_s: float = 60.0
     severity: str = "warning"
 
 
 DEFAULT_RULES = (
-    Rule("latency", factor=2.0, min_samples=100),
+    Rule("latency", factor=1.5, min_samples=100),
     Rule("error_rate", threshold=0.05, min_samples=100, severity="critical"),
     Rule("accuracy", threshold=0.02, min_samples=100),
     Rule("drift", threshold=0.2, min_samples=200),
@@ -122,6 +122,7 @@ class Monitor:
         self._slice_s = self.window_s / slices
         self._lock = threading.Lock()
         self._started = clock()
+        self._latest = self._started
         self._slices: deque[_Slice] = deque()
         self._current = _Slice(self._slice_start(self._started))
         self._lifetime = _Slice(self._started)
@@ -136,8 +137,11 @@ class Monitor:
 
     def record(self, latency_ms: float, batch_size: int = 1, error: str | BaseException | None = None,
                prediction: Any = None, request_id: str | None = None) -> None:
-        """Count one request. O(1): no percentile, no rule evaluation here."""
-        now = self.clock()
+        """Count one request. O(1): no percentile, no rule evaluation here. A latency that is negative, NaN or
+        infinite is refused (ValueError): it would corrupt every figure of the window."""
+        if not (isinstance(latency_ms, (int, float)) and math.isfinite(latency_ms) and latency_ms >= 0):
+            raise ValueError(f"monitor {self.model_name}: latency_ms={latency_ms!r}; expected a finite number >= 0")
+        now = self._now()
         bucket = _bucket(latency_ms)
         with self._lock:
             if now - self._current.start >= self._slice_s:
@@ -172,7 +176,7 @@ class Monitor:
                 if values.size > max_values:
                     values = values[::math.ceil(values.size / max_values)]
                 binned[name] = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
-        now = self.clock()
+        now = self._now()
         with self._lock:
             if now - self._current.start >= self._slice_s:
                 self._rotate(now)
@@ -194,7 +198,9 @@ class Monitor:
     def metrics(self) -> dict[str, Any]:
         """Window and lifetime figures; evaluates the alert rules."""
         with self._lock:
-            now = self.clock()
+            now = self._now()
+            if now - self._current.start >= self._slice_s:  # no traffic since: the window still moves on
+                self._rotate(now)
             self._expire(now)
             window = self._merge([*self._slices, self._current])
             result = self._figures(window, now - max(self._started, now - self.window_s))
@@ -226,6 +232,12 @@ class Monitor:
         for alert in self._history[-5:]:
             lines.append(f"  alert {alert.type} {alert.state}: {alert.message}")
         return "\n".join(lines)
+
+    def _now(self) -> float:
+        """The clock, never going back: a clock stepped back (NTP, a VM restored) counts as no time passing,
+        instead of turning window arithmetic negative."""
+        self._latest = max(self._latest, self.clock())
+        return self._latest
 
     def _slice_start(self, now: float) -> float:
         return math.floor(now / self._slice_s) * self._slice_s
@@ -304,6 +316,8 @@ class Monitor:
     def _evaluate(self, window: _Slice, figures: dict[str, Any], now: float) -> None:
         for rule in self.rules:
             condition = self._condition(rule, window, figures)
+            if condition is None and window.requests == 0 and rule.type in self._active:
+                condition = (False, 0.0, self._active[rule.type].threshold, "")  # idle: nothing is going wrong
             if condition is None:
                 continue
             breached, value, threshold, subject = condition
