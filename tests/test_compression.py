@@ -105,3 +105,14 @@ def test_original_budgets_and_shapes_are_checked_when_the_spec_is_built() -> Non
     with pytest.raises(SpecError, match=r"original 'small.original' produces outputs of shapes \[\[8, 4\]\]"):
         deploycheck.ModelSpec(name="small", model=torch.nn.Linear(6, 3), example_inputs=x,
                               original=torch.nn.Linear(6, 4))
+
+
+def test_a_budget_against_the_original_that_no_test_checked_is_listed() -> None:
+    from deploycheck.report import unchecked_budgets
+
+    rows = [{"model": "student", "format": "onnx", "budgets_vs_original": ["max_accuracy_drop_vs_original"]},
+            {"model": "pruned", "format": "onnx", "budgets_vs_original": ["min_speedup_vs_original"],
+             "original": {"passed": True}},
+            {"model": "cnn", "format": "onnx"}]
+    assert unchecked_budgets(rows) == ["deploycheck: student sets max_accuracy_drop_vs_original but no test called "
+                                       "assert_original: set but not checked"]

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from deploycheck.spec import ModelSpec
 
 Record = Callable[[dict[str, Any]], None]
+ORIGINAL_BUDGETS = ("max_accuracy_drop_vs_original", "min_agreement_vs_original", "min_speedup_vs_original",
+                    "max_size_ratio_vs_original")
 Progress = Callable[[str], contextlib.AbstractContextManager[None]]
 
 
@@ -211,6 +213,10 @@ class Gate:
             if id(model) not in self._facts:
                 self._facts[id(model)] = compression_facts(model)
             extra.update(self._facts[id(model)])
+        if artifact.spec is not None:
+            budgets = [key for key in ORIGINAL_BUDGETS if getattr(artifact.spec, key) is not None]
+            if budgets:
+                extra["budgets_vs_original"] = budgets
         fraction = (artifact.metadata.get("quantization") or {}).get("int8_weight_fraction")
         if fraction is not None:
             extra["int8_weight_fraction"] = fraction

@@ -454,13 +454,20 @@ class _Summary:
         return [self.results[key] for key in sorted(self.results, key=lambda k: (k[0], order.get(k[1], len(order))))]
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        from deploycheck.report import budget_summary, inconclusive_summary, quantization_summary, summary_table
+        from deploycheck.report import (
+            budget_summary,
+            inconclusive_summary,
+            quantization_summary,
+            summary_table,
+            unchecked_budgets,
+        )
 
         lines: list[str] = []
         rows = self.rows()
         if rows:
             lines.append(summary_table(rows))
             lines += quantization_summary(rows)
+            lines += unchecked_budgets(rows)
             lines += inconclusive_summary(rows)
             budget = option(self.config, "budget")
             lines += budget_summary(rows, float(budget) if budget else None)

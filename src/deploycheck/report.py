@@ -136,6 +136,18 @@ def quantization_summary(rows: Sequence[dict[str, Any]]) -> list[str]:
             if row.get("int8_weight_fraction") is not None and row["int8_weight_fraction"] < NOMINAL_INT8]
 
 
+def unchecked_budgets(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """A line for every model whose spec sets `*_vs_original` budgets that no test enforced (no test called
+    `assert_original`): a budget that was set but not checked must not read as passed."""
+    unchecked: dict[str, list[str]] = {}
+    checked = {row["model"] for row in rows if isinstance(row.get("original"), dict)}
+    for row in rows:
+        if row.get("budgets_vs_original") and row["model"] not in checked:
+            unchecked[row["model"]] = list(row["budgets_vs_original"])
+    return [f"deploycheck: {model} sets {', '.join(budgets)} but no test called assert_original: set but not "
+            "checked" for model, budgets in unchecked.items()]
+
+
 def inconclusive_summary(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Lines naming every verdict against a baseline that could not be reached, with its reason: they did not
     fail the run, and the reader must know that nothing was concluded."""
