@@ -348,7 +348,7 @@ def _progress(config: pytest.Config) -> Any:
     """The terminal progress of long steps, or none: under -q, and in xdist workers (no terminal of their own)."""
     from deploycheck.gate import no_progress
 
-    if config.getoption("verbose") < 0 or hasattr(config, "workerinput"):
+    if config.getoption("verbose", 0) < 0 or hasattr(config, "workerinput"):
         return no_progress
     return _TerminalProgress(config)
 
@@ -401,6 +401,7 @@ class _Summary:
         self.results: dict[tuple[str, str], dict[str, Any]] = {}
         self.collected: set[tuple[str, str]] = set()
         self.checked_missing = False
+        self.written: list[str] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for name, payload in report.user_properties:
@@ -475,13 +476,18 @@ class _Summary:
                       if isinstance(r.get("original"), dict) and r["original"].get("statement")]
         if statements:
             lines += ["deploycheck: speed against the original, as measured:", *statements]
-        lines += self._write_baselines(rows)
-        lines += self._stale_baselines()
-        lines += self._write_reports(rows)
+        lines += self.written
         if lines:
             terminalreporter.section("deploycheck")
             for line in lines:
                 terminalreporter.write_line(line)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self) -> None:
+        """Baselines and reports are written here, so a run without the terminal plugin still saves them; the
+        terminal summary only prints what was written."""
+        rows = self.rows()
+        self.written = self._write_baselines(rows) + self._stale_baselines() + self._write_reports(rows)
 
     def _write_baselines(self, rows: list[dict[str, Any]]) -> list[str]:
         from deploycheck.gate import write_baselines
