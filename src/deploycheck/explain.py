@@ -41,10 +41,27 @@ def fp32_onnx_path(artifact: Artifact, spec: ModelSpec) -> Path:
     return export(spec, "onnx", recorded).path / MODEL_FILE
 
 
+INPUT_ELEMENTS = 2**21  # inputs fed to an explanation; every intermediate activation of them is kept in memory
+
+
 def _reader(spec: ModelSpec, batches: int) -> Any:
+    """The first `batches` calibration batches, cut to at most `INPUT_ELEMENTS` input values (at least one row):
+    the debugging helpers keep every intermediate activation, which for a ResNet on 64 images is gigabytes."""
     from deploycheck.formats.onnx_int8_static import calibration_feeds, feed_reader
 
-    return feed_reader(calibration_feeds(spec)[:batches])
+    feeds: list[dict[str, np.ndarray]] = []
+    total = 0
+    for feed in calibration_feeds(spec)[:batches]:
+        rows = len(next(iter(feed.values())))
+        per_row = sum(array[:1].size for array in feed.values())
+        fits = (INPUT_ELEMENTS - total) // per_row
+        if not feeds:
+            fits = max(1, fits)
+        elif fits <= 0:
+            break
+        feeds.append({name: array[:fits] for name, array in feed.items()})
+        total += min(rows, fits) * per_row
+    return feed_reader(feeds)
 
 
 def _producers(model_path: Path) -> tuple[dict[str, str], dict[str, str]]:
