@@ -3,40 +3,78 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from deploycheck.errors import DeployCheckError
 
-CONFTEST_TEMPLATE = '''"""deploycheck gate configuration: register the models to gate."""
+CONFTEST_TEMPLATE = '''"""deploycheck gate configuration: the models to gate, registered with @deploycheck.model."""
 
 import torch
 
 import deploycheck
 
 
+class MyModel(torch.nn.Module):
+    """Replace with your model (and its factory, so the state_dict round trip is checked too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def eval_batches() -> list:
+    """Replace with real labelled data: (inputs, labels) batches for accuracy and int8 calibration."""
+    generator = torch.Generator().manual_seed(1)
+    inputs = [torch.randn(64, 16, generator=generator) for _ in range(4)]
+    with torch.no_grad():
+        reference = MyModel()
+        return [(x, reference(x).argmax(1)) for x in inputs]
+
+
 @deploycheck.model
 def my_model() -> deploycheck.ModelSpec:
-    # Replace with your model: give `factory` (the class) to also check the state_dict round trip, and
-    # `eval_data` (an iterable of (inputs, labels)) to measure accuracy and calibrate int8 formats.
-    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
     return deploycheck.ModelSpec(
         name="my_model",
-        model=model,
-        example_inputs=(torch.randn(8, 16),),
-        dynamic_batch=True,
+        model=MyModel(),
+        factory=MyModel,
+        example_inputs=(torch.randn(8, 16),),   # batch >= 2 with a dynamic batch axis
+        eval_data=eval_batches(),
+        max_accuracy_drop=0.02,                  # int8 formats may lose at most 2 points
     )
 '''
 
 TEST_TEMPLATE = '''"""The deployment gate: every registered model x every format, loaded back from disk."""
 
 
-def test_parity(artifact, deploycheck):
+def test_parity(artifact, deploycheck):       # outputs match the eager model, per output
     deploycheck.assert_parity(artifact)
+
+
+def test_accuracy(artifact, deploycheck):     # accuracy drop within ModelSpec(max_accuracy_drop=...)
+    deploycheck.assert_accuracy(artifact)
+
+
+def test_speed(artifact, deploycheck):        # latency per batch size, held to the baseline
+    deploycheck.bench(artifact)
+'''
+
+PYPROJECT_TEMPLATE = '''
+[tool.deploycheck]
+baselines = "baselines"
+
+[tool.deploycheck.rules]
+accuracy_drop = 0.005
+latency = ["p50:10%", "p99:25%"]
 '''
 
 
@@ -49,43 +87,69 @@ def load_spec_function(reference: str) -> Any:
         raise DeployCheckError(f"{reference!r} is not MODULE:FUNC (e.g. mypkg.models:tiny_cnn)")
     if "" not in sys.path:
         sys.path.insert(0, "")
-    function = getattr(importlib.import_module(module_name), function_name)
-    spec = getattr(function, "__wrapped__", function)()
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DeployCheckError(f"{reference}: cannot import {module_name!r} ({exc}); run from the directory that "
+                               "holds it, or install it") from exc
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise DeployCheckError(f"{reference}: {module_name!r} has no function {function_name!r}")
+    function = getattr(function, "_deploycheck_function", function)
+    spec = function()
     if not isinstance(spec, ModelSpec):
         raise DeployCheckError(f"{reference} returned a {type(spec).__name__}, expected a deploycheck.ModelSpec")
     return spec
 
 
 def _artifact_rows(spec: Any, out_dir: Path, formats: list[str] | None) -> list[dict[str, Any]]:
-    """Export every format (failures and skips reported per format) and check each one's parity."""
+    """Export every format (failures and skips reported per format) and check each one's parity and accuracy."""
+    rows: list[dict[str, Any]] = []
+    done: dict[str, Any] = {}
+    for name in formats or spec.formats:
+        with _progress(f"{spec.name}/{name}: exporting, then checking parity and accuracy"):
+            rows.append(_artifact_row(spec, name, out_dir, done))
+    return rows
+
+
+@contextlib.contextmanager
+def _progress(text: str) -> Iterator[None]:
+    """A line per step on a terminal (stderr), with its time when it ends; nothing when output is not a tty."""
+    started = time.perf_counter()
+    show = sys.stderr.isatty()
+    if show:
+        print(f"{text} ...", end="", file=sys.stderr, flush=True)
+    try:
+        yield
+    finally:
+        if show:
+            print(f" {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+
+
+def _artifact_row(spec: Any, name: str, out_dir: Path, done: dict[str, Any]) -> dict[str, Any]:
+    """One format: exported (its base format's artifact taken from `done`), its parity and accuracy."""
     from deploycheck.accuracy import check_accuracy
     from deploycheck.errors import FormatUnavailable
     from deploycheck.formats import export, get_format
     from deploycheck.parity import check_parity
 
-    rows: list[dict[str, Any]] = []
-    done: dict[str, Any] = {}
-    for name in formats or spec.formats:
-        fmt = get_format(name)
-        row: dict[str, Any] = {"model": spec.name, "format": name}
-        try:
-            base = done.get(fmt.base_format) if fmt.base_format else None
-            artifact = export(spec, name, out_dir / name, base=base)
-        except FormatUnavailable as exc:
-            rows.append({**row, "status": "skipped", "note": str(exc)})
-            continue
-        except DeployCheckError as exc:
-            rows.append({**row, "status": "export failed", "note": str(exc)})
-            continue
-        done[name] = artifact
-        report = check_parity(artifact, spec)
-        accuracy = check_accuracy(artifact, spec, explain=False) if spec.eval_data else None
-        status = "ok" if report.passed else "parity FAIL"
-        if accuracy is not None and not accuracy.passed:
-            status = "accuracy FAIL" if report.passed else "FAIL"
-        rows.append({**row, "status": status, "size_bytes": artifact.size_bytes, "reused": artifact.reused,
-                     "artifact": artifact, "parity": report, "accuracy": accuracy})
-    return rows
+    fmt = get_format(name)
+    row: dict[str, Any] = {"model": spec.name, "format": name}
+    try:
+        base = done.get(fmt.base_format) if fmt.base_format else None
+        artifact = export(spec, name, out_dir / name, base=base)
+    except FormatUnavailable as exc:
+        return {**row, "status": "skipped", "note": str(exc)}
+    except DeployCheckError as exc:
+        return {**row, "status": "export failed", "note": str(exc)}
+    done[name] = artifact
+    report = check_parity(artifact, spec)
+    accuracy = check_accuracy(artifact, spec, explain=False) if spec.eval_data else None
+    status = "ok" if report.passed else "parity FAIL"
+    if accuracy is not None and not accuracy.passed:
+        status = "accuracy FAIL" if report.passed else "FAIL"
+    return {**row, "status": status, "size_bytes": artifact.size_bytes, "reused": artifact.reused,
+            "artifact": artifact, "parity": report, "accuracy": accuracy}
 
 
 def _print_rows(rows: list[dict[str, Any]]) -> None:
@@ -149,6 +213,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     root = Path(args.directory)
     files = {root / "conftest.py": CONFTEST_TEMPLATE, root / "tests" / "test_deploy.py": TEST_TEMPLATE}
+    pyproject = root / "pyproject.toml"
     existing = [str(p) for p in files if p.exists()]
     if existing and not args.force:
         print(f"deploycheck init: not overwriting {', '.join(existing)} (use --force)", file=sys.stderr)
@@ -157,10 +222,14 @@ def cmd_init(args: argparse.Namespace) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(f"wrote {path}")
+    existing_pyproject = pyproject.read_text() if pyproject.exists() else ""
+    if "[tool.deploycheck" not in existing_pyproject:
+        pyproject.write_text(existing_pyproject + PYPROJECT_TEMPLATE)
+        print(f"{'added [tool.deploycheck] to' if existing_pyproject else 'wrote'} {pyproject}")
     (root / "baselines").mkdir(exist_ok=True)
     (root / "baselines" / ".gitkeep").touch()
-    print(f"wrote {root / 'baselines'}/\nnext: edit conftest.py, record the baselines with "
-          "`pytest --deploycheck-update`, commit them, then gate with `pytest`")
+    print(f"wrote {root / 'baselines'}/\nnext: `pytest --deploycheck-update` records the baselines (commit them), "
+          "then `pytest` gates; replace MyModel and eval_batches in conftest.py with yours")
     return 0
 
 
@@ -214,24 +283,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deploycheck", description="Gate a model's deployment formats.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="train the digits CNN, export every format, check parity and accuracy")
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    demo = add("demo", "train the digits CNN, export every format, check parity and accuracy")
     demo.add_argument("--out", help="artifact directory (default: the deploycheck cache)")
     demo.set_defaults(handler=cmd_demo)
 
-    init = commands.add_parser("init", help="write a starting conftest.py, tests/test_deploy.py and baselines/")
+    init = add("init", "write a starting conftest.py, tests/test_deploy.py and baselines/")
     init.add_argument("directory", nargs="?", default=".")
     init.add_argument("--force", action="store_true", help="overwrite existing files")
     init.set_defaults(handler=cmd_init)
 
-    export = commands.add_parser("export", help="export MODULE:FUNC's model to every format")
+    export = add("export", "export MODULE:FUNC's model to every format")
     export.add_argument("spec", metavar="MODULE:FUNC", help="a function returning a deploycheck.ModelSpec")
     export.add_argument("--out", required=True, help="output directory (one subdirectory per format)")
     export.add_argument("--formats", help="comma-separated formats (default: the spec's)")
     export.set_defaults(handler=cmd_export)
 
-    quantize = commands.add_parser("quantize", help="search a static int8 configuration within an accuracy budget")
+    quantize = add("quantize", "search a static int8 configuration within an accuracy budget")
     quantize.add_argument("spec", metavar="MODULE:FUNC", help="a function returning a deploycheck.ModelSpec")
     quantize.add_argument("--max-accuracy-drop", type=float, required=True,
                           help="the budget, a fraction (0.01 is one point of accuracy)")
@@ -239,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--no-latency", action="store_true", help="do not measure batch-1 latency per trial")
     quantize.set_defaults(handler=cmd_quantize)
 
-    compare = commands.add_parser("compare", help="compare two reports or baseline directories; exit 1 on regression")
+    compare = add("compare", "compare two reports or baseline directories; exit 1 on regression")
     compare.add_argument("old", metavar="OLD", help="a JSON report (--deploycheck-report), a baseline file or a "
                          "baselines directory")
     compare.add_argument("new", metavar="NEW", help="the same, for the new run")
@@ -249,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("-v", "--verbose", action="store_true", help="print every comparison's table")
     compare.set_defaults(handler=cmd_compare)
 
-    alerts = commands.add_parser("alerts", help="print Prometheus alerting rules from the stored baselines")
+    alerts = add("alerts", "print Prometheus alerting rules from the stored baselines")
     alerts.add_argument("--baselines", required=True, help="the baselines directory")
     alerts.add_argument("--format", help="whose figures to use per model (default: onnx, else the first stored)")
     alerts.add_argument("--window", default="5m", help="the rate window of the expressions")
@@ -258,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the server's --max-queue-delay-ms, added to the release p95")
     alerts.set_defaults(handler=cmd_alerts)
 
-    serve = commands.add_parser("serve", help="serve artifacts over REST and the Open Inference Protocol v2")
+    serve = add("serve", "serve artifacts over REST and the Open Inference Protocol v2")
     serve.add_argument("path", metavar="PATH", help="an artifact directory, or a directory of them")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -271,6 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=cmd_serve)
     return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("deploycheck")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
