@@ -71,7 +71,7 @@ def main() -> None:
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(f"process {index + 1:2d}: " + "  ".join(f"{name} {runs[-1][name][0]:.3f} ms" for name in formats),
               flush=True)
-    for name in formats + ["reference"]:
+    for name in [*formats, "reference"]:
         values = np.array([run[name][0] for run in runs]) if name != "reference" else \
             np.array([run[formats[0]][1] for run in runs])
         centre = float(np.median(values))

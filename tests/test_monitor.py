@@ -213,7 +213,7 @@ def test_an_idle_window_reads_empty_and_its_alerts_resolve() -> None:
 @pytest.mark.parametrize("latency", [-1.0, float("nan"), float("inf"), "5"])
 def test_an_impossible_latency_is_refused(latency: float) -> None:
     monitor = Monitor("m")
-    with pytest.raises(ValueError, match="latency_ms=.*expected a finite number >= 0"):
+    with pytest.raises(ValueError, match=r"latency_ms=.*expected a finite number >= 0"):
         monitor.record(latency)
     assert monitor.metrics()["requests"] == 0
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,9 @@ def test_predict_and_feedback(served) -> None:
     assert status == 200 and matched == {"matched": True}
     assert server.request("GET", "/health")[1]["models"] == {"digits_cnn": True, "lookup": True}
     assert server.request("GET", "/health/ready")[0] == 200 and server.request("GET", "/alerts")[0] == 200
+    status, index = server.request("GET", "/v2/models")
+    assert status == 200 and sorted((m["name"], m["state"]) for m in index["models"]) == [
+        ("digits_cnn", "READY"), ("lookup", "READY")], "the repository index KServe / Triton clients read"
 
 
 BAD_REQUESTS = [
@@ -300,6 +304,8 @@ def test_the_monitor_holds_traffic_to_the_release_baseline(digits_artifacts, tmp
         alerts = server.request("GET", "/alerts")[1]["digits_cnn"]
         drift = [a for a in alerts if a["type"] == "drift"]
         assert len(drift) == 1 and drift[0]["state"] == "firing" and drift[0]["model"] == "digits_cnn"
+        fired = datetime.fromisoformat(drift[0]["first_seen_utc"])
+        assert abs((datetime.now(timezone.utc) - fired).total_seconds()) < 120, "a wall-clock time, not monotonic"
         assert not [a for a in alerts if a["type"] == "input_drift"], "the pixels of zeros are still digit pixels"
         mixed = images.numpy()
         for step in range(250):

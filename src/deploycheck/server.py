@@ -24,6 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -462,12 +463,15 @@ class InferenceServer:
             Route("/health/live", sync(lambda r: {"live": True})),
             Route("/health/ready", sync(lambda r: {"ready": self.ready}, ready_status)),
             Route("/metrics", self.metrics_endpoint),
-            Route("/alerts", sync(lambda r: {n: [vars(a) for a in m.monitor.alerts()]
+            Route("/alerts", sync(lambda r: {n: [_alert_json(a) for a in m.monitor.alerts()]
                                              for n, m in self.models.items()})),
             Route("/v2", sync(lambda r: {"name": "deploycheck", "version": _version(), "extensions": [
                 "binary_tensor_data"]})),
             Route("/v2/health/live", sync(lambda r: {"live": True})),
             Route("/v2/health/ready", sync(lambda r: {"ready": self.ready}, ready_status)),
+            Route("/v2/models", sync(lambda r: {"models": [
+                {"name": n, "versions": ["1"], "platform": PLATFORMS.get(m.artifact.format, "unknown"),
+                 "state": "READY" if m.ready else "UNAVAILABLE"} for n, m in self.models.items()]})),
             Route("/v2/models/{name}", sync(lambda r: self.model(r.path_params["name"]).metadata())),
             Route("/v2/models/{name}/ready", sync(
                 lambda r: {"name": r.path_params["name"], "ready": self.model(r.path_params["name"]).ready},
@@ -532,6 +536,16 @@ def _monitor_baselines(directory: Path, artifacts: Mapping[str, Artifact],
                                              for k, v in accuracy["class_distribution"].items()}
         result[name] = figures
     return result
+
+
+def _alert_json(alert: Any) -> dict[str, Any]:
+    """An alert as JSON, with its monitor-clock readings also as UTC wall-clock timestamps (ISO 8601)."""
+    offset = time.time() - time.monotonic()
+    data = dict(vars(alert))
+    for key in ("first_seen", "last_seen"):
+        moment = datetime.fromtimestamp(data[key] + offset, tz=timezone.utc)
+        data[f"{key}_utc"] = moment.isoformat(timespec="seconds")
+    return data
 
 
 def _version() -> str:
