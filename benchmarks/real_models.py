@@ -27,6 +27,8 @@ from pathlib import Path
 
 CONFTEST = textwrap.dedent('''
     """Real architectures from transformers configs, random weights, BatchNorm statistics re-estimated."""
+    import functools
+
     import torch
     import transformers
 
@@ -54,14 +56,14 @@ CONFTEST = textwrap.dedent('''
             return [(b, (model(**b) if keyword else model(*b)).logits.argmax(-1)) for b in batches]
 
 
-    def vision(name, model, size):
+    def vision(name, model_class, config, size):
         torch.manual_seed(0)
-        model = settle_batchnorm(model, lambda: (torch.randn(16, 3, size, size),))
+        model = settle_batchnorm(model_class(config), lambda: (torch.randn(16, 3, size, size),))
         generator = torch.Generator().manual_seed(1)
         batches = [(torch.randn(16, 3, size, size, generator=generator),) for _ in range(ROWS // 16)]
         data = [((b[0],), y) for b, y in labelled(model, batches)]
-        return deploycheck.ModelSpec(name=name, model=model, example_inputs=batches[0][0][:2], eval_data=data,
-                                     max_accuracy_drop=0.05)
+        return deploycheck.ModelSpec(name=name, model=model, factory=functools.partial(model_class, config),
+                                     example_inputs=batches[0][0][:2], eval_data=data, max_accuracy_drop=0.05)
 
 
     @deploycheck.model
@@ -69,14 +71,14 @@ CONFTEST = textwrap.dedent('''
         torch.manual_seed(0)
         config = transformers.ResNetConfig(layer_type="basic", depths=[2, 2, 2, 2],
                                            hidden_sizes=[64, 128, 256, 512], num_labels=10)
-        return vision("resnet18", transformers.ResNetForImageClassification(config), 224)
+        return vision("resnet18", transformers.ResNetForImageClassification, config, 224)
 
 
     @deploycheck.model
     def mobilenet_v2():
         torch.manual_seed(0)
         config = transformers.MobileNetV2Config(num_labels=10, image_size=224)
-        return vision("mobilenet_v2", transformers.MobileNetV2ForImageClassification(config), 224)
+        return vision("mobilenet_v2", transformers.MobileNetV2ForImageClassification, config, 224)
 
 
     @deploycheck.model
@@ -93,7 +95,9 @@ CONFTEST = textwrap.dedent('''
             mask[8:, 24:] = 0
             batches.append({"input_ids": ids * mask, "attention_mask": mask})
         return deploycheck.ModelSpec(
-            name="bert_tiny", model=model, example_inputs={k: v[:2] for k, v in batches[0].items()},
+            name="bert_tiny", model=model,
+            factory=functools.partial(transformers.BertForSequenceClassification, config),
+            example_inputs={k: v[:2] for k, v in batches[0].items()},
             eval_data=labelled(model, batches, keyword=True), max_accuracy_drop=0.05,
             dynamic_axes={"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}})
 

@@ -215,11 +215,18 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+PARITY_ELEMENTS = 2**22  # input values of the largest parity batch at most (16 MB of fp32)
+
+
 def parity_batch_sizes(spec: ModelSpec) -> list[int]:
-    """1, the example's batch and a larger one for a dynamic batch; the example's batch alone otherwise."""
+    """1, the example's batch and a larger one for a dynamic batch (64 rows, fewer for large inputs: a batch of
+    224x224 images holds 27, so a ResNet's parity check costs seconds, not a minute, and its runtimes' memory
+    arenas stay small); the example's batch alone otherwise."""
     if not spec.dynamic_batch:
         return [spec.batch_size]
-    return sorted({1, spec.batch_size, max(64, 2 * spec.batch_size)})
+    per_row = sum(int(t[:1].numel()) for t in spec.example_inputs)
+    large = min(max(64, 2 * spec.batch_size), max(2 * spec.batch_size, PARITY_ELEMENTS // max(per_row, 1)))
+    return sorted({1, spec.batch_size, large})
 
 
 def check_parity(artifact: Artifact, spec: ModelSpec | None = None,
