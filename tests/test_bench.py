@@ -105,7 +105,7 @@ def test_a_budget_shares_what_is_left_and_never_stops_timing_altogether() -> Non
     now = [0.0]
     recorded: list[dict] = []
     gate = Gate(recorded.append, bench_time_s=1.0, budget_s=6.0, clock=lambda: now[0])
-    artifact = SimpleNamespace(model_name="m", format="onnx", spec=None, size_bytes=1, path=Path("m"))
+    artifact = SimpleNamespace(model_name="m", format="onnx", spec=None, size_bytes=1, path=Path("m"), metadata={})
     assert gate._allowance(artifact, 4) == 1.0, "6 s for 4 timings: the bench time caps each"
     with gate._timing(artifact, 1.0):
         now[0] += 4.0

@@ -277,6 +277,7 @@ class Gate:
         if self.budget_s is not None:
             options.setdefault("max_time_s", self._allowance(artifact, len(batch_sizes) + 1))
             options.setdefault("patience", 1.0)  # a disturbed window is not made up for beyond the budget
+            options.setdefault("skip_slower", True)  # a batch size whose one call exceeds its share is left out
         options.setdefault("max_time_s", self.bench_time_s)
         result, row = self._measure_latency(artifact, batch_sizes, options)
         if self.baselines is None:
@@ -298,6 +299,8 @@ class Gate:
                 self.progress(f"timing {artifact.model_name}/{artifact.format} at batch sizes "
                               f"{', '.join(map(str, batch_sizes))}"):
             result = bench(artifact, batch_sizes, **options)
+        if result.skipped:
+            self.record(artifact, timing={"skipped_batches": {str(b): why for b, why in result.skipped.items()}})
         row = self._row(artifact, **latency_payload(result))
         self._record(row)
         return result, row
@@ -310,7 +313,7 @@ class Gate:
         assert self.baselines is not None
         comparison = self.baselines.compare(artifact, row, ("latency",))
         found = self.baselines.accepted_artifact(artifact.model_name, artifact.format)
-        if comparison is None or found is None or artifact.format == "eager":
+        if comparison is None or found is None or artifact.format == "eager" or not result.stats:
             return comparison
         kept, label = found
         try:

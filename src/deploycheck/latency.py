@@ -118,7 +118,8 @@ def compact_quantiles(samples: Sequence[float], count: int = QUANTILES) -> list[
 
 @dataclass
 class BenchResult:
-    """What `bench` measured: `stats[batch_size]`, the settings, and the environment record."""
+    """What `bench` measured: `stats[batch_size]`, the settings, the environment record, and `skipped`: batch
+    sizes left out, with the reason (one call longer than the time allowed, with `skip_slower=True`)."""
 
     model: str
     format: str
@@ -127,9 +128,11 @@ class BenchResult:
     device: str
     environment: dict[str, Any]
     load_rss_bytes: int | None = None
+    skipped: dict[int, str] = field(default_factory=dict)
 
     def to_dict(self, with_samples: bool = False) -> dict[str, Any]:
         return {"model": self.model, "format": self.format, "threads": self.threads, "device": self.device,
+                "skipped": {str(b): reason for b, reason in self.skipped.items()},
                 "environment": self.environment, "load_rss_bytes": self.load_rss_bytes,
                 "stats": {str(b): s.to_dict(with_samples) for b, s in self.stats.items()}}
 
@@ -375,22 +378,24 @@ def _call(artifact: Artifact, inputs: list[np.ndarray]) -> float:
 def bench(artifact: Artifact, batch_sizes: Sequence[int] = (1, 8, 32), max_time_s: float = 1.0,
           min_time_s: float | None = None, warmup_s: float = 0.1, threads: int = 1, device: str = "cpu",
           windows: int = 10, stable_within: float = 0.03, disturbed_above: float | None = 0.15,
-          patience: float = 5.0) -> BenchResult:
+          patience: float = 5.0, skip_slower: bool = False) -> BenchResult:
     """Measure latency and throughput per batch size (see the module docstring for the discipline).
 
     Time is counted in undisturbed windows: measuring stops once their medians agree (after `min_time_s`) or
     once they add up to `max_time_s`, and in any case after `patience * max_time_s` of wall time; if no window
     was undisturbed by then, every window is used (and the result says it did not stabilise).
-    `disturbed_above=None` keeps every window, for a picture of the machine as it is.
+    `disturbed_above=None` keeps every window, for a picture of the machine as it is. `skip_slower` leaves out a
+    batch size whose warm-up call alone took longer than `max_time_s` (a time budget then holds to one call per
+    batch size), and says so in `BenchResult.skipped`.
     """
     with torch_threads(threads):
         return _bench(artifact, batch_sizes, max_time_s, min_time_s, warmup_s, threads, device, windows,
-                      stable_within, disturbed_above, patience)
+                      stable_within, disturbed_above, patience, skip_slower)
 
 
 def _bench(artifact: Artifact, batch_sizes: Sequence[int], max_time_s: float, min_time_s: float | None,
            warmup_s: float, threads: int, device: str, windows: int, stable_within: float,
-           disturbed_above: float | None, patience: float) -> BenchResult:
+           disturbed_above: float | None, patience: float, skip_slower: bool) -> BenchResult:
     rss_before = _rss_bytes()
     timed = timed_runner(artifact, threads, device)
     rss_after = _rss_bytes()
@@ -398,9 +403,13 @@ def _bench(artifact: Artifact, batch_sizes: Sequence[int], max_time_s: float, mi
     min_time_s = max_time_s / 3 if min_time_s is None else min_time_s
     window_s = max_time_s / windows
     stats = {}
+    skipped = {}
     for batch_size in batch_sizes:
         inputs = bench_inputs(timed, batch_size)
         call_s = _warm_up(timed, inputs, warmup_s)
+        if skip_slower and call_s > max_time_s:
+            skipped[batch_size] = f"one call takes {call_s * 1e3:.0f} ms, over the {max_time_s * 1e3:.0f} ms allowed"
+            continue
         measured: list[Window] = []
         quiet: list[Window] = []
         stabilised = False
@@ -429,7 +438,7 @@ def _bench(artifact: Artifact, batch_sizes: Sequence[int], max_time_s: float, mi
             window_spread(used))
     rss = rss_after - rss_before if rss_before is not None and rss_after is not None else None
     return BenchResult(artifact.model_name, artifact.format, stats, threads, device, environment(threads, device),
-                       rss)
+                       rss, skipped)
 
 
 def compare_speed(a: Artifact, b: Artifact, batch_size: int = 1, max_time_s: float = 2.0, threads: int = 1,

@@ -174,6 +174,7 @@ def budget_summary(rows: Sequence[dict[str, Any]], budget_s: float | None) -> li
         timing = row.get("timing") or {}
         few = [f"batch {batch} ({figures.get('calls')} calls)" for batch, figures in (row.get("latency") or {}).items()
                if isinstance(figures, dict) and int(figures.get("calls") or 0) < 20]
+        few += [f"batch {batch} skipped: {why}" for batch, why in (timing.get("skipped_batches") or {}).items()]
         if timing.get("shortened") or few:
             allowed = timing.get("allowed_per_batch_s")
             detail = [f"{allowed:.2f} s per batch size" if allowed is not None and timing.get("shortened") else "",
