@@ -285,3 +285,34 @@ def test_a_lower_is_better_metric_is_judged_in_its_own_direction() -> None:
     assert statuses(worse) == {"accuracy": REGRESSED}
     assert "0.1  " in str(worse) and "0.2  " in str(worse) and "lower is better" in str(worse)
     assert statuses(compare_records(accuracy(0.10), accuracy(0.05), Rules(), "b")) == {"accuracy": OK}
+
+
+def test_recording_on_a_noisy_machine_is_warned_about() -> None:
+    from deploycheck.gate import noisy_recording
+
+    def row(spread: float, disturbed: int, rounds: int) -> dict:
+        section = latency_section(1.0)
+        section["1"].update(window_spread=spread, disturbed_rounds=disturbed, rounds=rounds)
+        return {"model": "m", "format": "onnx", "latency": section}
+
+    assert noisy_recording(row(0.01, 2, 10)) == []
+    assert "recorded on a noisy machine (±8.0% between windows, 2 of 12" in noisy_recording(row(0.08, 2, 10))[0]
+    assert noisy_recording(row(0.01, 30, 10)), "most windows disturbed"
+
+
+def test_strict_latency_fails_an_inconclusive_verdict() -> None:
+    """Inconclusive is a warning and a pass by default; --deploycheck-strict-latency makes it a failure."""
+    from types import SimpleNamespace
+
+    from deploycheck.gate import BaselineCheck, Gate
+
+    artifact = SimpleNamespace(model_name="m", format="onnx", spec=None, size_bytes=1, path=Path("m"), metadata={})
+    unsure = Comparison("m", "onnx", "b", [Finding("p50 @ batch 1", "", "", "+9%", "", INCONCLUSIVE, "noisy")])
+    for strict in (False, True):
+        gate = Gate(baselines=BaselineCheck(BaselineStore(Path("unused")), strict_latency=strict))
+        if strict:
+            with pytest.raises(AssertionError, match="--deploycheck-strict-latency fails inconclusive"):
+                gate._judge(artifact, unsure, "latency")
+        else:
+            with pytest.warns(UserWarning, match="inconclusive: noisy"):
+                gate._judge(artifact, unsure, "latency")

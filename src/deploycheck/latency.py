@@ -33,6 +33,7 @@ import numpy as np
 
 from deploycheck.artifact import Artifact, load_artifact, package_versions
 from deploycheck.errors import FormatUnavailable
+from deploycheck.formats import get_format
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "fma", "f16c", "sse4_2", "asimd")
 
@@ -210,14 +211,17 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 
 def timed_runner(artifact: Artifact, threads: int, device: str) -> Artifact:
-    """The artifact reloaded with fixed thread counts (and device); torch's own thread count is set by the caller
-    (`torch_threads`). Runners return host numpy arrays, so a timed call on a GPU includes its synchronisation."""
+    """The artifact ready to time with fixed thread counts on `device`: reloaded from disk when its runtime fixes
+    threads at load time (ONNX Runtime) or it is to run on another device, else as it is (torch's thread count is
+    set by the caller, `torch_threads`; reloading a large torch program costs seconds). Runners return host numpy
+    arrays, so a timed call on a GPU includes its synchronisation."""
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
         raise FormatUnavailable(f"{artifact.model_name}/{artifact.format}: device='cuda' asked for, but torch sees "
                                 "no CUDA device")
-    if artifact.path.is_dir():
+    reload = device != "cpu" or get_format(artifact.format).threads_fixed_at_load
+    if artifact.path.is_dir() and reload:
         return load_artifact(artifact.path, spec=artifact.spec, intra_op_threads=threads, inter_op_threads=1,
                              device=device)
     return artifact

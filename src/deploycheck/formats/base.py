@@ -34,6 +34,9 @@ class Format(ABC):
     name: ClassVar[str]
     base_format: ClassVar[str | None] = None
     default_tolerance: ClassVar[Tolerance] = FP32_TOLERANCE
+    # whether thread counts are fixed when the runtime is loaded (an ONNX Runtime session), so timing with other
+    # thread counts needs a fresh load; torch's are a process setting, and its loaded module can be timed as is
+    threads_fixed_at_load: ClassVar[bool] = True
 
     def check_supported(self, spec: ModelSpec) -> None:  # noqa: B027  (optional hook; most formats take any model)
         """Raise `FormatUnavailable` with a reason when this format cannot handle the spec."""

@@ -24,6 +24,7 @@ WEIGHTS_FILE = "state_dict.pt"
 
 class StateDictFormat(Format):
     name = "state_dict"
+    threads_fixed_at_load = False
 
     def check_supported(self, spec: ModelSpec) -> None:
         if spec.factory is None:

@@ -33,6 +33,7 @@ def load_exported_program(path: Path, metadata: dict[str, Any], device: str) -> 
 
 class TorchExportFormat(Format):
     name = "torch_export"
+    threads_fixed_at_load = False
 
     def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
         save_exported_program(spec.flat_model, spec, out_dir)

@@ -45,6 +45,7 @@ def quantize_linear_layers(model: Any, backend: str | None = None) -> tuple[Any,
 
 class TorchInt8DynamicFormat(Format):
     name = "torch_int8_dynamic"
+    threads_fixed_at_load = False
     default_tolerance = INT8_TOLERANCE
 
     def check_supported(self, spec: ModelSpec) -> None:

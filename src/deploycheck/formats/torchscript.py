@@ -19,6 +19,7 @@ MODEL_FILE = "model.ts"
 
 class TorchScriptFormat(Format):
     name = "torchscript"
+    threads_fixed_at_load = False
 
     def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
         import torch
