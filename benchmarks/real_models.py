@@ -170,8 +170,10 @@ def main() -> None:
         print(f"{model:14s} {figures['export']:9.1f} {figures['parity']:9.1f} {figures['accuracy']:11.1f} "
               f"{figures['bench']:8.1f}")
     print(f"wall {wall:.1f} s, peak RSS {peak_mb:.0f} MB (the pytest process); project in {project}")
-    print("\n".join(line for line in done.stdout.splitlines()
-                    if "timing budget" in line or line.startswith("  shortened")))
+    summary = done.stdout.splitlines()
+    start = next((i for i, line in enumerate(summary) if "timing budget" in line or "shortened to fit" in line), None)
+    if start is not None:
+        print("\n".join(line for line in summary[start:] if line.startswith(("deploycheck:", "  "))))
     failures = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
     if failures:
         print("\n".join(failures))

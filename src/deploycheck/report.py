@@ -162,24 +162,28 @@ def inconclusive_summary(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def budget_summary(rows: Sequence[dict[str, Any]], budget_s: float | None) -> list[str]:
     """Time spent timing (benchmarks, speedups, side-by-side comparisons) against the budget when one was set,
-    and the measurements the budget shortened: those with a shorter time per batch size than asked, and batch
-    sizes measured with fewer than 20 calls."""
+    and the measurements that were shortened: batch sizes skipped because one call takes longer than their time,
+    measured with fewer than 20 calls, or (under a budget) with less time than the bench time."""
     timings = [row["timing"] for row in rows if isinstance(row.get("timing"), dict)]
-    if budget_s is None or not timings:
-        return []
-    spent = sum(float(timing.get("spent_s") or 0) for timing in timings)
-    lines = [f"deploycheck: timing budget {budget_s:.0f} s planned, {spent:.1f} s spent on {len(timings)} "
-             "model x format pair(s)"]
+    lines = []
+    if budget_s is not None and timings:
+        spent = sum(float(timing.get("spent_s") or 0) for timing in timings)
+        lines.append(f"deploycheck: timing budget {budget_s:.0f} s planned, {spent:.1f} s spent on {len(timings)} "
+                     "model x format pair(s)")
+    shortened = []
     for row in rows:
         timing = row.get("timing") or {}
-        few = [f"batch {batch} ({figures.get('calls')} calls)" for batch, figures in (row.get("latency") or {}).items()
-               if isinstance(figures, dict) and int(figures.get("calls") or 0) < 20]
-        few += [f"batch {batch} skipped: {why}" for batch, why in (timing.get("skipped_batches") or {}).items()]
-        if timing.get("shortened") or few:
-            allowed = timing.get("allowed_per_batch_s")
-            detail = [f"{allowed:.2f} s per batch size" if allowed is not None and timing.get("shortened") else "",
-                      "; ".join(few)]
-            lines.append(f"  shortened {row['model']}/{row['format']}: {', '.join(d for d in detail if d)}")
+        notes = [f"batch {batch} skipped ({why})" for batch, why in (timing.get("skipped_batches") or {}).items()]
+        notes += [f"batch {batch}: {figures.get('calls')} calls"
+                  for batch, figures in (row.get("latency") or {}).items()
+                  if isinstance(figures, dict) and int(figures.get("calls") or 0) < 20]
+        if budget_s is not None and timing.get("shortened") and timing.get("allowed_per_batch_s") is not None:
+            notes.insert(0, f"{timing['allowed_per_batch_s']:.2f} s per batch size")
+        if notes:
+            shortened.append(f"  {row['model']}/{row['format']}: {'; '.join(notes)}")
+    if shortened:
+        lines += ["deploycheck: measurements shortened to fit the time (raise --deploycheck-bench-time or the "
+                  "budget to measure them fully):", *shortened]
     return lines
 
 
