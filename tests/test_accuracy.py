@@ -155,3 +155,13 @@ def test_a_reference_that_ignores_its_input_is_warned_about(tmp_path: Path) -> N
     onnx = deploycheck.export(spec, "onnx", tmp_path / "onnx")
     with pytest.warns(UserWarning, match="predicts class 1 for every one of the 32 evaluated samples"):
         assert check_accuracy(onnx).passed
+
+
+def test_a_relu_folded_into_the_quantization_range_is_not_counted_as_error(digits_artifacts) -> None:
+    """ONNX Runtime folds a ReLU after a convolution into its quantization range, so the tensor before
+    `QuantizeLinear` is the raw convolution output; its negative part is the activation's doing, not the
+    quantizer's. A layer's own error cannot then be far larger than all the error accumulated up to it."""
+    explanation = deploycheck.explain_quantization(digits_artifacts["onnx_int8_static"])
+    for layer in explanation.layers:
+        if layer.versus_float_sqnr_db is not None and math.isfinite(layer.activation_sqnr_db):
+            assert layer.activation_sqnr_db > layer.versus_float_sqnr_db - 6, str(explanation)

@@ -44,11 +44,11 @@ def fp32_onnx_path(artifact: Artifact, spec: ModelSpec) -> Path:
 INPUT_ELEMENTS = 2**18  # inputs fed to an explanation; every intermediate activation of them is kept in memory
 
 
-def _reader(spec: ModelSpec, batches: int) -> Any:
+def _feeds(spec: ModelSpec, batches: int) -> list[dict[str, np.ndarray]]:
     """The first `batches` calibration batches, cut to at most `INPUT_ELEMENTS` input values (at least one row):
     the debugging helpers keep every intermediate activation (MobileNetV2: ~100 MB per 224x224 image, for the
     fp32 and the quantized model), so a vision model is explained on one image, the digits CNN on 256."""
-    from deploycheck.formats.onnx_int8_static import calibration_feeds, feed_reader
+    from deploycheck.formats.onnx_int8_static import calibration_feeds
 
     feeds: list[dict[str, np.ndarray]] = []
     total = 0
@@ -62,7 +62,7 @@ def _reader(spec: ModelSpec, batches: int) -> Any:
             break
         feeds.append({name: array[:fits] for name, array in feed.items()})
         total += min(rows, fits) * per_row
-    return feed_reader(feeds)
+    return feeds
 
 
 def _producers(model_path: Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -93,6 +93,7 @@ def explain_qdq(artifact: Artifact, spec: ModelSpec, batches: int) -> Quantizati
 
     from deploycheck.formats.base import quiet_exporters
     from deploycheck.formats.onnx import MODEL_FILE
+    from deploycheck.formats.onnx_int8_static import feed_reader
 
     with tempfile.TemporaryDirectory(prefix="deploycheck-explain-") as scratch, quiet_exporters():
         float_model = Path(scratch) / "float.onnx"
@@ -101,12 +102,14 @@ def explain_qdq(artifact: Artifact, spec: ModelSpec, batches: int) -> Quantizati
         float_augmented, qdq_augmented = Path(scratch) / "float_aug.onnx", Path(scratch) / "qdq_aug.onnx"
         modify_model_output_intermediate_tensors(str(float_model), str(float_augmented))
         modify_model_output_intermediate_tensors(str(qdq_model), str(qdq_augmented))
-        float_activations = collect_activations(str(float_augmented), _reader(spec, batches))
-        qdq_activations = collect_activations(str(qdq_augmented), _reader(spec, batches))
+        feeds = _feeds(spec, batches)
+        float_activations = collect_activations(str(float_augmented), feed_reader(feeds))
+        qdq_activations = collect_activations(str(qdq_augmented), feed_reader(feeds))
         matching = create_activation_matching(qdq_activations, float_activations)
         weight_error = compute_weight_error(create_weight_matching(str(float_model), str(qdq_model)))
         produced, consumed = _producers(qdq_model)
         float_produced, float_consumers = _producers(float_model)
+        activations = _activation_bounds(float_model)
     weights_by_node = {(consumed.get(name) or float_consumers.get(name)): float(error)
                        for name, error in weight_error.items()}
     layers = []
@@ -116,11 +119,51 @@ def explain_qdq(artifact: Artifact, spec: ModelSpec, batches: int) -> Quantizati
         node = produced.get(tensor, "")
         if not node or node.endswith("_DequantizeLinear"):
             node = float_produced.get(tensor, tensor)
-        local = channel_median_sqnr_db(pair["pre_qdq"], pair["post_qdq"])
-        versus_float = channel_median_sqnr_db(pair["float"], pair["post_qdq"]) if "float" in pair else None
+        pre = pair["pre_qdq"]
+        if tensor in activations:  # the activation was folded into the quantization range: apply it
+            low, high = activations[tensor]
+            pre = [np.clip(np.asarray(a), low, high) for a in pre]
+        rows = [len(next(iter(feed.values()))) for feed in feeds]
+        post = _by_row(pair["post_qdq"], rows)
+        local = channel_median_sqnr_db(_by_row(pre, rows), post)
+        versus_float = channel_median_sqnr_db(_by_row(pair["float"], rows), post) if "float" in pair else None
         layers.append(LayerError(node, tensor, local, weights_by_node.get(node), versus_float))
     layers.sort(key=layer_sort_key)
     return QuantizationExplanation(spec.name, artifact.format, "onnxruntime qdq_loss_debug", layers)
+
+
+def _activation_bounds(model_path: Path) -> dict[str, tuple[float, float]]:
+    """The output tensors of the model's Relu and Clip nodes, with the range each clips to. ONNX Runtime folds
+    such an activation into the quantization range of the layer before it, so in the quantized model the tensor
+    before `QuantizeLinear` is that layer's raw output: the activation's clipping must be applied to it before
+    comparing, or it counts as quantization error (every ReLU-fused convolution then ranked at ~3 dB)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(model_path))
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    constants.update({node.output[0]: numpy_helper.to_array(node.attribute[0].t) for node in model.graph.node
+                      if node.op_type == "Constant" and node.attribute and node.attribute[0].type == 4})
+
+    def bound(node: Any, position: int, default: float) -> float:
+        name = node.input[position] if len(node.input) > position else ""
+        return float(constants[name]) if name in constants else default
+
+    bounds = {}
+    for node in model.graph.node:
+        if node.op_type == "Relu":
+            bounds[node.output[0]] = (0.0, math.inf)
+        elif node.op_type == "Clip":
+            bounds[node.output[0]] = (bound(node, 1, -math.inf), bound(node, 2, math.inf))
+    return bounds
+
+
+def _by_row(arrays: list[np.ndarray], rows: list[int]) -> list[np.ndarray]:
+    """Activations as ONNX Runtime's debugging helpers return them (one flat array per batch) reshaped to
+    (rows, values per row), so that per-channel statistics see channels (the units of a dense layer) rather
+    than one flat vector dominated by its largest values."""
+    return [np.asarray(a).reshape(count, -1) if np.ndim(a) == 1 and count and np.size(a) % count == 0
+            else np.asarray(a) for a, count in zip(arrays, rows)]
 
 
 def channel_median_sqnr_db(reference: list[np.ndarray], obtained: list[np.ndarray]) -> float:
@@ -151,6 +194,7 @@ def explain_onnx_by_name(artifact: Artifact, spec: ModelSpec, batches: int) -> Q
 
     from deploycheck.formats.base import quiet_exporters
     from deploycheck.formats.onnx import MODEL_FILE
+    from deploycheck.formats.onnx_int8_static import feed_reader
 
     with tempfile.TemporaryDirectory(prefix="deploycheck-explain-") as scratch, quiet_exporters():
         float_model = _scratch_copy(fp32_onnx_path(artifact, spec).parent, Path(scratch) / "float") / MODEL_FILE
@@ -158,8 +202,8 @@ def explain_onnx_by_name(artifact: Artifact, spec: ModelSpec, batches: int) -> Q
         float_augmented, quant_augmented = Path(scratch) / "float_aug.onnx", Path(scratch) / "quant_aug.onnx"
         modify_model_output_intermediate_tensors(str(float_model), str(float_augmented))
         modify_model_output_intermediate_tensors(str(quant_model), str(quant_augmented))
-        float_activations = collect_activations(str(float_augmented), _reader(spec, batches))
-        quant_activations = collect_activations(str(quant_augmented), _reader(spec, batches))
+        float_activations = collect_activations(str(float_augmented), feed_reader(_feeds(spec, batches)))
+        quant_activations = collect_activations(str(quant_augmented), feed_reader(_feeds(spec, batches)))
         produced, _ = _producers(float_model)
     layers = []
     for tensor in float_activations.keys() & quant_activations.keys():
