@@ -162,7 +162,8 @@ class Gate:
 
     `bench_lock` (a file path) serialises timing across pytest-xdist workers, so two benchmarks never share the
     CPU; `budget_s`, when given, is the timing time of one model x format (benchmarks, speedups and side-by-side
-    comparisons together): each timing gets an even share of what is left, at most `bench_time_s`;
+    comparisons together): each timing gets an even share of what is left, at most `bench_time_s` (`spent`, the
+    time used so far per model x format, is shared by the gates of one process);
     `skip_bench` is called instead of timing when benchmarks are switched off (the plugin passes
     `pytest.skip`); `baselines`, when given, holds every measurement to the stored baseline of its model x
     format, and the check that measured it fails with the rule table when it fell behind.
@@ -172,7 +173,8 @@ class Gate:
                  skip_bench: Callable[[str], Any] | None = None, baselines: BaselineCheck | None = None,
                  exporter: Callable[[ModelSpec, str], Artifact] | None = None,
                  resolve: Callable[[str], ModelSpec] | None = None, budget_s: float | None = None,
-                 clock: Callable[[], float] = time.perf_counter, progress: Progress = no_progress) -> None:
+                 clock: Callable[[], float] = time.perf_counter, progress: Progress = no_progress,
+                 spent: dict[tuple[str, str], float] | None = None) -> None:
         self._record = record or (lambda payload: None)
         self.bench_time_s = bench_time_s
         self.bench_lock = bench_lock
@@ -184,7 +186,7 @@ class Gate:
         self.clock = clock
         self.progress = progress
         self._facts: dict[int, dict[str, Any]] = {}
-        self._spent: dict[tuple[str, str], float] = {}
+        self._spent = spent if spent is not None else {}  # shared by the Gates of one run (one per test)
 
     def _allowance(self, artifact: Artifact, timings: int) -> float:
         """Seconds for one of `timings` timings still to come for this artifact: `bench_time_s`, or less to stay

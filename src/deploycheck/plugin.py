@@ -68,6 +68,8 @@ AGAINST = pytest.StashKey[tuple[Path, str] | None]()
 LAST_USE = pytest.StashKey[dict[str, tuple[str, str]]]()
 EXPORTS = pytest.StashKey[Any]()
 SPEC_ERRORS = pytest.StashKey[set[str]]()
+PAIRS = pytest.StashKey[int]()
+TIMING_SPENT = pytest.StashKey[dict[tuple[str, str], float]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -209,8 +211,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for index, item in zip(slots, grouped):
         items[index] = item
         item.add_marker(pytest.mark.xdist_group(name=_artifact_param(item)[0]))
-    config.stash[LAST_USE] = {item.nodeid: _artifact_param(item) for item in
-                              {_artifact_param(item): item for item in grouped}.values()}
+    last_test = {_artifact_param(item): item for item in grouped}
+    config.stash[LAST_USE] = {item.nodeid: pair for pair, item in last_test.items()}
+    config.stash[PAIRS] = len(last_test)
     if option(config, "export-only"):
         _keep_one_test_per_artifact(config, items)
 
@@ -336,12 +339,13 @@ def deploycheck(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
                                   against=config.stash.get(AGAINST, None),
                                   strict_latency=bool(option(config, "strict-latency")))
     budget = option(config, "budget")
-    pairs = len(_pairs(item.nodeid for item in request.session.items)) or 1
+    pairs = config.stash.get(PAIRS, 0) or 1
     return Gate(record, bench_time_s=float(option(config, "bench-time")),
                 bench_lock=tmp_path_factory.getbasetemp().parent / "deploycheck-bench.lock",
                 skip_bench=pytest.skip if option(config, "no-bench") else None, baselines=baselines,
                 exporter=_deploycheck_exports.artifact, resolve=request.getfixturevalue,
-                budget_s=float(budget) / pairs if budget else None, progress=_progress(config))
+                budget_s=float(budget) / pairs if budget else None, progress=_progress(config),
+                spent=config.stash.setdefault(TIMING_SPENT, {}))
 
 
 def _progress(config: pytest.Config) -> Any:
