@@ -199,3 +199,19 @@ def test_export_never_deletes_what_it_did_not_write(digits_spec, tmp_path) -> No
     os.umask(mask)
     assert stat.S_IMODE(onnx.path.stat().st_mode) == 0o777 & ~mask
     assert stat.S_IMODE((onnx.path / "deploycheck.json").stat().st_mode) == 0o666 & ~mask
+
+
+def test_a_file_the_sidecar_does_not_list_is_refused(digits_artifacts, tmp_path) -> None:
+    """Only what the sidecar records (and verifies by hash) may be in an artifact: an added file is refused, and
+    so is an emptied file list (which would otherwise serve altered weights unchecked)."""
+    added = tmp_path / "added"
+    shutil.copytree(digits_artifacts["onnx"].path, added)
+    (added / "extra.onnx").write_bytes(b"not listed")
+    with pytest.raises(ArtifactError, match=r"holds \['extra.onnx'\], which its deploycheck.json does not list"):
+        deploycheck.load_artifact(added)
+    emptied = tmp_path / "emptied"
+    shutil.copytree(digits_artifacts["onnx"].path, emptied)
+    sidecar = json.loads((emptied / "deploycheck.json").read_text())
+    (emptied / "deploycheck.json").write_text(json.dumps({**sidecar, "files": {}}))
+    with pytest.raises(ArtifactError, match=r"holds \['model.onnx'.*\], which its deploycheck.json does not list"):
+        deploycheck.load_artifact(emptied)

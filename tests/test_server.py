@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -282,6 +283,16 @@ def test_refuses_formats_that_need_pickles_or_code(digits_artifacts, tmp_path: P
         discover(digits_artifacts["state_dict"].path)
     with pytest.raises(DeployCheckError, match="no artifact"):
         discover(tmp_path)
+    # a state_dict artifact in a folder named "onnx", its factory pointing at os:abort: the format comes from the
+    # sidecar, and the factory is never imported or called (this process would be gone)
+    disguised = tmp_path / "tree" / "onnx"
+    shutil.copytree(digits_artifacts["state_dict"].path, disguised)
+    sidecar = json.loads((disguised / "deploycheck.json").read_text())
+    (disguised / "deploycheck.json").write_text(json.dumps({**sidecar, "factory": "os:abort"}))
+    with pytest.raises(DeployCheckError, match="format 'state_dict' is not served"):
+        discover(disguised)
+    with pytest.raises(DeployCheckError, match="no servable artifact found"):
+        discover(tmp_path / "tree")
 
 
 def test_the_monitor_holds_traffic_to_the_release_baseline(digits_artifacts, tmp_path: Path) -> None:

@@ -175,7 +175,15 @@ def read_metadata(path: Path) -> dict[str, Any]:
     if metadata.get("schema") != METADATA_SCHEMA:
         raise ArtifactError(f"{sidecar} has schema {metadata.get('schema')!r}; this deploycheck reads "
                             f"{METADATA_SCHEMA}")
-    for name, recorded in metadata.get("files", {}).items():
+    files = metadata.get("files")
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{sidecar}: 'files' must map each file of the artifact to its sha256 and size")
+    unlisted = sorted(entry.name for entry in path.iterdir() if entry.name != METADATA_FILE and entry.name not in files)
+    if unlisted:
+        raise ArtifactError(f"{metadata.get('model')}/{metadata.get('format')}: {path} holds {unlisted}, which its "
+                            f"{METADATA_FILE} does not list; an artifact is exactly the files it records (re-export "
+                            "it, or remove what was added)")
+    for name, recorded in files.items():
         file = path / name
         if not file.is_file():
             raise ArtifactError(f"{metadata.get('model')}/{metadata.get('format')}: file {file} is missing")

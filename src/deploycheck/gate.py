@@ -18,7 +18,7 @@ from filelock import FileLock
 
 from deploycheck.accepted import AcceptedStore
 from deploycheck.accuracy import check_accuracy, reference_artifact
-from deploycheck.artifact import Artifact, load_artifact
+from deploycheck.artifact import METADATA_FILE, Artifact, load_artifact
 from deploycheck.baseline import (
     BaselineStore,
     Comparison,
@@ -466,8 +466,9 @@ def write_baselines(directory: Path, rows: Sequence[Mapping[str, Any]], only_mis
         latency_written = "latency" in new and record.get("latency") is new["latency"]
         if latency_written:
             lines += noisy_recording(row)
-            if accepted is not None and row.get("artifact_path") and row["format"] != "eager":
-                record["accepted_artifact"] = accepted.put(Path(row["artifact_path"]))
+            source = Path(str(row.get("artifact_path")))
+            if accepted is not None and row["format"] != "eager" and (source / METADATA_FILE).is_file():
+                record["accepted_artifact"] = accepted.put(source)
         if record == old:
             continue
         written.append(store.write(record))

@@ -36,7 +36,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deploycheck.artifact import Artifact, load_artifact
+from deploycheck.artifact import METADATA_FILE, Artifact, load_artifact, read_metadata
 from deploycheck.errors import DeployCheckError, InputError
 from deploycheck.monitor import Monitor
 from deploycheck.prometheus import CONTENT_TYPE, PrometheusMetrics
@@ -79,19 +79,28 @@ def datatype_of(dtype: str | np.dtype[Any]) -> str:
 
 def discover(path: str | os.PathLike[str]) -> dict[str, Artifact]:
     """The artifacts under `path` (one artifact directory, or a tree of them), named by model, or
-    `model-format` when a model has several servable formats. Refuses formats that are not servable."""
+    `model-format` when a model has several servable formats. The format is read from each verified sidecar
+    (never from a directory's name) before anything is loaded: a format that needs model code or a pickle is
+    refused when named directly and skipped, with a log line, in a tree, and its code is never imported."""
     root = Path(path)
-    directories = [root] if (root / "deploycheck.json").is_file() else sorted(
-        p.parent for p in root.rglob("deploycheck.json") if p.parent.name in SERVABLE_FORMATS or p.parent == root)
+    single = (root / METADATA_FILE).is_file()
+    directories = [root] if single else sorted(p.parent for p in root.rglob(METADATA_FILE))
     if not directories:
-        raise DeployCheckError(f"{root}: no artifact (a directory with deploycheck.json) found")
+        raise DeployCheckError(f"{root}: no artifact (a directory with {METADATA_FILE}) found")
     loaded = []
     for directory in directories:
-        artifact = load_artifact(directory)
-        if artifact.format not in SERVABLE_FORMATS:
-            raise DeployCheckError(f"{directory}: format {artifact.format!r} is not served (it needs model code or "
-                                   f"a pickle); serve one of: {', '.join(SERVABLE_FORMATS)}")
-        loaded.append(artifact)
+        metadata = read_metadata(directory)
+        if metadata.get("format") not in SERVABLE_FORMATS:
+            reason = (f"{directory}: format {metadata.get('format')!r} is not served (it needs model code or a "
+                      f"pickle); serve one of: {', '.join(SERVABLE_FORMATS)}")
+            if single:
+                raise DeployCheckError(reason)
+            LOGGER.info("skipped %s", reason)
+            continue
+        loaded.append(load_artifact(directory))
+        LOGGER.info("loaded %s/%s from %s", loaded[-1].model_name, loaded[-1].format, directory)
+    if not loaded:
+        raise DeployCheckError(f"{root}: no servable artifact found (serve one of: {', '.join(SERVABLE_FORMATS)})")
     names = [a.model_name for a in loaded]
     return {(a.model_name if names.count(a.model_name) == 1 else f"{a.model_name}-{a.format}"): a for a in loaded}
 
