@@ -161,8 +161,8 @@ def _activation_bounds(model_path: Path) -> dict[str, tuple[float, float]]:
 def _by_row(arrays: list[np.ndarray], rows: list[int]) -> list[np.ndarray]:
     """Activations as ONNX Runtime's debugging helpers return them (one flat array per batch) reshaped to
     (rows, values per row), so that per-channel statistics see channels (the units of a dense layer) rather
-    than one flat vector dominated by its largest values."""
-    return [np.asarray(a).reshape(count, -1) if np.ndim(a) == 1 and count and np.size(a) % count == 0
+    than one flat vector dominated by its largest values; a batch of one row stays flat (whole-tensor SQNR)."""
+    return [np.asarray(a).reshape(count, -1) if np.ndim(a) == 1 and count > 1 and np.size(a) % count == 0
             else np.asarray(a) for a, count in zip(arrays, rows)]
 
 
@@ -177,8 +177,13 @@ def channel_median_sqnr_db(reference: list[np.ndarray], obtained: list[np.ndarra
     if ref.ndim < 2:
         return sqnr_db(ref, got)
     ref, got = np.moveaxis(ref, 1, 0).reshape(ref.shape[1], -1), np.moveaxis(got, 1, 0).reshape(got.shape[1], -1)
-    values = [sqnr_db(r, g) for r, g in zip(ref, got) if np.any(r)]
-    return float(np.median(values)) if values else math.inf
+    signal, noise = (ref**2).sum(axis=1), ((ref - got) ** 2).sum(axis=1)
+    live = signal > 0  # a channel that is all zeros says nothing
+    if not live.any():
+        return math.inf
+    with np.errstate(divide="ignore"):
+        values = 10 * np.log10(signal[live] / noise[live])  # +inf where a channel came through exactly
+    return float(np.median(values))
 
 
 def _scratch_copy(directory: Path, target: Path) -> Path:
