@@ -41,3 +41,15 @@ def cache_env(tmp_path_factory):
     env = dict(os.environ)
     env.setdefault("DEPLOYCHECK_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     return env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_in_the_working_directory():
+    """Nothing the suite runs may write into the directory it runs from (ONNX Runtime's tools once left
+    uuid-named external-data files there): files appearing at the top of the checkout fail the session."""
+    root = Path.cwd()
+    before = {entry.name for entry in root.iterdir()}
+    yield
+    ignored = {".pytest_cache", ".hypothesis", "__pycache__", ".mypy_cache", ".ruff_cache"}
+    added = sorted({entry.name for entry in root.iterdir()} - before - ignored)
+    assert not added, f"the test run wrote {added} into {root}"

@@ -89,15 +89,14 @@ def explain_qdq(artifact: Artifact, spec: ModelSpec, batches: int) -> Quantizati
         create_weight_matching,
         modify_model_output_intermediate_tensors,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from deploycheck.formats.base import quiet_exporters
     from deploycheck.formats.onnx import MODEL_FILE
-    from deploycheck.formats.onnx_int8_static import feed_reader
+    from deploycheck.formats.onnx_int8_static import feed_reader, pre_process
 
     with tempfile.TemporaryDirectory(prefix="deploycheck-explain-") as scratch, quiet_exporters():
         float_model = Path(scratch) / "float.onnx"
-        quant_pre_process(str(fp32_onnx_path(artifact, spec)), str(float_model))
+        pre_process(fp32_onnx_path(artifact, spec), float_model)
         qdq_model = _scratch_copy(artifact.path, Path(scratch) / "qdq") / MODEL_FILE
         float_augmented, qdq_augmented = Path(scratch) / "float_aug.onnx", Path(scratch) / "qdq_aug.onnx"
         modify_model_output_intermediate_tensors(str(float_model), str(float_augmented))

@@ -65,18 +65,23 @@ def feed_reader(feeds: list[dict[str, np.ndarray]]) -> Any:
     return FeedReader()
 
 
+def pre_process(fp32_model: Path, output: Path) -> None:
+    """ONNX Runtime's pre-processing for static quantization (shape inference, graph optimisation).
+    `auto_merge` and `guess_output_rank`: without them symbolic shape inference gives up on graphs with a dynamic
+    sequence axis (attention), and the failed attempt leaves a stray external-data file in the working directory."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32_model), str(output), auto_merge=True, guess_output_rank=True)
+
+
 def quantize_static_qdq(fp32_model: Path, output: Path, feeds: list[dict[str, np.ndarray]],
                         settings: dict[str, Any]) -> None:
     """Pre-process then statically quantize an fp32 ONNX model to QDQ int8 with the given settings."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="deploycheck-qdq-") as scratch:
         preprocessed = Path(scratch) / "preprocessed.onnx"
-        try:
-            quant_pre_process(str(fp32_model), str(preprocessed))
-        except Exception:  # symbolic shape inference gives up on some graphs (dynamic sequence axes, attention)
-            quant_pre_process(str(fp32_model), str(preprocessed), auto_merge=True, guess_output_rank=True)
+        pre_process(fp32_model, preprocessed)
         quantize_static(str(preprocessed), str(output), feed_reader(feeds), quant_format=QuantFormat.QDQ,
                         per_channel=settings["per_channel"],
                         activation_type=QuantType[settings["activation_type"]],
