@@ -115,12 +115,15 @@ def test_rules_from_pyproject_and_reports(pytester: pytest.Pytester, tmp_path: P
     pytester.makepyfile(test_gate=TESTS)
     common = ["-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path / 'artifacts'}",
               "--deploycheck-formats=onnx", "--deploycheck-baselines=store"]
-    pytester.runpytest_subprocess(*common, "--deploycheck-update").assert_outcomes(passed=2)
-    assert (pytester.path / "store" / "tiny" / "onnx.json").is_file()
+    coloured = pytester.runpytest_subprocess(*common, "--deploycheck-update", "--color=yes")
+    assert coloured.ret == 0 and (pytester.path / "store" / "tiny" / "onnx.json").is_file()
+    row = next(line for line in coloured.stdout.lines if line.lstrip("\x1b[0123456789;m").startswith("tiny "))
+    assert row.startswith("\x1b[32m") and row.rstrip().endswith("ok\x1b[0m"), "a status coloured on a terminal"
     pytester.makepyprojecttoml("[tool.deploycheck.rules]\naccuracy_drop = 0.5\n")
     result = pytester.runpytest_subprocess(
         *common, f"--deploycheck-markdown={tmp_path / 'r.md'}", f"--deploycheck-html={tmp_path / 'r.html'}")
     result.assert_outcomes(passed=2)
+    assert "\x1b[" not in result.stdout.str(), "plain when piped"
     assert "| tiny | onnx |" in (tmp_path / "r.md").read_text()
     assert (tmp_path / "r.html").read_text().count("<svg") == 1, "no latency figures, so only the trade-off plot"
 

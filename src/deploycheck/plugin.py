@@ -483,8 +483,8 @@ class _Summary:
         lines += self.written
         if lines:
             terminalreporter.section("deploycheck")
-            for line in lines:
-                terminalreporter.write_line(line)
+            for line in "\n".join(lines).splitlines():
+                terminalreporter.write_line(line, **_status_markup(line))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self) -> None:
@@ -570,6 +570,17 @@ def missing_baselines(config: pytest.Config, pairs: set[tuple[str, str]]) -> lis
             continue
         missing.append(store.path(model, format_name))
     return missing
+
+
+_STATUS_COLOURS = {"FAIL": "red", "inconclusive": "yellow", "skipped": "yellow", "ok": "green"}
+
+
+def _status_markup(line: str) -> dict[str, bool]:
+    """A summary row coloured by its status (its last word): red, yellow or green. pytest's terminal writer
+    applies markup on a terminal only, so piped output stays plain."""
+    words = line.split()
+    colour = _STATUS_COLOURS.get(words[-1]) if words else None
+    return {colour: True} if colour else {}
 
 
 def _pairs(nodeids: Any) -> set[tuple[str, str]]:
