@@ -81,7 +81,7 @@ class Rules:
     size; `throughput_drop`: fraction, judged at the largest batch size; `confidence`: of the bootstrap interval;
     `max_machine_ratio`: beyond this difference in reference-workload speed a latency verdict is inconclusive;
     `machine_tolerance`: a reference workload within this fraction of its recorded speed counts as the same
-    machine (the reference's own median moves by up to ~7% between fresh processes here, so normalising by it
+    machine (the reference's own median moves by up to ~9% between fresh processes here, so normalising by it
     inside that band would add noise, not remove it).
     """
 
@@ -446,12 +446,10 @@ def machine_difference(old: Mapping[str, Any], new: Mapping[str, Any], rules: Ru
                        old_environment: Mapping[str, Any] | None = None,
                        new_environment: Mapping[str, Any] | None = None) -> str | None:
     """Why two runs are too different to compare latencies, or None when they can be compared."""
-    before, after = old.get("reference_p50_ms"), new.get("reference_p50_ms")
-    if before and after:
-        speed = after / before
-        if not 1 / rules.max_machine_ratio <= speed <= rules.max_machine_ratio:
-            return (f"the reference workload ran {speed:.2f}x as long as when the baseline was recorded "
-                    f"(beyond {rules.max_machine_ratio:g}x): the machines differ too much to judge")
+    speed = machine_ratio(old, new)
+    if speed is not None and not 1 / rules.max_machine_ratio <= speed <= rules.max_machine_ratio:
+        return (f"the reference workload ran {speed:.2f}x as long as when the baseline was recorded "
+                f"(beyond {rules.max_machine_ratio:g}x): the machines differ too much to judge")
     flags_before = (old_environment or {}).get("cpu_flags")
     flags_after = (new_environment or {}).get("cpu_flags")
     if flags_before is not None and flags_after is not None and set(flags_before) != set(flags_after):
@@ -469,8 +467,7 @@ def smallest_batch(latency: Mapping[str, Any] | None) -> dict[str, Any]:
 def machine_ratio(old: Mapping[str, Any], new: Mapping[str, Any]) -> float | None:
     """How many times as long the reference workload took now as when `old` was recorded (None without one)."""
     before, after = old.get("reference_p50_ms"), new.get("reference_p50_ms")
-    return after / before if before and after and old.get("reference_quantiles_ms") and \
-        new.get("reference_quantiles_ms") else None
+    return after / before if before and after else None
 
 
 def centre_finding(old: Mapping[str, Any], new: Mapping[str, Any], limit: LatencyLimit, rules: Rules,
@@ -481,7 +478,8 @@ def centre_finding(old: Mapping[str, Any], new: Mapping[str, Any], limit: Latenc
     raw = latency_ratio(old, new, limit, rules.confidence, normalise=False)
     machine = machine_ratio(old, new)
     readings = [raw]
-    if machine is not None and abs(machine - 1) > rules.machine_tolerance:
+    timed_both = bool(old.get("reference_quantiles_ms")) and bool(new.get("reference_quantiles_ms"))
+    if machine is not None and abs(machine - 1) > rules.machine_tolerance and timed_both:
         readings.append(latency_ratio(old, new, limit, rules.confidence, normalise=True))
     noise = max(float(old.get("window_spread") or 0), float(new.get("window_spread") or 0))
     lowest = min(r[0] for r in readings) / (1 + noise)
