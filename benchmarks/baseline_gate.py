@@ -56,8 +56,8 @@ def spec(extra_layers: int) -> object:
 def trial(variant: str, workdir: Path, bench_time: float, record: bool, mode: str) -> dict[str, object]:
     """One gate run in this process: the latency rules against the baseline (or recording it)."""
     from deploycheck.accepted import AcceptedStore
-    from deploycheck.baseline import BaselineStore
-    from deploycheck.formats import export
+    from deploycheck.baseline.store import BaselineStore
+    from deploycheck.exporting import export
     from deploycheck.gate import BaselineCheck, Gate, write_baselines
 
     model_spec = spec(1 if variant == "slow" else 0)

@@ -21,7 +21,7 @@ import numpy as np
 import deploycheck
 from deploycheck.digits import digits_spec
 from deploycheck.formats.onnx import create_session
-from deploycheck.parity import format_table
+from deploycheck.table import format_table
 
 
 def main() -> None:

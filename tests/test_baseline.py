@@ -10,27 +10,21 @@ import numpy as np
 import pytest
 
 from deploycheck.accuracy import AccuracyReport
-from deploycheck.baseline import (
+from deploycheck.baseline.compare import (
     INCONCLUSIVE,
     MISSING,
     OK,
     REGRESSED,
     REPORTED,
-    BaselineStore,
     Comparison,
     Finding,
-    LatencyLimit,
-    Rules,
     compare_records,
     confirmed,
-    load_records,
-    merge_records,
-    pyproject_settings,
-    record_from_row,
-    resolve_rules,
 )
+from deploycheck.baseline.rules import LatencyLimit, Rules, pyproject_settings, resolve_rules
+from deploycheck.baseline.store import BaselineStore, load_records, merge_records, record_from_row
 from deploycheck.errors import BaselineError
-from deploycheck.latency import compact_quantiles
+from deploycheck.stats import compact_quantiles
 
 
 def latency_section(scale: float, reference_ms: float = 0.1, seed: int = 0, calls: int = 3000,

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import deploycheck
 from deploycheck.artifact import Artifact
 from deploycheck.gate import Gate
-from deploycheck.latency import Window, bootstrap_ratio_interval, undisturbed
+from deploycheck.latency import Window, undisturbed
+from deploycheck.stats import bootstrap_ratio_interval
 
 
 def test_bench_reports_every_statistic_per_batch_size(digits_artifacts) -> None:

@@ -56,7 +56,7 @@ def test_export_command_and_bad_reference(tmp_path: Path, cache_env: dict[str, s
 
 
 def test_compare_exits_non_zero_on_a_regression(tmp_path: Path) -> None:
-    from deploycheck.baseline import BaselineStore
+    from deploycheck.baseline.store import BaselineStore
 
     old, new = BaselineStore(tmp_path / "old"), BaselineStore(tmp_path / "new")
     for store, accuracy in ((old, 0.95), (new, 0.95)):
@@ -84,7 +84,7 @@ def test_compare_exits_non_zero_on_a_regression(tmp_path: Path) -> None:
 def test_alerts_writes_prometheus_rules_that_promtool_accepts(tmp_path: Path) -> None:
     import shutil
 
-    from deploycheck.baseline import BaselineStore
+    from deploycheck.baseline.store import BaselineStore
 
     store = BaselineStore(tmp_path / "baselines")
     profile = {"image": {"edges": [0.0, 0.5], "fractions": [0.5, 0.3, 0.2]}}

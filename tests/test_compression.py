@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import deploycheck
-from deploycheck.compression import compression_facts, original_spec
+from deploycheck.compression import compression_facts
 from deploycheck.errors import SpecError
+from deploycheck.spec import original_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

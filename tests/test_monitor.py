@@ -152,7 +152,7 @@ def test_a_million_steady_records_raise_no_alert() -> None:
 
 def test_unscaled_inputs_fire_one_input_drift_alert_before_any_label() -> None:
     from deploycheck.digits import load_split
-    from deploycheck.monitor import input_profile
+    from deploycheck.drift import input_profile
 
     x_train, _, x_test, _ = load_split()
     profile = input_profile([(x_train[i:i + 64],) for i in range(0, 512, 64)], ["image"])

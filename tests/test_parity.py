@@ -10,8 +10,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 import deploycheck
-from deploycheck.parity import INT8_TOLERANCE, Tolerance, check_parity
+from deploycheck.parity import check_parity
 from deploycheck.strategies import model_inputs
+from deploycheck.tolerance import INT8_TOLERANCE, Tolerance
 
 
 def test_statistics_and_worst_element() -> None:

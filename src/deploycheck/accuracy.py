@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deploycheck.artifact import Artifact
+from deploycheck.drift import input_profile
 from deploycheck.errors import SpecError
-from deploycheck.monitor import input_profile
-from deploycheck.parity import format_table
+from deploycheck.explain import explain_quantization, explained_formats
+from deploycheck.formats.base import TorchRunner, io_specs
+from deploycheck.table import format_table
 
 if TYPE_CHECKING:
-    from deploycheck.artifact import Artifact
     from deploycheck.spec import ModelSpec
 
 Metric = Callable[[list[np.ndarray], np.ndarray], float]
@@ -222,9 +224,6 @@ def measure_accuracy(artifact: Artifact, eval_data: Iterable[tuple[Any, Any]] | 
 
 def reference_artifact(spec: ModelSpec) -> Artifact:
     """The eager model as an in-memory artifact (the fp32 reference every format is measured against)."""
-    from deploycheck.artifact import Artifact
-    from deploycheck.formats.base import TorchRunner, io_specs
-
     inputs, outputs = io_specs(spec)
     metadata = {"format": "eager", "model": spec.name, "size_bytes": 0, "inputs": [t.to_dict() for t in inputs],
                 "outputs": [t.to_dict() for t in outputs]}
@@ -273,67 +272,9 @@ def check_accuracy(artifact: Artifact, spec: ModelSpec | None = None, explain: b
         classes, counts = np.unique(obtained.predictions, return_counts=True)
         report.class_distribution = {int(c): float(n / counts.sum()) for c, n in zip(classes, counts)}
     report.input_profile = input_profile(spec.calibration_data or [], [tensor.name for tensor in artifact.inputs])
-    if explain and not report.passed and artifact.quantized:
+    if explain and not report.passed and artifact.format in explained_formats():
         report.explanation = str(explain_quantization(artifact, spec))
     return report
-
-
-@dataclass
-class LayerError:
-    """Quantization error of one layer: SQNR in dB (higher is better) of its output, and of its weight."""
-
-    node: str
-    tensor: str
-    activation_sqnr_db: float
-    weight_sqnr_db: float | None = None
-    versus_float_sqnr_db: float | None = None
-
-
-@dataclass
-class QuantizationExplanation:
-    """Per-layer quantization error, worst layer first."""
-
-    model: str
-    format: str
-    method: str
-    layers: list[LayerError]
-
-    def worst_nodes(self, count: int) -> list[str]:
-        return [layer.node for layer in self.layers[:count]]
-
-    def __str__(self, limit: int = 10) -> str:
-        def db(value: float | None) -> str:
-            return "" if value is None else f"{value:.1f}"
-
-        rows = [[layer.node, layer.tensor, db(layer.activation_sqnr_db), db(layer.versus_float_sqnr_db),
-                 db(layer.weight_sqnr_db)] for layer in self.layers[:limit]]
-        return (f"where the error comes from ({self.model}/{self.format}, {self.method}; lowest SQNR first):\n"
-                + format_table(["layer", "output tensor", "activation SQNR dB", "vs fp32 model dB", "weight SQNR dB"],
-                               rows))
-
-
-def explain_quantization(artifact: Artifact, spec: ModelSpec | None = None,
-                         batches: int = 4) -> QuantizationExplanation:
-    """Per-layer quantization error of an int8 artifact against its fp32 form, worst first.
-
-    `onnx_int8_static` uses ONNX Runtime's `qdq_loss_debug` (activation SQNR of every quantized tensor against the
-    fp32 model on the same calibration inputs, and weight SQNR); `onnx_int8_dynamic` compares every intermediate
-    tensor the two ONNX models share by name; torch formats compare each module's output through forward hooks.
-    """
-    from deploycheck import explain
-
-    spec = spec or artifact.spec
-    if spec is None:
-        raise SpecError(f"{artifact!r} has no spec; pass spec= (its data feeds the comparison)")
-    if artifact.format == "onnx_int8_static":
-        return explain.explain_qdq(artifact, spec, batches)
-    if artifact.format.startswith("onnx"):
-        return explain.explain_onnx_by_name(artifact, spec, batches)
-    return explain.explain_torch(artifact, spec, batches)
-
-
-def layer_sort_key(layer: LayerError) -> float:
-    return layer.activation_sqnr_db if math.isfinite(layer.activation_sqnr_db) else math.inf
 
 
 def _as_numpy(labels: Any) -> np.ndarray:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deploycheck.errors import ArtifactError, InputError
-from deploycheck.report import write_json
+from deploycheck.jsonio import write_json
 
 if TYPE_CHECKING:
     from deploycheck.spec import ModelSpec
@@ -125,10 +124,11 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def package_versions() -> dict[str, str | None]:
-    """Versions of the packages that decide what an export contains (recorded, and part of the cache key)."""
+def package_versions(packages: Iterable[str]) -> dict[str, str | None]:
+    """Versions of Python, deploycheck, numpy and `packages` (a format's: they decide what an export contains, so
+    they are recorded in its sidecar and are part of its cache key); None for a package that is not installed."""
     versions: dict[str, str | None] = {"python": platform.python_version()}
-    for package in ("deploycheck", "torch", "onnx", "onnxruntime", "onnxscript", "torchao", "numpy"):
+    for package in sorted({"deploycheck", "numpy", *packages}):
         try:
             versions[package] = importlib_metadata.version(package)
         except importlib_metadata.PackageNotFoundError:
@@ -138,7 +138,7 @@ def package_versions() -> dict[str, str | None]:
 
 def write_metadata(directory: Path, format_name: str, spec: ModelSpec, details: dict[str, Any],
                    inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], cache_key: str,
-                   in_memory_bytes: int = 0) -> dict[str, Any]:
+                   packages: Iterable[str], in_memory_bytes: int = 0) -> dict[str, Any]:
     """Hash every file of the artifact and write the sidecar. `in_memory_bytes` sizes formats with no files."""
     files: dict[str, dict[str, Any]] = {}
     for path in sorted(directory.iterdir()):
@@ -152,7 +152,7 @@ def write_metadata(directory: Path, format_name: str, spec: ModelSpec, details: 
         "cache_key": cache_key,
         "files": files,
         "size_bytes": sum(f["size"] for f in files.values()) or in_memory_bytes,
-        "versions": package_versions(),
+        "versions": package_versions(packages),
         "inputs": [t.to_dict() for t in inputs],
         "outputs": [t.to_dict() for t in outputs],
         "dynamic_batch": spec.dynamic_batch,
@@ -197,19 +197,3 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return metadata
 
 
-def load_artifact(path: str | os.PathLike[str], spec: ModelSpec | None = None, **runtime: Any) -> Artifact:
-    """Reopen an artifact from its directory alone, verifying its files first.
-
-    onnx, torchscript and torch_export artifacts need no model code. `state_dict` needs the model class (taken
-    from `spec.factory`, else imported from the recorded factory path) and `eager` needs the spec itself.
-    `runtime` options (e.g. `intra_op_threads=1`, `device="cuda"`) go to the format's loader.
-    """
-    from deploycheck.formats import get_format
-    from deploycheck.formats.base import quiet_exporters
-
-    directory = Path(path)
-    metadata = read_metadata(directory)
-    fmt = get_format(metadata["format"])
-    with quiet_exporters():
-        runner = fmt.load(directory, metadata, spec, **runtime)
-    return Artifact(metadata["format"], directory, metadata, runner, spec=spec)

@@ -130,7 +130,8 @@ def _artifact_row(spec: Any, name: str, out_dir: Path, done: dict[str, Any]) -> 
     """One format: exported (its base format's artifact taken from `done`), its parity and accuracy."""
     from deploycheck.accuracy import check_accuracy
     from deploycheck.errors import FormatUnavailable
-    from deploycheck.formats import export, get_format
+    from deploycheck.exporting import export
+    from deploycheck.formats import get_format
     from deploycheck.parity import check_parity
 
     fmt = get_format(name)
@@ -153,8 +154,7 @@ def _artifact_row(spec: Any, name: str, out_dir: Path, done: dict[str, Any]) -> 
 
 
 def _print_rows(rows: list[dict[str, Any]]) -> None:
-    from deploycheck.parity import format_table
-    from deploycheck.report import human_size
+    from deploycheck.table import format_table, human_size
 
     table = []
     for row in rows:
@@ -235,8 +235,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Hold NEW to OLD with the baseline rules; exit 1 on a regression, so CI scripts outside pytest can gate."""
-    from deploycheck.baseline import compare_sets, load_records, pyproject_settings
-    from deploycheck.parity import format_table
+    from deploycheck.baseline.compare import compare_sets
+    from deploycheck.baseline.rules import pyproject_settings
+    from deploycheck.baseline.store import load_records
+    from deploycheck.table import format_table
 
     old, new = load_records(Path(args.old)), load_records(Path(args.new))
     settings = pyproject_settings(Path(args.project))

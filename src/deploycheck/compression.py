@@ -17,7 +17,7 @@ import numpy as np
 
 from deploycheck.accuracy import evaluate, reference_artifact
 from deploycheck.errors import SpecError
-from deploycheck.parity import format_table
+from deploycheck.table import format_table
 
 if TYPE_CHECKING:
     import torch
@@ -35,52 +35,6 @@ def compression_facts(model: torch.nn.Module) -> dict[str, Any]:
     total = sum(p.numel() for p in model.parameters())
     nonzero = sum(int(p.count_nonzero()) for p in model.parameters())
     return {"parameters": total, "nonzero_parameters": nonzero, "sparsity": 1 - nonzero / total if total else 0.0}
-
-
-def original_spec(spec: ModelSpec, resolve: Callable[[str], ModelSpec] | None = None) -> ModelSpec:
-    """The original as a spec that shares the compressed spec's data and settings, checked for compatibility:
-    it must accept the same inputs and produce outputs of the same shapes."""
-    import torch
-
-    from deploycheck.spec import ModelSpec
-
-    original = spec.original
-    if original is None:
-        raise SpecError(f"ModelSpec {spec.name!r} has no original (set ModelSpec(original=...))")
-    if isinstance(original, str):
-        if resolve is None:
-            raise SpecError(f"ModelSpec {spec.name!r}: original {original!r} is a registered model's name; "
-                            "outside pytest pass the original module or its ModelSpec")
-        original = resolve(original)
-    if isinstance(original, torch.nn.Module):
-        _check_compatible(spec, original.eval(), f"{spec.name}.original")
-        original = ModelSpec(
-            name=f"{spec.name}.original", model=original, example_inputs=spec.example_inputs,
-            dynamic_batch=spec.dynamic_batch, eval_data=spec.eval_data, calibration_data=spec.calibration_data,
-            formats=spec.formats, format_options=spec.format_options, input_names=spec.input_names,
-            output_names=spec.output_names, metric=spec.metric, higher_is_better=spec.higher_is_better)
-    if not isinstance(original, ModelSpec):
-        raise SpecError(f"ModelSpec {spec.name!r}: original is a {type(original).__name__}; expected a "
-                        "torch.nn.Module, a ModelSpec or a registered model's name")
-    _check_compatible(spec, original.model, original.name)
-    return original
-
-
-def _check_compatible(spec: ModelSpec, original: torch.nn.Module, name: str) -> None:
-    import torch
-
-    from deploycheck.tensors import FlatModule
-
-    with torch.no_grad():
-        try:
-            theirs = FlatModule(original, spec.input_names or [], spec.keyword_inputs, name)(*spec.example_inputs)
-        except Exception as exc:
-            raise SpecError(f"original {name!r} cannot run the inputs of {spec.name!r} "
-                            f"({[list(t.shape) for t in spec.example_inputs]}): {type(exc).__name__}: {exc}") from exc
-        ours = spec.flat_model(*spec.example_inputs)
-    if [list(t.shape) for t in ours] != [list(t.shape) for t in theirs]:
-        raise SpecError(f"original {name!r} produces outputs of shapes {[list(t.shape) for t in theirs]} "
-                        f"where {spec.name!r} produces {[list(t.shape) for t in ours]}; they must match")
 
 
 @dataclass

@@ -13,14 +13,13 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from deploycheck.spec import ModelSpec
+from deploycheck.spec import ModelSpec
 
 TRAIN_SIZE = 1200
 EVAL_BATCH = 64
@@ -218,8 +217,6 @@ def batches(x: torch.Tensor, y: torch.Tensor, size: int = EVAL_BATCH) -> list[tu
 
 def digits_spec(**overrides: Any) -> ModelSpec:
     """The demo spec: the trained CNN, evaluated on the 597 held-out digits, calibrated on training digits."""
-    from deploycheck.spec import ModelSpec
-
     x_train, _, x_test, y_test = load_split()
     settings: dict[str, Any] = {
         "name": "digits_cnn",

@@ -1,4 +1,5 @@
-"""Per-layer quantization error, the engines behind `deploycheck.explain_quantization`.
+"""Per-layer quantization error: `explain_quantization` and the engines behind it (each format names its engine
+in `Format.explanation`).
 
 All three compare the quantized model with its fp32 form on the same real inputs and report, per layer, the SQNR
 of its output (10·log10(signal power / error power), in dB; lower is worse), listed worst first.
@@ -10,12 +11,21 @@ import copy
 import math
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deploycheck.accuracy import LayerError, QuantizationExplanation, layer_sort_key
+from deploycheck.errors import DeployCheckError, SpecError
+from deploycheck.exporting import export
+from deploycheck.formats import format_names, get_format
+from deploycheck.formats.base import quiet_exporters
+from deploycheck.formats.onnx import MODEL_FILE
+from deploycheck.formats.onnx_int8_static import calibration_feeds, feed_reader, pre_process
+from deploycheck.formats.torch_int8_dynamic import quantize_linear_layers
+from deploycheck.table import format_table
 
 if TYPE_CHECKING:
     from deploycheck.artifact import Artifact
@@ -33,9 +43,6 @@ def sqnr_db(reference: np.ndarray, obtained: np.ndarray) -> float:
 
 def fp32_onnx_path(artifact: Artifact, spec: ModelSpec) -> Path:
     """The fp32 ONNX model an int8 ONNX artifact was quantized from (re-exported from the cache if moved)."""
-    from deploycheck.formats import export
-    from deploycheck.formats.onnx import MODEL_FILE
-
     default = artifact.path.with_name(f"{artifact.path.name}.onnx")
     recorded = Path(artifact.metadata.get("base", {}).get("path", default))
     return export(spec, "onnx", recorded).path / MODEL_FILE
@@ -48,8 +55,6 @@ def _feeds(spec: ModelSpec, batches: int) -> list[dict[str, np.ndarray]]:
     """The first `batches` calibration batches, cut to at most `INPUT_ELEMENTS` input values (at least one row):
     the debugging helpers keep every intermediate activation (MobileNetV2: ~100 MB per 224x224 image, for the
     fp32 and the quantized model), so a vision model is explained on one image, the digits CNN on 256."""
-    from deploycheck.formats.onnx_int8_static import calibration_feeds
-
     feeds: list[dict[str, np.ndarray]] = []
     total = 0
     for feed in calibration_feeds(spec)[:batches]:
@@ -89,10 +94,6 @@ def explain_qdq(artifact: Artifact, spec: ModelSpec, batches: int) -> Quantizati
         create_weight_matching,
         modify_model_output_intermediate_tensors,
     )
-
-    from deploycheck.formats.base import quiet_exporters
-    from deploycheck.formats.onnx import MODEL_FILE
-    from deploycheck.formats.onnx_int8_static import feed_reader, pre_process
 
     with tempfile.TemporaryDirectory(prefix="deploycheck-explain-") as scratch, quiet_exporters():
         float_model = Path(scratch) / "float.onnx"
@@ -196,10 +197,6 @@ def explain_onnx_by_name(artifact: Artifact, spec: ModelSpec, batches: int) -> Q
     """Every intermediate tensor that the fp32 and the quantized ONNX models share by name, compared."""
     from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
 
-    from deploycheck.formats.base import quiet_exporters
-    from deploycheck.formats.onnx import MODEL_FILE
-    from deploycheck.formats.onnx_int8_static import feed_reader
-
     with tempfile.TemporaryDirectory(prefix="deploycheck-explain-") as scratch, quiet_exporters():
         float_model = _scratch_copy(fp32_onnx_path(artifact, spec).parent, Path(scratch) / "float") / MODEL_FILE
         quant_model = _scratch_copy(artifact.path, Path(scratch) / "quant") / MODEL_FILE
@@ -223,8 +220,6 @@ def explain_torch(artifact: Artifact, spec: ModelSpec, batches: int) -> Quantiza
     """Forward hooks on every leaf module of the eager model and of the same model quantized in-process with the
     artifact's recorded backend; each module's output is compared on the calibration inputs."""
     import torch
-
-    from deploycheck.formats.torch_int8_dynamic import quantize_linear_layers
 
     backend = artifact.metadata.get("quantization", {}).get("backend")
     quantized = copy.deepcopy(spec.flat_model).eval()
@@ -256,3 +251,68 @@ def explain_torch(artifact: Artifact, spec: ModelSpec, batches: int) -> Quantiza
               for name in reference if name in obtained]
     layers.sort(key=layer_sort_key)
     return QuantizationExplanation(spec.name, artifact.format, f"forward hooks ({backend or 'fp32'})", layers)
+
+
+@dataclass
+class LayerError:
+    """Quantization error of one layer: SQNR in dB (higher is better) of its output, and of its weight."""
+
+    node: str
+    tensor: str
+    activation_sqnr_db: float
+    weight_sqnr_db: float | None = None
+    versus_float_sqnr_db: float | None = None
+
+
+@dataclass
+class QuantizationExplanation:
+    """Per-layer quantization error, worst layer first."""
+
+    model: str
+    format: str
+    method: str
+    layers: list[LayerError]
+
+    def worst_nodes(self, count: int) -> list[str]:
+        return [layer.node for layer in self.layers[:count]]
+
+    def __str__(self, limit: int = 10) -> str:
+        def db(value: float | None) -> str:
+            return "" if value is None else f"{value:.1f}"
+
+        rows = [[layer.node, layer.tensor, db(layer.activation_sqnr_db), db(layer.versus_float_sqnr_db),
+                 db(layer.weight_sqnr_db)] for layer in self.layers[:limit]]
+        return (f"where the error comes from ({self.model}/{self.format}, {self.method}; lowest SQNR first):\n"
+                + format_table(["layer", "output tensor", "activation SQNR dB", "vs fp32 model dB", "weight SQNR dB"],
+                               rows))
+
+
+def explain_quantization(artifact: Artifact, spec: ModelSpec | None = None,
+                         batches: int = 4) -> QuantizationExplanation:
+    """Per-layer quantization error of an int8 artifact against its fp32 form, worst first.
+
+    `onnx_int8_static` uses ONNX Runtime's `qdq_loss_debug` (activation SQNR of every quantized tensor against the
+    fp32 model on the same calibration inputs, and weight SQNR); `onnx_int8_dynamic` compares every intermediate
+    tensor the two ONNX models share by name; torch formats compare each module's output through forward hooks.
+    """
+    spec = spec or artifact.spec
+    if spec is None:
+        raise SpecError(f"{artifact!r} has no spec; pass spec= (its data feeds the comparison)")
+    engine = ENGINES.get(get_format(artifact.format).explanation or "")
+    if engine is None:
+        raise DeployCheckError(f"{artifact.model_name}/{artifact.format}: this format has no per-layer quantization "
+                               f"explanation (formats with one: {', '.join(explained_formats())})")
+    return engine(artifact, spec, batches)
+
+
+def layer_sort_key(layer: LayerError) -> float:
+    return layer.activation_sqnr_db if math.isfinite(layer.activation_sqnr_db) else math.inf
+
+
+ENGINES: dict[str, Callable[[Artifact, ModelSpec, int], QuantizationExplanation]] = {
+    "qdq": explain_qdq, "onnx_by_name": explain_onnx_by_name, "torch_hooks": explain_torch}
+
+
+def explained_formats() -> list[str]:
+    """The formats whose `Format.explanation` names an engine."""
+    return [name for name in format_names() if get_format(name).explanation in ENGINES]

@@ -18,27 +18,24 @@ from filelock import FileLock
 
 from deploycheck.accepted import AcceptedStore
 from deploycheck.accuracy import check_accuracy, reference_artifact
-from deploycheck.artifact import METADATA_FILE, Artifact, load_artifact
-from deploycheck.baseline import (
-    BaselineStore,
+from deploycheck.artifact import METADATA_FILE, Artifact
+from deploycheck.baseline.compare import (
     Comparison,
-    Rules,
     compare_records,
     confirmed,
-    git_commit,
     latency_side_by_side,
-    measured_sections,
-    merge_records,
-    record_from_row,
-    resolve_rules,
     smallest_batch,
     throughput_side_by_side,
 )
-from deploycheck.compression import OriginalReport, check_against_original, compression_facts, original_spec
+from deploycheck.baseline.rules import Rules, resolve_rules
+from deploycheck.baseline.store import BaselineStore, git_commit, measured_sections, merge_records, record_from_row
+from deploycheck.compression import OriginalReport, check_against_original, compression_facts
 from deploycheck.errors import BaselineError, DeployCheckError
-from deploycheck.formats import export, get_format
+from deploycheck.exporting import export, load_artifact
+from deploycheck.formats import get_format
 from deploycheck.latency import BenchResult, SpeedRatio, bench, compare_speed, environment, interleaved_times
 from deploycheck.parity import check_parity
+from deploycheck.spec import original_spec
 
 if TYPE_CHECKING:
     from deploycheck.accuracy import AccuracyReport

@@ -25,15 +25,18 @@ import gc
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from deploycheck.artifact import Artifact, load_artifact, package_versions
+from deploycheck.artifact import Artifact, package_versions
 from deploycheck.errors import FormatUnavailable
-from deploycheck.formats import get_format
+from deploycheck.exporting import load_artifact
+from deploycheck.formats import format_names, get_format
+from deploycheck.stats import bootstrap_ratio_interval, compact_quantiles
+from deploycheck.table import format_table
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "fma", "f16c", "sse4_2", "asimd")
 
@@ -106,17 +109,6 @@ class LatencyStats:
         return data
 
 
-QUANTILES = 50
-
-
-def compact_quantiles(samples: Sequence[float], count: int = QUANTILES) -> list[float]:
-    """`count` order statistics at the midpoints of equal probability slices, to 4 significant digits."""
-    if not len(samples):
-        return []
-    points = np.percentile(np.asarray(samples, np.float64), (np.arange(count) + 0.5) * 100 / count)
-    return [float(f"{value:.4g}") for value in points]
-
-
 @dataclass
 class BenchResult:
     """What `bench` measured: `stats[batch_size]`, the settings, the environment record, and `skipped`: batch
@@ -138,8 +130,6 @@ class BenchResult:
                 "stats": {str(b): s.to_dict(with_samples) for b, s in self.stats.items()}}
 
     def __str__(self) -> str:
-        from deploycheck.parity import format_table
-
         rows = [[str(b), f"{s.p50_ms:.3f}", f"{s.p90_ms:.3f}", f"{s.p99_ms:.3f}", f"{s.max_ms:.3f}", f"{s.cv:.2f}",
                  f"{s.throughput_per_s:.0f}", str(s.calls), "yes" if s.stabilised else "no (time cap)",
                  "all (kept)" if s.all_disturbed else str(s.disturbed_rounds)]
@@ -191,8 +181,9 @@ def environment(threads: int, device: str = "cpu") -> dict[str, Any]:
                     flags = set(value.split())
     except OSError:
         pass
+    packages = {package for name in format_names() for package in get_format(name).packages}
     return {"cpu": model or platform.machine(), "cores": os.cpu_count(), "machine": platform.machine(),
-            "cpu_flags": [f for f in CPU_FLAGS if f in flags], "versions": package_versions(),
+            "cpu_flags": [f for f in CPU_FLAGS if f in flags], "versions": package_versions(packages),
             "threads": {"intra_op": threads, "inter_op": 1}, "device": device, "platform": platform.platform()}
 
 
@@ -497,20 +488,6 @@ def _interleaved_times(a: Artifact, b: Artifact, batch_size: int, max_time_s: fl
         if gc_was_enabled:
             gc.enable()
     return np.array(times_a), np.array(times_b)
-
-
-def bootstrap_ratio_interval(a: np.ndarray, b: np.ndarray, confidence: float = 0.95, resamples: int = 2000,
-                             seed: int = 0, statistic: Callable[[np.ndarray], Any] | None = None
-                             ) -> tuple[float, float]:
-    """Percentile-bootstrap interval of statistic(a) / statistic(b) (default: the median; `statistic` reduces the
-    last axis), resampling interleaved pairs together so that drifts shared by a neighbouring pair stay paired."""
-    reduce = statistic or (lambda x: np.median(x, axis=-1))
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, len(a), size=(resamples, len(a)))
-    ratios = reduce(a[index]) / reduce(b[index])
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(ratios, [tail, 100 - tail])
-    return float(low), float(high)
 
 
 def _rss_bytes() -> int | None:

@@ -10,45 +10,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deploycheck.formats import get_format
+from deploycheck.table import format_table
+from deploycheck.tolerance import FP32_TOLERANCE, Tolerance
+
 if TYPE_CHECKING:
     from deploycheck.artifact import Artifact
     from deploycheck.spec import ModelSpec
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Pass criteria for one output. A criterion set to None is not checked."""
-
-    atol: float | None = 1e-4
-    rtol: float | None = 1e-4
-    min_top1_agreement: float | None = None
-    min_sqnr_db: float | None = None
-    min_cosine: float | None = None
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    def describe(self) -> str:
-        parts = []
-        if self.atol is not None and self.rtol is not None:
-            parts.append(f"atol={self.atol:g} rtol={self.rtol:g}")
-        if self.min_top1_agreement is not None:
-            parts.append(f"top1>={self.min_top1_agreement:.1%}")
-        if self.min_sqnr_db is not None:
-            parts.append(f"sqnr>={self.min_sqnr_db:g}dB")
-        if self.min_cosine is not None:
-            parts.append(f"cos>={self.min_cosine:g}")
-        return " ".join(parts) or "none"
-
-
-FP32_TOLERANCE = Tolerance()
-INT8_TOLERANCE = Tolerance(atol=None, rtol=None, min_top1_agreement=0.9, min_sqnr_db=10.0)
 
 
 @dataclass
@@ -206,15 +179,6 @@ def _compare_arrays(name: str, ref: np.ndarray, ref64: np.ndarray, cand64: np.nd
         mismatched=mismatched, tolerance=tol, passed=not problems, problems=problems)
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain-text table with columns padded to their widest cell."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
-             for row in [list(header), *rows]]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
 PARITY_ELEMENTS = 2**22  # input values of the largest parity batch at most (16 MB of fp32)
 
 
@@ -238,8 +202,6 @@ def check_parity(artifact: Artifact, spec: ModelSpec | None = None,
     The tolerance in force is, per output: `tolerance` when given, else the spec's `tolerances` entry, else the
     format's default (tight for fp32 formats, agreement and SQNR for int8 ones).
     """
-
-    from deploycheck.formats import get_format
 
     spec = spec or artifact.spec
     if spec is None:

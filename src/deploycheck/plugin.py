@@ -122,7 +122,7 @@ def baseline_settings(config: pytest.Config) -> tuple[Path, list[tuple[str, Any]
 
 def _read_baseline_settings(config: pytest.Config) -> tuple[Path, list[tuple[str, Any]]]:
     """The baselines directory and the rule layers from `[tool.deploycheck]` of the rootdir's pyproject.toml."""
-    from deploycheck.baseline import pyproject_settings
+    from deploycheck.baseline.rules import pyproject_settings
     from deploycheck.errors import BaselineError
 
     try:
@@ -331,7 +331,7 @@ def deploycheck(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     mode = baseline_mode(config)
     baselines = None
     if mode is not None:
-        from deploycheck.baseline import BaselineStore
+        from deploycheck.baseline.store import BaselineStore
         from deploycheck.gate import BaselineCheck
 
         directory, layers = baseline_settings(config)
@@ -505,7 +505,7 @@ class _Summary:
                                root=self.config.rootpath, accepted=accepted_store(self.config))
 
     def _stale_baselines(self) -> list[str]:
-        from deploycheck.baseline import BaselineStore, stale_entries
+        from deploycheck.baseline.store import BaselineStore, stale_entries
         from deploycheck.formats import format_names
 
         filtered = (self.config.getoption("keyword", "") or self.config.getoption("markexpr", "")
@@ -539,7 +539,7 @@ def missing_baselines(config: pytest.Config, pairs: set[tuple[str, str]]) -> lis
     out or cannot handle needs none, so each model with a missing file is built once to ask; when that cannot be
     done before the tests run (a model defined in a test module, or needing other fixtures), nothing is listed
     and each test reports its own missing baseline."""
-    from deploycheck.baseline import BaselineStore
+    from deploycheck.baseline.store import BaselineStore
     from deploycheck.errors import FormatUnavailable
     from deploycheck.formats import get_format
 

@@ -16,7 +16,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from deploycheck.baseline.compare import smallest_batch
+from deploycheck.baseline.store import BaselineStore
 from deploycheck.errors import DeployCheckError
+from deploycheck.monitor import DEFAULT_RULES
 
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                      2.5, 5.0, 10.0)
@@ -92,9 +95,6 @@ def alerting_rules(baselines: Path, format_name: str | None = None, window: str 
     minus its budget, prediction drift, and input drift when the baseline has an input profile. One model per
     baseline directory entry; `format_name` picks which format's figures (default: onnx when stored, else the
     first stored format)."""
-    from deploycheck.baseline import BaselineStore, smallest_batch
-    from deploycheck.monitor import DEFAULT_RULES
-
     store = BaselineStore(baselines)
     by_model: dict[str, list[str]] = {}
     for model, stored_format in store.entries():

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploycheck.accuracy import check_accuracy, evaluate, explain_quantization, reference_artifact
+from deploycheck.accuracy import check_accuracy, evaluate, reference_artifact
 from deploycheck.errors import DeployCheckError
-from deploycheck.formats import export
-from deploycheck.parity import format_table
-from deploycheck.report import human_size
+from deploycheck.explain import explain_quantization
+from deploycheck.exporting import export
+from deploycheck.latency import bench
+from deploycheck.table import format_table, human_size
 
 if TYPE_CHECKING:
     from deploycheck.artifact import Artifact
@@ -125,6 +126,4 @@ def _with_settings(spec: ModelSpec, settings: dict[str, Any]) -> ModelSpec:
 
 
 def _p50_ms(artifact: Artifact) -> float:
-    from deploycheck.latency import bench
-
     return bench(artifact, batch_sizes=(1,), max_time_s=0.5).stats[1].p50_ms

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import datetime
 import html
-import json
 import math
 import os
-import re
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from deploycheck.baseline import smallest_batch
-from deploycheck.parity import format_table
+from deploycheck.baseline.compare import smallest_batch
+from deploycheck.jsonio import write_json, write_text
+from deploycheck.table import format_table, human_size
 
 
 def _get(row: dict[str, Any], *keys: str) -> Any:
@@ -29,16 +27,6 @@ def _get(row: dict[str, Any], *keys: str) -> Any:
             return None
         value = value.get(key)
     return value
-
-
-def human_size(size: float | None) -> str:
-    if size is None:
-        return ""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return ""
 
 
 def _pct(value: Any) -> str:
@@ -360,22 +348,6 @@ td.bad {{ background: #fdd; font-weight: bold; }}
 """
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temporary file in the same directory, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.fchmod(handle, 0o666 & ~mask)  # mkstemp's file is private; the file it replaces was not
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_json_report(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     write_json(path, {"results": with_size_ratios(rows)})
 
@@ -429,11 +401,3 @@ def write_benchmark_json(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     write_json(path, benchmark_json(rows))
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically, keys sorted and lists of numbers on one line, so diffs stay short and readable."""
-    text = json.dumps(data, indent=2, sort_keys=True, default=str)
-    text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]", text)
-    write_text(path, text + "\n")
-
-
-_NUMBER_LIST = re.compile(r"\[\s*((?:-?[0-9][0-9.eE+-]*,?\s*)+)\]")

@@ -36,8 +36,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deploycheck.artifact import METADATA_FILE, Artifact, load_artifact, read_metadata
+from deploycheck.artifact import METADATA_FILE, Artifact, read_metadata
+from deploycheck.baseline.compare import smallest_batch
+from deploycheck.baseline.store import BaselineStore
 from deploycheck.errors import DeployCheckError, InputError
+from deploycheck.exporting import load_artifact
 from deploycheck.monitor import Monitor
 from deploycheck.prometheus import CONTENT_TYPE, PrometheusMetrics
 
@@ -523,8 +526,6 @@ def _monitor_baselines(directory: Path, artifacts: Mapping[str, Artifact],
     plus the time it may wait for a batch), the release accuracy, the distribution of predicted classes on the
     evaluation data (what prediction drift is measured against) and the calibration data's input profile (what
     input drift is measured against)."""
-    from deploycheck.baseline import BaselineStore, smallest_batch
-
     store = BaselineStore(directory)
     result: dict[str, dict[str, Any]] = {}
     for name, artifact in artifacts.items():

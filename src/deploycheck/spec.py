@@ -14,8 +14,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from deploycheck.errors import SpecError
-from deploycheck.parity import Tolerance
+from deploycheck.baseline.rules import resolve_rules
+from deploycheck.errors import BaselineError, SpecError
+from deploycheck.formats import format_names
+from deploycheck.tensors import FlatModule, flatten_outputs, structure_names
+from deploycheck.tolerance import Tolerance
 
 if TYPE_CHECKING:
     import numpy as np
@@ -85,8 +88,6 @@ class ModelSpec:
     def __post_init__(self) -> None:
         import torch
 
-        from deploycheck.tensors import FlatModule, flatten_outputs, structure_names
-
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise SpecError(f"ModelSpec name {self.name!r} must be non-empty and use only letters, digits, "
                             "'_', '.', '-'")
@@ -127,8 +128,6 @@ class ModelSpec:
         outputs = flatten_outputs(raw, self.name)
         self.output_names = self._validated_names(self.output_names or structure_names(raw), len(outputs), "output")
         if self.original is not None and not isinstance(self.original, str):
-            from deploycheck.compression import original_spec
-
             original_spec(self)
 
     def _check_original_budgets(self) -> None:
@@ -149,9 +148,6 @@ class ModelSpec:
                                 "ModelSpec(original=...)")
 
     def _check_baseline_rules(self) -> None:
-        from deploycheck.baseline import resolve_rules
-        from deploycheck.errors import BaselineError
-
         for format_name in self.formats or []:
             try:
                 resolve_rules(format_name, (f"ModelSpec {self.name!r} baseline_rules", self.baseline_rules))
@@ -352,6 +348,46 @@ def _is_tensor(value: Any, floating: bool) -> bool:
 
 
 def _known_formats() -> list[str]:
-    from deploycheck.formats import format_names
-
     return format_names()
+
+
+def original_spec(spec: ModelSpec, resolve: Callable[[str], ModelSpec] | None = None) -> ModelSpec:
+    """The original as a spec that shares the compressed spec's data and settings, checked for compatibility:
+    it must accept the same inputs and produce outputs of the same shapes."""
+    import torch
+
+    original = spec.original
+    if original is None:
+        raise SpecError(f"ModelSpec {spec.name!r} has no original (set ModelSpec(original=...))")
+    if isinstance(original, str):
+        if resolve is None:
+            raise SpecError(f"ModelSpec {spec.name!r}: original {original!r} is a registered model's name; "
+                            "outside pytest pass the original module or its ModelSpec")
+        original = resolve(original)
+    if isinstance(original, torch.nn.Module):
+        _check_compatible(spec, original.eval(), f"{spec.name}.original")
+        original = ModelSpec(
+            name=f"{spec.name}.original", model=original, example_inputs=spec.example_inputs,
+            dynamic_batch=spec.dynamic_batch, eval_data=spec.eval_data, calibration_data=spec.calibration_data,
+            formats=spec.formats, format_options=spec.format_options, input_names=spec.input_names,
+            output_names=spec.output_names, metric=spec.metric, higher_is_better=spec.higher_is_better)
+    if not isinstance(original, ModelSpec):
+        raise SpecError(f"ModelSpec {spec.name!r}: original is a {type(original).__name__}; expected a "
+                        "torch.nn.Module, a ModelSpec or a registered model's name")
+    _check_compatible(spec, original.model, original.name)
+    return original
+
+
+def _check_compatible(spec: ModelSpec, original: torch.nn.Module, name: str) -> None:
+    import torch
+
+    with torch.no_grad():
+        try:
+            theirs = FlatModule(original, spec.input_names or [], spec.keyword_inputs, name)(*spec.example_inputs)
+        except Exception as exc:
+            raise SpecError(f"original {name!r} cannot run the inputs of {spec.name!r} "
+                            f"({[list(t.shape) for t in spec.example_inputs]}): {type(exc).__name__}: {exc}") from exc
+        ours = spec.flat_model(*spec.example_inputs)
+    if [list(t.shape) for t in ours] != [list(t.shape) for t in theirs]:
+        raise SpecError(f"original {name!r} produces outputs of shapes {[list(t.shape) for t in theirs]} "
+                        f"where {spec.name!r} produces {[list(t.shape) for t in ours]}; they must match")

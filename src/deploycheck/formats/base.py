@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from deploycheck.artifact import Runner, TensorSpec
-from deploycheck.parity import FP32_TOLERANCE, Tolerance
+from deploycheck.tensors import flatten_outputs
+from deploycheck.tolerance import FP32_TOLERANCE, Tolerance
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +38,20 @@ class Format(ABC):
     # whether thread counts are fixed when the runtime is loaded (an ONNX Runtime session), so timing with other
     # thread counts needs a fresh load; torch's are a process setting, and its loaded module can be timed as is
     threads_fixed_at_load: ClassVar[bool] = True
+    # the packages whose versions decide what an export holds: recorded in the sidecar and part of the cache key,
+    # so upgrading one re-exports (python, numpy and deploycheck are always included)
+    packages: ClassVar[tuple[str, ...]] = ("torch",)
+    # False for a format that keeps the model in memory (eager): nothing on disk to size, keep, accept or serve
+    writes_files: ClassVar[bool] = True
+    # whether `deploycheck serve` may load it from its directory alone (no model code, no spec)
+    servable: ClassVar[bool] = False
+    # the Open Inference Protocol `platform` a served artifact reports (KServe's names)
+    platform: ClassVar[str] = "unknown"
+    # why loading it can run code from the artifact (a program, an unpickled object, an imported factory); None
+    # when loading only reads data. Such a format loads only when signed by a trusted key, or with trust_code
+    executes_code: ClassVar[str | None] = None
+    # the engine in `deploycheck.explain.ENGINES` that explains its per-layer quantization error, if any
+    explanation: ClassVar[str | None] = None
 
     def check_supported(self, spec: ModelSpec) -> None:  # noqa: B027  (optional hook; most formats take any model)
         """Raise `FormatUnavailable` with a reason when this format cannot handle the spec."""
@@ -102,8 +117,6 @@ class TorchRunner:
 
     def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         import torch
-
-        from deploycheck.tensors import flatten_outputs
 
         with torch.inference_mode():
             tensors = [torch.from_numpy(array).to(self.device) for array in inputs]

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 class EagerFormat(Format):
     name = "eager"
     threads_fixed_at_load = False
+    writes_files = False
 
     def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
         return {"module_class": f"{type(spec.model).__module__}.{type(spec.model).__qualname__}"}

@@ -28,6 +28,9 @@ DEFAULT_OPSET = 18
 
 class OnnxFormat(Format):
     name = "onnx"
+    packages = ("torch", "onnx", "onnxscript", "onnxruntime")
+    servable = True
+    platform = "onnxruntime_onnx"
 
     def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
         import onnx

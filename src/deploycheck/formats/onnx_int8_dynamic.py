@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from deploycheck.artifact import Runner
 from deploycheck.formats.base import Format
 from deploycheck.formats.onnx import MODEL_FILE, OnnxRunner, create_session, int8_weight_fraction, opset_of
-from deploycheck.parity import INT8_TOLERANCE
+from deploycheck.tolerance import INT8_TOLERANCE
 
 if TYPE_CHECKING:
     from deploycheck.artifact import Artifact
@@ -20,6 +20,10 @@ class OnnxInt8DynamicFormat(Format):
     name = "onnx_int8_dynamic"
     base_format = "onnx"
     default_tolerance = INT8_TOLERANCE
+    packages = ("torch", "onnx", "onnxscript", "onnxruntime")
+    servable = True
+    platform = "onnxruntime_onnx"
+    explanation = "onnx_by_name"
 
     def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
         from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -18,7 +18,7 @@ from deploycheck.artifact import Runner
 from deploycheck.errors import ExportError
 from deploycheck.formats.base import Format
 from deploycheck.formats.onnx import MODEL_FILE, OnnxRunner, create_session, int8_weight_fraction, opset_of
-from deploycheck.parity import INT8_TOLERANCE
+from deploycheck.tolerance import INT8_TOLERANCE
 
 if TYPE_CHECKING:
     from deploycheck.artifact import Artifact
@@ -95,6 +95,10 @@ class OnnxInt8StaticFormat(Format):
     name = "onnx_int8_static"
     base_format = "onnx"
     default_tolerance = INT8_TOLERANCE
+    packages = ("torch", "onnx", "onnxscript", "onnxruntime")
+    servable = True
+    platform = "onnxruntime_onnx"
+    explanation = "qdq"
 
     def cache_inputs(self, spec: ModelSpec) -> list[Any]:
         return [*calibration_feeds(spec), static_settings(spec)]

@@ -25,6 +25,7 @@ WEIGHTS_FILE = "state_dict.pt"
 class StateDictFormat(Format):
     name = "state_dict"
     threads_fixed_at_load = False
+    executes_code = "loading it imports and calls the model factory its sidecar names"
 
     def check_supported(self, spec: ModelSpec) -> None:
         if spec.factory is None:

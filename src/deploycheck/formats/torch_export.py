@@ -34,6 +34,9 @@ def load_exported_program(path: Path, metadata: dict[str, Any], device: str) -> 
 class TorchExportFormat(Format):
     name = "torch_export"
     threads_fixed_at_load = False
+    servable = True
+    platform = "pytorch_export"
+    executes_code = "torch.export.load unpickles the entries a .pt2 archive stores with pickle"
 
     def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
         save_exported_program(spec.flat_model, spec, out_dir)

@@ -15,7 +15,7 @@ from deploycheck.artifact import Runner
 from deploycheck.errors import FormatUnavailable
 from deploycheck.formats.base import Format, TorchRunner
 from deploycheck.formats.torch_export import load_exported_program, save_exported_program
-from deploycheck.parity import INT8_TOLERANCE
+from deploycheck.tolerance import INT8_TOLERANCE
 
 if TYPE_CHECKING:
     from deploycheck.artifact import Artifact
@@ -47,6 +47,11 @@ class TorchInt8DynamicFormat(Format):
     name = "torch_int8_dynamic"
     threads_fixed_at_load = False
     default_tolerance = INT8_TOLERANCE
+    packages = ("torch", "torchao")
+    servable = True
+    platform = "pytorch_export"
+    executes_code = "torch.export.load unpickles its quantized weights, which the .pt2 archive stores with pickle"
+    explanation = "torch_hooks"
 
     def check_supported(self, spec: ModelSpec) -> None:
         import torch

@@ -20,6 +20,9 @@ MODEL_FILE = "model.ts"
 class TorchScriptFormat(Format):
     name = "torchscript"
     threads_fixed_at_load = False
+    servable = True
+    platform = "pytorch_libtorch"
+    executes_code = "a TorchScript file is a program: its forward runs whatever code it was saved with"
 
     def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
         import torch

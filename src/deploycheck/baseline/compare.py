@@ -1,9 +1,8 @@
-"""The `baselines/` store and the regression rules: what a release measured, and whether a new run fell behind it.
+"""A new measurement against its baseline record: one `Finding` per rule and metric, gathered in a `Comparison`.
 
-One JSON file per model x format (`baselines/<model>/<format>.json`), keys sorted, written atomically. A record
-holds what the gate measured: size, parity statistics, accuracy and drop, latency per batch size (summary
-figures plus a compact set of order statistics and the speed of a fixed reference workload timed in the same
-run), speedups, the environment record and the git commit.
+A record holds what the gate measured: size, parity statistics, accuracy and drop, latency per batch size
+(summary figures plus a compact set of order statistics and the speed of a fixed reference workload timed in
+the same run), speedups, the environment record and the git commit.
 
 Latency from stored figures is judged only as far as figures from another process can support it. The tail
 (p90 and above, max) and throughput are reported, not failed: a tail is made of the scheduler's stalls, which
@@ -19,140 +18,20 @@ more than `max_machine_ratio` times faster or slower, or whose instruction sets 
 
 from __future__ import annotations
 
-import json
 import math
-import re
-import subprocess
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from deploycheck.baseline.rules import LatencyLimit, Rules, resolve_rules
 from deploycheck.errors import BaselineError
-from deploycheck.parity import format_table
+from deploycheck.stats import bootstrap_ratio_interval, quantile_grid
+from deploycheck.table import format_table
 
-SCHEMA = 1
-SECTIONS = ("size", "parity", "accuracy", "latency", "speedup")
 OK, REGRESSED, INCONCLUSIVE, MISSING, REPORTED = "ok", "REGRESSED", "inconclusive", "missing", "reported"
-TAIL_FROM = 75.0  # percentiles above this are the tail: judged side by side only
 UPDATE_HINT = "run with --deploycheck-update to accept the new figures"
-_LIMIT_RE = re.compile(r"^\s*(p\d{1,2}(?:\.\d+)?|mean)\s*:\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
-
-
-@dataclass(frozen=True)
-class LatencyLimit:
-    """A latency statistic and how much slower it may get, e.g. `p50:10%` (a 10% increase)."""
-
-    statistic: str
-    limit: float
-
-    @classmethod
-    def parse(cls, text: str) -> LatencyLimit:
-        match = _LIMIT_RE.match(str(text))
-        if not match:
-            raise BaselineError(f"latency rule {text!r}: expected STATISTIC:LIMIT such as 'p50:10%' or 'p99:0.25'")
-        statistic, number, percent = match.groups()
-        return cls(statistic, float(number) / 100 if percent else float(number))
-
-    @property
-    def is_tail(self) -> bool:
-        """Whether this statistic is in the tail, which stored figures from another process cannot judge."""
-        return self.statistic != "mean" and float(self.statistic[1:]) > TAIL_FROM
-
-    def quantile(self, samples: np.ndarray, axis: int = -1) -> Any:
-        if self.statistic == "mean":
-            return samples.mean(axis=axis)
-        return np.percentile(samples, float(self.statistic[1:]), axis=axis)
-
-    def __str__(self) -> str:
-        return f"{self.statistic}:{self.limit:.0%}"
-
-
-@dataclass(frozen=True)
-class Rules:
-    """How far a new run may fall behind its baseline (fractions and factors; every field overridable as data).
-
-    `accuracy_drop`: accuracy points below the baseline's (0.005 is half a point); `agreement_drop`: the same for
-    top-1 agreement with the reference; `parity_growth`: factor by which the max abs error may grow, ignoring
-    errors below `parity_floor`; `size_growth`: fraction; `latency`: `LatencyLimit`s judged at the smallest batch
-    size; `throughput_drop`: fraction, judged at the largest batch size; `confidence`: of the bootstrap interval;
-    `max_machine_ratio`: beyond this difference in reference-workload speed a latency verdict is inconclusive;
-    `machine_tolerance`: a reference workload within this fraction of its recorded speed counts as the same
-    machine (the reference's own median moves by up to ~9% between fresh processes here, so normalising by it
-    inside that band would add noise, not remove it).
-    """
-
-    accuracy_drop: float = 0.005
-    agreement_drop: float = 0.01
-    parity_growth: float = 2.0
-    parity_floor: float = 1e-5
-    size_growth: float = 0.05
-    latency: tuple[LatencyLimit, ...] = (LatencyLimit("p50", 0.10), LatencyLimit("p99", 0.25))
-    throughput_drop: float = 0.10
-    confidence: float = 0.99
-    max_machine_ratio: float = 2.0
-    machine_tolerance: float = 0.10
-
-    def merged(self, data: Mapping[str, Any] | None, source: str) -> Rules:
-        """These rules with the keys of `data` replaced; unknown keys and bad values raise, naming `source`."""
-        if not data:
-            return self
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BaselineError(f"{source}: unknown baseline rule(s) {unknown}; known: {', '.join(sorted(known))}")
-        changes: dict[str, Any] = {}
-        for key, value in data.items():
-            if key == "latency":
-                items = value.split(",") if isinstance(value, str) else list(value)
-                changes[key] = tuple(LatencyLimit.parse(item) for item in items if str(item).strip())
-            else:
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                    raise BaselineError(f"{source}: rule {key}={value!r} must be a non-negative number")
-                changes[key] = float(value)
-        return replace(self, **changes)
-
-
-def resolve_rules(format_name: str, *layers: tuple[str, Mapping[str, Any] | None]) -> Rules:
-    """Defaults, then each `(source, data)` layer in order (e.g. pyproject, then the spec). A layer's keys that
-    name a format hold overrides for that format only and win over the layer's general keys."""
-    from deploycheck.formats import format_names
-
-    formats = set(format_names())
-    rules = Rules()
-    for source, data in layers:
-        if not data:
-            continue
-        general = {k: v for k, v in data.items() if k not in formats}
-        rules = rules.merged(general, source)
-        specific = data.get(format_name)
-        if specific is not None:
-            if not isinstance(specific, Mapping):
-                raise BaselineError(f"{source}: rules for format {format_name!r} must be a table of rules")
-            rules = rules.merged(specific, f"{source} [{format_name}]")
-    return rules
-
-
-def pyproject_settings(root: Path) -> dict[str, Any]:
-    """`[tool.deploycheck]` of `root/pyproject.toml` ({} when there is none)."""
-    path = Path(root) / "pyproject.toml"
-    if not path.is_file():
-        return {}
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:
-        import tomli as tomllib
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise BaselineError(f"{path}: not valid TOML ({exc})") from exc
-    settings = data.get("tool", {}).get("deploycheck", {})
-    if not isinstance(settings, dict):
-        raise BaselineError(f"{path}: [tool.deploycheck] must be a table")
-    return settings
 
 
 @dataclass(frozen=True)
@@ -220,132 +99,6 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "status": self.status, "passed": self.passed, "change": self.short(),
                 "findings": [vars(f) for f in self.findings]}
-
-
-class BaselineStore:
-    """`root/<model>/<format>.json`, plus `root/<model>/<format>.artifact/` when artifacts are kept."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-
-    def path(self, model: str, format_name: str) -> Path:
-        return self.root / model / f"{format_name}.json"
-
-    def artifact_dir(self, model: str, format_name: str) -> Path:
-        return self.root / model / f"{format_name}.artifact"
-
-    def read(self, model: str, format_name: str) -> dict[str, Any] | None:
-        """The stored record, None when there is none; a file that cannot be used raises naming it."""
-        path = self.path(model, format_name)
-        if not path.exists():
-            return None
-        return read_record(path)
-
-    def write(self, record: dict[str, Any]) -> Path:
-        from deploycheck.report import write_json
-
-        path = self.path(record["model"], record["format"])
-        write_json(path, record)
-        return path
-
-    def entries(self) -> list[tuple[str, str]]:
-        """Every (model, format) with a stored record."""
-        if not self.root.is_dir():
-            return []
-        return sorted((p.parent.name, p.stem) for p in self.root.glob("*/*.json"))
-
-
-def read_record(path: Path) -> dict[str, Any]:
-    """Load one baseline record (or report row) and check its shape, so a hand-broken file is named, not trusted."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BaselineError(f"baseline {path}: cannot be read ({exc})") from exc
-    except json.JSONDecodeError as exc:
-        raise BaselineError(f"baseline {path}: not valid JSON ({exc}); fix it or rewrite it with "
-                            "--deploycheck-update") from exc
-    if not isinstance(record, dict) or not isinstance(record.get("model"), str) or \
-            not isinstance(record.get("format"), str):
-        raise BaselineError(f"baseline {path}: expected an object with 'model' and 'format'; rewrite it with "
-                            "--deploycheck-update")
-    if not isinstance(record.get("schema", SCHEMA), int):
-        raise BaselineError(f"baseline {path}: 'schema' must be an integer; rewrite it with --deploycheck-update")
-    if record.get("schema", SCHEMA) > SCHEMA:
-        raise BaselineError(f"baseline {path}: schema {record['schema']} is newer than this deploycheck "
-                            f"understands ({SCHEMA}); upgrade deploycheck")
-    for section in ("parity", "accuracy", "latency", "speedup"):
-        if section in record and not isinstance(record[section], dict):
-            raise BaselineError(f"baseline {path}: '{section}' must be an object")
-    bad = _impossible_figure(record)
-    if bad:
-        raise BaselineError(f"baseline {path}: {bad}; a figure that is not a finite number would turn its rule "
-                            "off. Fix the file or rewrite it with --deploycheck-update")
-    return record
-
-
-_NON_NEGATIVE = re.compile(r"(_ms|_per_s|bytes|calls|rounds|max_abs|parameters|spread)$")
-
-
-def _impossible_figure(value: Any, where: str = "") -> str | None:
-    """Where a record holds NaN or an infinity, or a negative size, time, count or error (None when nowhere)."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found = _impossible_figure(item, f"{where}.{key}" if where else str(key))
-            if found:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _impossible_figure(item, f"{where}[{index}]")
-            if found:
-                return found
-    elif isinstance(value, float) and not math.isfinite(value):
-        return f"{where} is {value}"
-    elif isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0 and \
-            _NON_NEGATIVE.search(where.split("[")[0]):
-        return f"{where} is negative ({value})"
-    return None
-
-
-def record_from_row(row: Mapping[str, Any], passed_only: bool = True) -> dict[str, Any]:
-    """The baseline record of a measured row: its stored sections, leaving out any section whose own gate failed
-    (a failing measurement must not become the new standard)."""
-    record: dict[str, Any] = {"schema": SCHEMA, "model": row["model"], "format": row["format"]}
-    if row.get("size_bytes") is not None:
-        record["size"] = {"bytes": row["size_bytes"], "parameters": row.get("parameters")}
-    for section in ("parity", "accuracy", "latency", "speedup"):
-        data = row.get(section)
-        if isinstance(data, dict) and data and not (passed_only and data.get("passed") is False):
-            record[section] = dict(data)
-    if isinstance(row.get("environment"), dict):
-        record["environment"] = row["environment"]
-    return record
-
-
-def measured_sections(record: Mapping[str, Any]) -> list[str]:
-    return [s for s in SECTIONS if s in record]
-
-
-def merge_records(old: Mapping[str, Any] | None, new: Mapping[str, Any], only_missing: bool) -> dict[str, Any]:
-    """`new`'s sections over `old`'s (`only_missing`: add sections `old` lacks, change nothing it has)."""
-    merged = dict(old or {})
-    added = [s for s in SECTIONS if s in new and (not only_missing or s not in merged)]
-    if old and not added:
-        return merged
-    merged.update({k: v for k, v in new.items() if k not in SECTIONS})
-    merged.update({s: new[s] for s in added})
-    return merged
-
-
-def git_commit(root: Path) -> str | None:
-    """The current commit of the repository holding `root`, with "+dirty" for uncommitted changes."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{commit}+dirty" if dirty else commit
 
 
 def _pct(value: float) -> str:
@@ -426,20 +179,15 @@ def latency_ratio(old: Mapping[str, Any], new: Mapping[str, Any], limit: Latency
     def on_grid(q: np.ndarray, statistic: str = limit.statistic) -> float:
         if statistic == "mean":
             return float(q.mean())
-        return float(np.interp(float(statistic[1:]), _grid(len(q)), q))
+        return float(np.interp(float(statistic[1:]), quantile_grid(len(q)), q))
 
     rng = np.random.default_rng(seed)
-    drawn = [np.interp(rng.uniform(0, 100, size=(resamples, min(int(calls or len(q)), 2000))), _grid(len(q)), q)
+    drawn = [np.interp(rng.uniform(0, 100, size=(resamples, min(int(calls or len(q)), 2000))), quantile_grid(len(q)), q)
              for q, (_, calls) in zip(quantiles, sets)]
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(ratio_of(drawn, lambda x: limit.quantile(x, axis=-1),
                                        lambda x: np.median(x, axis=-1)), [tail, 100 - tail])
     return float(ratio_of(quantiles, on_grid, lambda q: on_grid(q, "p50"))), float(low), float(high)
-
-
-def _grid(count: int) -> np.ndarray:
-    """The percentiles at which `compact_quantiles` took its `count` order statistics."""
-    return (np.arange(count) + 0.5) * 100 / count
 
 
 def machine_difference(old: Mapping[str, Any], new: Mapping[str, Any], rules: Rules,
@@ -586,8 +334,6 @@ def latency_side_by_side(new_times: np.ndarray, old_times: np.ndarray, limit: La
                          confidence: float, against: str) -> Finding:
     """A latency rule judged on the new artifact and the accepted one (`against` says which) timed interleaved in
     this run, with a paired bootstrap interval on the ratio of the statistic."""
-    from deploycheck.latency import bootstrap_ratio_interval
-
     old_value, new_value = float(limit.quantile(old_times)), float(limit.quantile(new_times))
     ratio = new_value / old_value
     low, high = bootstrap_ratio_interval(new_times, old_times, confidence, resamples=1000,
@@ -601,8 +347,6 @@ def latency_side_by_side(new_times: np.ndarray, old_times: np.ndarray, limit: La
 def throughput_side_by_side(new_times: np.ndarray, old_times: np.ndarray, max_drop: float, batch: int,
                             confidence: float, against: str) -> Finding:
     """The throughput rule judged side by side: old mean time over new (throughput of new relative to old)."""
-    from deploycheck.latency import bootstrap_ratio_interval
-
     change = float(np.mean(old_times) / np.mean(new_times)) - 1
     low, high = bootstrap_ratio_interval(old_times, new_times, confidence, resamples=1000,
                                          statistic=lambda x: np.mean(x, axis=-1))
@@ -610,34 +354,6 @@ def throughput_side_by_side(new_times: np.ndarray, old_times: np.ndarray, max_dr
     return Finding(f"throughput @ batch {batch}", f"{batch / np.mean(old_times):.0f}/s",
                    f"{batch / np.mean(new_times):.0f}/s", f"{_pct(change)} [{low - 1:+.1%}, {high - 1:+.1%}]",
                    f">= -{max_drop:.0%}", REGRESSED if regressed else OK, f"side by side with {against}")
-
-
-def stale_entries(store: BaselineStore, models: Sequence[str], formats: Sequence[str]) -> list[Path]:
-    """Stored baselines whose model is not among `models` or whose format is not among `formats`."""
-    return [store.path(m, f) for m, f in store.entries() if m not in models or f not in formats]
-
-
-def load_records(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """Every (model, format) record in a baselines directory, a JSON report (`--deploycheck-report`), or a
-    single baseline file; report rows are turned into records as the plugin would store them."""
-    path = Path(path)
-    if path.is_dir():
-        store = BaselineStore(path)
-        return {(m, f): read_record(store.path(m, f)) for m, f in store.entries()}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BaselineError(f"{path}: not a readable JSON report or baseline ({exc})") from exc
-    if isinstance(data, dict) and isinstance(data.get("results"), list):
-        records = {}
-        for position, row in enumerate(data["results"]):
-            if not isinstance(row, dict) or not isinstance(row.get("model"), str) or \
-                    not isinstance(row.get("format"), str):
-                raise BaselineError(f"{path}: results[{position}] has no 'model' and 'format'")
-            records[(row["model"], row["format"])] = record_from_row(row, passed_only=False)
-        return records
-    record = read_record(path)
-    return {(record["model"], record["format"]): record}
 
 
 def compare_sets(old: Mapping[tuple[str, str], Mapping[str, Any]], new: Mapping[tuple[str, str], Mapping[str, Any]],

@@ -1,0 +1,220 @@
+"""`export` / `export_all`, which turn a `ModelSpec` into artifacts on disk, and `load_artifact`, which reopens
+one through its format.
+
+Exports are cached: an artifact directory whose recorded cache key matches (model weights and code, format,
+settings, data, the versions of the packages the format names) and whose files verify is reused as it is. A new
+export is written to a temporary directory and moved into place only once it is complete, so a failing export
+never replaces a good artifact, and `export` never deletes a directory deploycheck did not write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import tempfile
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deploycheck.artifact import Artifact, package_versions, read_metadata, write_metadata
+from deploycheck.errors import ArtifactError, DeployCheckError, ExportError, FormatUnavailable
+from deploycheck.formats import format_names, get_format
+from deploycheck.formats.base import Format, io_specs, parameter_bytes, quiet_exporters
+
+if TYPE_CHECKING:
+    from deploycheck.spec import ModelSpec
+
+
+def export(spec: ModelSpec, format: str, out_dir: str | Path, *, base: Artifact | None = None) -> Artifact:
+    """Export `spec` to one format in `out_dir` and load it back from disk (or reuse a matching cached export).
+
+    Raises `FormatUnavailable` when the format cannot handle the model (with the reason) and `ExportError`
+    naming the model and the format when the exporter fails.
+    """
+    fmt = get_format(format)
+    fmt.check_supported(spec)
+    out_dir = Path(out_dir)
+    if fmt.base_format is not None and base is None:
+        base = export(spec, fmt.base_format, out_dir.with_name(f"{out_dir.name}.{fmt.base_format}"))
+    key = cache_key(spec, fmt, base)
+    cached = _reusable(out_dir, key, spec)
+    if cached is not None:
+        return cached
+    _check_replaceable(out_dir, spec.name, format)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an artifact is shared like any other output
+    try:
+        try:
+            with quiet_exporters():
+                details = fmt.export(spec, staging, base)
+            inputs, outputs = io_specs(spec)
+        except DeployCheckError:
+            raise
+        except Exception as exc:
+            raise ExportError(f"{spec.name}/{format}: export failed: {_summarise(exc)}") from exc
+        if base is not None:
+            details["base"] = {"format": base.format, "path": str(base.path.resolve()),
+                               "cache_key": base.metadata["cache_key"]}
+        in_memory = 0 if fmt.writes_files else parameter_bytes(spec.model)
+        write_metadata(staging, format, spec, details, inputs, outputs, key, fmt.packages, in_memory_bytes=in_memory)
+        _replace_directory(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return load_artifact(out_dir, spec=spec)
+
+
+def export_all(spec: ModelSpec, out_dir: str | Path, formats: list[str] | None = None) -> dict[str, Artifact]:
+    """Export every format of the spec (or `formats`) into `out_dir/<format>`.
+
+    Formats that cannot handle the model are left out; if any export fails, the others are still attempted and
+    one `ExportError` listing every failure is raised at the end.
+    """
+    out_dir = Path(out_dir)
+    wanted = formats if formats is not None else list(spec.formats or format_names())
+    artifacts: dict[str, Artifact] = {}
+    failures: list[str] = []
+    for name in _dependency_order(wanted):
+        fmt = get_format(name)
+        base = artifacts.get(fmt.base_format) if fmt.base_format else None
+        try:
+            artifacts[name] = export(spec, name, out_dir / name, base=base)
+        except FormatUnavailable:
+            continue
+        except DeployCheckError as exc:
+            failures.append(str(exc))
+    if failures:
+        raise ExportError("\n".join(failures))
+    return {name: artifacts[name] for name in wanted if name in artifacts}
+
+
+def cache_key(spec: ModelSpec, fmt: Format, base: Artifact | None) -> str:
+    """A digest of everything an export depends on."""
+    import numpy as np
+    import torch
+
+    digest = hashlib.sha256()
+    digest.update(model_fingerprint(spec.model).encode())
+    description = {
+        "format": fmt.name, "options": spec.options(fmt.name), "versions": package_versions(fmt.packages),
+        "inputs": [[list(t.shape), str(t.dtype)] for t in spec.example_inputs], "dynamic_batch": spec.dynamic_batch,
+        "names": [spec.input_names, spec.output_names], "base": base.metadata["cache_key"] if base else None,
+        "factory": getattr(spec.factory, "__qualname__", None),
+    }
+    digest.update(json.dumps(description, sort_keys=True, default=str).encode())
+    for item in fmt.cache_inputs(spec):
+        if isinstance(item, dict) and all(isinstance(v, np.ndarray) for v in item.values()):
+            for name, array in sorted(item.items()):
+                digest.update(name.encode())
+                digest.update(np.ascontiguousarray(array).tobytes())
+        elif isinstance(item, torch.Tensor):
+            digest.update(item.detach().cpu().contiguous().numpy().tobytes())
+        else:
+            digest.update(json.dumps(item, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def model_fingerprint(model: Any) -> str:
+    """A digest of a module's weights, buffers and class source (changing either invalidates exports)."""
+    import torch
+
+    digest = hashlib.sha256()
+    classes = sorted({type(m) for m in model.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}")
+    for module_class in classes:
+        try:
+            digest.update(inspect.getsource(module_class).encode())
+        except (OSError, TypeError):
+            digest.update(f"{module_class.__module__}.{module_class.__qualname__}".encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().cpu()
+        if data.is_quantized:
+            data = data.int_repr()
+        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
+        digest.update(data.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _reusable(out_dir: Path, key: str, spec: ModelSpec) -> Artifact | None:
+    if not (out_dir / "deploycheck.json").is_file():
+        return None
+    try:
+        if read_metadata(out_dir).get("cache_key") != key:
+            return None
+        artifact = load_artifact(out_dir, spec=spec)
+    except (ArtifactError, DeployCheckError):
+        return None
+    artifact.reused = True
+    return artifact
+
+
+def _check_replaceable(out_dir: Path, model: str, format_name: str) -> None:
+    """An export replaces `out_dir` whole: refuse unless it is empty or an earlier export of the same model and
+    format (never delete what deploycheck did not write)."""
+    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return
+    try:
+        metadata = read_metadata(out_dir)
+    except ArtifactError:
+        metadata = {}
+    if metadata.get("model") != model or metadata.get("format") != format_name:
+        if metadata:
+            held = f"a deploycheck artifact of {metadata.get('model')}/{metadata.get('format')}"
+        else:
+            held = f"{sum(1 for _ in out_dir.iterdir())} entries that deploycheck did not write"
+        raise ExportError(f"{model}/{format_name}: refusing to export into {out_dir}: it holds {held}, and an "
+                          "export replaces its directory whole; give an empty or new directory")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _replace_directory(new: Path, target: Path) -> None:
+    """Move a finished export into place; the old one is removed only once the new one is there."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{new.name}")
+        target.rename(old)
+    new.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _dependency_order(names: list[str]) -> list[str]:
+    ordered: list[str] = []
+    for name in names:
+        base = get_format(name).base_format
+        if base and base not in ordered:
+            ordered.append(base)
+        if name not in ordered:
+            ordered.append(name)
+    return ordered
+
+
+def _summarise(exc: BaseException) -> str:
+    """The exporter's error in a few lines: its type and message, and the deepest frame that raised it."""
+    message = str(exc).strip().splitlines()
+    head = "\n    ".join(message[:8]) + ("\n    ..." if len(message) > 8 else "")
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
+    return f"{type(exc).__name__}: {head}{where}"
+
+
+def load_artifact(path: str | os.PathLike[str], spec: ModelSpec | None = None, **runtime: Any) -> Artifact:
+    """Reopen an artifact from its directory alone, verifying its files first.
+
+    onnx, torchscript and torch_export artifacts need no model code. `state_dict` needs the model class (taken
+    from `spec.factory`, else imported from the recorded factory path) and `eager` needs the spec itself.
+    `runtime` options (e.g. `intra_op_threads=1`, `device="cuda"`) go to the format's loader.
+    """
+    directory = Path(path)
+    metadata = read_metadata(directory)
+    fmt = get_format(metadata["format"])
+    with quiet_exporters():
+        runner = fmt.load(directory, metadata, spec, **runtime)
+    return Artifact(metadata["format"], directory, metadata, runner, spec=spec)
