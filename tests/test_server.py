@@ -277,7 +277,7 @@ def test_several_workers_share_their_metrics(digits_artifacts) -> None:
 
 def test_refuses_formats_that_need_pickles_or_code(digits_artifacts, tmp_path: Path) -> None:
     from deploycheck.errors import DeployCheckError
-    from deploycheck.server import discover
+    from deploycheck.server.repository import discover
 
     with pytest.raises(DeployCheckError, match="format 'state_dict' is not served"):
         discover(digits_artifacts["state_dict"].path)

@@ -275,7 +275,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from deploycheck.server import serve
+    from deploycheck.server.launcher import serve
 
     serve(args.path, host=args.host, port=args.port, workers=args.workers, max_batch_size=args.max_batch_size,
           max_queue_delay_ms=args.max_queue_delay_ms, max_body_mb=args.max_body_mb, baselines=args.baselines,

@@ -15,15 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
-import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,188 +33,26 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deploycheck.artifact import METADATA_FILE, Artifact, read_metadata
-from deploycheck.baseline.compare import smallest_batch
-from deploycheck.baseline.store import BaselineStore
-from deploycheck.errors import DeployCheckError, InputError
-from deploycheck.exporting import load_artifact
+from deploycheck.artifact import Artifact
+from deploycheck.formats import get_format
 from deploycheck.monitor import Monitor
 from deploycheck.prometheus import CONTENT_TYPE, PrometheusMetrics
+from deploycheck.server.batcher import Batcher
+from deploycheck.server.protocol import (
+    JSONResponse,
+    RequestError,
+    datatype_of,
+    json_body,
+    parse_json,
+    prepare_inputs,
+    softmax,
+    tensor_data,
+    top1,
+)
+from deploycheck.server.repository import ServedModel, discover, monitor_baselines, warmup_inputs
 
 LOGGER = logging.getLogger("deploycheck.server")
-SERVABLE_FORMATS = ("onnx", "onnx_int8_dynamic", "onnx_int8_static", "torchscript", "torch_export",
-                    "torch_int8_dynamic")
-PLATFORMS = {"onnx": "onnxruntime_onnx", "onnx_int8_dynamic": "onnxruntime_onnx",
-             "onnx_int8_static": "onnxruntime_onnx", "torchscript": "pytorch_libtorch",
-             "torch_export": "pytorch_export", "torch_int8_dynamic": "pytorch_export"}
-DATATYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32,
-             "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
-
-
-class RequestError(Exception):
-    """A request the server refuses, with its HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class JSONResponse(Response):
-    """JSON through orjson (numpy arrays serialised natively, fast on large tensors)."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def datatype_of(dtype: str | np.dtype[Any]) -> str:
-    wanted = np.dtype(dtype)
-    for name, numpy_type in DATATYPES.items():
-        if np.dtype(numpy_type) == wanted:
-            return name
-    raise DeployCheckError(f"dtype {wanted} has no Open Inference Protocol datatype")
-
-
-def discover(path: str | os.PathLike[str]) -> dict[str, Artifact]:
-    """The artifacts under `path` (one artifact directory, or a tree of them), named by model, or
-    `model-format` when a model has several servable formats. The format is read from each verified sidecar
-    (never from a directory's name) before anything is loaded: a format that needs model code or a pickle is
-    refused when named directly and skipped, with a log line, in a tree, and its code is never imported."""
-    root = Path(path)
-    single = (root / METADATA_FILE).is_file()
-    directories = [root] if single else sorted(p.parent for p in root.rglob(METADATA_FILE))
-    if not directories:
-        raise DeployCheckError(f"{root}: no artifact (a directory with {METADATA_FILE}) found")
-    loaded = []
-    for directory in directories:
-        metadata = read_metadata(directory)
-        if metadata.get("format") not in SERVABLE_FORMATS:
-            reason = (f"{directory}: format {metadata.get('format')!r} is not served (it needs model code or a "
-                      f"pickle); serve one of: {', '.join(SERVABLE_FORMATS)}")
-            if single:
-                raise DeployCheckError(reason)
-            LOGGER.info("skipped %s", reason)
-            continue
-        loaded.append(load_artifact(directory))
-        LOGGER.info("loaded %s/%s from %s", loaded[-1].model_name, loaded[-1].format, directory)
-    if not loaded:
-        raise DeployCheckError(f"{root}: no servable artifact found (serve one of: {', '.join(SERVABLE_FORMATS)})")
-    names = [a.model_name for a in loaded]
-    return {(a.model_name if names.count(a.model_name) == 1 else f"{a.model_name}-{a.format}"): a for a in loaded}
-
-
-@dataclass
-class _Pending:
-    inputs: list[np.ndarray]
-    rows: int
-    future: asyncio.Future[list[np.ndarray]]
-
-
-class Batcher:
-    """Merges concurrent requests into batches of at most `max_batch_size` rows, runs each batch in `executor`,
-    and returns to every caller its own rows. A batch takes what queued up while the previous one ran; with
-    `max_delay_s` > 0 it also waits that long after its first request for more (bigger batches, more latency).
-    Requests whose non-batch shapes differ are run in separate batches."""
-
-    def __init__(self, run: Callable[[list[np.ndarray]], list[np.ndarray]], max_batch_size: int, max_delay_s: float,
-                 executor: ThreadPoolExecutor, on_batch: Callable[[int], None] | None = None) -> None:
-        self.run = run
-        self.on_batch = on_batch
-        self.max_batch_size = max_batch_size
-        self.max_delay_s = max_delay_s
-        self.executor = executor
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._carry: _Pending | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def submit(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        future: asyncio.Future[list[np.ndarray]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(inputs, int(inputs[0].shape[0]), future))
-        return await future
-
-    async def _next_batch(self) -> list[_Pending]:
-        first = self._carry or await self._queue.get()
-        self._carry = None
-        batch, rows = [first], first.rows
-        deadline = time.monotonic() + self.max_delay_s
-        while rows < self.max_batch_size:
-            try:
-                item = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
-                except (asyncio.TimeoutError, TimeoutError):
-                    break
-            compatible = all(a.shape[1:] == b.shape[1:] for a, b in zip(item.inputs, first.inputs))
-            if rows + item.rows > self.max_batch_size or not compatible:
-                self._carry = item
-                break
-            batch.append(item)
-            rows += item.rows
-        return batch
-
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._next_batch()
-            merged = [np.concatenate([p.inputs[i] for p in batch]) if len(batch) > 1 else batch[0].inputs[i]
-                      for i in range(len(batch[0].inputs))]
-            try:
-                outputs = await loop.run_in_executor(self.executor, self.run, merged)
-            except Exception as exc:  # every caller of the batch gets the failure
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
-                continue
-            if self.on_batch is not None:
-                self.on_batch(sum(p.rows for p in batch))
-            start = 0
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_result([o[start:start + pending.rows] for o in outputs])
-                start += pending.rows
-
-
-@dataclass
-class ServedModel:
-    name: str
-    artifact: Artifact
-    monitor: Monitor
-    executor: ThreadPoolExecutor
-    batcher: Batcher | None = None
-    ready: bool = False
-    dynamic_batch: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.dynamic_batch = all(spec.shape and spec.shape[0] is None for spec in self.artifact.inputs)
-
-    async def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        if self.batcher is not None and self.dynamic_batch:
-            return await self.batcher.submit(inputs)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self.artifact.runner, inputs)
-
-    def metadata(self) -> dict[str, Any]:
-        """The Open Inference Protocol model metadata (-1 on dynamic axes)."""
-        def tensors(specs: Sequence[Any]) -> list[dict[str, Any]]:
-            return [{"name": s.name, "datatype": datatype_of(s.dtype), "shape": [-1 if d is None else d
-                                                                                 for d in s.shape]} for s in specs]
-        return {"name": self.name, "versions": ["1"], "platform": PLATFORMS.get(self.artifact.format, "unknown"),
-                "inputs": tensors(self.artifact.inputs), "outputs": tensors(self.artifact.outputs),
-                "parameters": {"format": self.artifact.format, "sha256": self.artifact.metadata.get("files")}}
 
 
 class BodyLimit:
@@ -297,7 +132,7 @@ class InferenceServer:
         """Load and warm up every model before readiness; stop the batchers after in-flight work drains."""
         loop = asyncio.get_running_loop()
         artifacts = self._artifacts() if callable(self._artifacts) else self._artifacts
-        release = (_monitor_baselines(self.baselines, artifacts, self.max_delay_s * 1e3)
+        release = (monitor_baselines(self.baselines, artifacts, self.max_delay_s * 1e3)
                    if self.baselines is not None else {})
         for name, artifact in artifacts.items():
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"deploycheck-{name}")
@@ -309,7 +144,7 @@ class InferenceServer:
                 served.batcher.start()
             self.models[name] = served
         for served in self.models.values():
-            await loop.run_in_executor(served.executor, served.artifact.runner, _warmup_inputs(served.artifact))
+            await loop.run_in_executor(served.executor, served.artifact.runner, warmup_inputs(served.artifact))
             served.ready = True
         LOGGER.info("serving %s", ", ".join(f"{n} ({m.artifact.format})" for n, m in self.models.items()))
         try:
@@ -349,7 +184,7 @@ class InferenceServer:
             self.metrics.observe(served.name, latency_ms, rows, error=type(exc).__name__)
             raise RequestError(500, f"inference failed (error id {error_id})") from exc
         latency_ms = (time.perf_counter() - start) * 1e3
-        prediction = _top1(outputs[0])
+        prediction = top1(outputs[0])
         served.monitor.record(latency_ms, rows, prediction=prediction[0] if len(prediction) == 1 else None,
                               request_id=request_id)
         served.monitor.record_inputs({spec.name: array for spec, array in zip(served.artifact.inputs, inputs)})
@@ -363,7 +198,7 @@ class InferenceServer:
 
     async def predict(self, request: Request) -> Response:
         served = self.model(request.query_params.get("model"))
-        body = await _json_body(request)
+        body = await json_body(request)
         if not isinstance(body, dict) or ("input" not in body and "inputs" not in body):
             raise RequestError(400, 'expected a JSON object {"input": [...]} (or {"inputs": {name: [...]}} for '
                                     f"several inputs: {[s.name for s in served.artifact.inputs]})")
@@ -372,14 +207,14 @@ class InferenceServer:
         if not isinstance(given, dict) and len(served.artifact.inputs) > 1:
             raise RequestError(400, f"model {served.name!r} has inputs {[s.name for s in served.artifact.inputs]}; "
                                     'send {"inputs": {name: [...]}}')
-        inputs = _prepare(served, {name: (value, None) for name, value in named.items()})
+        inputs = prepare_inputs(served.name, served.artifact, {name: (value, None) for name, value in named.items()})
         request_id = str(body.get("id") or uuid.uuid4().hex)
         outputs, latency_ms = await self.run(served, inputs, request_id)
         result: dict[str, Any] = {"request_id": request_id, "model": served.name,
-                                  "latency_ms": round(latency_ms, 4), "predictions": _top1(outputs[0]).tolist(),
+                                  "latency_ms": round(latency_ms, 4), "predictions": top1(outputs[0]).tolist(),
                                   "outputs": {s.name: o for s, o in zip(served.artifact.outputs, outputs)}}
         if body.get("softmax") or request.query_params.get("softmax") in ("1", "true"):
-            result["probabilities"] = _softmax(outputs[0])
+            result["probabilities"] = softmax(outputs[0])
         return JSONResponse(result)
 
     async def infer_v2(self, request: Request) -> Response:
@@ -391,7 +226,7 @@ class InferenceServer:
             if not header_length.isdigit() or int(header_length) > len(raw):
                 raise RequestError(400, "Inference-Header-Content-Length does not fit the body")
             raw, binary = raw[:int(header_length)], raw[int(header_length):]
-        body = _parse_json(raw)
+        body = parse_json(raw)
         if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
             raise RequestError(400, 'expected {"inputs": [{"name", "shape", "datatype", "data"}, ...]}')
         named: dict[str, tuple[Any, list[int] | None]] = {}
@@ -399,9 +234,9 @@ class InferenceServer:
         for position, tensor in enumerate(body["inputs"]):
             if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
                 raise RequestError(400, f"inputs[{position}] is not an object with a name")
-            value, offset = _tensor_data(tensor, binary, offset)
+            value, offset = tensor_data(tensor, binary, offset)
             named[tensor["name"]] = (value, tensor.get("shape"))
-        inputs = _prepare(served, named)
+        inputs = prepare_inputs(served.name, served.artifact, named)
         request_id = str(body.get("id") or uuid.uuid4().hex)
         outputs, _ = await self.run(served, inputs, request_id)
         requested = body.get("outputs") or [{"name": s.name} for s in served.artifact.outputs]
@@ -428,7 +263,7 @@ class InferenceServer:
                         headers={"Inference-Header-Content-Length": str(len(payload))})
 
     async def feedback(self, request: Request) -> Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         if not isinstance(body, dict) or "request_id" not in body or "label" not in body:
             raise RequestError(400, 'expected {"request_id": ..., "label": ...}')
         served = self.model(body.get("model"))
@@ -482,7 +317,7 @@ class InferenceServer:
             Route("/v2/health/live", sync(lambda r: {"live": True})),
             Route("/v2/health/ready", sync(lambda r: {"ready": self.ready}, ready_status)),
             Route("/v2/models", sync(lambda r: {"models": [
-                {"name": n, "versions": ["1"], "platform": PLATFORMS.get(m.artifact.format, "unknown"),
+                {"name": n, "versions": ["1"], "platform": get_format(m.artifact.format).platform,
                  "state": "READY" if m.ready else "UNAVAILABLE"} for n, m in self.models.items()]})),
             Route("/v2/models/{name}", sync(lambda r: self.model(r.path_params["name"]).metadata())),
             Route("/v2/models/{name}/ready", sync(
@@ -520,34 +355,6 @@ def app_from_environment() -> ASGIApp:
                       baselines=Path(baselines) if baselines else None)
 
 
-def _monitor_baselines(directory: Path, artifacts: Mapping[str, Artifact],
-                       queue_delay_ms: float) -> dict[str, dict[str, Any]]:
-    """Per served model, from its stored baseline: the p95 latency a request should see (the release batch-1 p95
-    plus the time it may wait for a batch), the release accuracy, the distribution of predicted classes on the
-    evaluation data (what prediction drift is measured against) and the calibration data's input profile (what
-    input drift is measured against)."""
-    store = BaselineStore(directory)
-    result: dict[str, dict[str, Any]] = {}
-    for name, artifact in artifacts.items():
-        record = store.read(artifact.model_name, artifact.format)
-        if record is None:
-            continue
-        figures: dict[str, Any] = {}
-        p95_ms = smallest_batch(record.get("latency")).get("p95_ms")
-        if p95_ms is not None:
-            figures["p95_ms"] = p95_ms + queue_delay_ms
-        accuracy = record.get("accuracy") or {}
-        if accuracy.get("value") is not None:
-            figures["accuracy"] = accuracy["value"]
-        if accuracy.get("input_profile"):
-            figures["input_profile"] = accuracy["input_profile"]
-        if accuracy.get("class_distribution"):
-            figures["class_distribution"] = {int(k) if str(k).lstrip("-").isdigit() else k: v
-                                             for k, v in accuracy["class_distribution"].items()}
-        result[name] = figures
-    return result
-
-
 def _alert_json(alert: Any) -> dict[str, Any]:
     """An alert as JSON, with its monitor-clock readings also as UTC wall-clock timestamps (ISO 8601)."""
     offset = time.time() - time.monotonic()
@@ -563,115 +370,4 @@ def _version() -> str:
 
     return version("deploycheck")
 
-
-async def _json_body(request: Request) -> Any:
-    return _parse_json(await request.body())
-
-
-def _parse_json(raw: bytes) -> Any:
-    """orjson on the fast path; the standard parser when orjson refuses, since it accepts the NaN, Infinity and
-    1e999 that many clients send, which are then refused by name as non-finite input."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise RequestError(400, f"malformed JSON: {exc}") from None
-
-
-def _tensor_data(tensor: dict[str, Any], binary: bytes, offset: int) -> tuple[Any, int]:
-    """An OIP input's values: `data` (nested or flat JSON), or its slice of the binary tensor data."""
-    datatype = tensor.get("datatype")
-    if datatype not in DATATYPES:
-        raise RequestError(400, f"input {tensor['name']!r}: datatype {datatype!r} is not one of "
-                                f"{', '.join(DATATYPES)}")
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
-    if size is None:
-        if "data" not in tensor:
-            raise RequestError(400, f"input {tensor['name']!r} has no data")
-        return _array(tensor["data"], DATATYPES[datatype], tensor["name"]), offset
-    if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-        raise RequestError(400, f"input {tensor['name']!r}: binary_data_size {size} does not fit the body")
-    itemsize = np.dtype(DATATYPES[datatype]).itemsize
-    if size % itemsize:
-        raise RequestError(400, f"input {tensor['name']!r}: {size} bytes is not a whole number of {datatype}")
-    return np.frombuffer(binary[offset:offset + size], dtype=DATATYPES[datatype]), offset + size
-
-
-def _array(value: Any, dtype: Any, name: str) -> np.ndarray:
-    try:
-        return np.asarray(value, dtype=dtype)
-    except (ValueError, TypeError) as exc:
-        raise RequestError(400, f"input {name!r}: not a rectangular array of numbers ({exc})") from None
-
-
-def _prepare(served: ServedModel, named: Mapping[str, tuple[Any, list[int] | None]]) -> list[np.ndarray]:
-    """The request's inputs in the artifact's order, with names, shapes, dtypes and values checked."""
-    expected = [s.name for s in served.artifact.inputs]
-    unknown = sorted(set(named) - set(expected))
-    missing = [n for n in expected if n not in named]
-    if unknown or missing:
-        problems = [f"unknown {unknown}" if unknown else "", f"missing {missing}" if missing else ""]
-        raise RequestError(400, f"model {served.name!r} expects inputs {expected}; "
-                                f"{' '.join(p for p in problems if p)}")
-    arrays = []
-    for spec in served.artifact.inputs:
-        value, shape = named[spec.name]
-        array = value if isinstance(value, np.ndarray) else _array(value, np.dtype(spec.dtype), spec.name)
-        if shape is not None:
-            if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape) or \
-                    math.prod(shape) != array.size:
-                raise RequestError(400, f"input {spec.name!r}: shape {shape} does not match its {array.size} "
-                                        "values")
-            array = array.reshape(shape)
-        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-            raise RequestError(400, f"input {spec.name!r} contains NaN or Inf")
-        if array.ndim == len(spec.shape) - 1:
-            array = array[None]
-        arrays.append(array)
-    try:
-        prepared = served.artifact.prepare_inputs(arrays)
-    except InputError as exc:
-        raise RequestError(400, str(exc)) from None
-    if len({a.shape[0] for a in prepared}) > 1:
-        raise RequestError(400, f"inputs of model {served.name!r} have different batch sizes "
-                                f"{[a.shape[0] for a in prepared]}")
-    if prepared[0].shape[0] == 0:
-        raise RequestError(400, "empty batch")
-    return prepared
-
-
-def _warmup_inputs(artifact: Artifact) -> list[np.ndarray]:
-    return [np.zeros([1 if d is None else d for d in s.shape], dtype=s.dtype) for s in artifact.inputs]
-
-
-def _top1(output: np.ndarray) -> np.ndarray:
-    return output.argmax(axis=-1) if output.ndim >= 2 else output
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return np.asarray(shifted / shifted.sum(axis=-1, keepdims=True))
-
-
-def serve(path: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, max_batch_size: int = 32,
-          max_queue_delay_ms: float = 0.0, max_body_mb: float = 16.0, baselines: str | None = None,
-          log_level: str = "info") -> None:
-    """Run the server on uvicorn (what `deploycheck serve` does). With several workers, each process loads the
-    artifacts itself and Prometheus metrics are aggregated through a shared multiprocess directory."""
-    import tempfile
-
-    import uvicorn
-
-    discover(path)  # fail before starting workers when nothing servable is there
-    os.environ.update({"DEPLOYCHECK_SERVE_PATH": str(path), "DEPLOYCHECK_SERVE_MAX_BATCH_SIZE": str(max_batch_size),
-                       "DEPLOYCHECK_SERVE_MAX_QUEUE_DELAY_MS": str(max_queue_delay_ms),
-                       "DEPLOYCHECK_SERVE_MAX_BODY_MB": str(max_body_mb)})
-    if baselines:
-        os.environ["DEPLOYCHECK_SERVE_BASELINES"] = baselines
-    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="deploycheck-prometheus-")
-    uvicorn.run("deploycheck.server:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                access_log=False, log_level=log_level, timeout_graceful_shutdown=30)
 

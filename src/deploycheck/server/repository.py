@@ -1,0 +1,121 @@
+"""What is served: the artifacts found under a path (format read from each verified sidecar, only servable
+formats loaded), each wrapped as a `ServedModel` with its batcher and monitor, and the release figures from
+`baselines/` that its monitor is held to."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploycheck.artifact import METADATA_FILE, Artifact, read_metadata
+from deploycheck.baseline.compare import smallest_batch
+from deploycheck.baseline.store import BaselineStore
+from deploycheck.errors import DeployCheckError
+from deploycheck.exporting import load_artifact
+from deploycheck.formats import format_names, get_format
+from deploycheck.monitor import Monitor
+from deploycheck.server.batcher import Batcher
+from deploycheck.server.protocol import datatype_of
+
+LOGGER = logging.getLogger("deploycheck.server")
+
+
+def servable_formats() -> list[str]:
+    """The formats `Format.servable` allows: loadable from their directory alone, without model code."""
+    return [name for name in format_names() if get_format(name).servable]
+
+
+def discover(path: str | os.PathLike[str]) -> dict[str, Artifact]:
+    """The artifacts under `path` (one artifact directory, or a tree of them), named by model, or
+    `model-format` when a model has several servable formats. The format is read from each verified sidecar
+    (never from a directory's name) before anything is loaded: a format that needs model code or a pickle is
+    refused when named directly and skipped, with a log line, in a tree, and its code is never imported."""
+    root = Path(path)
+    single = (root / METADATA_FILE).is_file()
+    directories = [root] if single else sorted(p.parent for p in root.rglob(METADATA_FILE))
+    if not directories:
+        raise DeployCheckError(f"{root}: no artifact (a directory with {METADATA_FILE}) found")
+    loaded = []
+    for directory in directories:
+        metadata = read_metadata(directory)
+        if metadata.get("format") not in servable_formats():
+            reason = (f"{directory}: format {metadata.get('format')!r} is not served (it needs model code or a "
+                      f"pickle); serve one of: {', '.join(servable_formats())}")
+            if single:
+                raise DeployCheckError(reason)
+            LOGGER.info("skipped %s", reason)
+            continue
+        loaded.append(load_artifact(directory))
+        LOGGER.info("loaded %s/%s from %s", loaded[-1].model_name, loaded[-1].format, directory)
+    if not loaded:
+        raise DeployCheckError(f"{root}: no servable artifact found (serve one of: {', '.join(servable_formats())})")
+    names = [a.model_name for a in loaded]
+    return {(a.model_name if names.count(a.model_name) == 1 else f"{a.model_name}-{a.format}"): a for a in loaded}
+
+
+@dataclass
+class ServedModel:
+    name: str
+    artifact: Artifact
+    monitor: Monitor
+    executor: ThreadPoolExecutor
+    batcher: Batcher | None = None
+    ready: bool = False
+    dynamic_batch: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dynamic_batch = all(spec.shape and spec.shape[0] is None for spec in self.artifact.inputs)
+
+    async def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        if self.batcher is not None and self.dynamic_batch:
+            return await self.batcher.submit(inputs)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.artifact.runner, inputs)
+
+    def metadata(self) -> dict[str, Any]:
+        """The Open Inference Protocol model metadata (-1 on dynamic axes)."""
+        def tensors(specs: Sequence[Any]) -> list[dict[str, Any]]:
+            return [{"name": s.name, "datatype": datatype_of(s.dtype), "shape": [-1 if d is None else d
+                                                                                 for d in s.shape]} for s in specs]
+        return {"name": self.name, "versions": ["1"], "platform": get_format(self.artifact.format).platform,
+                "inputs": tensors(self.artifact.inputs), "outputs": tensors(self.artifact.outputs),
+                "parameters": {"format": self.artifact.format, "sha256": self.artifact.metadata.get("files")}}
+
+
+def monitor_baselines(directory: Path, artifacts: Mapping[str, Artifact],
+                       queue_delay_ms: float) -> dict[str, dict[str, Any]]:
+    """Per served model, from its stored baseline: the p95 latency a request should see (the release batch-1 p95
+    plus the time it may wait for a batch), the release accuracy, the distribution of predicted classes on the
+    evaluation data (what prediction drift is measured against) and the calibration data's input profile (what
+    input drift is measured against)."""
+    store = BaselineStore(directory)
+    result: dict[str, dict[str, Any]] = {}
+    for name, artifact in artifacts.items():
+        record = store.read(artifact.model_name, artifact.format)
+        if record is None:
+            continue
+        figures: dict[str, Any] = {}
+        p95_ms = smallest_batch(record.get("latency")).get("p95_ms")
+        if p95_ms is not None:
+            figures["p95_ms"] = p95_ms + queue_delay_ms
+        accuracy = record.get("accuracy") or {}
+        if accuracy.get("value") is not None:
+            figures["accuracy"] = accuracy["value"]
+        if accuracy.get("input_profile"):
+            figures["input_profile"] = accuracy["input_profile"]
+        if accuracy.get("class_distribution"):
+            figures["class_distribution"] = {int(k) if str(k).lstrip("-").isdigit() else k: v
+                                             for k, v in accuracy["class_distribution"].items()}
+        result[name] = figures
+    return result
+
+
+def warmup_inputs(artifact: Artifact) -> list[np.ndarray]:
+    return [np.zeros([1 if d is None else d for d in s.shape], dtype=s.dtype) for s in artifact.inputs]
