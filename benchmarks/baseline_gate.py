@@ -57,8 +57,9 @@ def trial(variant: str, workdir: Path, bench_time: float, record: bool, mode: st
     """One gate run in this process: the latency rules against the baseline (or recording it)."""
     from deploycheck.accepted import AcceptedStore
     from deploycheck.baseline.store import BaselineStore
+    from deploycheck.baseline.update import write_baselines
     from deploycheck.exporting import export
-    from deploycheck.gate import BaselineCheck, Gate, write_baselines
+    from deploycheck.gate import BaselineCheck, Gate
 
     model_spec = spec(1 if variant == "slow" else 0)
     artifact = export(model_spec, "onnx", workdir / "artifacts" / variant)

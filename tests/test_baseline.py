@@ -282,7 +282,7 @@ def test_a_lower_is_better_metric_is_judged_in_its_own_direction() -> None:
 
 
 def test_recording_on_a_noisy_machine_is_warned_about() -> None:
-    from deploycheck.gate import noisy_recording
+    from deploycheck.baseline.update import noisy_recording
 
     def row(spread: float, disturbed: int, rounds: int) -> dict:
         section = latency_section(1.0)

@@ -10,6 +10,8 @@ import pytest
 
 from deploycheck.cli import main
 
+pytestmark = pytest.mark.slow
+
 EXE = [sys.executable, "-m", "deploycheck.cli"]
 
 

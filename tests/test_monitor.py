@@ -108,7 +108,8 @@ def test_webhook_sink_retries_and_never_blocks_the_caller() -> None:
     import json
     import threading
 
-    from deploycheck.monitor import Alert, WebhookSink
+    from deploycheck.alerts import Alert
+    from deploycheck.sinks import WebhookSink
 
     received: list[dict] = []
     release = threading.Event()

@@ -15,6 +15,8 @@ from deploycheck.errors import SpecError
 from deploycheck.formats import format_names
 from deploycheck.parity import check_parity
 
+pytestmark = pytest.mark.slow
+
 transformers = pytest.importorskip("transformers")
 
 FP32 = ("eager", "state_dict", "torchscript", "torch_export", "onnx")

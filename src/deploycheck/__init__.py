@@ -22,7 +22,7 @@ _EXPORTS = {
     "export": "deploycheck.exporting",
     "export_all": "deploycheck.exporting",
     "format_names": "deploycheck.formats",
-    "model": "deploycheck.registry",
+    "model": "deploycheck.model_registry",
     "DeployCheckError": "deploycheck.errors",
     "SpecError": "deploycheck.errors",
     "ExportError": "deploycheck.errors",

@@ -9,6 +9,8 @@ never replaces a good artifact, and `export` never deletes a directory deployche
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import inspect
 import json
@@ -16,8 +18,11 @@ import os
 import shutil
 import tempfile
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from filelock import FileLock
 
 from deploycheck.artifact import Artifact, package_versions, read_metadata, write_metadata
 from deploycheck.errors import ArtifactError, DeployCheckError, ExportError, FormatUnavailable
@@ -218,3 +223,48 @@ def load_artifact(path: str | os.PathLike[str], spec: ModelSpec | None = None, *
     with quiet_exporters():
         runner = fmt.load(directory, metadata, spec, **runtime)
     return Artifact(metadata["format"], directory, metadata, runner, spec=spec)
+
+
+Progress = Callable[[str], contextlib.AbstractContextManager[None]]
+
+
+def no_progress(text: str) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
+class ExportSession:
+    """Exports on demand into `artifacts_dir/<model>/<format>`, once per process and, through a file lock in
+    `lock_dir` and the on-disk export cache, once per run across pytest-xdist workers."""
+
+    def __init__(self, artifacts_dir: Path, lock_dir: Path, progress: Progress = no_progress) -> None:
+        self.artifacts_dir = Path(artifacts_dir)
+        self.lock_dir = Path(lock_dir)
+        self.progress = progress
+        self._done: dict[tuple[str, str], Artifact | DeployCheckError] = {}
+
+    def artifact(self, spec: ModelSpec, format_name: str) -> Artifact:
+        """The artifact of one model x format; a failed export raises the same error for each test that asks."""
+        key = (spec.name, format_name)
+        if key not in self._done:
+            self._done[key] = self._export(spec, format_name)
+        outcome = self._done[key]
+        if isinstance(outcome, DeployCheckError):
+            raise outcome
+        return outcome
+
+    def release(self, model: str, format_name: str) -> None:
+        """Drop the loaded artifact of a model x format (its runtime session and weights); its files stay on disk,
+        and a later request loads them again."""
+        if isinstance(self._done.pop((model, format_name), None), Artifact):
+            gc.collect()
+
+    def _export(self, spec: ModelSpec, format_name: str) -> Artifact | DeployCheckError:
+        fmt = get_format(format_name)
+        try:
+            base = self.artifact(spec, fmt.base_format) if fmt.base_format else None
+            self.lock_dir.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(self.lock_dir / f"deploycheck-export-{spec.name}-{format_name}.lock"))
+            with lock, self.progress(f"exporting {spec.name}/{format_name}"):
+                return export(spec, format_name, self.artifacts_dir / spec.name / format_name, base=base)
+        except DeployCheckError as exc:
+            return exc

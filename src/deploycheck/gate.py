@@ -6,8 +6,6 @@ measured through a callback (the plugin forwards it on the test report, so it su
 from __future__ import annotations
 
 import contextlib
-import gc
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -18,23 +16,22 @@ from filelock import FileLock
 
 from deploycheck.accepted import AcceptedStore
 from deploycheck.accuracy import check_accuracy, reference_artifact
-from deploycheck.artifact import METADATA_FILE, Artifact
+from deploycheck.artifact import Artifact
 from deploycheck.baseline.compare import (
     Comparison,
     compare_records,
     confirmed,
     latency_side_by_side,
-    smallest_batch,
     throughput_side_by_side,
 )
 from deploycheck.baseline.rules import Rules, resolve_rules
-from deploycheck.baseline.store import BaselineStore, git_commit, measured_sections, merge_records, record_from_row
+from deploycheck.baseline.store import BaselineStore, record_from_row
 from deploycheck.compression import OriginalReport, check_against_original, compression_facts
-from deploycheck.errors import BaselineError, DeployCheckError
-from deploycheck.exporting import export, load_artifact
-from deploycheck.formats import get_format
-from deploycheck.latency import BenchResult, SpeedRatio, bench, compare_speed, environment, interleaved_times
+from deploycheck.errors import DeployCheckError
+from deploycheck.exporting import Progress, export, load_artifact, no_progress
+from deploycheck.latency import BenchResult, SpeedRatio, bench, compare_speed, interleaved_times
 from deploycheck.parity import check_parity
+from deploycheck.rows import ParityFigures, Row
 from deploycheck.spec import original_spec
 
 if TYPE_CHECKING:
@@ -42,52 +39,9 @@ if TYPE_CHECKING:
     from deploycheck.parity import ParityReport
     from deploycheck.spec import ModelSpec
 
-Record = Callable[[dict[str, Any]], None]
+RecordRow = Callable[[Row], None]
 ORIGINAL_BUDGETS = ("max_accuracy_drop_vs_original", "min_agreement_vs_original", "min_speedup_vs_original",
                     "max_size_ratio_vs_original")
-Progress = Callable[[str], contextlib.AbstractContextManager[None]]
-
-
-def no_progress(text: str) -> contextlib.AbstractContextManager[None]:
-    return contextlib.nullcontext()
-
-
-class ExportSession:
-    """Exports on demand into `artifacts_dir/<model>/<format>`, once per process and, through a file lock in
-    `lock_dir` and the on-disk export cache, once per run across pytest-xdist workers."""
-
-    def __init__(self, artifacts_dir: Path, lock_dir: Path, progress: Progress = no_progress) -> None:
-        self.artifacts_dir = Path(artifacts_dir)
-        self.lock_dir = Path(lock_dir)
-        self.progress = progress
-        self._done: dict[tuple[str, str], Artifact | DeployCheckError] = {}
-
-    def artifact(self, spec: ModelSpec, format_name: str) -> Artifact:
-        """The artifact of one model x format; a failed export raises the same error for each test that asks."""
-        key = (spec.name, format_name)
-        if key not in self._done:
-            self._done[key] = self._export(spec, format_name)
-        outcome = self._done[key]
-        if isinstance(outcome, DeployCheckError):
-            raise outcome
-        return outcome
-
-    def release(self, model: str, format_name: str) -> None:
-        """Drop the loaded artifact of a model x format (its runtime session and weights); its files stay on disk,
-        and a later request loads them again."""
-        if isinstance(self._done.pop((model, format_name), None), Artifact):
-            gc.collect()
-
-    def _export(self, spec: ModelSpec, format_name: str) -> Artifact | DeployCheckError:
-        fmt = get_format(format_name)
-        try:
-            base = self.artifact(spec, fmt.base_format) if fmt.base_format else None
-            self.lock_dir.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(str(self.lock_dir / f"deploycheck-export-{spec.name}-{format_name}.lock"))
-            with lock, self.progress(f"exporting {spec.name}/{format_name}"):
-                return export(spec, format_name, self.artifacts_dir / spec.name / format_name, base=base)
-        except DeployCheckError as exc:
-            return exc
 
 
 class BaselineCheck:
@@ -136,7 +90,7 @@ class BaselineCheck:
         return resolve_rules(artifact.format, *self.rule_layers,
                              (f"ModelSpec {artifact.model_name!r} baseline_rules", spec_rules))
 
-    def compare(self, artifact: Artifact, row: dict[str, Any], sections: Sequence[str]) -> Comparison | None:
+    def compare(self, artifact: Artifact, row: Row, sections: Sequence[str]) -> Comparison | None:
         """The comparison of the measured sections with the stored record; None when this run only records."""
         if self.mode == "update":
             return None
@@ -166,7 +120,7 @@ class Gate:
     format, and the check that measured it fails with the rule table when it fell behind.
     """
 
-    def __init__(self, record: Record | None = None, bench_time_s: float = 1.0, bench_lock: Path | None = None,
+    def __init__(self, record: RecordRow | None = None, bench_time_s: float = 1.0, bench_lock: Path | None = None,
                  skip_bench: Callable[[str], Any] | None = None, baselines: BaselineCheck | None = None,
                  exporter: Callable[[ModelSpec, str], Artifact] | None = None,
                  resolve: Callable[[str], ModelSpec] | None = None, budget_s: float | None = None,
@@ -205,7 +159,7 @@ class Gate:
             self.record(artifact, timing={"spent_s": self._spent[key], "allowed_per_batch_s": allowed_s,
                                           "shortened": allowed_s < self.bench_time_s})
 
-    def _row(self, artifact: Artifact, **measured: Any) -> dict[str, Any]:
+    def _row(self, artifact: Artifact, **measured: Any) -> Row:
         extra: dict[str, Any] = {}
         if artifact.spec is not None:
             model = artifact.spec.model
@@ -219,8 +173,10 @@ class Gate:
         fraction = (artifact.metadata.get("quantization") or {}).get("int8_weight_fraction")
         if fraction is not None:
             extra["int8_weight_fraction"] = fraction
-        return {"model": artifact.model_name, "format": artifact.format, "size_bytes": artifact.size_bytes,
-                "artifact_path": str(artifact.path), **extra, **measured}
+        row: Row = {"model": artifact.model_name, "format": artifact.format, "size_bytes": artifact.size_bytes,
+                    "artifact_path": str(artifact.path)}
+        row.update(extra, **measured)  # type: ignore[typeddict-item]  # keys as declared in Row
+        return row
 
     def record(self, artifact: Artifact, **measured: Any) -> None:
         self._record(self._row(artifact, **measured))
@@ -294,7 +250,7 @@ class Gate:
         return result
 
     def _measure_latency(self, artifact: Artifact, batch_sizes: Sequence[int],
-                         options: dict[str, Any]) -> tuple[BenchResult, dict[str, Any]]:
+                         options: dict[str, Any]) -> tuple[BenchResult, Row]:
         """One benchmark (under the lock), recorded; returns the result and the recorded row."""
         with self._bench_lock(), self._timing(artifact, options["max_time_s"]), \
                 self.progress(f"timing {artifact.model_name}/{artifact.format} at batch sizes "
@@ -307,7 +263,7 @@ class Gate:
         return result, row
 
     def _latency_comparison(self, artifact: Artifact, result: BenchResult,
-                            row: dict[str, Any]) -> Comparison | None:
+                            row: Row) -> Comparison | None:
         """The latency section against the baseline; when the accepted artifact can be had (see `BaselineCheck`),
         every latency rule is judged on old and new timed interleaved in this run instead (the same machine state
         for both)."""
@@ -430,76 +386,7 @@ class Gate:
             yield
 
 
-NOISY_SPREAD = 0.05  # window-to-window spread above which a recorded latency is called noisy
-
-
-def write_baselines(directory: Path, rows: Sequence[Mapping[str, Any]], only_missing: bool = False,
-                    keep_artifacts: bool = False, root: Path | None = None,
-                    accepted: AcceptedStore | None = None) -> list[str]:
-    """Write the baselines of measured rows (what `--deploycheck-update` / `-update-new` do at the end of a run)
-    and say what was written and what was not. Sections whose own gate failed are never written; a kept
-    artifact is copied into place atomically, so a failed copy leaves the previous one. Each latency section
-    written names its artifact's digest, and the artifact goes into the `accepted` store, so later runs can
-    time it side by side; one recorded on a noisy machine is written with a warning."""
-    store = BaselineStore(directory)
-    commit = git_commit(root or Path.cwd())
-    written, lines = [], []
-    for row in rows:
-        new = record_from_row(row)
-        failed = [s for s in ("parity", "accuracy") if isinstance(row.get(s), dict) and row[s].get("passed") is False]
-        if failed:
-            lines.append(f"  {row['model']}/{row['format']}: {', '.join(failed)} not written (its gate failed)")
-        if not measured_sections(new):
-            continue
-        try:
-            old = store.read(row["model"], row["format"])
-        except BaselineError as exc:
-            if only_missing:
-                lines.append(f"  {exc} (left as it is)")
-                continue
-            old = None
-        new.setdefault("environment", environment(threads=1))
-        record = merge_records(old, {**new, "git_commit": commit}, only_missing)
-        latency_written = "latency" in new and record.get("latency") is new["latency"]
-        if latency_written:
-            lines += noisy_recording(row)
-            source = Path(str(row.get("artifact_path")))
-            if accepted is not None and row["format"] != "eager" and (source / METADATA_FILE).is_file():
-                record["accepted_artifact"] = accepted.put(source)
-        if record == old:
-            continue
-        written.append(store.write(record))
-        if keep_artifacts and row.get("artifact_path") and row["format"] != "eager":
-            _keep_artifact(Path(row["artifact_path"]), store.artifact_dir(row["model"], row["format"]))
-    header = f"deploycheck: {len(written)} baseline(s) written under {directory}"
-    return [header, *(f"  {path}" for path in written), *lines]
-
-
-def noisy_recording(row: Mapping[str, Any]) -> list[str]:
-    """A warning line when the latency about to become a baseline was measured on a noisy machine."""
-    figures = smallest_batch(row.get("latency"))
-    spread = float(figures.get("window_spread") or 0)
-    disturbed, kept = int(figures.get("disturbed_rounds") or 0), int(figures.get("rounds") or 0)
-    if spread <= NOISY_SPREAD and not figures.get("all_disturbed") and disturbed <= kept:
-        return []
-    return [f"  warning: {row['model']}/{row['format']}: latency recorded on a noisy machine (±{spread:.1%} "
-            f"between windows, {disturbed} of {disturbed + kept} windows disturbed): verdicts from these stored "
-            "figures will be inconclusive more often; record baselines on a quiet machine"]
-
-
-def _keep_artifact(source: Path, target: Path) -> None:
-    staging = target.with_name(f".{target.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging)
-    previous = target.with_name(f".{target.name}.previous")
-    shutil.rmtree(previous, ignore_errors=True)
-    if target.exists():
-        target.rename(previous)
-    staging.rename(target)
-    shutil.rmtree(previous, ignore_errors=True)
-
-
-def parity_figures(report: ParityReport) -> dict[str, Any]:
+def parity_figures(report: ParityReport) -> ParityFigures:
     """What a parity check contributes to the report and the baseline."""
     return {"max_abs": report.max_abs, "top1_agreement": report.min_top1_agreement, "passed": report.passed}
 

@@ -8,22 +8,18 @@ record. The clock is injectable, so tests simulate hours of traffic without slee
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
-import queue
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from deploycheck.alerts import DEFAULT_RULES, Alert, Rule
 from deploycheck.drift import add_bins, population_stability_index
 
 RELATIVE_ERROR = 0.005
@@ -57,50 +53,6 @@ class _Slice:
     correct: int = 0
     inputs_recorded: int = 0
     input_bins: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-@dataclass
-class Rule:
-    """An alert rule: `type` (latency, error_rate, accuracy, drift, input_drift), a threshold and how it is
-    applied.
-
-    latency: fires when the window p95 exceeds `factor` x the baseline p95 (and `factor` x the trailing average of
-    earlier windows, when one exists; 1.5 by default, so that a doubling fires); error_rate: when the window error
-    rate exceeds `threshold`; accuracy: when window accuracy falls below the baseline accuracy minus `threshold`;
-    drift: when the PSI of predicted classes against the baseline distribution exceeds `threshold`; input_drift:
-    when the PSI of some input's values against the calibration data's (`input_profile`) exceeds `threshold`
-    (counted in requests whose inputs were recorded). `min_samples` guards against judging a handful of requests;
-    `cooldown_s` keeps a resolved alert from firing again at once.
-    """
-
-    type: str
-    threshold: float = 0.0
-    factor: float = 1.5
-    min_samples: int = 100
-    cooldown_s: float = 60.0
-    severity: str = "warning"
-
-
-DEFAULT_RULES = (
-    Rule("latency", factor=1.5, min_samples=100),
-    Rule("error_rate", threshold=0.05, min_samples=100, severity="critical"),
-    Rule("accuracy", threshold=0.02, min_samples=100),
-    Rule("drift", threshold=0.2, min_samples=200),
-    Rule("input_drift", threshold=0.2, min_samples=200),
-)
-
-
-@dataclass
-class Alert:
-    type: str
-    severity: str
-    value: float
-    threshold: float
-    first_seen: float
-    last_seen: float
-    state: str = "firing"
-    message: str = ""
-    model: str = ""
 
 
 class Monitor:
@@ -388,58 +340,5 @@ class Monitor:
                 sink(alert)
             except Exception:  # a broken sink must never break recording
                 LOGGER.exception("alert sink %r failed", sink)
-
-
-class WebhookSink:
-    """Posts each alert as JSON to `url` from a background thread, with a timeout and retries (exponential
-    backoff), so `record` never waits on the network. Alerts beyond `max_queue` waiting are dropped and
-    counted in `dropped` rather than blocking."""
-
-    def __init__(self, url: str, timeout_s: float = 2.0, retries: int = 3, backoff_s: float = 0.5,
-                 max_queue: int = 1000, headers: Mapping[str, str] | None = None) -> None:
-        self.url = url
-        self.timeout_s = timeout_s
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.headers = {"Content-Type": "application/json", **(headers or {})}
-        self.delivered = 0
-        self.failed = 0
-        self.dropped = 0
-        self._queue: queue.Queue[Alert | None] = queue.Queue(max_queue)
-        self._thread = threading.Thread(target=self._deliver, name="deploycheck-webhook", daemon=True)
-        self._thread.start()
-
-    def __call__(self, alert: Alert) -> None:
-        try:
-            self._queue.put_nowait(replace(alert))
-        except queue.Full:
-            self.dropped += 1
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Deliver what is queued (within `timeout_s`), then stop the thread."""
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=timeout_s)
-        self._thread.join(timeout_s)
-
-    def _deliver(self) -> None:
-        while True:
-            alert = self._queue.get()
-            if alert is None:
-                return
-            body = json.dumps(asdict(alert)).encode()
-            for attempt in range(self.retries + 1):
-                try:
-                    request = urllib.request.Request(self.url, data=body, headers=self.headers, method="POST")
-                    with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                        response.read()
-                    self.delivered += 1
-                    break
-                except (OSError, urllib.error.URLError) as exc:
-                    if attempt == self.retries:
-                        self.failed += 1
-                        LOGGER.warning("webhook %s: alert %s not delivered after %d attempts (%s)", self.url,
-                                       alert.type, attempt + 1, exc)
-                    else:
-                        time.sleep(self.backoff_s * 2**attempt)
 
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from deploycheck.alerts import DEFAULT_RULES
 from deploycheck.baseline.compare import smallest_batch
 from deploycheck.baseline.store import BaselineStore
 from deploycheck.errors import DeployCheckError
-from deploycheck.monitor import DEFAULT_RULES
 
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                      2.5, 5.0, 10.0)
@@ -107,7 +108,7 @@ def alerting_rules(baselines: Path, format_name: str | None = None, window: str 
         chosen = format_name or ("onnx" if "onnx" in formats else formats[0])
         if chosen not in formats:
             raise DeployCheckError(f"{baselines}: model {model!r} has no {chosen!r} baseline (it has {formats})")
-        record = store.read(model, chosen) or {}
+        record: Mapping[str, Any] = store.read(model, chosen) or {}
         label = f'model="{model}"'
         p95_ms = smallest_batch(record.get("latency")).get("p95_ms")
         if p95_ms:

@@ -27,10 +27,15 @@ import numpy as np
 
 from deploycheck.baseline.rules import LatencyLimit, Rules, resolve_rules
 from deploycheck.errors import BaselineError
+from deploycheck.rows import Status, Verdict
 from deploycheck.stats import bootstrap_ratio_interval, quantile_grid
 from deploycheck.table import format_table
 
-OK, REGRESSED, INCONCLUSIVE, MISSING, REPORTED = "ok", "REGRESSED", "inconclusive", "missing", "reported"
+OK: Status = "ok"
+REGRESSED: Status = "REGRESSED"
+INCONCLUSIVE: Status = "inconclusive"
+MISSING: Status = "missing"
+REPORTED: Status = "reported"
 UPDATE_HINT = "run with --deploycheck-update to accept the new figures"
 
 
@@ -43,7 +48,7 @@ class Finding:
     obtained: str
     change: str
     limit: str
-    status: str
+    status: Status
     note: str = ""
 
     def row(self) -> list[str]:
@@ -72,8 +77,8 @@ class Comparison:
         return not self.regressed
 
     @property
-    def status(self) -> str:
-        return "FAIL" if self.regressed else INCONCLUSIVE if self.inconclusive else OK
+    def status(self) -> Verdict:
+        return "FAIL" if self.regressed else "inconclusive" if self.inconclusive else "ok"
 
     def short(self) -> str:
         """A few words for the summary table's "vs baseline" column: what fell behind or could not be judged,

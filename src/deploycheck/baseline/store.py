@@ -9,10 +9,11 @@ import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from deploycheck.errors import BaselineError
 from deploycheck.jsonio import write_json
+from deploycheck.rows import Record
 
 SCHEMA = 1
 
@@ -32,14 +33,14 @@ class BaselineStore:
     def artifact_dir(self, model: str, format_name: str) -> Path:
         return self.root / model / f"{format_name}.artifact"
 
-    def read(self, model: str, format_name: str) -> dict[str, Any] | None:
+    def read(self, model: str, format_name: str) -> Record | None:
         """The stored record, None when there is none; a file that cannot be used raises naming it."""
         path = self.path(model, format_name)
         if not path.exists():
             return None
         return read_record(path)
 
-    def write(self, record: dict[str, Any]) -> Path:
+    def write(self, record: Record) -> Path:
         path = self.path(record["model"], record["format"])
         write_json(path, record)
         return path
@@ -51,7 +52,7 @@ class BaselineStore:
         return sorted((p.parent.name, p.stem) for p in self.root.glob("*/*.json"))
 
 
-def read_record(path: Path) -> dict[str, Any]:
+def read_record(path: Path) -> Record:
     """Load one baseline record (or report row) and check its shape, so a hand-broken file is named, not trusted."""
     try:
         record = json.loads(Path(path).read_text())
@@ -76,7 +77,7 @@ def read_record(path: Path) -> dict[str, Any]:
     if bad:
         raise BaselineError(f"baseline {path}: {bad}; a figure that is not a finite number would turn its rule "
                             "off. Fix the file or rewrite it with --deploycheck-update")
-    return record
+    return cast(Record, record)
 
 
 _NON_NEGATIVE = re.compile(r"(_ms|_per_s|bytes|calls|rounds|max_abs|parameters|spread)$")
@@ -102,10 +103,10 @@ def _impossible_figure(value: Any, where: str = "") -> str | None:
     return None
 
 
-def record_from_row(row: Mapping[str, Any], passed_only: bool = True) -> dict[str, Any]:
+def record_from_row(row: Mapping[str, Any], passed_only: bool = True) -> Record:
     """The baseline record of a measured row: its stored sections, leaving out any section whose own gate failed
     (a failing measurement must not become the new standard)."""
-    record: dict[str, Any] = {"schema": SCHEMA, "model": row["model"], "format": row["format"]}
+    record: Record = {"schema": SCHEMA, "model": row["model"], "format": row["format"]}
     if row.get("size_bytes") is not None:
         record["size"] = {"bytes": row["size_bytes"], "parameters": row.get("parameters")}
     for section in ("parity", "accuracy", "latency", "speedup"):
@@ -121,15 +122,15 @@ def measured_sections(record: Mapping[str, Any]) -> list[str]:
     return [s for s in SECTIONS if s in record]
 
 
-def merge_records(old: Mapping[str, Any] | None, new: Mapping[str, Any], only_missing: bool) -> dict[str, Any]:
+def merge_records(old: Record | None, new: Record, only_missing: bool) -> Record:
     """`new`'s sections over `old`'s (`only_missing`: add sections `old` lacks, change nothing it has)."""
-    merged = dict(old or {})
+    merged: dict[str, Any] = dict(old or {})
     added = [s for s in SECTIONS if s in new and (not only_missing or s not in merged)]
     if old and not added:
-        return merged
+        return cast(Record, merged)
     merged.update({k: v for k, v in new.items() if k not in SECTIONS})
-    merged.update({s: new[s] for s in added})
-    return merged
+    merged.update({s: new[s] for s in added})  # type: ignore[literal-required]  # s is one of SECTIONS
+    return cast(Record, merged)
 
 
 def git_commit(root: Path) -> str | None:
@@ -149,7 +150,7 @@ def stale_entries(store: BaselineStore, models: Sequence[str], formats: Sequence
     return [store.path(m, f) for m, f in store.entries() if m not in models or f not in formats]
 
 
-def load_records(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+def load_records(path: Path) -> dict[tuple[str, str], Record]:
     """Every (model, format) record in a baselines directory, a JSON report (`--deploycheck-report`), or a
     single baseline file; report rows are turned into records as the plugin would store them."""
     path = Path(path)

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["pytester"]
-
-sys.path.insert(0, str(Path(__file__).parent / "tests"))
+sys.path.insert(0, str(Path(__file__).parent))  # the helper models in tests/models.py
 
 
 @pytest.fixture(scope="session")

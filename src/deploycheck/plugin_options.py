@@ -1,0 +1,137 @@
+"""The plugin's options (each `--deploycheck-*` flag mirrored by an ini key), the per-run state it keeps in
+`config.stash`, and the settings read from them. Loaded with every pytest run, so deploycheck's heavy modules are
+imported only inside the functions that need them."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploycheck.rows import BaselineMode
+
+PROPERTY = "deploycheck"
+
+
+@dataclass(frozen=True)
+class _Option:
+    name: str
+    help: str
+    kind: str = "string"
+    default: Any = None
+
+
+OPTIONS = [
+    _Option("formats", "comma-separated formats to gate (default: every format)"),
+    _Option("models", "comma-separated registered models to gate (default: every model)"),
+    _Option("artifacts", "directory to export artifacts into and keep (default: the pytest cache)"),
+    _Option("baselines", "directory of the stored baselines, relative to the rootdir (default: baselines; "
+            "also [tool.deploycheck] baselines)"),
+    _Option("update", "write or rewrite the baselines of everything measured in this run", kind="bool"),
+    _Option("update-new", "write only the baselines (and sections) that do not exist yet", kind="bool"),
+    _Option("no-baselines", "do not hold the run to stored baselines", kind="bool"),
+    _Option("keep-baseline-artifacts", "with --deploycheck-update, keep each artifact next to its baseline (in "
+            "git), so later runs time old and new side by side", kind="bool"),
+    _Option("accepted", "directory of the accepted artifacts, by content, that later runs time side by side "
+            "(default: the pytest cache; persist it with a CI cache step)"),
+    _Option("against", "git revision (e.g. origin/main) whose models are exported in this job and timed side by "
+            "side with this checkout's"),
+    _Option("strict-latency", "fail inconclusive latency verdicts instead of warning", kind="bool"),
+    _Option("export-only", "export every model x format and run no checks (what --deploycheck-against runs on the "
+            "other revision; also warms the export cache)", kind="bool"),
+    _Option("report", "write a JSON report of every measurement to this path"),
+    _Option("markdown", "write a Markdown report (for CI job summaries) to this path"),
+    _Option("html", "write a self-contained HTML report with plots to this path"),
+    _Option("benchmark-json", "write the latency results in pytest-benchmark's JSON schema to this path"),
+    _Option("bench-time", "seconds of timing per batch size and per side-by-side comparison", default="1.0"),
+    _Option("no-bench", "skip benchmarks (quick runs)", kind="bool"),
+    _Option("budget", "seconds of timing for the whole run, shared evenly by the model x format pairs (each "
+            "timing shortened to fit, at least one call); planned and spent are reported at the end"),
+]
+
+
+BASELINE_SETTINGS = pytest.StashKey[tuple[Path, list[tuple[str, Any]]]]()
+
+
+AGAINST = pytest.StashKey[tuple[Path, str] | None]()
+
+
+LAST_USE = pytest.StashKey[dict[str, tuple[str, str]]]()
+
+
+EXPORTS = pytest.StashKey[Any]()
+
+
+SPEC_ERRORS = pytest.StashKey[set[str]]()
+
+
+PAIRS = pytest.StashKey[int]()
+
+
+TIMING_SPENT = pytest.StashKey[dict[tuple[str, str], float]]()
+
+
+def option(config: pytest.Config, name: str) -> Any:
+    """An option's value: the command line first, then the ini key."""
+    ini = f"deploycheck_{name.replace('-', '_')}"
+    value = config.getoption(ini)
+    return value if value is not None else config.getini(ini)
+
+
+def selected_formats(config: pytest.Config) -> list[str]:
+    """The formats to gate: `--deploycheck-formats` / the ini key, else every registered format."""
+    from deploycheck.formats import format_names
+
+    selected = option(config, "formats")
+    known = format_names()
+    formats = [f.strip() for f in selected.split(",") if f.strip()] if selected else known
+    unknown = [f for f in formats if f not in known]
+    if unknown:
+        raise pytest.UsageError(f"--deploycheck-formats: unknown format(s) {unknown}; valid: {', '.join(known)}")
+    return formats
+
+
+def baseline_mode(config: pytest.Config) -> BaselineMode | None:
+    """None when baselines are off, else "update", "update-new" or "compare"."""
+    if option(config, "no-baselines") or option(config, "export-only"):
+        return None
+    if option(config, "update"):
+        return "update"
+    return "update-new" if option(config, "update-new") else "compare"
+
+
+def baseline_settings(config: pytest.Config) -> tuple[Path, list[tuple[str, Any]]]:
+    """The baselines directory and the rule layers, read once in `pytest_configure`."""
+    return config.stash[BASELINE_SETTINGS]
+
+
+def read_baseline_settings(config: pytest.Config) -> tuple[Path, list[tuple[str, Any]]]:
+    """The baselines directory and the rule layers from `[tool.deploycheck]` of the rootdir's pyproject.toml."""
+    from deploycheck.baseline.rules import pyproject_settings
+    from deploycheck.errors import BaselineError
+
+    try:
+        settings = pyproject_settings(config.rootpath)
+    except BaselineError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    directory = Path(option(config, "baselines") or settings.get("baselines") or "baselines")
+    source = f"{config.rootpath / 'pyproject.toml'} [tool.deploycheck.rules]"
+    return (config.rootpath / directory).resolve(), [(source, settings.get("rules"))]
+
+
+def cache_dir(config: pytest.Config, name: str) -> Path:
+    """A directory under the pytest cache (under the base temp directory's parent without the cacheprovider)."""
+    if getattr(config, "cache", None) is not None:
+        return Path(config.cache.mkdir(name))
+    return Path(tempfile.gettempdir()) / f"deploycheck-{name}"
+
+
+def accepted_store(config: pytest.Config) -> Any:
+    """The accepted-artifact store: `--deploycheck-accepted` / its ini key, else under the pytest cache."""
+    from deploycheck.accepted import AcceptedStore
+
+    configured = option(config, "accepted")
+    return AcceptedStore(config.rootpath / configured if configured else cache_dir(config, "deploycheck-accepted"))

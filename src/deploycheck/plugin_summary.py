@@ -1,0 +1,267 @@
+"""The end of a run: measurements collected from test reports (on the controller under pytest-xdist),
+baselines and reports written at session finish, the summary printed, and the progress of long steps on the
+terminal. Loaded with every pytest run, so deploycheck's heavy modules are imported only where used."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploycheck.model_registry import MODEL_FUNCTION, model_functions
+from deploycheck.plugin_options import PROPERTY, accepted_store, baseline_mode, baseline_settings, option
+
+
+def terminal_progress(config: pytest.Config) -> Any:
+    """The terminal progress of long steps, or none: under -q, and in xdist workers (no terminal of their own)."""
+    from deploycheck.exporting import no_progress
+
+    if config.getoption("verbose", 0) < 0 or hasattr(config, "workerinput"):
+        return no_progress
+    return TerminalProgress(config)
+
+
+class TerminalProgress:
+    """Announces a step (an export, a benchmark, ...) on the terminal once it has run for `after_s`, and its end,
+    so a long run shows a sign of life; a step that ends sooner prints nothing. Writes with capture suspended,
+    as pytest's live logging does."""
+
+    def __init__(self, config: pytest.Config, after_s: float = 2.0) -> None:
+        self.config = config
+        self.after_s = after_s
+        self._lock = threading.Lock()
+
+    def _write(self, line: str) -> None:
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        if terminal is None:
+            return
+        with self._lock, capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            terminal.write_line(line)
+
+    @contextlib.contextmanager
+    def __call__(self, text: str) -> Iterator[None]:
+        started = time.perf_counter()
+        announced = threading.Event()
+
+        def announce() -> None:
+            announced.set()
+            self._write(f"deploycheck: {text} ...")
+
+        timer = threading.Timer(self.after_s, announce)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+            timer.join()  # an announcement under way is written before the end is
+            if announced.is_set():
+                self._write(f"deploycheck: {text}: done in {time.perf_counter() - started:.1f} s")
+
+
+class RunSummary:
+    """Collects measurements from test reports (on the controller under xdist), writes baselines and reports, and
+    prints the summary; registered as a plugin object in `pytest_configure`, as pytest's junitxml does."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.results: dict[tuple[str, str], dict[str, Any]] = {}
+        self.collected: set[tuple[str, str]] = set()
+        self.checked_missing = False
+        self.written: list[str] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, payload in report.user_properties:
+            if name == PROPERTY and isinstance(payload, dict):
+                row = self.results.setdefault((payload["model"], payload["format"]), {})
+                for key, value in payload.items():
+                    if isinstance(value, dict) and isinstance(row.get(key), dict):
+                        row[key].update(value)
+                    else:
+                        row[key] = value
+        pair = artifact_pairs([report.nodeid])
+        if pair and (report.failed or (report.skipped and report.when == "setup")):
+            model, format_name = pair.pop()
+            row = self.results.setdefault((model, format_name), {"model": model, "format": format_name})
+            test = report.nodeid.split("::")[-1].split("[")[0]
+            if report.failed:  # a failure before anything was measured still makes the row FAIL
+                row.setdefault("failed_tests", []).append(test)
+            elif isinstance(report.longrepr, tuple):
+                row["skipped"] = str(report.longrepr[2]).removeprefix("Skipped: ")
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.collected.update(artifact_pairs(item.nodeid for item in session.items))
+        self._fail_fast_on_missing_baselines()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self.collected.update(artifact_pairs(ids))
+        self._fail_fast_on_missing_baselines()
+
+    def _fail_fast_on_missing_baselines(self) -> None:
+        """In compare mode, stop before exporting or measuring anything when baselines are missing, with one
+        message listing every missing file and the flag that records them."""
+        if baseline_mode(self.config) != "compare" or self.checked_missing:
+            return
+        self.checked_missing = True
+        missing = missing_baselines(self.config, self.collected)
+        if missing:
+            directory, _ = baseline_settings(self.config)
+            by_model: dict[str, list[str]] = {}
+            for path in missing:
+                by_model.setdefault(path.parent.name, []).append(path.name)
+            listing = "\n".join(f"  {model}/ {', '.join(names)}" for model, names in by_model.items())
+            pytest.exit(f"deploycheck: {len(missing)} baseline(s) missing under {directory}:\n{listing}\n"
+                        "Record them with `pytest --deploycheck-update-new` (or run without the regression gate: "
+                        "--deploycheck-no-baselines).", returncode=pytest.ExitCode.TESTS_FAILED)
+
+    def rows(self) -> list[dict[str, Any]]:
+        from deploycheck.formats import format_names
+
+        order = {name: position for position, name in enumerate(format_names())}
+        return [self.results[key] for key in sorted(self.results, key=lambda k: (k[0], order.get(k[1], len(order))))]
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        from deploycheck.report import (
+            budget_summary,
+            inconclusive_summary,
+            quantization_summary,
+            summary_table,
+            unchecked_budgets,
+        )
+
+        lines: list[str] = []
+        rows = self.rows()
+        if rows:
+            lines.append(summary_table(rows))
+            lines += quantization_summary(rows)
+            lines += unchecked_budgets(rows)
+            lines += inconclusive_summary(rows)
+            budget = option(self.config, "budget")
+            lines += budget_summary(rows, float(budget) if budget else None)
+        statements = [f"  {r['model']}/{r['format']}: {r['original']['statement']}" for r in rows
+                      if isinstance(r.get("original"), dict) and r["original"].get("statement")]
+        if statements:
+            lines += ["deploycheck: speed against the original, as measured:", *statements]
+        lines += self.written
+        if lines:
+            terminalreporter.section("deploycheck")
+            for line in "\n".join(lines).splitlines():
+                terminalreporter.write_line(line, **_status_markup(line))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self) -> None:
+        """Baselines and reports are written here, so a run without the terminal plugin still saves them; the
+        terminal summary only prints what was written."""
+        rows = self.rows()
+        self.written = self._write_baselines(rows) + self._stale_baselines() + self._write_reports(rows)
+
+    def _write_baselines(self, rows: list[dict[str, Any]]) -> list[str]:
+        from deploycheck.baseline.update import write_baselines
+
+        mode = baseline_mode(self.config)
+        if mode not in ("update", "update-new") or not rows:
+            return []
+        directory, _ = baseline_settings(self.config)
+        return write_baselines(directory, rows, only_missing=mode == "update-new",
+                               keep_artifacts=bool(option(self.config, "keep-baseline-artifacts")),
+                               root=self.config.rootpath, accepted=accepted_store(self.config))
+
+    def _stale_baselines(self) -> list[str]:
+        from deploycheck.baseline.store import BaselineStore, stale_entries
+        from deploycheck.formats import format_names
+
+        filtered = (self.config.getoption("keyword", "") or self.config.getoption("markexpr", "")
+                    or option(self.config, "models"))
+        if baseline_mode(self.config) is None or filtered or not self.collected:
+            return []
+        directory, _ = baseline_settings(self.config)
+        models = sorted({model for model, _ in self.collected})
+        stale = stale_entries(BaselineStore(directory), models, format_names())
+        if not stale:
+            return []
+        return [f"deploycheck: {len(stale)} stale baseline(s), for a model or format that no longer exists "
+                "(delete them if that is intended):"] + [f"  {path}" for path in stale]
+
+    def _write_reports(self, rows: list[dict[str, Any]]) -> list[str]:
+        from deploycheck import report
+
+        writers = {"report": report.write_json_report, "markdown": report.write_markdown,
+                   "html": report.write_html, "benchmark-json": report.write_benchmark_json}
+        lines = []
+        for name, write in writers.items():
+            path = option(self.config, name)
+            if path:
+                write(Path(path), rows)
+                lines.append(f"deploycheck: {name} written to {path}")
+        return lines
+
+
+def missing_baselines(config: pytest.Config, pairs: set[tuple[str, str]]) -> list[Path]:
+    """The baseline files the collected model x format pairs would need and do not have. A format the spec leaves
+    out or cannot handle needs none, so each model with a missing file is built once to ask; when that cannot be
+    done before the tests run (a model defined in a test module, or needing other fixtures), nothing is listed
+    and each test reports its own missing baseline."""
+    from deploycheck.baseline.store import BaselineStore
+    from deploycheck.errors import FormatUnavailable
+    from deploycheck.formats import get_format
+
+    directory, _ = baseline_settings(config)
+    store = BaselineStore(directory)
+    absent = sorted(pair for pair in pairs if not store.path(*pair).exists())
+    functions: dict[str, Any] = {}
+    for plugin in config.pluginmanager.get_plugins():
+        if getattr(plugin, "__file__", "").endswith("conftest.py"):
+            functions.update(model_functions(plugin))
+    specs: dict[str, Any] = {}
+    missing = []
+    for model, format_name in absent:
+        function = getattr(functions.get(model), MODEL_FUNCTION, None)
+        if function is None or inspect.signature(function).parameters:
+            return []
+        if model not in specs:
+            try:
+                specs[model] = function()
+            except Exception:  # the tests will report a spec that cannot be built, with its traceback
+                return []
+        spec = specs[model]
+        if format_name not in (spec.formats or []):
+            continue
+        try:
+            get_format(format_name).check_supported(spec)
+        except FormatUnavailable:
+            continue
+        missing.append(store.path(model, format_name))
+    return missing
+
+
+_STATUS_COLOURS = {"FAIL": "red", "inconclusive": "yellow", "skipped": "yellow", "ok": "green"}
+
+
+def _status_markup(line: str) -> dict[str, bool]:
+    """A summary row coloured by its status (its last word): red, yellow or green. pytest's terminal writer
+    applies markup on a terminal only, so piped output stays plain."""
+    words = line.split()
+    colour = _STATUS_COLOURS.get(words[-1]) if words else None
+    return {colour: True} if colour else {}
+
+
+def artifact_pairs(nodeids: Any) -> set[tuple[str, str]]:
+    """(model, format) of each test id parametrized by the `artifact` fixture (ids end in `[model/format]`)."""
+    found = set()
+    for nodeid in nodeids:
+        match = _PAIR_RE.search(nodeid)
+        if match:
+            found.add((match.group(1), match.group(2)))
+    return found
+
+
+_PAIR_RE = re.compile(r"\[([A-Za-z0-9_.-]+)/([A-Za-z0-9_]+)(?:-[^\]]*)?\](?:@[\w.-]+)?$")  # @group: loadgroup
