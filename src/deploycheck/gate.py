@@ -29,6 +29,7 @@ from deploycheck.baseline.store import BaselineStore, record_from_row
 from deploycheck.compression import OriginalReport, check_against_original, compression_facts
 from deploycheck.errors import DeployCheckError
 from deploycheck.exporting import Progress, export, load_artifact, no_progress
+from deploycheck.formats import get_format
 from deploycheck.latency import BenchResult, SpeedRatio, bench, compare_speed, interleaved_times
 from deploycheck.parity import check_parity
 from deploycheck.rows import ParityFigures, Row
@@ -270,7 +271,7 @@ class Gate:
         assert self.baselines is not None
         comparison = self.baselines.compare(artifact, row, ("latency",))
         found = self.baselines.accepted_artifact(artifact.model_name, artifact.format)
-        if comparison is None or found is None or artifact.format == "eager" or not result.stats:
+        if comparison is None or found is None or not get_format(artifact.format).writes_files or not result.stats:
             return comparison
         kept, label = found
         try:

@@ -13,6 +13,7 @@ from deploycheck.artifact import METADATA_FILE
 from deploycheck.baseline.compare import smallest_batch
 from deploycheck.baseline.store import BaselineStore, git_commit, measured_sections, merge_records, record_from_row
 from deploycheck.errors import BaselineError
+from deploycheck.formats import get_format
 from deploycheck.machine import environment
 
 NOISY_SPREAD = 0.05  # window-to-window spread above which a recorded latency is called noisy
@@ -49,12 +50,12 @@ def write_baselines(directory: Path, rows: Sequence[Mapping[str, Any]], only_mis
         if latency_written:
             lines += noisy_recording(row)
             source = Path(str(row.get("artifact_path")))
-            if accepted is not None and row["format"] != "eager" and (source / METADATA_FILE).is_file():
+            if accepted is not None and get_format(row["format"]).writes_files and (source / METADATA_FILE).is_file():
                 record["accepted_artifact"] = accepted.put(source)
         if record == old:
             continue
         written.append(store.write(record))
-        if keep_artifacts and row.get("artifact_path") and row["format"] != "eager":
+        if keep_artifacts and row.get("artifact_path") and get_format(row["format"]).writes_files:
             _keep_artifact(Path(row["artifact_path"]), store.artifact_dir(row["model"], row["format"]))
     header = f"deploycheck: {len(written)} baseline(s) written under {directory}"
     return [header, *(f"  {path}" for path in written), *lines]

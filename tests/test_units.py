@@ -1,0 +1,92 @@
+"""Fast unit tests of pure logic with fakes in place of runtimes: the batcher, the gate's row, the summary's
+columns. (The end-to-end tests run the same code on real exports; these say which piece broke, in milliseconds.)"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from deploycheck.artifact import Artifact
+from deploycheck.gate import Gate
+from deploycheck.report import summary_table
+from deploycheck.rows import Row
+from deploycheck.server.batcher import Batcher
+
+
+def test_the_batcher_merges_concurrent_requests_and_returns_each_caller_its_own_rows() -> None:
+    batches: list[int] = []
+    lock = threading.Lock()
+
+    def double(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        with lock:
+            batches.append(len(inputs[0]))
+        return [inputs[0] * 2]
+
+    async def scenario() -> list[list[np.ndarray]]:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(double, max_batch_size=8, max_delay_s=0.05, executor=executor)
+            batcher.start()
+            requests = [np.full((rows, 3), float(i), np.float32) for i, rows in enumerate([1, 2, 3, 4, 5, 1])]
+            results = await asyncio.gather(*(batcher.submit([r]) for r in requests))
+            await batcher.stop()
+            return results
+
+    results = asyncio.run(scenario())
+    for i, (rows, result) in enumerate(zip([1, 2, 3, 4, 5, 1], results)):
+        np.testing.assert_array_equal(result[0], np.full((rows, 3), 2.0 * i, np.float32))
+    assert sum(batches) == 16 and max(batches) <= 8 and len(batches) < 6  # merged, never over the limit
+
+
+def test_the_batcher_keeps_requests_of_different_shapes_apart() -> None:
+    seen: list[tuple[int, ...]] = []
+
+    def shapes(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        seen.append(inputs[0].shape)
+        return [inputs[0].sum(axis=1)]
+
+    async def scenario() -> list[list[np.ndarray]]:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(shapes, max_batch_size=32, max_delay_s=0.05, executor=executor)
+            batcher.start()
+            results = await asyncio.gather(batcher.submit([np.ones((2, 3))]), batcher.submit([np.ones((2, 5))]))
+            await batcher.stop()
+            return results
+
+    short, long = asyncio.run(scenario())
+    assert short[0].tolist() == [3, 3] and long[0].tolist() == [5, 5] and sorted(seen) == [(2, 3), (2, 5)]
+
+
+def _fake_artifact(format_name: str = "onnx_int8_static") -> Artifact:
+    metadata = {"format": format_name, "model": "fake", "size_bytes": 1234,
+                "inputs": [{"name": "x", "shape": [None, 3], "dtype": "float32"}],
+                "outputs": [{"name": "y", "shape": [None, 3], "dtype": "float32"}],
+                "quantization": {"int8_weight_fraction": 0.75}}
+    return Artifact(format_name, Path("/nowhere/fake"), metadata, lambda inputs: inputs)
+
+
+def test_the_gate_records_one_row_per_measurement_with_the_artifacts_facts() -> None:
+    rows: list[Row] = []
+    gate = Gate(rows.append)
+    gate.record(_fake_artifact(), parity={"max_abs": 0.5, "top1_agreement": 0.99, "passed": True})
+    assert rows == [{"model": "fake", "format": "onnx_int8_static", "size_bytes": 1234,
+                     "artifact_path": "/nowhere/fake", "int8_weight_fraction": 0.75,
+                     "parity": {"max_abs": 0.5, "top1_agreement": 0.99, "passed": True}}]
+
+
+def test_the_summary_shows_each_rows_real_status_in_its_columns() -> None:
+    rows: list[Row] = [
+        {"model": "m", "format": "onnx", "size_bytes": 2048,
+         "parity": {"max_abs": 1e-6, "top1_agreement": 1.0, "passed": True}},
+        {"model": "m", "format": "torchscript", "size_bytes": 4096, "failed_tests": ["test_parity"]},
+        {"model": "m", "format": "state_dict", "skipped": "no factory"},
+    ]
+    lines = summary_table(rows).splitlines()
+    header = lines[0].split()
+    assert header[:2] == ["model", "format"] and "status" in header
+    status = {line.split()[1]: line.split()[-1] for line in lines[2:]}
+    assert status == {"onnx": "ok", "torchscript": "FAIL", "state_dict": "skipped"}
+    assert "2.0 KiB" in lines[2] and "4.0 KiB" in lines[3]
