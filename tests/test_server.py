@@ -48,6 +48,12 @@ class Server:
     def post(self, path: str, payload: object) -> tuple[int, dict]:
         return self.request("POST", path, json.dumps(payload), {"Content-Type": "application/json"})
 
+    def errors_total(self) -> float:
+        """`deploycheck_errors_total` summed over models and error types."""
+        status, body = self.request("GET", "/metrics")
+        assert status == 200
+        return sum(float(v) for v in re.findall(r'^deploycheck_errors_total\{[^}]*\} (\S+)$', body["text"], re.M))
+
     def metric(self, name: str, model: str) -> float:
         status, body = self.request("GET", "/metrics")
         assert status == 200
@@ -183,6 +189,49 @@ BAD_REQUESTS = [
      "contains NaN or Inf"),
     ("unknown model", "POST", "/v2/models/nope/infer", {"inputs": []}, 404, "unknown model 'nope'"),
     ("inference failure", "POST", "/predict?model=lookup", {"input": [[1, 2, 99]]}, 500, "inference failed (error id"),
+    # the hardening issue's probes, each a 500 before
+    ("JSON nested 50k deep", "POST", "/predict?model=digits_cnn", b'{"input": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+     400, "malformed JSON"),
+    ("JSON nested 50k deep (v2)", "POST", "/v2/models/digits_cnn/infer", b"[" * 50_000 + b"]" * 50_000, 400,
+     "malformed JSON"),
+    ("INT64 above 2**63", "POST", "/v2/models/lookup/infer",
+     {"inputs": [{"name": "index", "shape": [1, 3], "datatype": "INT64", "data": [1, 2, 2**63 + 5]}]}, 400,
+     "values outside the range of int64"),
+    ("INT64 above 2**64", "POST", "/v2/models/lookup/infer",
+     {"inputs": [{"name": "index", "shape": [1, 3], "datatype": "INT64", "data": [1, 2, 2**64 + 5]}]}, 400,
+     "values outside the range of int64"),
+    ("INT64 of 1e40", "POST", "/v2/models/lookup/infer",
+     {"inputs": [{"name": "index", "shape": [1, 3], "datatype": "INT64", "data": [1, 2, 1e40]}]}, 400,
+     "values outside the range of int64"),
+    ("outputs: 5", "POST", "/v2/models/digits_cnn/infer",
+     {"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}], "outputs": 5},
+     400, "outputs must be a list"),
+    ("request parameters a string", "POST", "/v2/models/digits_cnn/infer",
+     {"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}],
+      "parameters": "x"}, 400, "parameters must be a JSON object"),
+    ("input parameters a list", "POST", "/v2/models/digits_cnn/infer",
+     {"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64,
+                  "parameters": [1]}]}, 400, "parameters must be a JSON object"),
+    ("output parameters a string", "POST", "/v2/models/digits_cnn/infer",
+     {"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}],
+      "outputs": [{"name": "logits", "parameters": "binary"}]}, 400, "parameters must be a JSON object"),
+    ("datatype a list", "POST", "/v2/models/digits_cnn/infer",
+     {"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": ["FP32"], "data": [0.0] * 64}]}, 400,
+     "datatype ['FP32'] is not one of"),
+    ("feedback model a list", "POST", "/feedback", {"request_id": "r", "label": 1, "model": ["digits_cnn"]}, 400,
+     "model must be a model's name"),
+    ("feedback model an object", "POST", "/feedback", {"request_id": "r", "label": 1, "model": {"a": 1}}, 400,
+     "model must be a model's name"),
+    ("header length of a superscript digit", "POST", "/v2/models/digits_cnn/infer",
+     (b"{}", {"Inference-Header-Content-Length": "\u00b2"}), 400, "Inference-Header-Content-Length '\u00b2'"),
+    ("FP64 of 1e300 for an FP32 input", "POST", "/predict?model=digits_cnn", {"input": [[[1e300] * 8] * 8]}, 400,
+     "values too large for float32"),
+    ("booleans for numbers", "POST", "/predict?model=digits_cnn", {"input": [[[True] * 8] * 8]}, 400,
+     "expected numbers of float32, got booleans"),
+    ("too many rows", "POST", "/predict?model=digits_cnn", {"input": [[[[0] * 8] * 8]] * 4097}, 413,
+     "at most 4096 per request (--max-rows)"),
+    ("unknown route", "GET", "/nowhere", None, 404, "GET /nowhere"),
+    ("wrong method", "GET", "/predict", None, 405, "GET /predict"),
 ]
 
 
@@ -191,10 +240,14 @@ BAD_REQUESTS = [
 def test_bad_input_gets_its_status_and_the_server_keeps_answering(served, method, path, payload, status,
                                                                   message) -> None:
     server, artifacts = served
-    body = payload if isinstance(payload, bytes) else json.dumps(payload)
-    got, answer = server.request(method, path, body, {"Content-Type": "application/json"})
+    payload, extra = payload if isinstance(payload, tuple) else (payload, {})
+    body = None if payload is None else payload if isinstance(payload, bytes) else json.dumps(payload)
+    refused_before = server.errors_total()
+    got, answer = server.request(method, path, body, {"Content-Type": "application/json", **extra})
     assert got == status, answer
     assert message in answer["error"], answer
+    if status < 500:  # every refusal is counted, under its model or under "(none)"
+        assert server.errors_total() == refused_before + 1
     images = digits_rows(2, seed=2)
     ok, good = server.post("/predict?model=digits_cnn", {"input": images.tolist()})
     assert ok == 200 and good["predictions"] == artifacts["digits_cnn"].run(images)[0].argmax(1).tolist()
@@ -205,14 +258,22 @@ def test_bad_input_gets_its_status_and_the_server_keeps_answering(served, method
 def test_bodies_over_the_limit_get_413_whether_announced_or_streamed(served) -> None:
     server, artifacts = served
     limit = 1024 * 1024
+    # a client that writes its whole body before reading (http.client, urllib, requests) reads the 413
     announced = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    announced.putrequest("POST", "/predict?model=digits_cnn")
-    announced.putheader("Content-Type", "application/json")
-    announced.putheader("Content-Length", str(10 * limit))
-    announced.endheaders()
+    announced.request("POST", "/predict?model=digits_cnn", body=b"0" * (10 * limit),
+                      headers={"Content-Type": "application/json"})
     response = announced.getresponse()
     assert response.status == 413 and b"exceeds the limit of 1048576 bytes" in response.read()
     announced.close()
+    # one that announces the size and waits for 100 Continue gets the 413 at once, sending nothing
+    waiting = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    waiting.putrequest("POST", "/predict?model=digits_cnn")
+    waiting.putheader("Content-Length", str(10 * limit))
+    waiting.putheader("Expect", "100-continue")
+    waiting.endheaders()
+    response = waiting.getresponse()
+    assert response.status == 413 and b"exceeds the limit of 1048576 bytes" in response.read()
+    waiting.close()
 
     chunks = [b"[" + b"0," * (limit // 4)] * 2 + [b"0]"]
     streamed = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
@@ -293,7 +354,7 @@ def test_refuses_formats_that_need_pickles_or_code(digits_artifacts, tmp_path: P
     (disguised / "deploycheck.json").write_text(json.dumps({**sidecar, "factory": "os:abort"}))
     with pytest.raises(DeployCheckError, match="format 'state_dict' is not served"):
         discover(disguised)
-    with pytest.raises(DeployCheckError, match="no servable artifact found"):
+    with pytest.raises(DeployCheckError, match="nothing servable found"):
         discover(tmp_path / "tree")
 
 

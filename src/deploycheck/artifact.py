@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from deploycheck.spec import ModelSpec
 
 METADATA_FILE = "deploycheck.json"
+SIGNATURE_FILE = "deploycheck.sig"  # written by `deploycheck.signing`; not listed in the sidecar it signs
 METADATA_SCHEMA = 1
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 
@@ -142,7 +143,7 @@ def write_metadata(directory: Path, format_name: str, spec: ModelSpec, details: 
     """Hash every file of the artifact and write the sidecar. `in_memory_bytes` sizes formats with no files."""
     files: dict[str, dict[str, Any]] = {}
     for path in sorted(directory.iterdir()):
-        if path.is_file() and path.name != METADATA_FILE:
+        if path.is_file() and path.name not in (METADATA_FILE, SIGNATURE_FILE):
             files[path.name] = {"sha256": file_digest(path), "size": path.stat().st_size}
     metadata = {
         "schema": METADATA_SCHEMA,
@@ -178,7 +179,8 @@ def read_metadata(path: Path) -> dict[str, Any]:
     files = metadata.get("files")
     if not isinstance(files, dict):
         raise ArtifactError(f"{sidecar}: 'files' must map each file of the artifact to its sha256 and size")
-    unlisted = sorted(entry.name for entry in path.iterdir() if entry.name != METADATA_FILE and entry.name not in files)
+    unlisted = sorted(entry.name for entry in path.iterdir()
+                      if entry.name not in (METADATA_FILE, SIGNATURE_FILE) and entry.name not in files)
     if unlisted:
         raise ArtifactError(f"{metadata.get('model')}/{metadata.get('format')}: {path} holds {unlisted}, which its "
                             f"{METADATA_FILE} does not list; an artifact is exactly the files it records (re-export "

@@ -102,13 +102,14 @@ def load_spec_function(reference: str) -> Any:
     return spec
 
 
-def _artifact_rows(spec: Any, out_dir: Path, formats: list[str] | None) -> list[dict[str, Any]]:
+def _artifact_rows(spec: Any, out_dir: Path, formats: list[str] | None,
+                   sign_key: str | None = None) -> list[dict[str, Any]]:
     """Export every format (failures and skips reported per format) and check each one's parity and accuracy."""
     rows: list[dict[str, Any]] = []
     done: dict[str, Any] = {}
     for name in formats or spec.formats:
         with _progress(f"{spec.name}/{name}: exporting, then checking parity and accuracy"):
-            rows.append(_artifact_row(spec, name, out_dir, done))
+            rows.append(_artifact_row(spec, name, out_dir, done, sign_key))
     return rows
 
 
@@ -126,7 +127,8 @@ def _progress(text: str) -> Iterator[None]:
             print(f" {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
 
 
-def _artifact_row(spec: Any, name: str, out_dir: Path, done: dict[str, Any]) -> dict[str, Any]:
+def _artifact_row(spec: Any, name: str, out_dir: Path, done: dict[str, Any],
+                  sign_key: str | None = None) -> dict[str, Any]:
     """One format: exported (its base format's artifact taken from `done`), its parity and accuracy."""
     from deploycheck.accuracy import check_accuracy
     from deploycheck.errors import FormatUnavailable
@@ -138,7 +140,7 @@ def _artifact_row(spec: Any, name: str, out_dir: Path, done: dict[str, Any]) -> 
     row: dict[str, Any] = {"model": spec.name, "format": name}
     try:
         base = done.get(fmt.base_format) if fmt.base_format else None
-        artifact = export(spec, name, out_dir / name, base=base)
+        artifact = export(spec, name, out_dir / name, base=base, sign_key=sign_key)
     except FormatUnavailable as exc:
         return {**row, "status": "skipped", "note": str(exc)}
     except DeployCheckError as exc:
@@ -189,7 +191,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     spec = load_spec_function(args.spec)
     formats = [f.strip() for f in args.formats.split(",")] if args.formats else None
-    rows = _artifact_rows(spec, Path(args.out), formats)
+    rows = _artifact_rows(spec, Path(args.out), formats, args.sign_key)
     _print_rows(rows)
     return 0 if all(r["status"] in ("ok", "skipped") for r in rows) else 1
 
@@ -276,10 +278,15 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from deploycheck.server.launcher import serve
+    from deploycheck.server.settings import ServeSettings
 
-    serve(args.path, host=args.host, port=args.port, workers=args.workers, max_batch_size=args.max_batch_size,
-          max_queue_delay_ms=args.max_queue_delay_ms, max_body_mb=args.max_body_mb, baselines=args.baselines,
-          log_level=args.log_level)
+    settings = ServeSettings(
+        path=args.path, max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
+        max_body_mb=args.max_body_mb, max_rows=args.max_rows, baselines=args.baselines,
+        request_timeout_s=args.request_timeout, keep_alive_s=args.keep_alive, max_connections=args.max_connections,
+        limit_concurrency=args.limit_concurrency, drain_s=args.drain, threads=args.threads,
+        verify_key=args.verify_key, trust_code=args.trust_code)
+    serve(settings, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
     return 0
 
 
@@ -304,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("spec", metavar="MODULE:FUNC", help="a function returning a deploycheck.ModelSpec")
     export.add_argument("--out", required=True, help="output directory (one subdirectory per format)")
     export.add_argument("--formats", help="comma-separated formats (default: the spec's)")
+    export.add_argument("--sign-key", metavar="PRIVATE_KEY",
+                        help="sign each artifact directory with this elliptic-curve key (PEM; needs "
+                             "deploycheck[signing]); serve --verify-key checks it")
     export.set_defaults(handler=cmd_export)
 
     quantize = add("quantize", "search a static int8 configuration within an accuracy budget")
@@ -342,6 +352,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue-delay-ms", type=float, default=0.0,
                        help="how long a batch waits for more requests (0: it takes what queued up meanwhile)")
     serve.add_argument("--max-body-mb", type=float, default=16.0, help="larger request bodies get 413")
+    serve.add_argument("--max-rows", type=int, default=4096, help="rows one request may carry (413 beyond)")
+    serve.add_argument("--threads", type=int, default=1,
+                       help="intra-op threads of each model's runtime, per worker process (idle threads do not "
+                            "spin); workers x threads should not exceed the cores")
+    serve.add_argument("--request-timeout", type=float, default=10.0,
+                       help="seconds a connection has to send a whole request before it is closed")
+    serve.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle keep-alive connection is kept")
+    serve.add_argument("--max-connections", type=int, default=10_000,
+                       help="open connections beyond which the oldest one not in a request is closed")
+    serve.add_argument("--limit-concurrency", type=int, default=None,
+                       help="requests in flight beyond which new ones get 503 (default: no limit)")
+    serve.add_argument("--drain", type=float, default=5.0,
+                       help="seconds readiness reports 503 after SIGTERM, while requests are still served")
+    serve.add_argument("--verify-key", metavar="PUBLIC_KEY",
+                       help="serve only artifacts signed by this key's owner (PEM; see export --sign-key)")
+    serve.add_argument("--trust-code", action="store_true",
+                       help="load formats whose loading runs code from the artifact (TorchScript, .pt2) unsigned")
     serve.add_argument("--baselines", help="baselines directory: the release figures the monitor alerts against")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=cmd_serve)

@@ -28,13 +28,16 @@ from deploycheck.artifact import Artifact, package_versions, read_metadata, writ
 from deploycheck.errors import ArtifactError, DeployCheckError, ExportError, FormatUnavailable
 from deploycheck.formats import format_names, get_format
 from deploycheck.formats.base import Format, io_specs, parameter_bytes, quiet_exporters
+from deploycheck.signing import sign_artifact, verify_artifact
 
 if TYPE_CHECKING:
     from deploycheck.spec import ModelSpec
 
 
-def export(spec: ModelSpec, format: str, out_dir: str | Path, *, base: Artifact | None = None) -> Artifact:
+def export(spec: ModelSpec, format: str, out_dir: str | Path, *, base: Artifact | None = None,
+           sign_key: str | os.PathLike[str] | None = None) -> Artifact:
     """Export `spec` to one format in `out_dir` and load it back from disk (or reuse a matching cached export).
+    With `sign_key` (an elliptic-curve private key, PEM) the artifact directory is signed (`deploycheck.signing`).
 
     Raises `FormatUnavailable` when the format cannot handle the model (with the reason) and `ExportError`
     naming the model and the format when the exporter fails.
@@ -47,6 +50,8 @@ def export(spec: ModelSpec, format: str, out_dir: str | Path, *, base: Artifact 
     key = cache_key(spec, fmt, base)
     cached = _reusable(out_dir, key, spec)
     if cached is not None:
+        if sign_key is not None:
+            sign_artifact(out_dir, sign_key)
         return cached
     _check_replaceable(out_dir, spec.name, format)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -66,14 +71,17 @@ def export(spec: ModelSpec, format: str, out_dir: str | Path, *, base: Artifact 
                                "cache_key": base.metadata["cache_key"]}
         in_memory = 0 if fmt.writes_files else parameter_bytes(spec.model)
         write_metadata(staging, format, spec, details, inputs, outputs, key, fmt.packages, in_memory_bytes=in_memory)
+        if sign_key is not None:
+            sign_artifact(staging, sign_key)
         _replace_directory(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return load_artifact(out_dir, spec=spec)
+    return load_artifact(out_dir, spec=spec, trust_code=True)  # written by this export
 
 
-def export_all(spec: ModelSpec, out_dir: str | Path, formats: list[str] | None = None) -> dict[str, Artifact]:
-    """Export every format of the spec (or `formats`) into `out_dir/<format>`.
+def export_all(spec: ModelSpec, out_dir: str | Path, formats: list[str] | None = None, *,
+               sign_key: str | os.PathLike[str] | None = None) -> dict[str, Artifact]:
+    """Export every format of the spec (or `formats`) into `out_dir/<format>` (each signed with `sign_key`).
 
     Formats that cannot handle the model are left out; if any export fails, the others are still attempted and
     one `ExportError` listing every failure is raised at the end.
@@ -86,7 +94,7 @@ def export_all(spec: ModelSpec, out_dir: str | Path, formats: list[str] | None =
         fmt = get_format(name)
         base = artifacts.get(fmt.base_format) if fmt.base_format else None
         try:
-            artifacts[name] = export(spec, name, out_dir / name, base=base)
+            artifacts[name] = export(spec, name, out_dir / name, base=base, sign_key=sign_key)
         except FormatUnavailable:
             continue
         except DeployCheckError as exc:
@@ -148,7 +156,7 @@ def _reusable(out_dir: Path, key: str, spec: ModelSpec) -> Artifact | None:
     try:
         if read_metadata(out_dir).get("cache_key") != key:
             return None
-        artifact = load_artifact(out_dir, spec=spec)
+        artifact = load_artifact(out_dir, spec=spec, trust_code=True)  # deploycheck's own export cache
     except (ArtifactError, DeployCheckError):
         return None
     artifact.reused = True
@@ -210,20 +218,32 @@ def _summarise(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {head}{where}"
 
 
-def load_artifact(path: str | os.PathLike[str], spec: ModelSpec | None = None, **runtime: Any) -> Artifact:
+def load_artifact(path: str | os.PathLike[str], spec: ModelSpec | None = None, *,
+                  verify_key: str | os.PathLike[str] | None = None, trust_code: bool = False,
+                  **runtime: Any) -> Artifact:
     """Reopen an artifact from its directory alone, verifying its files first.
 
-    onnx, torchscript and torch_export artifacts need no model code. `state_dict` needs the model class (taken
-    from `spec.factory`, else imported from the recorded factory path) and `eager` needs the spec itself.
+    onnx artifacts need no model code and run no code of the artifact's. A format whose loading can run code
+    that came with the artifact (`Format.executes_code`: TorchScript programs, `.pt2` archives with pickled
+    entries, a factory named by the sidecar) is refused before anything of it is loaded, unless the directory
+    verifies against `verify_key` (a trusted public key; see `deploycheck.signing`) or `trust_code=True` says the
+    caller trusts where it came from. With `verify_key`, every format must verify. `state_dict` needs the model
+    class (taken from `spec.factory`, else imported from the recorded factory path) and `eager` needs the spec.
     `runtime` options (e.g. `intra_op_threads=1`, `device="cuda"`) go to the format's loader.
     """
     directory = Path(path)
     metadata = read_metadata(directory)
     fmt = get_format(metadata["format"])
+    label = f"{metadata['model']}/{metadata['format']}"
+    if verify_key is not None:
+        verify_artifact(directory, verify_key, label)
+    elif not trust_code and fmt.runs_artifact_code(metadata, spec):
+        raise ArtifactError(f"{label}: refusing to load {directory}: {fmt.executes_code}. Load it only from a "
+                            "source you trust: sign it (`deploycheck export --sign-key KEY`) and verify it "
+                            "(verify_key= / --verify-key PUBLIC_KEY), or say so with trust_code=True / --trust-code")
     with quiet_exporters():
         runner = fmt.load(directory, metadata, spec, **runtime)
     return Artifact(metadata["format"], directory, metadata, runner, spec=spec)
-
 
 Progress = Callable[[str], contextlib.AbstractContextManager[None]]
 
@@ -234,9 +254,12 @@ def no_progress(text: str) -> contextlib.AbstractContextManager[None]:
 
 class ExportSession:
     """Exports on demand into `artifacts_dir/<model>/<format>`, once per process and, through a file lock in
-    `lock_dir` and the on-disk export cache, once per run across pytest-xdist workers."""
+    `lock_dir` and the on-disk export cache, once per run across pytest-xdist workers; each signed with
+    `sign_key` when one is given."""
 
-    def __init__(self, artifacts_dir: Path, lock_dir: Path, progress: Progress = no_progress) -> None:
+    def __init__(self, artifacts_dir: Path, lock_dir: Path, progress: Progress = no_progress,
+                 sign_key: str | None = None) -> None:
+        self.sign_key = sign_key
         self.artifacts_dir = Path(artifacts_dir)
         self.lock_dir = Path(lock_dir)
         self.progress = progress
@@ -265,6 +288,7 @@ class ExportSession:
             self.lock_dir.mkdir(parents=True, exist_ok=True)
             lock = FileLock(str(self.lock_dir / f"deploycheck-export-{spec.name}-{format_name}.lock"))
             with lock, self.progress(f"exporting {spec.name}/{format_name}"):
-                return export(spec, format_name, self.artifacts_dir / spec.name / format_name, base=base)
+                return export(spec, format_name, self.artifacts_dir / spec.name / format_name, base=base,
+                              sign_key=self.sign_key)
         except DeployCheckError as exc:
             return exc

@@ -275,7 +275,7 @@ class Gate:
             return comparison
         kept, label = found
         try:
-            old = load_artifact(kept, spec=artifact.spec)
+            old = load_artifact(kept, spec=artifact.spec, trust_code=True)  # the repository's or our own export
         except Exception as exc:  # the accepted artifact may no longer load with today's model code
             warnings.warn(f"deploycheck: {label} {kept} does not load ({exc}); latency is judged against the "
                           "stored figures", stacklevel=2)

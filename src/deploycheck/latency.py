@@ -190,8 +190,9 @@ def timed_runner(artifact: Artifact, threads: int, device: str) -> Artifact:
                                 "no CUDA device")
     reload = device != "cpu" or get_format(artifact.format).threads_fixed_at_load
     if artifact.path.is_dir() and reload:
-        return load_artifact(artifact.path, spec=artifact.spec, intra_op_threads=threads, inter_op_threads=1,
-                             device=device)
+        # loaded once already in this process, so its code (if any) was trusted then
+        return load_artifact(artifact.path, spec=artifact.spec, trust_code=True, intra_op_threads=threads,
+                             inter_op_threads=1, device=device)
     return artifact
 
 

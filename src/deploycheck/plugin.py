@@ -190,8 +190,10 @@ def _deploycheck_exports(request: pytest.FixtureRequest, tmp_path_factory: pytes
         artifacts_dir = config.cache.mkdir("deploycheck-artifacts")
     else:
         artifacts_dir = tmp_path_factory.getbasetemp().parent / "deploycheck-artifacts"
+    sign_key = option(config, "sign-key")
     exports = ExportSession(artifacts_dir, lock_dir=tmp_path_factory.getbasetemp().parent,
-                            progress=terminal_progress(config))
+                            progress=terminal_progress(config),
+                            sign_key=str(config.rootpath / sign_key) if sign_key else None)
     config.stash[EXPORTS] = exports
     return exports
 

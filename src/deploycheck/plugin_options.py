@@ -35,6 +35,8 @@ OPTIONS = [
     _Option("no-baselines", "do not hold the run to stored baselines", kind="bool"),
     _Option("keep-baseline-artifacts", "with --deploycheck-update, keep each artifact next to its baseline (in "
             "git), so later runs time old and new side by side", kind="bool"),
+    _Option("sign-key", "elliptic-curve private key (PEM) that signs every artifact this run exports, accepted ones "
+            "included (needs deploycheck[signing]); `deploycheck serve --verify-key` checks the signature"),
     _Option("accepted", "directory of the accepted artifacts, by content, that later runs time side by side "
             "(default: the pytest cache; persist it with a CI cache step)"),
     _Option("against", "git revision (e.g. origin/main) whose models are exported in this job and timed side by "

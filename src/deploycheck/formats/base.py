@@ -60,6 +60,10 @@ class Format(ABC):
         """What, beyond the model and the settings, an export depends on (e.g. calibration data)."""
         return []
 
+    def runs_artifact_code(self, metadata: dict[str, Any], spec: ModelSpec | None) -> bool:
+        """Whether loading this artifact (with this spec, if any) would run code that came with the artifact."""
+        return self.executes_code is not None
+
     @abstractmethod
     def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
         """Write the artifact's files into `out_dir`; return the metadata details."""

@@ -77,8 +77,9 @@ def int8_weight_fraction(model_path: Path) -> float:
 
 
 def create_session(model_path: Path, intra_op_threads: int | None = None, inter_op_threads: int | None = None,
-                   device: str = "cpu") -> onnxruntime.InferenceSession:
-    """An ONNX Runtime session with explicit thread counts; `device="cuda"` asks for the CUDA provider."""
+                   device: str = "cpu", spinning: bool = True) -> onnxruntime.InferenceSession:
+    """An ONNX Runtime session with explicit thread counts; `device="cuda"` asks for the CUDA provider;
+    `spinning=False` keeps idle pool threads from spinning (a server shares its cores with other work)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -87,6 +88,9 @@ def create_session(model_path: Path, intra_op_threads: int | None = None, inter_
     if inter_op_threads is not None:
         options.inter_op_num_threads = inter_op_threads
     options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if device == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -27,6 +27,10 @@ class StateDictFormat(Format):
     threads_fixed_at_load = False
     executes_code = "loading it imports and calls the model factory its sidecar names"
 
+    def runs_artifact_code(self, metadata: dict[str, Any], spec: ModelSpec | None) -> bool:
+        """Only the factory named in the sidecar is the artifact's code; the spec's own factory is the caller's."""
+        return spec is None or spec.factory is None
+
     def check_supported(self, spec: ModelSpec) -> None:
         if spec.factory is None:
             raise FormatUnavailable(f"{spec.name}/state_dict: no factory given, so there is no fresh instance to load "

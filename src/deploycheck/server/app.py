@@ -17,12 +17,15 @@ import contextlib
 import functools
 import logging
 import os
+import signal
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -31,18 +34,21 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deploycheck.artifact import Artifact
 from deploycheck.formats import get_format
 from deploycheck.monitor import Monitor
 from deploycheck.prometheus import CONTENT_TYPE, PrometheusMetrics
 from deploycheck.server.batcher import Batcher
+from deploycheck.server.limits import BodyLimit
+from deploycheck.server.openapi import openapi_document
 from deploycheck.server.protocol import (
     JSONResponse,
     RequestError,
     datatype_of,
+    header_length,
     json_body,
+    json_object,
     parse_json,
     prepare_inputs,
     softmax,
@@ -50,82 +56,60 @@ from deploycheck.server.protocol import (
     top1,
 )
 from deploycheck.server.repository import ServedModel, discover, monitor_baselines, warmup_inputs
+from deploycheck.server.settings import ServeSettings
 
 LOGGER = logging.getLogger("deploycheck.server")
-DEFAULT_MAX_BODY = 16 * 1024 * 1024
-
-
-class BodyLimit:
-    """ASGI middleware refusing request bodies above `max_bytes` with 413: at once when Content-Length says so,
-    otherwise while the body streams in (uvicorn sets no limit of its own)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for key, value in scope.get("headers", []):
-            if key == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await _send_error(send, 413, f"request body of {int(value)} bytes exceeds the limit of "
-                                             f"{self.max_bytes} bytes")
-                return
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge(413, f"request body exceeds the limit of {self.max_bytes} bytes")
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _send_error(send, 413, f"request body exceeds the limit of {self.max_bytes} bytes")
-
-
-class _TooLarge(RequestError):
-    """Raised while reading a body past the limit: endpoints answer it as a 413 like any refused request."""
-
-
-async def _send_error(send: Send, status: int, message: str) -> None:
-    body = orjson.dumps({"error": message})
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+INLINE_DECODE_BYTES = 64 * 1024  # larger request bodies are decoded off the event loop
+UNKNOWN_MODEL = "(none)"  # the model label of refused requests that name no served model
 
 
 class InferenceServer:
     """The state behind the app: served models, their monitors and metrics, and the request handlers."""
 
     def __init__(self, artifacts: Mapping[str, Artifact] | Callable[[], Mapping[str, Artifact]],
-                 max_batch_size: int = 32, max_queue_delay_ms: float = 0.0, baselines: Path | None = None,
-                 window_s: float = 60.0) -> None:
+                 settings: ServeSettings) -> None:
         self._artifacts = artifacts
-        self.max_batch_size = max_batch_size
-        self.max_delay_s = max_queue_delay_ms / 1e3
-        self.baselines = baselines
-        self.window_s = window_s
+        self.settings = settings
+        self.max_batch_size = settings.max_batch_size
+        self.max_delay_s = settings.max_queue_delay_ms / 1e3
+        self.baselines = Path(settings.baselines) if settings.baselines else None
+        self.window_s = settings.window_s
         self.models: dict[str, ServedModel] = {}
         self.metrics = PrometheusMetrics()
         self.started = time.time()
+        self.draining = False
+        self.decoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deploycheck-decode")
 
     @property
     def ready(self) -> bool:
-        return bool(self.models) and all(m.ready for m in self.models.values())
+        return not self.draining and bool(self.models) and all(m.ready for m in self.models.values())
+
+    def drain(self) -> None:
+        """Report not ready from now on (what SIGTERM does first), so load balancers stop sending requests while
+        those already sent are still answered."""
+        self.draining = True
+        LOGGER.info("draining: readiness reports 503 for %.1f s, then the listener closes", self.settings.drain_s)
+
+    def _drain_on_sigterm(self) -> None:
+        """Put `drain` in front of the server's own SIGTERM handling (uvicorn's, installed before startup): the
+        first SIGTERM drains, and `drain_s` later is passed on, when uvicorn closes the listener and finishes
+        in-flight requests. Only the main thread may set signal handlers (not an in-process test client)."""
+        if self.settings.drain_s <= 0 or threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+        if not callable(previous):
+            return
+
+        def on_sigterm(sig: int, frame: FrameType | None) -> None:
+            if self.draining:
+                previous(sig, frame)
+                return
+            self.drain()
+            timer = threading.Timer(self.settings.drain_s, previous, (sig, frame))
+            timer.daemon = True
+            timer.start()
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -147,16 +131,20 @@ class InferenceServer:
             await loop.run_in_executor(served.executor, served.artifact.runner, warmup_inputs(served.artifact))
             served.ready = True
         LOGGER.info("serving %s", ", ".join(f"{n} ({m.artifact.format})" for n, m in self.models.items()))
+        self._drain_on_sigterm()
         try:
             yield
         finally:
+            self.decoders.shutdown(wait=False)
             for served in self.models.values():
                 served.ready = False
                 if served.batcher is not None:
                     await served.batcher.stop()
                 served.executor.shutdown(wait=True)
 
-    def model(self, name: str | None) -> ServedModel:
+    def model(self, name: Any) -> ServedModel:
+        if name is not None and not isinstance(name, str):
+            raise RequestError(400, f"model must be a model's name (a string), got {type(name).__name__}")
         if name is None:
             if len(self.models) != 1:
                 raise RequestError(400, f"several models are served ({', '.join(self.models)}): name one with "
@@ -192,13 +180,32 @@ class InferenceServer:
         return outputs, latency_ms
 
     def reject(self, served: ServedModel | None, status: int) -> None:
-        """Count a refused request (bad input) in the metrics, so /metrics shows every request received."""
-        if served is not None:
-            self.metrics.observe(served.name, 0.0, 0, error=f"http_{status}")
+        """Count a refused request (bad input) in the metrics, so /metrics shows every request received; one
+        that names no served model is counted under `UNKNOWN_MODEL`."""
+        self.metrics.observe(served.name if served is not None else UNKNOWN_MODEL, 0.0, 0, error=f"http_{status}")
+
+    async def decode(self, decoder: Callable[[], Any], body_bytes: int) -> Any:
+        """Run a request's decoding (JSON parsing, array conversion, checks) off the event loop when its body is
+        large, so health checks and other callers are not held up by it."""
+        if body_bytes <= INLINE_DECODE_BYTES:
+            return decoder()
+        return await asyncio.get_running_loop().run_in_executor(self.decoders, decoder)
 
     async def predict(self, request: Request) -> Response:
         served = self.model(request.query_params.get("model"))
-        body = await json_body(request)
+        raw = await request.body()
+        body, inputs = await self.decode(lambda: self._predict_inputs(served, raw), len(raw))
+        request_id = str(body.get("id") or uuid.uuid4().hex)
+        outputs, latency_ms = await self.run(served, inputs, request_id)
+        result: dict[str, Any] = {"request_id": request_id, "model": served.name,
+                                  "latency_ms": round(latency_ms, 4), "predictions": top1(outputs[0]).tolist(),
+                                  "outputs": {s.name: o for s, o in zip(served.artifact.outputs, outputs)}}
+        if body.get("softmax") is True or request.query_params.get("softmax") in ("1", "true"):
+            result["probabilities"] = softmax(outputs[0])
+        return JSONResponse(result)
+
+    def _predict_inputs(self, served: ServedModel, raw: bytes) -> tuple[dict[str, Any], list[np.ndarray]]:
+        body = parse_json(raw)
         if not isinstance(body, dict) or ("input" not in body and "inputs" not in body):
             raise RequestError(400, 'expected a JSON object {"input": [...]} (or {"inputs": {name: [...]}} for '
                                     f"several inputs: {[s.name for s in served.artifact.inputs]})")
@@ -207,49 +214,49 @@ class InferenceServer:
         if not isinstance(given, dict) and len(served.artifact.inputs) > 1:
             raise RequestError(400, f"model {served.name!r} has inputs {[s.name for s in served.artifact.inputs]}; "
                                     'send {"inputs": {name: [...]}}')
-        inputs = prepare_inputs(served.name, served.artifact, {name: (value, None) for name, value in named.items()})
-        request_id = str(body.get("id") or uuid.uuid4().hex)
-        outputs, latency_ms = await self.run(served, inputs, request_id)
-        result: dict[str, Any] = {"request_id": request_id, "model": served.name,
-                                  "latency_ms": round(latency_ms, 4), "predictions": top1(outputs[0]).tolist(),
-                                  "outputs": {s.name: o for s, o in zip(served.artifact.outputs, outputs)}}
-        if body.get("softmax") or request.query_params.get("softmax") in ("1", "true"):
-            result["probabilities"] = softmax(outputs[0])
-        return JSONResponse(result)
+        return body, prepare_inputs(served.name, served.artifact, {n: (v, None) for n, v in named.items()},
+                                    self.settings.max_rows)
 
-    async def infer_v2(self, request: Request) -> Response:
-        served = self.model(request.path_params["name"])
-        header_length = request.headers.get("inference-header-content-length")
-        raw = await request.body()
+    def _infer_inputs(self, served: ServedModel, raw: bytes, header: str | None
+                      ) -> tuple[dict[str, Any], list[np.ndarray]]:
+        length = header_length(header, len(raw))
         binary = b""
-        if header_length is not None:
-            if not header_length.isdigit() or int(header_length) > len(raw):
-                raise RequestError(400, "Inference-Header-Content-Length does not fit the body")
-            raw, binary = raw[:int(header_length)], raw[int(header_length):]
+        if length is not None:
+            raw, binary = raw[:length], raw[length:]
         body = parse_json(raw)
         if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
             raise RequestError(400, 'expected {"inputs": [{"name", "shape", "datatype", "data"}, ...]}')
-        named: dict[str, tuple[Any, list[int] | None]] = {}
+        json_object(body.get("parameters"), "parameters")
+        named: dict[str, tuple[Any, Any]] = {}
         offset = 0
         for position, tensor in enumerate(body["inputs"]):
             if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
                 raise RequestError(400, f"inputs[{position}] is not an object with a name")
             value, offset = tensor_data(tensor, binary, offset)
             named[tensor["name"]] = (value, tensor.get("shape"))
-        inputs = prepare_inputs(served.name, served.artifact, named)
+        return body, prepare_inputs(served.name, served.artifact, named, self.settings.max_rows)
+
+    async def infer_v2(self, request: Request) -> Response:
+        served = self.model(request.path_params["name"])
+        raw = await request.body()
+        header = request.headers.get("inference-header-content-length")
+        body, inputs = await self.decode(lambda: self._infer_inputs(served, raw, header), len(raw))
         request_id = str(body.get("id") or uuid.uuid4().hex)
         outputs, _ = await self.run(served, inputs, request_id)
         requested = body.get("outputs") or [{"name": s.name} for s in served.artifact.outputs]
         by_name = {s.name: o for s, o in zip(served.artifact.outputs, outputs)}
-        all_binary = bool((body.get("parameters") or {}).get("binary_data_output"))
+        if not isinstance(requested, list):
+            raise RequestError(400, 'outputs must be a list of {"name": ...} objects')
+        all_binary = json_object(body.get("parameters"), "parameters").get("binary_data_output") is True
         results, chunks = [], []
-        for item in requested:
+        for position, item in enumerate(requested):
             name = item.get("name") if isinstance(item, dict) else None
-            if name not in by_name:
-                raise RequestError(400, f"unknown output {name!r}; outputs: {list(by_name)}")
+            if not isinstance(name, str) or name not in by_name:
+                raise RequestError(400, f"outputs[{position}]: unknown output {name!r}; outputs: {list(by_name)}")
             array = np.ascontiguousarray(by_name[name])
             entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype_of(array.dtype)}
-            if all_binary or (item.get("parameters") or {}).get("binary_data"):
+            if all_binary or json_object(item.get("parameters"), f"outputs[{position}].parameters").get(
+                    "binary_data") is True:
                 chunks.append(array.tobytes())
                 entry["parameters"] = {"binary_data_size": len(chunks[-1])}
             else:
@@ -266,6 +273,8 @@ class InferenceServer:
         body = await json_body(request)
         if not isinstance(body, dict) or "request_id" not in body or "label" not in body:
             raise RequestError(400, 'expected {"request_id": ..., "label": ...}')
+        if not isinstance(body["request_id"], (str, int)) or isinstance(body["label"], (dict, list)):
+            raise RequestError(400, "request_id must be a string (or integer) and label a single value")
         served = self.model(body.get("model"))
         matched = served.monitor.record_ground_truth(str(body["request_id"]), body["label"])
         return JSONResponse({"matched": matched})
@@ -276,7 +285,7 @@ class InferenceServer:
             self.metrics.refresh(name, served.monitor.metrics())
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
-    def app(self, max_body_bytes: int = DEFAULT_MAX_BODY) -> ASGIApp:
+    def app(self) -> BodyLimit:
         def handle(method: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
             async def endpoint(request: Request) -> Response:
                 served = None
@@ -326,33 +335,40 @@ class InferenceServer:
                 self.models[r.path_params["name"]].ready else 400)),
             Route("/v2/models/{name}/infer", handle(self.infer_v2), methods=["POST"]),
         ]
-        return BodyLimit(Starlette(routes=routes, lifespan=self.lifespan), max_body_bytes)
+        routes.append(Route("/openapi.json", sync(lambda r: openapi_document(list(self.models)))))
+
+        async def unrouted(request: Request, exc: Exception) -> Response:
+            status = getattr(exc, "status_code", 404)
+            self.reject(None, status)
+            return JSONResponse({"error": f"{request.method} {request.url.path}: {getattr(exc, 'detail', exc)}"},
+                                status_code=status)
+
+        starlette = Starlette(routes=routes, lifespan=self.lifespan,
+                              exception_handlers={404: unrouted, 405: unrouted})
+        app = BodyLimit(starlette, int(self.settings.max_body_mb * 1024 * 1024))
+        app.inference_server = self
+        return app
 
 
-def create_app(source: str | os.PathLike[str] | Mapping[str, Artifact], max_batch_size: int = 32,
-               max_queue_delay_ms: float = 0.0, max_body_mb: float = 16.0, baselines: Path | None = None,
-               window_s: float = 60.0) -> ASGIApp:
-    """The ASGI app serving `source`: a path (one artifact directory or a tree of them) or `{name: Artifact}`.
-    Paths are loaded in the app's startup, so readiness reports loading honestly. `baselines` (a `baselines/`
-    directory) gives each model's monitor the release figures its alerts are held to."""
+def create_app(source: str | os.PathLike[str] | Mapping[str, Artifact], **settings: Any) -> BodyLimit:
+    """The ASGI app serving `source`: a path (one artifact directory or a tree of them) or `{name: Artifact}`;
+    `settings` are `ServeSettings` fields. Paths are loaded in the app's startup, so readiness reports loading
+    honestly."""
     if isinstance(source, Mapping):
-        artifacts: Mapping[str, Artifact] | Callable[[], Mapping[str, Artifact]] = dict(source)
-    else:
-        path = Path(source)
-        artifacts = lambda: discover(path)  # noqa: E731
-    server = InferenceServer(artifacts, max_batch_size, max_queue_delay_ms, baselines, window_s)
-    return server.app(int(max_body_mb * 1024 * 1024))
+        return InferenceServer(dict(source), ServeSettings(path="<in memory>", **settings)).app()
+    return app_from_settings(ServeSettings(path=str(source), **settings))
 
 
-def app_from_environment() -> ASGIApp:
-    """The app described by `DEPLOYCHECK_SERVE_*` variables: how `deploycheck serve --workers N` starts each
-    worker process (uvicorn imports the app by name in every worker)."""
-    baselines = os.environ.get("DEPLOYCHECK_SERVE_BASELINES")
-    return create_app(os.environ["DEPLOYCHECK_SERVE_PATH"],
-                      max_batch_size=int(os.environ.get("DEPLOYCHECK_SERVE_MAX_BATCH_SIZE", "32")),
-                      max_queue_delay_ms=float(os.environ.get("DEPLOYCHECK_SERVE_MAX_QUEUE_DELAY_MS", "0")),
-                      max_body_mb=float(os.environ.get("DEPLOYCHECK_SERVE_MAX_BODY_MB", "16")),
-                      baselines=Path(baselines) if baselines else None)
+def app_from_settings(settings: ServeSettings) -> BodyLimit:
+    """The app for `deploycheck serve`'s settings; artifacts are loaded (and verified) at startup."""
+    return InferenceServer(lambda: discover(settings.path, settings.verify_key, settings.trust_code,
+                                            settings.threads), settings).app()
+
+
+def app_from_environment() -> BodyLimit:
+    """The app described by the `DEPLOYCHECK_SERVE_SETTINGS` variable: how `deploycheck serve --workers N` starts
+    each worker process (uvicorn imports the app by name in every worker)."""
+    return app_from_settings(ServeSettings.from_environment())
 
 
 def _alert_json(alert: Any) -> dict[str, Any]:

@@ -51,45 +51,93 @@ async def json_body(request: Request) -> Any:
 
 def parse_json(raw: bytes) -> Any:
     """orjson on the fast path; the standard parser when orjson refuses, since it accepts the NaN, Infinity and
-    1e999 that many clients send, which are then refused by name as non-finite input."""
+    1e999 that many clients send, which are then refused by name as non-finite input. Nesting deeper than
+    either parser goes is malformed, not a crash."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         try:
             return json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise RequestError(400, f"malformed JSON: {exc}") from None
+
+
+def json_object(value: Any, where: str) -> dict[str, Any]:
+    """`value` if it is a JSON object (absent: empty), else a 400 naming where it was expected."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RequestError(400, f"{where} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def header_length(value: str | None, body_bytes: int) -> int | None:
+    """The `Inference-Header-Content-Length` of a binary OIP request: a decimal count of bytes within the body."""
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit()) or int(value) > body_bytes:
+        raise RequestError(400, f"Inference-Header-Content-Length {value!r} is not a byte count within the "
+                                f"{body_bytes}-byte body")
+    return int(value)
 
 
 def tensor_data(tensor: dict[str, Any], binary: bytes, offset: int) -> tuple[Any, int]:
     """An OIP input's values: `data` (nested or flat JSON), or its slice of the binary tensor data."""
     datatype = tensor.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise RequestError(400, f"input {tensor['name']!r}: datatype {datatype!r} is not one of "
                                 f"{', '.join(DATATYPES)}")
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    size = json_object(tensor.get("parameters"), f"input {tensor['name']!r} parameters").get("binary_data_size")
     if size is None:
         if "data" not in tensor:
             raise RequestError(400, f"input {tensor['name']!r} has no data")
         return as_array(tensor["data"], DATATYPES[datatype], tensor["name"]), offset
-    if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-        raise RequestError(400, f"input {tensor['name']!r}: binary_data_size {size} does not fit the body")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
+        raise RequestError(400, f"input {tensor['name']!r}: binary_data_size {size!r} does not fit the body")
     itemsize = np.dtype(DATATYPES[datatype]).itemsize
     if size % itemsize:
         raise RequestError(400, f"input {tensor['name']!r}: {size} bytes is not a whole number of {datatype}")
     return np.frombuffer(binary[offset:offset + size], dtype=DATATYPES[datatype]), offset + size
 
 
+_KINDS = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}
+
+
 def as_array(value: Any, dtype: Any, name: str) -> np.ndarray:
+    """JSON values as an array of `dtype`, refusing what would change meaning on the way: booleans for numbers,
+    integers beyond the type's range, numbers too large for it (1e300 is no float32), ragged or non-numeric
+    data."""
+    wanted = np.dtype(dtype)
     try:
-        return np.asarray(value, dtype=dtype)
-    except (ValueError, TypeError) as exc:
+        array = np.asarray(value)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise RequestError(400, f"input {name!r}: not a rectangular array of numbers ({exc})") from None
+    if array.dtype.kind not in _KINDS:
+        raise RequestError(400, f"input {name!r}: not a rectangular array of numbers (got {array.dtype} values; "
+                                "an integer beyond 64 bits or a string is not a number)")
+    if (array.dtype.kind == "b") != (wanted.kind == "b") and array.size:
+        raise RequestError(400, f"input {name!r}: expected {_KINDS.get(wanted.kind, wanted.name)} of {wanted}, "
+                                f"got {_KINDS[array.dtype.kind]}")
+    if wanted.kind in "iu" and array.size:
+        if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+            raise RequestError(400, f"input {name!r}: expected integers ({wanted}), got fractions")
+        info = np.iinfo(wanted)
+        if float(array.min()) < info.min or float(array.max()) > info.max:
+            raise RequestError(400, f"input {name!r}: values outside the range of {wanted} "
+                                    f"[{info.min}, {info.max}]")
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = array.astype(wanted)
+    if wanted.kind == "f" and array.dtype.kind == "f" and not np.array_equal(
+            np.isfinite(converted), np.isfinite(array)):
+        raise RequestError(400, f"input {name!r}: values too large for {wanted} (at most "
+                                f"{float(np.finfo(wanted).max):.3g})")
+    return converted
 
 
-def prepare_inputs(name: str, artifact: Artifact,
-                   named: Mapping[str, tuple[Any, list[int] | None]]) -> list[np.ndarray]:
-    """The request's inputs in the artifact's order, with names, shapes, dtypes and values checked."""
+def prepare_inputs(name: str, artifact: Artifact, named: Mapping[str, tuple[Any, Any]],
+                   max_rows: int | None = None) -> list[np.ndarray]:
+    """The request's inputs in the artifact's order, with names, shapes, dtypes, values and the number of rows
+    (at most `max_rows`: 413 beyond, checked before the values are converted) checked."""
     expected = [s.name for s in artifact.inputs]
     unknown = sorted(set(named) - set(expected))
     missing = [n for n in expected if n not in named]
@@ -100,15 +148,21 @@ def prepare_inputs(name: str, artifact: Artifact,
     arrays = []
     for spec in artifact.inputs:
         value, shape = named[spec.name]
+        if shape is not None and not (isinstance(shape, list) and all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise RequestError(400, f"input {spec.name!r}: shape {shape!r} is not a list of non-negative integers")
+        batched = len(shape) == len(spec.shape) if shape is not None else (
+            isinstance(value, list) and _depth(value) == len(spec.shape))
+        rows = (shape[0] if shape else 1) if shape is not None else (len(value) if isinstance(value, list) else 1)
+        if max_rows is not None and batched and rows > max_rows:
+            raise RequestError(413, f"input {spec.name!r} has {rows} rows; this server takes at most {max_rows} per "
+                                    "request (--max-rows): split the request")
         array = value if isinstance(value, np.ndarray) else as_array(value, np.dtype(spec.dtype), spec.name)
         if shape is not None:
-            if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape) or \
-                    math.prod(shape) != array.size:
+            if math.prod(shape) != array.size:
                 raise RequestError(400, f"input {spec.name!r}: shape {shape} does not match its {array.size} "
                                         "values")
             array = array.reshape(shape)
-        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-            raise RequestError(400, f"input {spec.name!r} contains NaN or Inf")
         if array.ndim == len(spec.shape) - 1:
             array = array[None]
         arrays.append(array)
@@ -116,12 +170,26 @@ def prepare_inputs(name: str, artifact: Artifact,
         prepared = artifact.prepare_inputs(arrays)
     except InputError as exc:
         raise RequestError(400, str(exc)) from None
+    for spec, array in zip(artifact.inputs, prepared):
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise RequestError(400, f"input {spec.name!r} contains NaN or Inf (as {array.dtype})")
     if len({a.shape[0] for a in prepared}) > 1:
         raise RequestError(400, f"inputs of model {name!r} have different batch sizes "
                                 f"{[a.shape[0] for a in prepared]}")
     if prepared[0].shape[0] == 0:
         raise RequestError(400, "empty batch")
+    if max_rows is not None and prepared[0].shape[0] > max_rows:
+        raise RequestError(413, f"{prepared[0].shape[0]} rows; this server takes at most {max_rows} per request "
+                                "(--max-rows): split the request")
     return prepared
+
+
+def _depth(value: Any) -> int:
+    """How deep the first elements of nested lists go (a batch of 8x8 images: 3)."""
+    depth = 0
+    while isinstance(value, list) and value:
+        value, depth = value[0], depth + 1
+    return depth
 
 
 def top1(output: np.ndarray) -> np.ndarray:

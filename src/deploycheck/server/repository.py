@@ -33,11 +33,15 @@ def servable_formats() -> list[str]:
     return [name for name in format_names() if get_format(name).servable]
 
 
-def discover(path: str | os.PathLike[str]) -> dict[str, Artifact]:
+def discover(path: str | os.PathLike[str], verify_key: str | os.PathLike[str] | None = None,
+             trust_code: bool = False, threads: int | None = None) -> dict[str, Artifact]:
     """The artifacts under `path` (one artifact directory, or a tree of them), named by model, or
     `model-format` when a model has several servable formats. The format is read from each verified sidecar
-    (never from a directory's name) before anything is loaded: a format that needs model code or a pickle is
-    refused when named directly and skipped, with a log line, in a tree, and its code is never imported."""
+    (never from a directory's name) before anything is loaded: a format that needs model code is never served,
+    one whose loading runs the artifact's code (TorchScript, `.pt2`) only when signed by `verify_key`'s owner or
+    with `trust_code`; with `verify_key`, every artifact must verify. What cannot be served is refused when
+    named directly and skipped, with a log line saying why, in a tree. `threads` fixes each runtime's intra-op
+    thread count (ONNX Runtime's pool without spinning threads; torch's process-wide count)."""
     root = Path(path)
     single = (root / METADATA_FILE).is_file()
     directories = [root] if single else sorted(p.parent for p in root.rglob(METADATA_FILE))
@@ -45,18 +49,27 @@ def discover(path: str | os.PathLike[str]) -> dict[str, Artifact]:
         raise DeployCheckError(f"{root}: no artifact (a directory with {METADATA_FILE}) found")
     loaded = []
     for directory in directories:
-        metadata = read_metadata(directory)
-        if metadata.get("format") not in servable_formats():
-            reason = (f"{directory}: format {metadata.get('format')!r} is not served (it needs model code or a "
-                      f"pickle); serve one of: {', '.join(servable_formats())}")
+        try:
+            metadata = read_metadata(directory)
+            if metadata.get("format") not in servable_formats():
+                raise DeployCheckError(f"{directory}: format {metadata.get('format')!r} is not served (it needs "
+                                       f"model code); serve one of: {', '.join(servable_formats())}")
+            runtime: dict[str, Any] = {} if threads is None else {
+                "intra_op_threads": threads, "inter_op_threads": 1, "spinning": False}
+            loaded.append(load_artifact(directory, verify_key=verify_key, trust_code=trust_code, **runtime))
+        except DeployCheckError as exc:
             if single:
-                raise DeployCheckError(reason)
-            LOGGER.info("skipped %s", reason)
+                raise
+            LOGGER.warning("skipped %s", exc)
             continue
-        loaded.append(load_artifact(directory))
         LOGGER.info("loaded %s/%s from %s", loaded[-1].model_name, loaded[-1].format, directory)
     if not loaded:
-        raise DeployCheckError(f"{root}: no servable artifact found (serve one of: {', '.join(servable_formats())})")
+        raise DeployCheckError(f"{root}: nothing servable found (see the skipped lines above; servable formats: "
+                               f"{', '.join(servable_formats())})")
+    if threads is not None and any(not get_format(a.format).threads_fixed_at_load for a in loaded):
+        import torch  # only when a torch format is served: its thread count is a process setting
+
+        torch.set_num_threads(threads)
     names = [a.model_name for a in loaded]
     return {(a.model_name if names.count(a.model_name) == 1 else f"{a.model_name}-{a.format}"): a for a in loaded}
 
