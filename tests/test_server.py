@@ -398,7 +398,7 @@ def test_the_monitor_holds_traffic_to_the_release_baseline(digits_artifacts, tmp
 def test_sigterm_drains_requests_in_flight(digits_artifacts) -> None:
     """Large requests are sent on eight connections; SIGTERM arrives once the first answer is back, while the
     others are still being served: every request that reached the server is answered with its own result."""
-    server = start_server(digits_artifacts["onnx"].path)
+    server = start_server(digits_artifacts["onnx"].path, "--drain", "2")
     images = digits_rows(3000, seed=6)
     expected = digits_artifacts["onnx"].run(images)[0].argmax(1).tolist()
     body = json.dumps({"input": images.tolist()})
@@ -420,8 +420,79 @@ def test_sigterm_drains_requests_in_flight(digits_artifacts) -> None:
     assert first_answer.wait(60)
     terminated = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    # draining: readiness says 503 so load balancers stop sending, while requests are still answered
+    assert server.request("GET", "/v2/health/ready")[0] == 503
+    assert server.request("GET", "/health/live")[0] == 200
+    small = digits_rows(1, seed=7)
+    assert server.post("/predict", {"input": small.tolist()})[0] == 200
     for thread in threads:
         thread.join(60)
     assert server.process.wait(timeout=60) in (0, -signal.SIGTERM), "uvicorn re-raises SIGTERM after draining"
     assert len(answered) == 8 and all(status == 200 and correct for status, _, correct in answered), answered
     assert any(when > terminated for _, when, _ in answered), "some requests were still in flight at SIGTERM"
+
+
+def test_schema_driven_fuzzing_finds_no_server_error(served) -> None:
+    """Schemathesis generates requests from the server's own /openapi.json, valid and invalid (100 of each per
+    POST endpoint here; `benchmarks/fuzz_server.py` runs 1,000): every answer is below 500, and every refusal is
+    a JSON `{"error": ...}`."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+
+    server, _ = served
+    base_url = f"http://127.0.0.1:{server.port}"
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+    problems: list[tuple[str, int, str]] = []
+    sent: dict[str, int] = {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE] if operation.method.upper() == "POST" else [
+            GenerationMode.POSITIVE]
+        for mode in modes:
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            def check(case) -> None:
+                label = case.operation.label
+                response = case.call(base_url=base_url)
+                sent[label] = sent.get(label, 0) + 1
+                if response.status_code >= 500 or (response.status_code >= 400 and "error" not in json.loads(response.content)):
+                    problems.append((label, response.status_code, response.text[:200]))
+
+            check()
+    assert not problems, problems[:5]
+    assert sent["POST /v2/models/{name}/infer"] >= 150 and sent["POST /predict"] >= 150
+
+
+def test_idle_and_slow_connections_are_closed_and_never_lock_out_a_health_check(digits_artifacts) -> None:
+    """300 connections that send nothing and one that sends half a request, against a server that keeps at most
+    100 open and gives each request 1 s: the oldest idle ones are closed to make room, the health check and a
+    real request are answered meanwhile, and after the deadline every idle or slow connection is closed."""
+    server = start_server(digits_artifacts["onnx"].path, "--request-timeout", "1", "--max-connections", "100")
+    try:
+        slow = socket.create_connection(("127.0.0.1", server.port))
+        slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"input\": [")
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(300)]
+        assert server.request("GET", "/health/live")[0] == 200
+        images = digits_rows(2, seed=8)
+        assert server.post("/predict", {"input": images.tolist()})[0] == 200
+
+        def closed_by_server(connection: socket.socket, wait_s: float) -> bool:
+            connection.settimeout(wait_s)
+            try:
+                return connection.recv(1) == b""
+            except TimeoutError:
+                return False
+            except OSError:
+                return True
+
+        evicted = sum(closed_by_server(connection, 0.05) for connection in idle)
+        assert evicted >= 190, f"only {evicted} of 300 idle connections closed to stay within 100"
+        time.sleep(1.5)
+        assert all(closed_by_server(connection, 0.5) for connection in [slow, *idle])
+        assert server.request("GET", "/health/live")[0] == 200
+        for connection in [slow, *idle]:
+            connection.close()
+    finally:
+        stop_server(server)
