@@ -89,7 +89,7 @@ def _crafted(kind: str, digits_artifacts: dict, tmp_path: Path) -> tuple[Path, P
 @pytest.mark.parametrize("kind", ["pt2", "torchscript", "factory"])
 def test_an_artifact_that_would_run_code_is_refused_before_anything_is_read(kind, digits_artifacts, tmp_path) -> None:
     directory, marker = _crafted(kind, digits_artifacts, tmp_path)
-    with pytest.raises(ArtifactError, match="refusing to load .* --trust-code") as refused:
+    with pytest.raises(ArtifactError, match=r"refusing to load .* --trust-code") as refused:
         deploycheck.load_artifact(directory)
     fmt = json.loads((directory / "deploycheck.json").read_text())["format"]
     assert f"digits_cnn/{fmt}" in str(refused.value)

@@ -90,31 +90,36 @@ class Artifact:
 
     def prepare_inputs(self, inputs: Any) -> list[np.ndarray]:
         """Inputs as contiguous numpy arrays of the declared dtypes, checked against the input specification."""
-        items = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
-        if len(items) != len(self.inputs):
-            raise InputError(f"{self.model_name}/{self.format}: expected {len(self.inputs)} input(s) "
-                             f"{[i.name for i in self.inputs]}, got {len(items)}")
-        arrays = []
-        for item, declared in zip(items, self.inputs):
-            if hasattr(item, "detach"):
-                item = item.detach().cpu().numpy()
-            array = np.asarray(item)
-            want = np.dtype(declared.dtype)
-            if array.dtype != want:
-                if not np.can_cast(array.dtype, want, casting="same_kind"):
-                    raise InputError(f"{self.model_name}/{self.format}: input {declared.name!r} has dtype "
-                                     f"{array.dtype}, expected {want}")
-                array = array.astype(want)
-            if array.ndim != len(declared.shape) or any(
-                    size is not None and size != got for size, got in zip(declared.shape, array.shape)):
-                shown = ", ".join("?" if s is None else str(s) for s in declared.shape)
-                raise InputError(f"{self.model_name}/{self.format}: input {declared.name!r} has shape "
-                                 f"{list(array.shape)}, expected [{shown}] (? is dynamic)")
-            arrays.append(np.ascontiguousarray(array))
-        return arrays
+        return check_inputs(f"{self.model_name}/{self.format}", self.inputs, inputs)
 
     def __repr__(self) -> str:
         return f"Artifact({self.model_name}/{self.format}, {self.path}, {self.size_bytes} bytes)"
+
+
+def check_inputs(label: str, declared_inputs: Sequence[TensorSpec], inputs: Any) -> list[np.ndarray]:
+    """Inputs (a numpy array, a torch tensor, or a tuple/list of them, in input order) as contiguous numpy arrays
+    of the declared dtypes, checked against the declared shapes; `label` names the model and format in errors."""
+    items = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
+    if len(items) != len(declared_inputs):
+        raise InputError(f"{label}: expected {len(declared_inputs)} input(s) {[i.name for i in declared_inputs]}, "
+                         f"got {len(items)}")
+    arrays = []
+    for item, declared in zip(items, declared_inputs):
+        if hasattr(item, "detach"):
+            item = item.detach().cpu().numpy()
+        array = np.asarray(item)
+        want = np.dtype(declared.dtype)
+        if array.dtype != want:
+            if not np.can_cast(array.dtype, want, casting="same_kind"):
+                raise InputError(f"{label}: input {declared.name!r} has dtype {array.dtype}, expected {want}")
+            array = array.astype(want)
+        if array.ndim != len(declared.shape) or any(
+                size is not None and size != got for size, got in zip(declared.shape, array.shape)):
+            shown = ", ".join("?" if s is None else str(s) for s in declared.shape)
+            raise InputError(f"{label}: input {declared.name!r} has shape {list(array.shape)}, expected [{shown}] "
+                             "(? is dynamic)")
+        arrays.append(np.ascontiguousarray(array))
+    return arrays
 
 
 def file_digest(path: Path) -> str:

@@ -29,7 +29,7 @@ class StateDictFormat(Format):
 
     def runs_artifact_code(self, metadata: dict[str, Any], spec: ModelSpec | None) -> bool:
         """Only the factory named in the sidecar is the artifact's code; the spec's own factory is the caller's."""
-        return spec is None or spec.factory is None
+        return (spec is None or spec.factory is None) and bool(metadata.get("factory"))
 
     def check_supported(self, spec: ModelSpec) -> None:
         if spec.factory is None:

@@ -16,13 +16,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import multiprocessing
 import os
 import signal
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
@@ -46,20 +47,18 @@ from deploycheck.server.protocol import (
     JSONResponse,
     RequestError,
     datatype_of,
-    header_length,
+    decode_infer,
+    decode_predict,
     json_body,
     json_object,
-    parse_json,
-    prepare_inputs,
     softmax,
-    tensor_data,
     top1,
 )
 from deploycheck.server.repository import ServedModel, discover, monitor_baselines, warmup_inputs
 from deploycheck.server.settings import ServeSettings
 
 LOGGER = logging.getLogger("deploycheck.server")
-INLINE_DECODE_BYTES = 64 * 1024  # larger request bodies are decoded off the event loop
+INLINE_DECODE_BYTES = 1024 * 1024  # larger request bodies are decoded in another process
 UNKNOWN_MODEL = "(none)"  # the model label of refused requests that name no served model
 
 
@@ -78,7 +77,7 @@ class InferenceServer:
         self.metrics = PrometheusMetrics()
         self.started = time.time()
         self.draining = False
-        self.decoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deploycheck-decode")
+        self.decoders: ProcessPoolExecutor | None = None  # started on the first large body
 
     @property
     def ready(self) -> bool:
@@ -135,7 +134,8 @@ class InferenceServer:
         try:
             yield
         finally:
-            self.decoders.shutdown(wait=False)
+            if self.decoders is not None:
+                self.decoders.shutdown(wait=False, cancel_futures=True)
             for served in self.models.values():
                 served.ready = False
                 if served.batcher is not None:
@@ -184,17 +184,21 @@ class InferenceServer:
         that names no served model is counted under `UNKNOWN_MODEL`."""
         self.metrics.observe(served.name if served is not None else UNKNOWN_MODEL, 0.0, 0, error=f"http_{status}")
 
-    async def decode(self, decoder: Callable[[], Any], body_bytes: int) -> Any:
-        """Run a request's decoding (JSON parsing, array conversion, checks) off the event loop when its body is
-        large, so health checks and other callers are not held up by it."""
-        if body_bytes <= INLINE_DECODE_BYTES:
-            return decoder()
-        return await asyncio.get_running_loop().run_in_executor(self.decoders, decoder)
+    async def decode(self, decoder: Callable[..., Any], raw: bytes, *args: Any) -> Any:
+        """`decoder(raw, *args)`: a request's decoding (JSON parsing, array conversion, checks), in another process
+        when the body is large. Parsing holds the GIL, so in a thread it would still hold up health checks and
+        other callers; in a process it holds up nothing here."""
+        if len(raw) <= INLINE_DECODE_BYTES:
+            return decoder(raw, *args)
+        if self.decoders is None:
+            self.decoders = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return await asyncio.get_running_loop().run_in_executor(self.decoders, decoder, raw, *args)
 
     async def predict(self, request: Request) -> Response:
         served = self.model(request.query_params.get("model"))
         raw = await request.body()
-        body, inputs = await self.decode(lambda: self._predict_inputs(served, raw), len(raw))
+        body, inputs = await self.decode(decode_predict, raw, served.name, served.artifact.inputs,
+                                         self.settings.max_rows)
         request_id = str(body.get("id") or uuid.uuid4().hex)
         outputs, latency_ms = await self.run(served, inputs, request_id)
         result: dict[str, Any] = {"request_id": request_id, "model": served.name,
@@ -204,43 +208,12 @@ class InferenceServer:
             result["probabilities"] = softmax(outputs[0])
         return JSONResponse(result)
 
-    def _predict_inputs(self, served: ServedModel, raw: bytes) -> tuple[dict[str, Any], list[np.ndarray]]:
-        body = parse_json(raw)
-        if not isinstance(body, dict) or ("input" not in body and "inputs" not in body):
-            raise RequestError(400, 'expected a JSON object {"input": [...]} (or {"inputs": {name: [...]}} for '
-                                    f"several inputs: {[s.name for s in served.artifact.inputs]})")
-        given = body.get("inputs", body.get("input"))
-        named = given if isinstance(given, dict) else {served.artifact.inputs[0].name: given}
-        if not isinstance(given, dict) and len(served.artifact.inputs) > 1:
-            raise RequestError(400, f"model {served.name!r} has inputs {[s.name for s in served.artifact.inputs]}; "
-                                    'send {"inputs": {name: [...]}}')
-        return body, prepare_inputs(served.name, served.artifact, {n: (v, None) for n, v in named.items()},
-                                    self.settings.max_rows)
-
-    def _infer_inputs(self, served: ServedModel, raw: bytes, header: str | None
-                      ) -> tuple[dict[str, Any], list[np.ndarray]]:
-        length = header_length(header, len(raw))
-        binary = b""
-        if length is not None:
-            raw, binary = raw[:length], raw[length:]
-        body = parse_json(raw)
-        if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
-            raise RequestError(400, 'expected {"inputs": [{"name", "shape", "datatype", "data"}, ...]}')
-        json_object(body.get("parameters"), "parameters")
-        named: dict[str, tuple[Any, Any]] = {}
-        offset = 0
-        for position, tensor in enumerate(body["inputs"]):
-            if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
-                raise RequestError(400, f"inputs[{position}] is not an object with a name")
-            value, offset = tensor_data(tensor, binary, offset)
-            named[tensor["name"]] = (value, tensor.get("shape"))
-        return body, prepare_inputs(served.name, served.artifact, named, self.settings.max_rows)
-
     async def infer_v2(self, request: Request) -> Response:
         served = self.model(request.path_params["name"])
         raw = await request.body()
         header = request.headers.get("inference-header-content-length")
-        body, inputs = await self.decode(lambda: self._infer_inputs(served, raw, header), len(raw))
+        body, inputs = await self.decode(decode_infer, raw, header, served.name, served.artifact.inputs,
+                                         self.settings.max_rows)
         request_id = str(body.get("id") or uuid.uuid4().hex)
         outputs, _ = await self.run(served, inputs, request_id)
         requested = body.get("outputs") or [{"name": s.name} for s in served.artifact.outputs]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,7 +13,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from deploycheck.artifact import Artifact
+from deploycheck.artifact import TensorSpec, check_inputs
 from deploycheck.errors import DeployCheckError, InputError
 
 DATATYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32,
@@ -26,6 +26,9 @@ class RequestError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+    def __reduce__(self) -> tuple[type[RequestError], tuple[int, str]]:
+        return type(self), (self.status, str(self))  # travels back from the decoding process
 
 
 class JSONResponse(Response):
@@ -134,11 +137,49 @@ def as_array(value: Any, dtype: Any, name: str) -> np.ndarray:
     return converted
 
 
-def prepare_inputs(name: str, artifact: Artifact, named: Mapping[str, tuple[Any, Any]],
+def decode_predict(raw: bytes, model: str, declared: Sequence[TensorSpec], max_rows: int | None
+                   ) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """A /predict body: the request's other fields, and its inputs checked and converted. A plain function of
+    picklable arguments, so a large body can be decoded in another process."""
+    body = parse_json(raw)
+    names = [s.name for s in declared]
+    if not isinstance(body, dict) or ("input" not in body and "inputs" not in body):
+        raise RequestError(400, 'expected a JSON object {"input": [...]} (or {"inputs": {name: [...]}} for '
+                                f"several inputs: {names})")
+    given = body.pop("inputs", body.pop("input", None))
+    named = given if isinstance(given, dict) else {names[0]: given}
+    if not isinstance(given, dict) and len(declared) > 1:
+        raise RequestError(400, f"model {model!r} has inputs {names}; send {{\"inputs\": {{name: [...]}}}}")
+    return body, prepare_inputs(model, declared, {n: (v, None) for n, v in named.items()}, max_rows)
+
+
+def decode_infer(raw: bytes, header: str | None, model: str, declared: Sequence[TensorSpec],
+                 max_rows: int | None) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """An Open Inference Protocol v2 infer body (JSON, or JSON then binary tensor data when `header`, the
+    Inference-Header-Content-Length, is given): its other fields, and its inputs checked and converted."""
+    length = header_length(header, len(raw))
+    binary = b""
+    if length is not None:
+        raw, binary = raw[:length], raw[length:]
+    body = parse_json(raw)
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
+        raise RequestError(400, 'expected {"inputs": [{"name", "shape", "datatype", "data"}, ...]}')
+    json_object(body.get("parameters"), "parameters")
+    named: dict[str, tuple[Any, Any]] = {}
+    offset = 0
+    for position, tensor in enumerate(body.pop("inputs")):
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise RequestError(400, f"inputs[{position}] is not an object with a name")
+        value, offset = tensor_data(tensor, binary, offset)
+        named[tensor["name"]] = (value, tensor.get("shape"))
+    return body, prepare_inputs(model, declared, named, max_rows)
+
+
+def prepare_inputs(name: str, declared: Sequence[TensorSpec], named: Mapping[str, tuple[Any, Any]],
                    max_rows: int | None = None) -> list[np.ndarray]:
     """The request's inputs in the artifact's order, with names, shapes, dtypes, values and the number of rows
     (at most `max_rows`: 413 beyond, checked before the values are converted) checked."""
-    expected = [s.name for s in artifact.inputs]
+    expected = [s.name for s in declared]
     unknown = sorted(set(named) - set(expected))
     missing = [n for n in expected if n not in named]
     if unknown or missing:
@@ -146,7 +187,7 @@ def prepare_inputs(name: str, artifact: Artifact, named: Mapping[str, tuple[Any,
         raise RequestError(400, f"model {name!r} expects inputs {expected}; "
                                 f"{' '.join(p for p in problems if p)}")
     arrays = []
-    for spec in artifact.inputs:
+    for spec in declared:
         value, shape = named[spec.name]
         if shape is not None and not (isinstance(shape, list) and all(
                 isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
@@ -167,10 +208,10 @@ def prepare_inputs(name: str, artifact: Artifact, named: Mapping[str, tuple[Any,
             array = array[None]
         arrays.append(array)
     try:
-        prepared = artifact.prepare_inputs(arrays)
+        prepared = check_inputs(name, declared, arrays)
     except InputError as exc:
         raise RequestError(400, str(exc)) from None
-    for spec, array in zip(artifact.inputs, prepared):
+    for spec, array in zip(declared, prepared):
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             raise RequestError(400, f"input {spec.name!r} contains NaN or Inf (as {array.dtype})")
     if len({a.shape[0] for a in prepared}) > 1:
