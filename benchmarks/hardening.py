@@ -3,8 +3,8 @@
 1. 20,000 connections opened and left idle (two client processes of 10,000; the server keeps at most
    `--max-connections`, default 10,000, closing the oldest idle ones): /health/live latency meanwhile.
 2. One 100,000-row JSON body (the digits' integer pixels, 16.6 MiB) to /predict while another caller polls
-   /health/live and a one-row /predict: the big request's status and time, the other callers' worst wait, and the server's RSS before,
-   at its peak and 5 s after, against its idle level.
+   /health/live and a one-row /predict: the big request's status and time, the other callers' worst wait,
+   and the server's RSS before, at its peak and 5 s after, against its idle level.
 
     python benchmarks/hardening.py [--max-body-mb 64]   (the default 16 MiB refuses the body by size at once)
 """
@@ -47,7 +47,8 @@ def children_rss_mb(pid: int) -> float:
     return total
 
 
-def hold_idle(port: int, count: int, opened: multiprocessing.synchronize.Event, release: multiprocessing.synchronize.Event) -> None:
+def hold_idle(port: int, count: int, opened: multiprocessing.synchronize.Event,
+              release: multiprocessing.synchronize.Event) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     connections = []
