@@ -419,6 +419,9 @@ def test_sigterm_drains_requests_in_flight(digits_artifacts) -> None:
         thread.start()
     assert first_answer.wait(60)
     terminated = time.monotonic()
+    children = [int(pid) for task in Path(f"/proc/{server.process.pid}/task").iterdir()
+                for pid in (task / "children").read_text().split()]
+    assert children, "the large bodies were decoded in a child process"
     server.process.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     # draining: readiness says 503 so load balancers stop sending, while requests are still answered
@@ -429,6 +432,10 @@ def test_sigterm_drains_requests_in_flight(digits_artifacts) -> None:
     for thread in threads:
         thread.join(60)
     assert server.process.wait(timeout=60) in (0, -signal.SIGTERM), "uvicorn re-raises SIGTERM after draining"
+    deadline = time.monotonic() + 10
+    while [pid for pid in children if Path(f"/proc/{pid}").exists()] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], "no child process outlives the server"
     assert len(answered) == 8 and all(status == 200 and correct for status, _, correct in answered), answered
     assert any(when > terminated for _, when, _ in answered), "some requests were still in flight at SIGTERM"
 

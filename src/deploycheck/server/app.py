@@ -134,8 +134,8 @@ class InferenceServer:
         try:
             yield
         finally:
-            if self.decoders is not None:
-                self.decoders.shutdown(wait=False, cancel_futures=True)
+            if self.decoders is not None:  # waited for: uvicorn ends with SIGTERM's default action, no atexit
+                self.decoders.shutdown(wait=True, cancel_futures=True)
             for served in self.models.values():
                 served.ready = False
                 if served.batcher is not None:
