@@ -97,10 +97,9 @@ def test_alerts_writes_prometheus_rules_that_promtool_accepts(tmp_path: Path) ->
     assert run.returncode == 0, run.stderr
     rules = run.stdout
     assert rules.count("- alert:") == 5 and "DeploycheckInputDrift" in rules, rules
-    assert 'format: "onnx"' in rules and "> 7.5e-05\"" in rules, "1.5 x the release p95 of 0.05 ms"
-    delayed = subprocess.run([*EXE, "alerts", "--baselines", str(store.root), "--queue-delay-ms", "2"],
-                             capture_output=True, text=True).stdout
-    assert "> 0.003075\"" in delayed, "a batch may wait the queue delay: the threshold includes it"
+    assert 'format: "onnx"' in rules
+    assert '> 1.5 * max(deploycheck_latency_reference_seconds{model=\\"digits_cnn\\"})' in rules, \
+        "latency is held to what the server measured for itself, not the in-process release figure"
     assert 'deploycheck_window_accuracy{model=\\"digits_cnn\\"} < 0.97' in rules
     missing = subprocess.run([*EXE, "alerts", "--baselines", str(tmp_path)], capture_output=True, text=True)
     assert missing.returncode == 2 and "no baselines found" in missing.stderr

@@ -54,9 +54,11 @@ def test_pruned_models_against_the_original_in_the_summary(pytester: pytest.Pyte
         f"--deploycheck-artifacts={tmp_path}")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([
+        "digits_pruned_channels*onnx*ok",
+        "details:",
         "model*format*sparsity*drop vs orig*agree vs orig*size/orig*speedup vs orig*",
-        "digits_pruned_channels*onnx*0.5? *[[]*]*ok",
-        "digits_pruned_unstructured*onnx*4?.??%*1.00 *ok",
+        "digits_pruned_channels*onnx*0.5? *[[]*]",
+        "digits_pruned_unstructured*onnx*4?.??%*1.00 *",
         "deploycheck: speed against the original, as measured:",
         "*digits_pruned_channels/onnx: faster than the original in onnx: 1.*x [[]1.*]",
         "*digits_pruned_unstructured/onnx: * its 50% sparsity does not speed it up here*",

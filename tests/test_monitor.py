@@ -229,3 +229,20 @@ def test_a_clock_stepping_back_counts_as_no_time_passing() -> None:
     figures = monitor.metrics()
     assert figures["requests"] == 330 and 0 < figures["throughput_rps"] < 100
     assert figures["latency_ms"]["p95"] < 6
+
+
+def test_a_server_holds_latency_to_what_it_measured_for_itself_not_the_in_process_release_figure() -> None:
+    """Served requests take 5 ms where the release measured 2 ms in process (HTTP and queueing): the first 1,000
+    become the reference, so steady serving never fires and a doubling of the served latency still does."""
+    clock = Clock()
+    monitor = Monitor("m", window_s=10, clock=clock, baseline={"p95_ms": 2.0}, learn_latency_requests=1000)
+    assert monitor.latency_reference_ms is None
+    simulate(monitor, clock, 5, 100)
+    assert monitor.alerts() == [] and monitor.metrics()["latency_reference_ms"] is None  # still learning
+    simulate(monitor, clock, 55, 100)
+    assert 5.0 < monitor.latency_reference_ms < 5.6 and monitor.alerts() == []
+    simulate(monitor, clock, 30, 100, latency=10.0)
+    assert [a.type for a in monitor.alerts()] == ["latency"]
+    slow_release = Monitor("m", window_s=10, clock=Clock(), baseline={"p95_ms": 50.0}, learn_latency_requests=100)
+    simulate(slow_release, slow_release.clock, 2, 100)  # type: ignore[arg-type]
+    assert slow_release.latency_reference_ms == 50.0, "a release figure above the served one is kept"

@@ -122,10 +122,13 @@ def test_digits_example_project(pytester: pytest.Pytester, workers: str, tmp_pat
                                            f"--deploycheck-benchmark-json={benchmark_json}")
     result.assert_outcomes(passed=24, skipped=8)
     result.stdout.fnmatch_lines(["*= deploycheck =*",
-                                 "model*format*size*max abs err*accuracy*drop*p50 ms*p99 ms*samples/s*speedup*",
+                                 "model*format*size*max abs err*agree (eval)*accuracy*drop*p50 ms*x eager*status",
                                  "digits_cnn*eager*ok", "digits_cnn*torch_int8_dynamic*ok",
+                                 "details:", "model*format*size/onnx*params*int8 weights*p99 ms*samples/s",
                                  "deploycheck: 8 baseline(s) written under*"])
-    assert result.stdout.str().count("digits_cnn  ") == 8
+    assert result.stdout.str().count("digits_cnn  ") == 16, "each format once in the main and the detail table"
+    summary = result.stdout.str().split("= deploycheck =")[1].splitlines()
+    assert max(len(line) for line in summary[1:]) <= 120, "the summary fits 120 columns"
     stored = json.loads((baselines / "digits_cnn" / "onnx_int8_static.json").read_text())
     assert {"size", "parity", "accuracy", "latency", "speedup", "environment"} <= set(stored)
     assert set(stored["latency"]) == {"1", "8", "32"} and len(stored["latency"]["1"]["quantiles_ms"]) == 50

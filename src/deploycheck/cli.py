@@ -161,14 +161,15 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
     table = []
     for row in rows:
         parity, accuracy = row.get("parity"), row.get("accuracy")
-        top1 = parity.min_top1_agreement if parity is not None else None
+        top1 = accuracy.agreement if accuracy is not None and accuracy.agreement is not None else (
+            parity.min_top1_agreement if parity is not None else None)  # the eval data's, else the parity batch's
         table.append([row["format"], row["status"], human_size(row.get("size_bytes")),
                       f"{parity.max_abs:.3g}" if parity is not None else "",
                       f"{top1:.2%}" if top1 is not None else "",
                       f"{accuracy.obtained:.2%}" if accuracy is not None else "",
                       f"{accuracy.drop:.2%}" if accuracy is not None else "",
                       "cached" if row.get("reused") else ("exported" if parity is not None else "")])
-    print(format_table(["format", "status", "size", "max abs err", "top-1 agree", "accuracy", "drop", "export"],
+    print(format_table(["format", "status", "size", "max abs err", "agree (eval)", "accuracy", "drop", "export"],
                        table))
     for row in rows:
         if row.get("note"):
@@ -272,7 +273,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     """Print Prometheus alerting rules for the models in a baselines directory (redirect to rules.yml)."""
     from deploycheck.prometheus import alerting_rules
 
-    print(alerting_rules(Path(args.baselines), args.format, args.window, args.hold, args.queue_delay_ms), end="")
+    print(alerting_rules(Path(args.baselines), args.format, args.window, args.hold), end="")
     return 0
 
 
@@ -339,8 +340,6 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.add_argument("--format", help="whose figures to use per model (default: onnx, else the first stored)")
     alerts.add_argument("--window", default="5m", help="the rate window of the expressions")
     alerts.add_argument("--hold", default="2m", help="how long a condition holds before the alert fires")
-    alerts.add_argument("--queue-delay-ms", type=float, default=0.0,
-                        help="the server's --max-queue-delay-ms, added to the release p95")
     alerts.set_defaults(handler=cmd_alerts)
 
     serve = add("serve", "serve artifacts over REST and the Open Inference Protocol v2")

@@ -61,12 +61,15 @@ class Monitor:
     `baseline` is a mapping with any of `p95_ms`, `accuracy`, `class_distribution` ({class: fraction}) and
     `input_profile` (see `input_profile`), typically read from the gate's baselines; `sinks` are callables
     receiving each `Alert` when it fires or resolves (alerts are also logged on the `deploycheck.monitor` logger).
+    `learn_latency_requests`: the p95 of the first that many successful requests becomes the latency reference
+    when it is above the baseline's `p95_ms` (a server adds HTTP and queueing to the release figure, so its own
+    latency is what a slowdown is measured against); until then the latency rule is not judged.
     """
 
     def __init__(self, model_name: str, window_s: float = 60, baseline: Mapping[str, Any] | None = None,
                  rules: Sequence[Rule] | None = None, sinks: Sequence[Callable[[Alert], None]] | None = None,
-                 clock: Callable[[], float] = time.monotonic, slices: int = 12, max_pending_labels: int = 100_000
-                 ) -> None:
+                 clock: Callable[[], float] = time.monotonic, slices: int = 12, max_pending_labels: int = 100_000,
+                 learn_latency_requests: int = 0) -> None:
         self.model_name = model_name
         self.window_s = float(window_s)
         self.baseline = dict(baseline or {})
@@ -86,6 +89,8 @@ class Monitor:
         self._active: dict[str, Alert] = {}
         self._history: list[Alert] = []
         self._last_resolved: dict[str, float] = {}
+        self._learn_left = learn_latency_requests
+        self._learning: list[float] = []
         self._input_edges = {name: np.asarray(expected["edges"], np.float64)
                              for name, expected in (self.baseline.get("input_profile") or {}).items()}
 
@@ -112,10 +117,29 @@ class Monitor:
                     part.error_types[error if isinstance(error, str) else type(error).__name__] += 1
                 elif prediction is not None:
                     part.predictions[prediction] += 1
+            if self._learn_left and error is None:
+                self._learn(latency_ms)
             if request_id is not None and prediction is not None:
                 self._pending[request_id] = prediction
                 if len(self._pending) > self._max_pending:
                     self._pending.popitem(last=False)
+
+    def _learn(self, latency_ms: float) -> None:
+        """Collect the first successful latencies; at the last one, set the latency reference (under the lock)."""
+        self._learning.append(latency_ms)
+        self._learn_left -= 1
+        if not self._learn_left:
+            served = float(np.percentile(self._learning, 95))
+            if served > float(self.baseline.get("p95_ms", 0.0)):
+                self.baseline["p95_ms"], self.baseline["p95_source"] = served, "served"
+            self._learning = []
+
+    @property
+    def latency_reference_ms(self) -> float | None:
+        """The p95 the latency rule holds the window to: the release baseline's, or the served one learned."""
+        if self._learn_left:
+            return None
+        return float(self.baseline["p95_ms"]) if "p95_ms" in self.baseline else None
 
     def record_inputs(self, inputs: Mapping[str, Any], max_values: int = 4096) -> None:
         """Count a request's input values into the bins of the baseline's `input_profile` (nothing without one).
@@ -163,6 +187,7 @@ class Monitor:
             result["drift_psi"] = (population_stability_index(expected, window.predictions)
                                    if expected and window.predictions else None)
             result["input_drift_psi"] = self._input_drift(window)
+            result["latency_reference_ms"] = self.latency_reference_ms
             self._evaluate(window, result, now)
         result["alerts"] = [a.type for a in self._active.values()]
         return result
@@ -297,7 +322,7 @@ class Monitor:
         """(breached, value, threshold, what it concerns) of one rule on the window; None when it cannot be
         judged (too few samples, or no baseline figure to hold it to)."""
         if rule.type == "latency":
-            if window.requests < rule.min_samples:
+            if window.requests < rule.min_samples or self._learn_left:
                 return None
             p95 = figures["latency_ms"]["p95"]
             limits = []

@@ -18,7 +18,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from deploycheck.alerts import DEFAULT_RULES
-from deploycheck.baseline.compare import smallest_batch
 from deploycheck.baseline.store import BaselineStore
 from deploycheck.errors import DeployCheckError
 
@@ -53,6 +52,10 @@ class PrometheusMetrics:
                            ["model"], registry=self.registry, **gauge_mode)
         self.input_drift = Gauge(f"{namespace}_input_drift_psi", "PSI of an input's values against the calibration "
                                  "data", ["model", "input"], registry=self.registry, **gauge_mode)
+        self.latency_reference = Gauge(f"{namespace}_latency_reference_seconds", "The p95 latency alerts hold the "
+                                       "window to: the server's own over its first requests, or the release "
+                                       "baseline's plus the queue delay if higher", ["model"],
+                                       registry=self.registry, **gauge_mode)
         self.alerts = Gauge(f"{namespace}_alerts_firing", "Alerts firing", ["model"], registry=self.registry,
                             **gauge_mode)
 
@@ -78,6 +81,8 @@ class PrometheusMetrics:
         for input_name, psi in (figures.get("input_drift_psi") or {}).items():
             self.input_drift.labels(model, input_name).set(psi)
         self.alerts.labels(model).set(len(figures.get("alerts", [])))
+        if figures.get("latency_reference_ms") is not None:
+            self.latency_reference.labels(model).set(figures["latency_reference_ms"] / 1e3)
 
     def render(self) -> bytes:
         """The text exposition: this process's registry, or every worker's when in multiprocess mode."""
@@ -88,11 +93,11 @@ class PrometheusMetrics:
         return generate_latest(self.registry)  # type: ignore[no-any-return]
 
 
-def alerting_rules(baselines: Path, format_name: str | None = None, window: str = "5m", hold: str = "2m",
-                   queue_delay_ms: float = 0.0) -> str:
+def alerting_rules(baselines: Path, format_name: str | None = None, window: str = "5m", hold: str = "2m") -> str:
     """Prometheus alerting rules (YAML) holding served models to their release baselines with the thresholds of
-    the monitor's default rules: window p95 above `factor` x the served baseline (the release p95 plus the
-    server's `queue_delay_ms`, which a request may wait for a batch), error rate, accuracy below the baseline
+    the monitor's default rules: p95 latency above `factor` x the latency reference the server exports
+    (`deploycheck_latency_reference_seconds`: its own p95 over its first requests, HTTP and queueing included,
+    or the release p95 plus the queue delay if higher), error rate, accuracy below the baseline
     minus its budget, prediction drift, and input drift when the baseline has an input profile. One model per
     baseline directory entry; `format_name` picks which format's figures (default: onnx when stored, else the
     first stored format)."""
@@ -110,14 +115,11 @@ def alerting_rules(baselines: Path, format_name: str | None = None, window: str 
             raise DeployCheckError(f"{baselines}: model {model!r} has no {chosen!r} baseline (it has {formats})")
         record: Mapping[str, Any] = store.read(model, chosen) or {}
         label = f'model="{model}"'
-        p95_ms = smallest_batch(record.get("latency")).get("p95_ms")
-        if p95_ms:
-            factor, served_ms = rules["latency"].factor, p95_ms + queue_delay_ms
-            lines += _rule("DeploycheckLatencyHigh", f"histogram_quantile(0.95, sum by (le) (rate("
-                           f"deploycheck_request_latency_seconds_bucket{{{label}}}[{window}]))) > "
-                           f"{factor * served_ms / 1e3:.6g}", hold, rules["latency"].severity, model, chosen,
-                           f"p95 latency above {factor:g} x (release p95 {p95_ms:.4g} ms + queue delay "
-                           f"{queue_delay_ms:g} ms)")
+        factor = rules["latency"].factor
+        lines += _rule("DeploycheckLatencyHigh", f"histogram_quantile(0.95, sum by (le) (rate("
+                       f"deploycheck_request_latency_seconds_bucket{{{label}}}[{window}]))) > {factor:g} * "
+                       f"max(deploycheck_latency_reference_seconds{{{label}}})", hold, rules["latency"].severity,
+                       model, chosen, f"p95 latency above {factor:g} x the latency the server measured for itself")
         error_rate = rules["error_rate"]
         lines += _rule("DeploycheckErrorRateHigh", f"sum(rate(deploycheck_errors_total{{{label}}}[{window}])) / "
                        f"sum(rate(deploycheck_requests_total{{{label}}}[{window}])) > {error_rate.threshold:g}",

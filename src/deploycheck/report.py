@@ -37,6 +37,14 @@ def _num(value: Any, spec: str = ".3g") -> str:
     return "" if value is None else format(value, spec)
 
 
+def _agreement(row: dict[str, Any]) -> float | None:
+    """Top-1 agreement with the eager reference on the eval data (what accuracy measured); the parity batch's
+    agreement only when no eval data was run."""
+    measured = _get(row, "accuracy", "agreement")
+    fallback = _get(row, "parity", "top1_agreement")
+    return float(measured) if measured is not None else None if fallback is None else float(fallback)
+
+
 def _throughput(row: dict[str, Any]) -> float | None:
     figures = [s.get("throughput_per_s") for s in (row.get("latency") or {}).values() if s.get("throughput_per_s")]
     return max(figures) if figures else None
@@ -78,13 +86,13 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("sparsity", lambda r: _pct(r.get("sparsity")) if r.get("sparsity") else ""),
     ("int8 weights", lambda r: _pct(r.get("int8_weight_fraction"))),
     ("max abs err", lambda r: _num(_get(r, "parity", "max_abs"))),
-    ("top-1 agree", lambda r: _pct(_get(r, "parity", "top1_agreement"))),
+    ("agree (eval)", lambda r: _pct(_agreement(r))),
     ("accuracy", lambda r: _pct(_get(r, "accuracy", "value"))),
     ("drop", lambda r: _pct(_get(r, "accuracy", "drop"))),
     ("p50 ms", lambda r: _num(smallest_batch(r.get("latency")).get("p50_ms"), ".3f")),
     ("p99 ms", lambda r: _num(smallest_batch(r.get("latency")).get("p99_ms"), ".3f")),
     ("samples/s", lambda r: _num(_throughput(r), ".0f")),
-    ("speedup vs eager", lambda r: _num(_get(r, "speedup", "vs_eager", "ratio"), ".2f")),
+    ("x eager", lambda r: _num(_get(r, "speedup", "vs_eager", "ratio"), ".2f")),
     ("drop vs orig", lambda r: _pct(_get(r, "original", "drop"))),
     ("agree vs orig", lambda r: _pct(_get(r, "original", "agreement"))),
     ("size/orig", lambda r: _num(_get(r, "original", "size_ratio"), ".2f")),
@@ -101,16 +109,48 @@ def with_size_ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             if r.get("model") in onnx_sizes and r.get("size_bytes") else dict(r) for r in rows]
 
 
-def _cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Titles and cells of the summary, keeping only the columns some row has a value for."""
-    cells = [[render(row) for _, render in COLUMNS] for row in with_size_ratios(rows)]
-    keep = [i for i, (title, _) in enumerate(COLUMNS) if title in ("model", "format") or any(c[i] for c in cells)]
-    return [COLUMNS[i][0] for i in keep], [[c[i] for i in keep] for c in cells]
+# the columns that answer "can this ship": kept in the main table, the others go to a detail table when the
+# whole does not fit the width
+MAIN_COLUMNS = ("model", "format", "size", "max abs err", "agree (eval)", "accuracy", "drop", "p50 ms", "samples/s",
+                "x eager", "vs baseline", "status")
+MOVABLE = ("samples/s", "max abs err", "size", "agree (eval)")  # moved to the details, in turn, until the main fits
+WIDTH = 120
+CELL_WIDTH = 44  # longer cells (a baseline change with its reasons) are cut; the full text is in the report
 
 
-def summary_table(rows: Sequence[dict[str, Any]]) -> str:
-    """One table, a row per model x format."""
-    return format_table(*_cells(rows))
+def _cells(rows: Sequence[dict[str, Any]], titles: Sequence[str] | None = None
+           ) -> tuple[list[str], list[list[str]]]:
+    """Titles and cells of the summary (of `titles` only, if given), keeping the columns some row has a value for."""
+    columns = [(title, render) for title, render in COLUMNS if titles is None or title in titles]
+    cells = [[_cut(render(row)) for _, render in columns] for row in with_size_ratios(rows)]
+    keep = [i for i, (title, _) in enumerate(columns) if title in ("model", "format") or any(c[i] for c in cells)]
+    return [columns[i][0] for i in keep], [[c[i] for i in keep] for c in cells]
+
+
+def _cut(cell: str) -> str:
+    return cell if len(cell) <= CELL_WIDTH else cell[:CELL_WIDTH - 1] + "…"
+
+
+def summary_table(rows: Sequence[dict[str, Any]], width: int = WIDTH) -> str:
+    """A row per model x format, `width` columns wide at most where it can be: when everything does not fit, the
+    main columns form one table and the rest (sizes, compression, the original) a second, by the same rows."""
+    whole = format_table(*_cells(rows))
+    note = ("\nx eager: speed over the eager model, timed side by side (interleaved) in this run; it can differ from "
+            "\n  the ratio of the p50s, which were timed apart" if "x eager" in whole.splitlines()[0] else "")
+    if max(len(line) for line in whole.splitlines()) <= width:
+        return whole + note
+    main = list(MAIN_COLUMNS)
+    table = format_table(*_cells(rows, main))
+    for title in MOVABLE:
+        if max(len(line) for line in table.splitlines()) <= width:
+            break
+        main.remove(title)
+        table = format_table(*_cells(rows, main))
+    details = [title for title, _ in COLUMNS if title not in main]
+    detail_titles, detail_cells = _cells(rows, ["model", "format", *details])
+    if len(detail_titles) > 2:
+        table += "\n\ndetails:\n" + format_table(detail_titles, detail_cells)
+    return table + note
 
 
 NOMINAL_INT8 = 0.5  # a "quantized" artifact with fewer of its weights in int8 is flagged

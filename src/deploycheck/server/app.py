@@ -119,8 +119,9 @@ class InferenceServer:
                    if self.baselines is not None else {})
         for name, artifact in artifacts.items():
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"deploycheck-{name}")
-            served = ServedModel(name, artifact, Monitor(name, window_s=self.window_s, baseline=release.get(name)),
-                                 executor)
+            monitor = Monitor(name, window_s=self.window_s, baseline=release.get(name),
+                              learn_latency_requests=self.settings.learn_latency_requests)
+            served = ServedModel(name, artifact, monitor, executor)
             if self.max_batch_size > 1:
                 served.batcher = Batcher(artifact.runner, self.max_batch_size, self.max_delay_s, executor,
                                          functools.partial(self.metrics.observe_batch, name))

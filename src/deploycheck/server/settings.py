@@ -19,7 +19,8 @@ class ServeSettings:
     never lock out a health check); `limit_concurrency`: requests in flight beyond which new ones get 503;
     `drain_s`: after SIGTERM, readiness reports 503 for this long while requests are still served, then the
     listener closes and in-flight work finishes; `threads`: intra-op threads of each model's runtime;
-    `verify_key` / `trust_code`: see `deploycheck.exporting.load_artifact`."""
+    `verify_key` / `trust_code`: see `deploycheck.exporting.load_artifact`; `learn_latency_requests`: the p95 of
+    that many first successful requests becomes each monitor's latency reference when above the release's."""
 
     path: str
     max_batch_size: int = 32
@@ -36,6 +37,7 @@ class ServeSettings:
     threads: int = 1
     verify_key: str | None = None
     trust_code: bool = False
+    learn_latency_requests: int = 1000
 
     def to_environment(self) -> None:
         os.environ[ENVIRONMENT_VARIABLE] = json.dumps(asdict(self))
