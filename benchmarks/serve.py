@@ -2,7 +2,8 @@
 
 Three ways to answer a batch-1 request, under 8 and 32 concurrent clients on loopback:
 
-1. `deploycheck serve` on the ONNX artifact (uvicorn, dynamic batching, orjson);
+1. `deploycheck serve` on the ONNX artifact (uvicorn, dynamic batching, orjson), and on the TorchScript one
+   (`--trust-code`: our own export), each runtime with one intra-op thread and no spinning pool threads;
 2. a reference Flask server written the naive way: threaded Flask, a torch tensor built from the JSON, the eager
    model, and a monitor that recomputes a numpy mean over a 1000-entry deque on every call;
 3. in-process `session.run` from the same number of threads (no HTTP: the ceiling).
@@ -163,15 +164,21 @@ def main() -> None:
     from deploycheck.formats.onnx import create_session
 
     spec = digits_spec()
-    onnx = deploycheck.export(spec, "onnx", Path(tempfile.mkdtemp(prefix="deploycheck-serve-")) / "onnx")
+    root = Path(tempfile.mkdtemp(prefix="deploycheck-serve-"))
+    onnx = deploycheck.export(spec, "onnx", root / "onnx")
+    torchscript = deploycheck.export(spec, "torchscript", root / "torchscript")
     image = spec.sample_inputs(1)[0].numpy()
     body = json.dumps({"input": image.tolist()}).encode()
 
-    ours_port, flask_port = free_port(), free_port()
+    ours_port, script_port, flask_port = free_port(), free_port(), free_port()
     servers = {
         "deploycheck serve": (subprocess.Popen([sys.executable, "-m", "deploycheck.cli", "serve", str(onnx.path),
                                                 "--port", str(ours_port), "--log-level", "warning"]), ours_port,
                               "/v2/health/ready"),
+        "deploycheck serve (ts)": (subprocess.Popen([sys.executable, "-m", "deploycheck.cli", "serve",
+                                                     str(torchscript.path), "--trust-code", "--port",
+                                                     str(script_port), "--log-level", "warning"]), script_port,
+                                   "/v2/health/ready"),
         "naive Flask": (subprocess.Popen([sys.executable, __file__, "--flask-server", str(flask_port)],
                                          stderr=subprocess.DEVNULL), flask_port, "/health"),
     }
@@ -199,8 +206,10 @@ def main() -> None:
         for clients in sorted({r[0] for r in rows}):
             ours = next(r for r in rows if r[0] == clients and r[1] == "deploycheck serve")
             flask = next(r for r in rows if r[0] == clients and r[1] == "naive Flask")
+            script = next(r for r in rows if r[0] == clients and r[1] == "deploycheck serve (ts)")
             print(f"{clients} clients: deploycheck serve {ours[2] / flask[2]:.1f}x the requests/s of naive Flask, "
-                  f"p99 {ours[4]:.2f} ms vs {flask[4]:.2f} ms")
+                  f"p99 {ours[4]:.2f} ms vs {flask[4]:.2f} ms; TorchScript served at {script[2] / ours[2]:.2f}x "
+                  "ONNX's requests/s")
     finally:
         for process, _, _ in servers.values():
             process.terminate()
