@@ -39,7 +39,7 @@ def test_demo_prints_all_eight_formats_and_reuses_its_cache(tmp_path: Path, cach
     for name in ("eager", "state_dict", "torchscript", "torch_export", "onnx", "onnx_int8_dynamic",
                  "onnx_int8_static", "torch_int8_dynamic"):
         assert f"\n{name} " in first
-    assert first.count("exported") == 8 and second.count("cached") == 8
+    assert first.count("exported") == 10 and second.count("cached") == 10
 
 
 def test_export_command_and_bad_reference(tmp_path: Path, cache_env: dict[str, str]) -> None:

@@ -21,7 +21,7 @@ from deploycheck.errors import ArtifactError, ExportError, FormatUnavailable
 from deploycheck.parity import check_parity
 
 ALL_FORMATS = ["eager", "state_dict", "torchscript", "torch_export", "onnx", "onnx_int8_dynamic",
-               "onnx_int8_static", "torch_int8_dynamic"]
+               "onnx_int8_static", "torch_int8_dynamic", "openvino", "openvino_int8"]
 
 
 def test_export_all_gives_every_format_with_a_complete_sidecar(digits_artifacts) -> None:

@@ -60,7 +60,7 @@ def test_every_format_is_a_test_and_a_failing_export_fails_only_its_own(pytester
                                                                       tmp_path: Path) -> None:
     make_project(pytester)
     result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path}")
-    result.assert_outcomes(passed=7, errors=1)
+    result.assert_outcomes(passed=9, errors=1)
     result.stdout.fnmatch_lines([
         "*test_parity?tiny/eager? PASSED*",
         "*test_parity?tiny/torchscript? ERROR*",
@@ -120,21 +120,21 @@ def test_digits_example_project(pytester: pytest.Pytester, workers: str, tmp_pat
                                            "--deploycheck-bench-time=0.1", "--deploycheck-update",
                                            f"--deploycheck-baselines={baselines}", "--deploycheck-models=digits_cnn",
                                            f"--deploycheck-benchmark-json={benchmark_json}")
-    result.assert_outcomes(passed=24, skipped=8)
+    result.assert_outcomes(passed=30, skipped=10)
     result.stdout.fnmatch_lines(["*= deploycheck =*",
                                  "model*format*size*max abs err*agree (eval)*accuracy*drop*p50 ms*x eager*status",
                                  "digits_cnn*eager*ok", "digits_cnn*torch_int8_dynamic*ok",
                                  "details:", "model*format*size/onnx*params*int8 weights*p99 ms*samples/s",
-                                 "deploycheck: 8 baseline(s) written under*"])
-    assert result.stdout.str().count("digits_cnn  ") == 16, "each format once in the main and the detail table"
-    summary = result.stdout.str().split("= deploycheck =")[1].splitlines()
-    assert max(len(line) for line in summary[1:]) <= 120, "the summary fits 120 columns"
+                                 "deploycheck: 10 baseline(s) written under*"])
+    assert result.stdout.str().count("digits_cnn  ") == 20, "each format once in the main and the detail table"
+    section = result.stdout.str().split("= deploycheck =")[1].split("deploycheck: ")[0].splitlines()
+    assert max(len(line) for line in section[1:]) <= 120, "the summary tables fit 120 columns"
     stored = json.loads((baselines / "digits_cnn" / "onnx_int8_static.json").read_text())
     assert {"size", "parity", "accuracy", "latency", "speedup", "environment"} <= set(stored)
     assert set(stored["latency"]) == {"1", "8", "32"} and len(stored["latency"]["1"]["quantiles_ms"]) == 50
     compare = pytester.run(str(Path(sys.executable).parent / "pytest-benchmark"), "compare", str(benchmark_json))
     assert compare.ret == 0, "pytest-benchmark's own tooling reads the file"
-    compare.stdout.fnmatch_lines(["*benchmark 'digits_cnn': 24 tests*", "*digits_cnn/onnx?batch=1?*"])
+    compare.stdout.fnmatch_lines(["*benchmark 'digits_cnn': 30 tests*", "*digits_cnn/onnx?batch=1?*"])
 
 
 def test_no_bench_skips_benchmarks(pytester: pytest.Pytester, tmp_path_factory, cache_env) -> None:

@@ -61,3 +61,19 @@ class Record(TypedDict, total=False):
     environment: dict[str, Any]
     git_commit: str | None
     accepted_artifact: str
+
+
+def nested(row: dict[str, Any], *keys: str) -> Any:
+    """`row[k1][k2]...`, or None where a section is missing: a row holds only the sections its checks ran."""
+    value: Any = row
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def best_throughput(row: dict[str, Any]) -> float | None:
+    """The highest samples/s over the batch sizes timed (what a reader of "throughput" means)."""
+    figures = [s.get("throughput_per_s") for s in (row.get("latency") or {}).values() if s.get("throughput_per_s")]
+    return max(figures) if figures else None

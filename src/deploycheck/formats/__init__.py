@@ -23,6 +23,8 @@ BUILTIN_FORMATS = {
     "onnx_int8_dynamic": "deploycheck.formats.onnx_int8_dynamic:OnnxInt8DynamicFormat",
     "onnx_int8_static": "deploycheck.formats.onnx_int8_static:OnnxInt8StaticFormat",
     "torch_int8_dynamic": "deploycheck.formats.torch_int8_dynamic:TorchInt8DynamicFormat",
+    "openvino": "deploycheck.formats.openvino:OpenVinoFormat",
+    "openvino_int8": "deploycheck.formats.openvino_int8:OpenVinoInt8Format",
 }
 ENTRY_POINT_GROUP = "deploycheck.formats"
 

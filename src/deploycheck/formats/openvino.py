@@ -1,0 +1,106 @@
+"""`openvino`: the fp32 ONNX export converted to an OpenVINO IR (`model.xml` + `model.bin`) and run by OpenVINO's
+CPU plugin, in fp32 exactly: weights stored uncompressed (`compress_to_fp16=False`) and inference precision
+pinned (`INFERENCE_PRECISION_HINT=f32`), since OpenVINO otherwise stores fp16 weights and runs bf16 where the
+CPU has it, which no parity tolerance for fp32 would forgive.
+
+An optional extra: `pip install 'deploycheck[openvino]'`; without it the format is skipped with that line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deploycheck.artifact import Runner
+from deploycheck.errors import FormatUnavailable
+from deploycheck.formats.base import Format
+from deploycheck.formats.onnx import MODEL_FILE as ONNX_FILE
+
+if TYPE_CHECKING:
+    from deploycheck.artifact import Artifact
+    from deploycheck.spec import ModelSpec
+
+IR_FILE = "model.xml"  # and model.bin beside it
+INSTALL = "pip install 'deploycheck[openvino]'"
+
+
+def require_openvino(spec: ModelSpec, format_name: str, packages: tuple[str, ...] = ("openvino",)) -> None:
+    """Raise `FormatUnavailable` with the install line when a package of the OpenVINO formats is missing."""
+    import importlib.util
+
+    def installed(package: str) -> bool:
+        try:
+            return importlib.util.find_spec(package) is not None
+        except (ImportError, ValueError):  # a broken or blocked installation counts as none
+            return False
+
+    missing = [package for package in packages if not installed(package)]
+    if missing:
+        raise FormatUnavailable(f"{spec.name}/{format_name}: {', '.join(missing)} is not installed ({INSTALL})")
+
+
+def compile_ir(path: Path, intra_op_threads: int | None = None, device: str = "cpu", **_: Any) -> Any:
+    """The IR compiled for OpenVINO's CPU plugin in fp32, with an explicit thread count when given."""
+    import openvino as ov
+
+    if device != "cpu":
+        raise FormatUnavailable(f"{path}: deploycheck runs OpenVINO artifacts on the CPU only (device={device!r})")
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if intra_op_threads is not None:
+        config["INFERENCE_NUM_THREADS"] = intra_op_threads
+    return ov.Core().compile_model(str(path / IR_FILE), "CPU", config)
+
+
+class OpenVinoRunner:
+    """One infer request of a compiled model, called with numpy inputs in order (one caller at a time, as the
+    server's per-model executor and the benchmarks call it)."""
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.outputs = list(compiled.outputs)
+
+    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        results = self.request.infer(inputs, share_inputs=True)
+        return [np.array(results[output]) for output in self.outputs]
+
+
+def int8_weight_fraction(model: Any) -> float:
+    """The share of an IR's weight elements (constants of more than one element) stored as 8-bit integers."""
+    import math
+
+    quantized = total = 0
+    for op in model.get_ops():
+        if op.get_type_name() != "Constant":
+            continue
+        elements = math.prod(op.get_output_shape(0))
+        kind = op.get_output_element_type(0).get_type_name()
+        if elements <= 1 or kind not in ("i8", "u8", "f32", "f16", "bf16"):
+            continue
+        total += elements
+        quantized += elements if kind in ("i8", "u8") else 0
+    return quantized / total if total else 0.0
+
+
+class OpenVinoFormat(Format):
+    name = "openvino"
+    base_format = "onnx"
+    packages = ("torch", "onnx", "onnxscript", "openvino")
+    servable = True
+    platform = "openvino"
+
+    def check_supported(self, spec: ModelSpec) -> None:
+        require_openvino(spec, self.name)
+
+    def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
+        import openvino as ov
+
+        assert base is not None
+        model = ov.convert_model(str(base.path / ONNX_FILE))
+        ov.save_model(model, str(out_dir / IR_FILE), compress_to_fp16=False)
+        return {"settings": {"weights": "f32", "inference_precision": "f32", "source": "onnx"}}
+
+    def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
+        return OpenVinoRunner(compile_ir(path, **runtime))

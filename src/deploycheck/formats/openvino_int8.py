@@ -1,0 +1,72 @@
+"""`openvino_int8`: the `openvino` IR quantized by NNCF's post-training quantization, calibrated on the spec's
+calibration data, the same batches `onnx_int8_static` calibrates on. Settings from
+`format_options["openvino_int8"]`: `preset` ("performance": symmetric, or "mixed"), `subset_size` (calibration
+samples, default 300), `fast_bias_correction` (default True); all recorded in the metadata.
+
+An optional extra: `pip install 'deploycheck[openvino]'` (openvino and nncf).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deploycheck.artifact import Runner
+from deploycheck.errors import ExportError
+from deploycheck.formats.base import Format
+from deploycheck.formats.onnx_int8_static import calibration_feeds
+from deploycheck.formats.openvino import IR_FILE, OpenVinoRunner, compile_ir, int8_weight_fraction, require_openvino
+from deploycheck.tolerance import INT8_TOLERANCE
+
+if TYPE_CHECKING:
+    from deploycheck.artifact import Artifact
+    from deploycheck.spec import ModelSpec
+
+PRESETS = ("performance", "mixed")
+
+
+def nncf_settings(spec: ModelSpec) -> dict[str, Any]:
+    options = spec.options("openvino_int8")
+    settings = {"preset": str(options.get("preset", "performance")),
+                "subset_size": int(options.get("subset_size", 300)),
+                "fast_bias_correction": bool(options.get("fast_bias_correction", True))}
+    if settings["preset"] not in PRESETS:
+        raise ExportError(f"{spec.name}/openvino_int8: preset {settings['preset']!r} is not one of "
+                          f"{', '.join(PRESETS)}")
+    return settings
+
+
+class OpenVinoInt8Format(Format):
+    name = "openvino_int8"
+    base_format = "openvino"
+    default_tolerance = INT8_TOLERANCE
+    packages = ("torch", "onnx", "onnxscript", "openvino", "nncf")
+    servable = True
+    platform = "openvino"
+
+    def check_supported(self, spec: ModelSpec) -> None:
+        require_openvino(spec, self.name, ("openvino", "nncf"))
+
+    def cache_inputs(self, spec: ModelSpec) -> list[Any]:
+        return [*calibration_feeds(spec), nncf_settings(spec)]
+
+    def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
+        import nncf
+        import openvino as ov
+
+        assert base is not None
+        settings = nncf_settings(spec)
+        feeds = calibration_feeds(spec)
+        samples = [{name: array[row:row + 1] for name, array in feed.items()}
+                   for feed in feeds for row in range(len(next(iter(feed.values()))))]
+        model = ov.Core().read_model(str(base.path / IR_FILE))
+        quantized = nncf.quantize(model, nncf.Dataset(samples), preset=nncf.QuantizationPreset(settings["preset"]),
+                                  subset_size=min(settings["subset_size"], len(samples)),
+                                  fast_bias_correction=settings["fast_bias_correction"])
+        ov.save_model(quantized, str(out_dir / IR_FILE), compress_to_fp16=False)
+        return {"quantization": {"tool": "nncf.quantize", "calibration_samples": min(settings["subset_size"],
+                                                                                   len(samples)),
+                                 "int8_weight_fraction": int8_weight_fraction(quantized), **settings}}
+
+    def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
+        return OpenVinoRunner(compile_ir(path, **runtime))
