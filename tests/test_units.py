@@ -90,3 +90,17 @@ def test_the_summary_shows_each_rows_real_status_in_its_columns() -> None:
     status = {line.split()[1]: line.split()[-1] for line in lines[2:]}
     assert status == {"onnx": "ok", "torchscript": "FAIL", "state_dict": "skipped"}
     assert "2.0 KiB" in lines[2] and "4.0 KiB" in lines[3]
+
+
+def test_the_best_format_is_the_fastest_that_passed_every_gate() -> None:
+    from deploycheck.report import best_formats
+
+    def row(fmt: str, p50: float, passed: bool = True) -> Row:
+        return {"model": "m", "format": fmt, "parity": {"max_abs": 0.0, "top1_agreement": 1.0, "passed": passed},
+                "accuracy": {"drop": 0.001, "passed": True}, "speedup": {"vs_eager": {"ratio": 2.0, "low": 1.9,
+                                                                                      "high": 2.1}},
+                "latency": {"1": {"p50_ms": p50}, "8": {"p50_ms": p50 * 4}}}
+
+    rows = [row("eager", 0.5), row("onnx", 0.1), row("onnx_int8_static", 0.05, passed=False), row("openvino", 0.2)]
+    assert best_formats(rows) == ["deploycheck: best format for m: onnx (p50 0.100 ms, 2.00x eager, accuracy drop "
+                                  "0.10%, every gate passed)"]

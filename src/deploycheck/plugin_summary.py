@@ -131,6 +131,7 @@ class RunSummary:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         from deploycheck.report import (
+            best_formats,
             budget_summary,
             inconclusive_summary,
             quantization_summary,
@@ -142,6 +143,7 @@ class RunSummary:
         rows = self.rows()
         if rows:
             lines.append(summary_table(rows))
+            lines += best_formats(rows)
             lines += quantization_summary(rows)
             lines += unchecked_budgets(rows)
             lines += inconclusive_summary(rows)

@@ -140,6 +140,25 @@ def summary_table(rows: Sequence[dict[str, Any]], width: int = WIDTH) -> str:
     return table + note
 
 
+def best_formats(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Per model, the answer a user came for: the fastest format (batch-1 p50) that passed every gate, with its
+    speed over eager and its accuracy drop."""
+    lines = []
+    for model in dict.fromkeys(str(row.get("model")) for row in rows):
+        passed = [row for row in rows if row.get("model") == model and _status(row) == "ok"
+                  and smallest_batch(row.get("latency")).get("p50_ms") is not None]
+        if not passed:
+            continue
+        best = min(passed, key=lambda row: float(smallest_batch(row.get("latency"))["p50_ms"]))
+        speedup = nested(best, "speedup", "vs_eager", "ratio")
+        drop = nested(best, "accuracy", "drop")
+        lines.append(f"deploycheck: best format for {model}: {best['format']} (p50 "
+                     f"{smallest_batch(best.get('latency'))['p50_ms']:.3f} ms"
+                     + (f", {speedup:.2f}x eager" if speedup is not None else "")
+                     + (f", accuracy drop {drop:.2%}" if drop is not None else "") + ", every gate passed)")
+    return lines
+
+
 NOMINAL_INT8 = 0.5  # a "quantized" artifact with fewer of its weights in int8 is flagged
 
 
