@@ -171,9 +171,10 @@ def main() -> None:
               f"{figures['bench']:8.1f}")
     print(f"wall {wall:.1f} s, peak RSS {peak_mb:.0f} MB (the pytest process); project in {project}")
     summary = done.stdout.splitlines()
-    start = next((i for i, line in enumerate(summary) if "timing budget" in line or "shortened to fit" in line), None)
-    if start is not None:
-        print("\n".join(line for line in summary[start:] if line.startswith(("deploycheck:", "  "))))
+    start = next((i for i, line in enumerate(summary) if "= deploycheck =" in line), None)
+    if start is not None:  # the plugin's summary: the tables, the best format, what was shortened
+        end = next((i for i in range(start + 1, len(summary)) if summary[i].startswith("=")), len(summary))
+        print("\n".join(summary[start + 1:end]))
     failures = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
     if failures:
         print("\n".join(failures))
