@@ -104,3 +104,15 @@ def test_the_best_format_is_the_fastest_that_passed_every_gate() -> None:
     rows = [row("eager", 0.5), row("onnx", 0.1), row("onnx_int8_static", 0.05, passed=False), row("openvino", 0.2)]
     assert best_formats(rows) == ["deploycheck: best format for m: onnx (p50 0.100 ms, 2.00x eager, accuracy drop "
                                   "0.10%, every gate passed)"]
+
+
+def test_the_run_ends_with_one_verdict_line_saying_what_to_do() -> None:
+    from deploycheck.report import verdict
+
+    ok: Row = {"model": "m", "format": "onnx", "parity": {"max_abs": 0.0, "top1_agreement": 1.0, "passed": True}}
+    behind: Row = {"model": "m", "format": "onnx_int8_static",
+                   "baseline": {"accuracy": {"passed": False, "status": "FAIL", "change": "-0.74 pt"}}}
+    assert verdict([ok]) == "deploycheck: 1 of 1 model x format(s) passed"
+    assert verdict([ok, behind]) == ("deploycheck: 1 of 2 model x format(s) FAILED (m/onnx_int8_static); 1 fell "
+                                     "behind their baseline: if that is intended, accept it with pytest "
+                                     "--deploycheck-update")

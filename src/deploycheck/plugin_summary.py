@@ -137,6 +137,7 @@ class RunSummary:
             quantization_summary,
             summary_table,
             unchecked_budgets,
+            verdict,
         )
 
         lines: list[str] = []
@@ -154,6 +155,8 @@ class RunSummary:
         if statements:
             lines += ["deploycheck: speed against the original, as measured:", *statements]
         lines += self.written
+        if rows:
+            lines.append(verdict(rows))
         if lines:
             terminalreporter.section("deploycheck")
             for line in "\n".join(lines).splitlines():

@@ -159,6 +159,25 @@ def best_formats(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def verdict(rows: Sequence[dict[str, Any]]) -> str:
+    """The run in one line, last: how many model x formats failed and why, what was inconclusive, and what to do."""
+    statuses = [_status(row) for row in rows]
+    failed = [row for row, status in zip(rows, statuses) if status == "FAIL"]
+    inconclusive = statuses.count("inconclusive")
+    judged = sum(1 for status in statuses if status in ("ok", "FAIL", "inconclusive"))
+    if not failed:
+        tail = f", {inconclusive} inconclusive (see above)" if inconclusive else ""
+        return f"deploycheck: {judged - inconclusive} of {judged} model x format(s) passed{tail}"
+    against_baseline = [row for row in failed if any(c.get("passed") is False
+                                                     for c in (row.get("baseline") or {}).values())]
+    names = ", ".join(f"{row['model']}/{row['format']}" for row in failed[:4]) + (", ..." if len(failed) > 4 else "")
+    line = f"deploycheck: {len(failed)} of {judged} model x format(s) FAILED ({names})"
+    if against_baseline:
+        line += (f"; {len(against_baseline)} fell behind their baseline: if that is intended, accept it with "
+                 "pytest --deploycheck-update")
+    return line
+
+
 NOMINAL_INT8 = 0.5  # a "quantized" artifact with fewer of its weights in int8 is flagged
 
 
