@@ -114,5 +114,5 @@ def test_the_run_ends_with_one_verdict_line_saying_what_to_do() -> None:
                    "baseline": {"accuracy": {"passed": False, "status": "FAIL", "change": "-0.74 pt"}}}
     assert verdict([ok]) == "deploycheck: 1 of 1 model x format(s) passed"
     assert verdict([ok, behind]) == ("deploycheck: 1 of 2 model x format(s) FAILED (m/onnx_int8_static); 1 fell "
-                                     "behind their baseline: if that is intended, accept it with pytest "
-                                     "--deploycheck-update")
+                                     "behind its baseline\n  if that is intended, accept the new figures with: "
+                                     "pytest --deploycheck-update")

@@ -173,8 +173,8 @@ def verdict(rows: Sequence[dict[str, Any]]) -> str:
     names = ", ".join(f"{row['model']}/{row['format']}" for row in failed[:4]) + (", ..." if len(failed) > 4 else "")
     line = f"deploycheck: {len(failed)} of {judged} model x format(s) FAILED ({names})"
     if against_baseline:
-        line += (f"; {len(against_baseline)} fell behind their baseline: if that is intended, accept it with "
-                 "pytest --deploycheck-update")
+        line += (f"; {len(against_baseline)} fell behind its baseline\n  if that is intended, accept the new "
+                 "figures with: pytest --deploycheck-update")
     return line
 
 
