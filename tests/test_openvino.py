@@ -37,7 +37,10 @@ def test_the_openvino_ir_is_fp32_exactly_and_matches_eager_at_fp32_tolerance(dig
 def test_nncf_int8_is_calibrated_on_the_specs_data_and_keeps_accuracy(digits_artifacts, digits_spec) -> None:
     artifact = digits_artifacts["openvino_int8"]
     quantization = artifact.metadata["quantization"]
-    assert quantization["tool"] == "nncf.quantize" and quantization["calibration_samples"] == 300
+    static = digits_artifacts["onnx_int8_static"].metadata["quantization"]
+    assert quantization["tool"] == "nncf.quantize"
+    assert (quantization["calibration_batches"], quantization["calibration_samples"]) == (
+        static["calibration_batches"], static["calibration_samples"]), "the same calibration data as ONNX Runtime's"
     assert quantization["int8_weight_fraction"] > 0.9 and artifact.metadata["versions"]["nncf"]
     assert artifact.size_bytes < 0.5 * digits_artifacts["openvino"].size_bytes
     accuracy = check_accuracy(artifact, digits_spec)
