@@ -55,16 +55,23 @@ def compile_ir(path: Path, intra_op_threads: int | None = None, device: str = "c
 
 class OpenVinoRunner:
     """One infer request of a compiled model, called with numpy inputs in order (one caller at a time, as the
-    server's per-model executor and the benchmarks call it)."""
+    server's per-model executor and the benchmarks call it). Inputs are handed over as tensors sharing the
+    arrays' memory and outputs copied out of the request's own tensors: `request.infer(inputs)` builds a result
+    dictionary per call and costs three times as much on a small model (82 against 27 µs on the digits CNN)."""
 
     def __init__(self, compiled: Any) -> None:
+        import openvino as ov
+
+        self.tensor = ov.Tensor
         self.compiled = compiled
         self.request = compiled.create_infer_request()
-        self.outputs = list(compiled.outputs)
+        self.outputs = range(len(compiled.outputs))
 
     def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        results = self.request.infer(inputs, share_inputs=True)
-        return [np.array(results[output]) for output in self.outputs]
+        for index, array in enumerate(inputs):
+            self.request.set_input_tensor(index, self.tensor(np.ascontiguousarray(array), shared_memory=True))
+        self.request.infer()
+        return [self.request.get_output_tensor(index).data.copy() for index in self.outputs]
 
 
 def int8_weight_fraction(model: Any) -> float:
