@@ -168,9 +168,12 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
                       f"{top1:.2%}" if top1 is not None else "",
                       f"{accuracy.obtained:.2%}" if accuracy is not None else "",
                       f"{accuracy.drop:.2%}" if accuracy is not None else "",
-                      "cached" if row.get("reused") else ("exported" if parity is not None else "")])
-    print(format_table(["format", "status", "size", "max abs err", "agree (eval)", "accuracy", "drop", "export"],
-                       table))
+                      "cached" if row.get("reused") else ("exported" if parity is not None else ""),
+                      f"{row['p50_ms']:.3f}" if row.get("p50_ms") is not None else ""])
+    titles = ["format", "status", "size", "max abs err", "agree (eval)", "accuracy", "drop", "export", "p50 ms"]
+    if not any(cells[-1] for cells in table):
+        titles, table = titles[:-1], [cells[:-1] for cells in table]
+    print(format_table(titles, table))
     for row in rows:
         if row.get("note"):
             print(f"\n{row['format']}: {row['note']}")
@@ -178,13 +181,25 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from deploycheck.digits import cache_dir, digits_spec
+    from deploycheck.latency import bench
 
     started = time.perf_counter()
     spec = digits_spec()
     out_dir = Path(args.out) if args.out else cache_dir() / "demo-artifacts"
     rows = _artifact_rows(spec, out_dir, None)
+    with _progress("timing batch-1 latency of each format that passed"):
+        for row in rows:
+            if row["status"] == "ok":
+                row["p50_ms"] = bench(row["artifact"], batch_sizes=(1,), max_time_s=0.2).stats[1].p50_ms
     print(f"deploycheck demo: {spec.name} (a CNN on scikit-learn's digits), artifacts in {out_dir}\n")
     _print_rows(rows)
+    timed = [row for row in rows if row.get("p50_ms") is not None]
+    if timed:
+        eager = next((row["p50_ms"] for row in timed if row["format"] == "eager"), None)
+        best = min(timed, key=lambda row: row["p50_ms"])
+        speedup = f", {eager / best['p50_ms']:.1f}x eager's p50" if eager else ""
+        print(f"\nbest format: {best['format']} (batch-1 p50 {best['p50_ms']:.3f} ms{speedup}, accuracy drop "
+              f"{best['accuracy'].drop:.2%}; the fastest that passed parity and accuracy)")
     print(f"\nwall time {time.perf_counter() - started:.1f} s")
     return 0 if all(r["status"] in ("ok", "skipped") for r in rows) else 1
 
