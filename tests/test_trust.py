@@ -144,3 +144,13 @@ def test_export_signs_and_the_gate_signs_what_it_exports(digits_spec, keys, tmp_
     again = deploycheck.export(digits_spec, "torchscript", tmp_path / "ts", sign_key=keys["trusted"])
     assert again.reused  # the cache still applies to a signed directory; the signature is renewed
     deploycheck.load_artifact(again.path, verify_key=keys["trusted.pub"])
+
+
+def test_what_this_process_exported_loads_without_a_signature_and_a_copy_altered_after_does_not(
+        digits_spec, tmp_path: Path) -> None:
+    exported = deploycheck.export(digits_spec, "torch_export", tmp_path / "pt2")
+    assert deploycheck.load_artifact(exported.path).format == "torch_export"  # its own export: its own code
+    sidecar = json.loads((exported.path / "deploycheck.json").read_text())
+    (exported.path / "deploycheck.json").write_text(json.dumps({**sidecar, "created": "later"}))
+    with pytest.raises(ArtifactError, match="refusing to load"):
+        deploycheck.load_artifact(exported.path)

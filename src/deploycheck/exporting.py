@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
-from deploycheck.artifact import Artifact, package_versions, read_metadata, write_metadata
+from deploycheck.artifact import METADATA_FILE, Artifact, file_digest, package_versions, read_metadata, write_metadata
 from deploycheck.errors import ArtifactError, DeployCheckError, ExportError, FormatUnavailable
 from deploycheck.formats import format_names, get_format
 from deploycheck.formats.base import Format, io_specs, parameter_bytes, quiet_exporters
@@ -32,6 +32,10 @@ from deploycheck.signing import sign_artifact, verify_artifact
 
 if TYPE_CHECKING:
     from deploycheck.spec import ModelSpec
+
+# sha256 of the sidecars of the artifacts this process exported (or found in its export cache under the key it
+# would write): loading those runs only what this process's own code produced, so they need no signature
+_WRITTEN_HERE: set[str] = set()
 
 
 def export(spec: ModelSpec, format: str, out_dir: str | Path, *, base: Artifact | None = None,
@@ -76,7 +80,8 @@ def export(spec: ModelSpec, format: str, out_dir: str | Path, *, base: Artifact 
         _replace_directory(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return load_artifact(out_dir, spec=spec, trust_code=True)  # written by this export
+    _WRITTEN_HERE.add(file_digest(out_dir / METADATA_FILE))
+    return load_artifact(out_dir, spec=spec)
 
 
 def export_all(spec: ModelSpec, out_dir: str | Path, formats: list[str] | None = None, *,
@@ -156,7 +161,8 @@ def _reusable(out_dir: Path, key: str, spec: ModelSpec) -> Artifact | None:
     try:
         if read_metadata(out_dir).get("cache_key") != key:
             return None
-        artifact = load_artifact(out_dir, spec=spec, trust_code=True)  # deploycheck's own export cache
+        _WRITTEN_HERE.add(file_digest(out_dir / METADATA_FILE))  # the cache key matched: what this export writes
+        artifact = load_artifact(out_dir, spec=spec)
     except (ArtifactError, DeployCheckError):
         return None
     artifact.reused = True
@@ -226,9 +232,11 @@ def load_artifact(path: str | os.PathLike[str], spec: ModelSpec | None = None, *
     onnx artifacts need no model code and run no code of the artifact's. A format whose loading can run code
     that came with the artifact (`Format.executes_code`: TorchScript programs, `.pt2` archives with pickled
     entries, a factory named by the sidecar) is refused before anything of it is loaded, unless the directory
-    verifies against `verify_key` (a trusted public key; see `deploycheck.signing`) or `trust_code=True` says the
-    caller trusts where it came from. With `verify_key`, every format must verify. `state_dict` needs the model
-    class (taken from `spec.factory`, else imported from the recorded factory path) and `eager` needs the spec.
+    verifies against `verify_key` (a trusted public key; see `deploycheck.signing`), or `trust_code=True` says the
+    caller trusts where it came from, or this process exported it itself (`export`: its sidecar, which pins every
+    file's hash, is the one written or reused here). With `verify_key`, every format must verify. `state_dict`
+    needs the model class (taken from `spec.factory`, else imported from the recorded factory path) and `eager`
+    needs the spec.
     `runtime` options (e.g. `intra_op_threads=1`, `device="cuda"`) go to the format's loader.
     """
     directory = Path(path)
@@ -237,7 +245,8 @@ def load_artifact(path: str | os.PathLike[str], spec: ModelSpec | None = None, *
     label = f"{metadata['model']}/{metadata['format']}"
     if verify_key is not None:
         verify_artifact(directory, verify_key, label)
-    elif not trust_code and fmt.runs_artifact_code(metadata, spec):
+    elif not trust_code and fmt.runs_artifact_code(metadata, spec) and \
+            file_digest(directory / METADATA_FILE) not in _WRITTEN_HERE:
         raise ArtifactError(f"{label}: refusing to load {directory}: {fmt.executes_code}. Load it only from a "
                             "source you trust: sign it (`deploycheck export --sign-key KEY`) and verify it "
                             "(verify_key= / --verify-key PUBLIC_KEY), or say so with trust_code=True / --trust-code")
