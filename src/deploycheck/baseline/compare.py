@@ -29,7 +29,7 @@ from deploycheck.baseline.rules import LatencyLimit, Rules, resolve_rules
 from deploycheck.errors import BaselineError
 from deploycheck.rows import Status, Verdict
 from deploycheck.stats import bootstrap_ratio_interval, quantile_grid
-from deploycheck.table import format_table
+from deploycheck.table import format_table, human_size
 
 OK: Status = "ok"
 REGRESSED: Status = "REGRESSED"
@@ -115,7 +115,7 @@ def compare_size(old: Mapping[str, Any], new: Mapping[str, Any], rules: Rules) -
     if not before or after is None:
         return []
     growth = after / before - 1
-    return [Finding("size", f"{before} B", f"{after} B", _pct(growth), f"<= {rules.size_growth:+.0%}",
+    return [Finding("size", human_size(before), human_size(after), _pct(growth), f"<= {rules.size_growth:+.0%}",
                     REGRESSED if growth > rules.size_growth + 1e-12 else OK)]
 
 
