@@ -12,7 +12,7 @@ import torch
 import deploycheck
 from deploycheck.accuracy import check_accuracy, evaluate, reference_artifact
 from deploycheck.errors import SpecError
-from deploycheck.formats import format_names
+from deploycheck.formats import default_formats
 from deploycheck.parity import check_parity
 
 pytestmark = pytest.mark.slow
@@ -67,7 +67,7 @@ def test_keyword_inputs_and_model_output_names_come_from_the_model(bert) -> None
 
 def test_every_format_exports_and_fp32_formats_match_eager_at_two_lengths(bert) -> None:
     spec, artifacts = bert
-    assert set(artifacts) == set(format_names()), "TorchScript included: dict outputs no longer stop the tracer"
+    assert set(artifacts) == set(default_formats()), "TorchScript included: dict outputs no longer stop the tracer"
     for name in FP32:
         report = check_parity(artifacts[name])
         assert report.passed, str(report)

@@ -26,7 +26,7 @@ from filelock import FileLock
 
 from deploycheck.artifact import METADATA_FILE, Artifact, file_digest, package_versions, read_metadata, write_metadata
 from deploycheck.errors import ArtifactError, DeployCheckError, ExportError, FormatUnavailable
-from deploycheck.formats import format_names, get_format
+from deploycheck.formats import default_formats, get_format
 from deploycheck.formats.base import Format, io_specs, parameter_bytes, quiet_exporters
 from deploycheck.signing import sign_artifact, verify_artifact
 
@@ -92,7 +92,7 @@ def export_all(spec: ModelSpec, out_dir: str | Path, formats: list[str] | None =
     one `ExportError` listing every failure is raised at the end.
     """
     out_dir = Path(out_dir)
-    wanted = formats if formats is not None else list(spec.formats or format_names())
+    wanted = formats if formats is not None else list(spec.formats or default_formats())
     artifacts: dict[str, Artifact] = {}
     failures: list[str] = []
     for name in _dependency_order(wanted):

@@ -84,12 +84,13 @@ def option(config: pytest.Config, name: str) -> Any:
 
 
 def selected_formats(config: pytest.Config) -> list[str]:
-    """The formats to gate: `--deploycheck-formats` / the ini key, else every registered format."""
-    from deploycheck.formats import format_names
+    """The formats to gate: `--deploycheck-formats` / the ini key, else every registered format but the opt-in
+    ones (`Format.default`)."""
+    from deploycheck.formats import default_formats, format_names
 
     selected = option(config, "formats")
     known = format_names()
-    formats = [f.strip() for f in selected.split(",") if f.strip()] if selected else known
+    formats = [f.strip() for f in selected.split(",") if f.strip()] if selected else default_formats()
     unknown = [f for f in formats if f not in known]
     if unknown:
         raise pytest.UsageError(f"--deploycheck-formats: unknown format(s) {unknown}; valid: {', '.join(known)}")

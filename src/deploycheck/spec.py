@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from deploycheck.baseline.rules import resolve_rules
 from deploycheck.errors import BaselineError, SpecError
-from deploycheck.formats import format_names
+from deploycheck.formats import default_formats, format_names
 from deploycheck.tensors import FlatModule, flatten_outputs, structure_names
 from deploycheck.tolerance import Tolerance
 
@@ -278,7 +278,7 @@ class ModelSpec:
     def _validated_formats(self, formats: Sequence[str] | None) -> list[str]:
         known = _known_formats()
         if formats is None:
-            return list(known)
+            return default_formats()
         if isinstance(formats, str):
             formats = [formats]
         unknown = [f for f in formats if f not in known]

@@ -25,10 +25,11 @@ BUILTIN_FORMATS = {
     "torch_int8_dynamic": "deploycheck.formats.torch_int8_dynamic:TorchInt8DynamicFormat",
     "openvino": "deploycheck.formats.openvino:OpenVinoFormat",
     "openvino_int8": "deploycheck.formats.openvino_int8:OpenVinoInt8Format",
+    "aot_inductor": "deploycheck.formats.aot_inductor:AotInductorFormat",
 }
 ENTRY_POINT_GROUP = "deploycheck.formats"
 
-__all__ = ["Format", "format_names", "get_format"]
+__all__ = ["Format", "default_formats", "format_names", "get_format"]
 
 
 @cache
@@ -42,6 +43,11 @@ def _registry() -> dict[str, str]:
 def format_names() -> list[str]:
     """Every known format name: the built-in ones in pipeline order, then third-party ones."""
     return list(_registry())
+
+
+def default_formats() -> list[str]:
+    """The formats gated when none are named: every known one except the opt-in ones (`Format.default`)."""
+    return [name for name in format_names() if get_format(name).default]
 
 
 @cache

@@ -52,6 +52,9 @@ class Format(ABC):
     executes_code: ClassVar[str | None] = None
     # the engine in `deploycheck.explain.ENGINES` that explains its per-layer quantization error, if any
     explanation: ClassVar[str | None] = None
+    # False for a format too costly to export on every run (a C++ compilation): gated only where named, in
+    # ModelSpec(formats=...) and --deploycheck-formats
+    default: ClassVar[bool] = True
 
     def check_supported(self, spec: ModelSpec) -> None:  # noqa: B027  (optional hook; most formats take any model)
         """Raise `FormatUnavailable` with a reason when this format cannot handle the spec."""
