@@ -145,15 +145,14 @@ def best_formats(rows: Sequence[dict[str, Any]]) -> list[str]:
     speed over eager and its accuracy drop."""
     lines = []
     for model in dict.fromkeys(str(row.get("model")) for row in rows):
-        passed = [row for row in rows if row.get("model") == model and _status(row) == "ok"
-                  and smallest_batch(row.get("latency")).get("p50_ms") is not None]
-        if not passed:
+        timed = [(float(p50), row) for row in rows if row.get("model") == model and _status(row) == "ok"
+                 and (p50 := smallest_batch(row.get("latency")).get("p50_ms")) is not None]
+        if not timed:
             continue
-        best = min(passed, key=lambda row: float(smallest_batch(row.get("latency"))["p50_ms"]))
+        p50_ms, best = min(timed, key=lambda pair: pair[0])
         speedup = nested(best, "speedup", "vs_eager", "ratio")
         drop = nested(best, "accuracy", "drop")
-        lines.append(f"deploycheck: best format for {model}: {best['format']} (p50 "
-                     f"{smallest_batch(best.get('latency'))['p50_ms']:.3f} ms"
+        lines.append(f"deploycheck: best format for {model}: {best['format']} (p50 {p50_ms:.3f} ms"
                      + (f", {speedup:.2f}x eager" if speedup is not None else "")
                      + (f", accuracy drop {drop:.2%}" if drop is not None else "") + ", every gate passed)")
     return lines
