@@ -96,6 +96,9 @@ def format_contract_problems(fmt: Format) -> list[str]:
         problems.append("a format with no files cannot be served")
     if fmt.servable and fmt.platform == "unknown":
         problems.append("a servable format names its Open Inference Protocol platform")
+    if not (isinstance(fmt.precision, dict) and fmt.precision
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in fmt.precision.items())):
+        problems.append("precision must say, in words, what the artifact stores and computes in")
     if fmt.base_format is not None and fmt.base_format not in format_names():
         problems.append(f"base_format {fmt.base_format!r} is not a registered format")
     return problems
@@ -174,3 +177,13 @@ def test_an_upgrade_of_a_package_a_format_names_re_exports(add_format, two_io_sp
     again = deploycheck.export(two_io_spec, "renamed_onnx", tmp_path / "renamed_onnx")
     assert first.metadata["versions"]["renamed-onnx"] == "0.1" and again.metadata["versions"]["renamed-onnx"] == "0.2"
     assert not again.reused and first.metadata["cache_key"] != again.metadata["cache_key"]
+
+
+def test_a_change_of_a_formats_declared_precision_re_exports(add_format, two_io_spec, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    fmt = add_format()
+    first = deploycheck.export(two_io_spec, "renamed_onnx", tmp_path / "renamed_onnx")
+    assert first.metadata["precision"] == fmt.precision
+    monkeypatch.setattr(type(fmt), "precision", {"weights": "fp16", "compute": "fp16"})
+    again = deploycheck.export(two_io_spec, "renamed_onnx", tmp_path / "renamed_onnx")
+    assert not again.reused and again.metadata["precision"] == {"weights": "fp16", "compute": "fp16"}

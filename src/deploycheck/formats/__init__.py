@@ -25,6 +25,8 @@ BUILTIN_FORMATS = {
     "torch_int8_dynamic": "deploycheck.formats.torch_int8_dynamic:TorchInt8DynamicFormat",
     "openvino": "deploycheck.formats.openvino:OpenVinoFormat",
     "openvino_int8": "deploycheck.formats.openvino_int8:OpenVinoInt8Format",
+    "executorch": "deploycheck.formats.executorch:ExecuTorchFormat",
+    "executorch_int8": "deploycheck.formats.executorch_int8:ExecuTorchInt8Format",
     "aot_inductor": "deploycheck.formats.aot_inductor:AotInductorFormat",
 }
 ENTRY_POINT_GROUP = "deploycheck.formats"

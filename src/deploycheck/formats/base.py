@@ -52,6 +52,10 @@ class Format(ABC):
     executes_code: ClassVar[str | None] = None
     # the engine in `deploycheck.explain.ENGINES` that explains its per-layer quantization error, if any
     explanation: ClassVar[str | None] = None
+    # the numeric precision the artifact stores and its runtime is told to compute in: recorded in the sidecar
+    # (`precision`) and part of the cache key, so a change re-exports; a loader that sets a precision reads it
+    # from the sidecar, so what is recorded is what runs
+    precision: ClassVar[dict[str, str]] = {"weights": "as the model", "compute": "as the weights"}
     # False for a format too costly to export on every run (a C++ compilation): gated only where named, in
     # ModelSpec(formats=...) and --deploycheck-formats
     default: ClassVar[bool] = True
@@ -96,16 +100,17 @@ def io_specs(spec: ModelSpec) -> tuple[list[TensorSpec], list[TensorSpec]]:
             [describe(n, t) for n, t in zip(spec.output_names, outputs)])
 
 
-def dynamic_shapes(spec: ModelSpec) -> tuple[tuple[dict[int, Any], ...]] | None:
+def dynamic_shapes(spec: ModelSpec, max_batch: int = 65536) -> tuple[tuple[dict[int, Any], ...]] | None:
     """`torch.export` dynamic shapes of `spec.flat_model` (whose inputs arrive as one `*inputs` tuple): axis 0
-    of every input one shared batch dimension, and the spec's `dynamic_axes` left for the exporter to infer
-    (`Dim.DYNAMIC`: a model's own limits, such as a maximum sequence length, then need no declaring)."""
+    of every input one shared batch dimension up to `max_batch`, and the spec's `dynamic_axes` left for the
+    exporter to infer (`Dim.DYNAMIC`: a model's own limits, such as a maximum sequence length, then need no
+    declaring)."""
     axes = spec.dynamic_axes or {}
     if not spec.dynamic_batch and not axes:
         return None
     from torch.export import Dim
 
-    batch = Dim("batch", min=1, max=65536)
+    batch = Dim("batch", min=1, max=max_batch)
     shapes = []
     for name in spec.input_names or []:
         shape: dict[int, Any] = {0: batch} if spec.dynamic_batch else {}

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 class OnnxInt8DynamicFormat(Format):
     name = "onnx_int8_dynamic"
+    precision = {"weights": "int8", "activations": "int8, ranges per call (dynamic)", "compute": "int8"}
     base_format = "onnx"
     default_tolerance = INT8_TOLERANCE
     packages = ("torch", "onnx", "onnxscript", "onnxruntime")

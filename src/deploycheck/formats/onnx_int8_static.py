@@ -93,6 +93,7 @@ def quantize_static_qdq(fp32_model: Path, output: Path, feeds: list[dict[str, np
 
 class OnnxInt8StaticFormat(Format):
     name = "onnx_int8_static"
+    precision = {"weights": "int8", "activations": "int8, calibrated ranges (QDQ)", "compute": "int8"}
     base_format = "onnx"
     default_tolerance = INT8_TOLERANCE
     packages = ("torch", "onnx", "onnxscript", "onnxruntime")

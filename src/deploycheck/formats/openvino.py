@@ -41,13 +41,16 @@ def require_openvino(spec: ModelSpec, format_name: str, packages: tuple[str, ...
         raise FormatUnavailable(f"{spec.name}/{format_name}: {', '.join(missing)} is not installed ({INSTALL})")
 
 
-def compile_ir(path: Path, intra_op_threads: int | None = None, device: str = "cpu", **_: Any) -> Any:
-    """The IR compiled for OpenVINO's CPU plugin in fp32, with an explicit thread count when given."""
+def compile_ir(path: Path, metadata: dict[str, Any], intra_op_threads: int | None = None, device: str = "cpu",
+               **_: Any) -> Any:
+    """The IR compiled for OpenVINO's CPU plugin at the inference precision its sidecar records (f32 for
+    sidecars older than the record), with an explicit thread count when given."""
     import openvino as ov
 
     if device != "cpu":
         raise FormatUnavailable(f"{path}: deploycheck runs OpenVINO artifacts on the CPU only (device={device!r})")
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    hint = metadata.get("precision", {}).get("inference_precision_hint", "f32")
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
     if intra_op_threads is not None:
         config["INFERENCE_NUM_THREADS"] = intra_op_threads
     return ov.Core().compile_model(str(path / IR_FILE), "CPU", config)
@@ -93,6 +96,7 @@ def int8_weight_fraction(model: Any) -> float:
 
 class OpenVinoFormat(Format):
     name = "openvino"
+    precision = {"weights": "f32 (compress_to_fp16=False)", "inference_precision_hint": "f32"}
     base_format = "onnx"
     packages = ("torch", "onnx", "onnxscript", "openvino")
     servable = True
@@ -107,7 +111,7 @@ class OpenVinoFormat(Format):
         assert base is not None
         model = ov.convert_model(str(base.path / ONNX_FILE))
         ov.save_model(model, str(out_dir / IR_FILE), compress_to_fp16=False)
-        return {"settings": {"weights": "f32", "inference_precision": "f32", "source": "onnx"}}
+        return {"settings": {"source": "onnx"}}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
-        return OpenVinoRunner(compile_ir(path, **runtime))
+        return OpenVinoRunner(compile_ir(path, metadata, **runtime))

@@ -38,6 +38,8 @@ def nncf_settings(spec: ModelSpec) -> dict[str, Any]:
 
 class OpenVinoInt8Format(Format):
     name = "openvino_int8"
+    precision = {"weights": "int8 (NNCF)", "activations": "int8, calibrated ranges",
+                 "inference_precision_hint": "f32"}
     base_format = "openvino"
     default_tolerance = INT8_TOLERANCE
     packages = ("torch", "onnx", "onnxscript", "openvino", "nncf")
@@ -66,4 +68,4 @@ class OpenVinoInt8Format(Format):
                                  "int8_weight_fraction": int8_weight_fraction(quantized), **settings}}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
-        return OpenVinoRunner(compile_ir(path, **runtime))
+        return OpenVinoRunner(compile_ir(path, metadata, **runtime))

@@ -45,6 +45,8 @@ def quantize_linear_layers(model: Any, backend: str | None = None) -> tuple[Any,
 
 class TorchInt8DynamicFormat(Format):
     name = "torch_int8_dynamic"
+    precision = {"weights": "int8 (nn.Linear)", "activations": "int8, ranges per call (dynamic)",
+                 "compute": "int8 (nn.Linear), float elsewhere"}
     threads_fixed_at_load = False
     default_tolerance = INT8_TOLERANCE
     packages = ("torch", "torchao")

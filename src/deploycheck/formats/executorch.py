@@ -1,0 +1,189 @@
+"""`executorch`: the `torch.export` program lowered to ExecuTorch with the XNNPACK delegate and saved as a `.pte`
+flatbuffer, run by ExecuTorch's runtime — PyTorch's path to phones and embedded Linux.
+
+ExecuTorch plans every tensor's memory ahead of time, so a dynamic batch needs an upper bound: the program is
+exported with the batch axis bounded by `format_options["executorch"]["max_batch"]` (default 32), and the runner
+splits larger batches into chunks of the planned capacity. The capacity actually planned is read back from the
+program and recorded: torch's exporter can narrow the bound from the example batch it traces with (its choice of
+convolution backend adds a guard "batch < 16" when tracing at batch 2, which planned 15 rows), so the example
+inputs are tiled to half the bound before tracing. A `.pte` holds operators by name and XNNPACK's serialized
+graph: loading it reads data and runs no code from the artifact.
+
+Threads: ExecuTorch's thread pool is its own process-wide setting; a load with `intra_op_threads` resets it
+(through the one call ExecuTorch offers, `_unsafe_reset_threadpool`, hence `threads_fixed_at_load`).
+
+An optional extra: `pip install 'deploycheck[executorch]'`; without it the format is skipped with that line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deploycheck.artifact import Runner
+from deploycheck.errors import ExportError, FormatUnavailable, InputError
+from deploycheck.formats.base import Format, dynamic_shapes
+
+if TYPE_CHECKING:
+    import torch
+
+    from deploycheck.artifact import Artifact
+    from deploycheck.spec import ModelSpec
+
+PROGRAM_FILE = "model.pte"
+INSTALL = "pip install 'deploycheck[executorch]'"
+DEFAULT_MAX_BATCH = 32
+
+
+def require_executorch(spec: ModelSpec, format_name: str, packages: tuple[str, ...] = ("executorch",)) -> None:
+    """Raise `FormatUnavailable` with the install line when a package of the ExecuTorch formats is missing."""
+    def installed(package: str) -> bool:
+        try:
+            return importlib.util.find_spec(package) is not None
+        except (ImportError, ValueError):  # a broken or blocked installation counts as none
+            return False
+
+    missing = [package for package in packages if not installed(package)]
+    if missing:
+        raise FormatUnavailable(f"{spec.name}/{format_name}: {', '.join(missing)} is not installed ({INSTALL})")
+
+
+def max_batch(spec: ModelSpec, format_name: str) -> int:
+    """The batch bound asked for in `format_options[format_name]["max_batch"]` (default 32)."""
+    value = spec.options(format_name).get("max_batch", DEFAULT_MAX_BATCH)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ExportError(f"{spec.name}/{format_name}: max_batch must be a positive integer, got {value!r}")
+    return value
+
+
+def tracing_inputs(spec: ModelSpec, bound: int) -> tuple[torch.Tensor, ...]:
+    """The example inputs, rows repeated up to half the batch bound (at least 2) when the batch is dynamic."""
+    import torch
+
+    if not spec.dynamic_batch:
+        return tuple(spec.example_inputs)
+    rows = max(2, bound // 2)
+    tiled = []
+    for tensor in spec.example_inputs:
+        repeats = -(-rows // tensor.shape[0])
+        tiled.append(torch.cat([tensor] * repeats)[:rows])
+    return tuple(tiled)
+
+
+def lower_to_pte(module: Any, spec: ModelSpec, out_dir: Path, format_name: str) -> dict[str, Any]:
+    """Export `module` (`spec.flat_model` or a graph captured from it) with the batch bounded, lower it through XNNPACK,
+    write the `.pte`, and return the settings with the capacity the program planned."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    bound = max_batch(spec, format_name)
+    shapes = dynamic_shapes(spec, max_batch=bound)
+    if shapes is not None and isinstance(module, torch.fx.GraphModule):
+        shapes = shapes[0]  # a captured (e.g. quantized) graph takes its inputs one by one, not as `*inputs`
+    program = torch.export.export(module, tracing_inputs(spec, bound), dynamic_shapes=shapes)
+    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    (out_dir / PROGRAM_FILE).write_bytes(lowered.buffer)
+    meta = _method(out_dir / PROGRAM_FILE).metadata
+    planned = [list(meta.input_tensor_meta(index).sizes()) for index in range(meta.num_inputs())]
+    capacity = min(sizes[0] for sizes in planned) if spec.dynamic_batch and planned else None
+    return {"delegate": "xnnpack", "max_batch": bound, "planned_batch": capacity, "planned_input_shapes": planned}
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """The runtime's CPU probe writes lines such as "[cpuinfo_utils.cpp:71] Reading file ..." straight to file
+    descriptor 2 when it first loads; they are not errors, and would interleave with pytest's and the CLI's
+    output."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _method(path: Path) -> Any:
+    with _quiet_native_stderr():
+        from executorch.runtime import Runtime
+
+        return Runtime.get().load_program(path).load_method("forward")
+
+
+def set_threads(threads: int) -> None:
+    """Resize ExecuTorch's process-wide thread pool (only when the count changes: the call is not safe while
+    another thread runs an ExecuTorch program)."""
+    from executorch.extension.pybindings import portable_lib
+
+    if portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(threads)
+
+
+class ExecuTorchRunner:
+    """A loaded `forward` method, called with numpy inputs in order. Batches above the planned capacity run in
+    chunks; outputs are copied out, since they live in the program's planned memory, which the next call
+    overwrites."""
+
+    def __init__(self, path: Path, metadata: dict[str, Any]) -> None:
+        self.method = _method(path / PROGRAM_FILE)
+        settings = metadata.get("settings", {})
+        self.capacity: int | None = settings.get("planned_batch")
+        self.planned = [list(shape) for shape in settings.get("planned_input_shapes", [])]
+        self.label = f"{metadata['model']}/{metadata['format']}"
+
+    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        self._check_shapes(inputs)
+        rows = inputs[0].shape[0] if inputs and inputs[0].ndim else 0
+        step = self.capacity if self.capacity is not None and rows > self.capacity else rows or 1
+        chunks = []
+        for start in range(0, max(rows, 1), step):
+            tensors = [torch.from_numpy(np.ascontiguousarray(a[start:start + step] if rows else a)) for a in inputs]
+            chunks.append([output.numpy().copy() for output in self.method.execute(tensors)])
+        return chunks[0] if len(chunks) == 1 else [np.concatenate(parts) for parts in zip(*chunks)]
+
+    def _check_shapes(self, inputs: list[np.ndarray]) -> None:
+        """Refuse, by name, an input larger than the program planned on an axis other than the batch."""
+        for index, (array, planned) in enumerate(zip(inputs, self.planned)):
+            for axis, (size, limit) in enumerate(zip(array.shape, planned)):
+                if (axis > 0 or self.capacity is None) and size > limit:
+                    raise InputError(f"{self.label}: input {index} has {size} on axis {axis}; this program was "
+                                     f"planned for at most {limit} (shape {planned})")
+
+
+class ExecuTorchFormat(Format):
+    name = "executorch"
+    precision = {"weights": "as the model", "compute": "as the weights (XNNPACK)"}
+    packages = ("torch", "executorch")
+    servable = True
+    platform = "executorch"
+
+    def check_supported(self, spec: ModelSpec) -> None:
+        require_executorch(spec, self.name)
+
+    def cache_inputs(self, spec: ModelSpec) -> list[Any]:
+        return [{"max_batch": max_batch(spec, self.name)}]
+
+    def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
+        return {"settings": lower_to_pte(spec.flat_model, spec, out_dir, self.name)}
+
+    def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
+        return load_pte(path, metadata, **runtime)
+
+
+def load_pte(path: Path, metadata: dict[str, Any], device: str = "cpu", intra_op_threads: int | None = None,
+             **_: Any) -> ExecuTorchRunner:
+    if device != "cpu":
+        raise FormatUnavailable(f"{path}: deploycheck runs ExecuTorch programs on the CPU only (device={device!r})")
+    if intra_op_threads is not None:
+        set_threads(intra_op_threads)
+    return ExecuTorchRunner(path, metadata)
