@@ -16,6 +16,7 @@ from deploycheck import formats
 from deploycheck.errors import DeployCheckError
 from deploycheck.explain import ENGINES, explain_quantization, explained_formats
 from deploycheck.formats import Format, format_names, get_format
+from deploycheck.formats.base import Precision
 from deploycheck.server.repository import discover, servable_formats
 from deploycheck.tolerance import Tolerance
 
@@ -96,8 +97,7 @@ def format_contract_problems(fmt: Format) -> list[str]:
         problems.append("a format with no files cannot be served")
     if fmt.servable and fmt.platform == "unknown":
         problems.append("a servable format names its Open Inference Protocol platform")
-    if not (isinstance(fmt.precision, dict) and fmt.precision
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in fmt.precision.items())):
+    if not (isinstance(fmt.precision, Precision) and fmt.precision.weights and fmt.precision.compute):
         problems.append("precision must say, in words, what the artifact stores and computes in")
     if fmt.base_format is not None and fmt.base_format not in format_names():
         problems.append(f"base_format {fmt.base_format!r} is not a registered format")
@@ -183,7 +183,7 @@ def test_a_change_of_a_formats_declared_precision_re_exports(add_format, two_io_
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     fmt = add_format()
     first = deploycheck.export(two_io_spec, "renamed_onnx", tmp_path / "renamed_onnx")
-    assert first.metadata["precision"] == fmt.precision
-    monkeypatch.setattr(type(fmt), "precision", {"weights": "fp16", "compute": "fp16"})
+    assert first.metadata["precision"] == fmt.precision.to_dict()
+    monkeypatch.setattr(type(fmt), "precision", Precision(weights="fp16", compute="fp16"))
     again = deploycheck.export(two_io_spec, "renamed_onnx", tmp_path / "renamed_onnx")
     assert not again.reused and again.metadata["precision"] == {"weights": "fp16", "compute": "fp16"}

@@ -25,7 +25,8 @@ def test_the_openvino_ir_is_fp32_exactly_and_matches_eager_at_fp32_tolerance(dig
     artifact = digits_artifacts["openvino"]
     assert set(artifact.metadata["files"]) == {"model.xml", "model.bin"}
     assert artifact.metadata["settings"] == {"source": "onnx"}
-    assert artifact.metadata["precision"] == {"weights": "f32 (compress_to_fp16=False)", "inference_precision_hint": "f32"}
+    assert artifact.metadata["precision"] == {"weights": "f32 (compress_to_fp16=False)", "compute": "f32",
+                                              "INFERENCE_PRECISION_HINT": "f32"}
     assert artifact.metadata["versions"]["openvino"]
     model = ov.Core().read_model(str(artifact.path / "model.xml"))
     kinds = {op.get_output_element_type(0).get_type_name() for op in model.get_ops()

@@ -2,9 +2,9 @@
 one through its format.
 
 Exports are cached: an artifact directory whose recorded cache key matches (model weights and code, format,
-settings, precision, data, the versions of the packages the format names) and whose files verify is reused as it is. A new
-export is written to a temporary directory and moved into place only once it is complete, so a failing export
-never replaces a good artifact, and `export` never deletes a directory deploycheck did not write.
+settings, precision, data, the versions of the packages the format names) and whose files verify is reused as
+it is. A new export is written to a temporary directory and moved into place only once it is complete, so a
+failing export never replaces a good artifact, and `export` never deletes a directory deploycheck did not write.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def export(spec: ModelSpec, format: str, out_dir: str | Path, *, base: Artifact 
             details["base"] = {"format": base.format, "path": str(base.path.resolve()),
                                "cache_key": base.metadata["cache_key"]}
         in_memory = 0 if fmt.writes_files else parameter_bytes(spec.model)
-        write_metadata(staging, format, spec, {"precision": fmt.precision, **details}, inputs, outputs, key,
+        write_metadata(staging, format, spec, {"precision": fmt.precision.to_dict(), **details}, inputs, outputs, key,
                        fmt.packages, in_memory_bytes=in_memory)
         if sign_key is not None:
             sign_artifact(staging, sign_key)
@@ -119,7 +119,7 @@ def cache_key(spec: ModelSpec, fmt: Format, base: Artifact | None) -> str:
     digest.update(model_fingerprint(spec.model).encode())
     description = {
         "format": fmt.name, "options": spec.options(fmt.name), "versions": package_versions(fmt.packages),
-        "precision": fmt.precision,
+        "precision": fmt.precision.to_dict(),
         "inputs": [[list(t.shape), str(t.dtype)] for t in spec.example_inputs], "dynamic_batch": spec.dynamic_batch,
         "names": [spec.input_names, spec.output_names], "base": base.metadata["cache_key"] if base else None,
         "factory": getattr(spec.factory, "__qualname__", None),

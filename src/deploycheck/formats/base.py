@@ -8,6 +8,7 @@ import logging
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -22,6 +23,23 @@ if TYPE_CHECKING:
 
     from deploycheck.artifact import Artifact
     from deploycheck.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What an artifact stores its weights in and its runtime computes in, in words for the sidecar, and the
+    precision settings its loader hands the runtime (`runtime`, e.g. OpenVINO's INFERENCE_PRECISION_HINT)."""
+
+    weights: str
+    compute: str
+    activations: str | None = None  # for quantized formats: how activation ranges are set
+    runtime: tuple[tuple[str, str], ...] = ()
+
+    def to_dict(self) -> dict[str, str]:
+        described = {"weights": self.weights, "compute": self.compute}
+        if self.activations is not None:
+            described["activations"] = self.activations
+        return {**described, **dict(self.runtime)}
 
 
 class Format(ABC):
@@ -55,7 +73,7 @@ class Format(ABC):
     # the numeric precision the artifact stores and its runtime is told to compute in: recorded in the sidecar
     # (`precision`) and part of the cache key, so a change re-exports; a loader that sets a precision reads it
     # from the sidecar, so what is recorded is what runs
-    precision: ClassVar[dict[str, str]] = {"weights": "as the model", "compute": "as the weights"}
+    precision: ClassVar[Precision] = Precision(weights="as the model", compute="as the weights")
     # False for a format too costly to export on every run (a C++ compilation): gated only where named, in
     # ModelSpec(formats=...) and --deploycheck-formats
     default: ClassVar[bool] = True

@@ -28,7 +28,7 @@ import numpy as np
 
 from deploycheck.artifact import Runner
 from deploycheck.errors import ExportError, FormatUnavailable, InputError
-from deploycheck.formats.base import Format, dynamic_shapes
+from deploycheck.formats.base import Format, Precision, dynamic_shapes
 
 if TYPE_CHECKING:
     import torch
@@ -84,7 +84,7 @@ def lower_to_pte(module: Any, spec: ModelSpec, out_dir: Path, format_name: str) 
     from executorch.exir import to_edge_transform_and_lower
 
     bound = max_batch(spec, format_name)
-    shapes = dynamic_shapes(spec, max_batch=bound)
+    shapes: Any = dynamic_shapes(spec, max_batch=bound)
     if shapes is not None and isinstance(module, torch.fx.GraphModule):
         shapes = shapes[0]  # a captured (e.g. quantized) graph takes its inputs one by one, not as `*inputs`
     program = torch.export.export(module, tracing_inputs(spec, bound), dynamic_shapes=shapes)
@@ -162,7 +162,7 @@ class ExecuTorchRunner:
 
 class ExecuTorchFormat(Format):
     name = "executorch"
-    precision = {"weights": "as the model", "compute": "as the weights (XNNPACK)"}
+    precision = Precision(weights="as the model", compute="as the weights (XNNPACK)")
     packages = ("torch", "executorch")
     servable = True
     platform = "executorch"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploycheck.artifact import Runner
-from deploycheck.formats.base import Format, dynamic_shapes
+from deploycheck.formats.base import Format, Precision, dynamic_shapes
 from deploycheck.formats.executorch import load_pte, lower_to_pte, max_batch, require_executorch
 from deploycheck.tolerance import INT8_TOLERANCE
 
@@ -45,7 +45,7 @@ def int8_weight_fraction(module: torch.fx.GraphModule) -> float:
 
 class ExecuTorchInt8Format(Format):
     name = "executorch_int8"
-    precision = {"weights": "int8", "activations": "int8, calibrated ranges", "compute": "int8 (XNNPACK)"}
+    precision = Precision(weights="int8", compute="int8 (XNNPACK)", activations="int8, calibrated ranges")
     default_tolerance = INT8_TOLERANCE
     packages = ("torch", "executorch", "torchao")
     servable = True
@@ -67,20 +67,22 @@ class ExecuTorchInt8Format(Format):
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         assert spec.calibration_data is not None
+        batches = list(spec.calibration_data)
         settings = quantizer_settings(spec)
-        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=settings["per_channel"]))
+        config = get_symmetric_quantization_config(is_per_channel=settings["per_channel"])
+        quantizer = XNNPACKQuantizer().set_global(config)
         # captured with the unbounded batch, so that calibration batches of any size run through it
         captured = torch.export.export(spec.flat_model, spec.example_inputs, dynamic_shapes=dynamic_shapes(spec))
         prepared = prepare_pt2e(captured.module(), quantizer)
         with torch.no_grad():
-            for batch in spec.calibration_data:
+            for batch in batches:
                 prepared(*batch)
         converted = convert_pt2e(prepared)
         lowered = lower_to_pte(converted, spec, out_dir, self.name)
         return {"settings": lowered, "quantization": {
             "tool": "XNNPACKQuantizer (PT2E)", "scheme": "int8 weights and activations, symmetric",
-            "per_channel": settings["per_channel"], "calibration_batches": len(spec.calibration_data),
-            "calibration_samples": int(sum(len(batch[0]) for batch in spec.calibration_data)),
+            "per_channel": settings["per_channel"], "calibration_batches": len(batches),
+            "calibration_samples": int(sum(len(batch[0]) for batch in batches)),
             "int8_weight_fraction": int8_weight_fraction(converted)}}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:

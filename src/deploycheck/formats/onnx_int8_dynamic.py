@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploycheck.artifact import Runner
-from deploycheck.formats.base import Format
+from deploycheck.formats.base import Format, Precision
 from deploycheck.formats.onnx import MODEL_FILE, OnnxRunner, create_session, int8_weight_fraction, opset_of
 from deploycheck.tolerance import INT8_TOLERANCE
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 class OnnxInt8DynamicFormat(Format):
     name = "onnx_int8_dynamic"
-    precision = {"weights": "int8", "activations": "int8, ranges per call (dynamic)", "compute": "int8"}
+    precision = Precision(weights="int8", compute="int8", activations="int8, ranges per call (dynamic)")
     base_format = "onnx"
     default_tolerance = INT8_TOLERANCE
     packages = ("torch", "onnx", "onnxscript", "onnxruntime")

@@ -16,7 +16,7 @@ import numpy as np
 
 from deploycheck.artifact import Runner
 from deploycheck.errors import ExportError
-from deploycheck.formats.base import Format
+from deploycheck.formats.base import Format, Precision
 from deploycheck.formats.onnx import MODEL_FILE, OnnxRunner, create_session, int8_weight_fraction, opset_of
 from deploycheck.tolerance import INT8_TOLERANCE
 
@@ -93,7 +93,7 @@ def quantize_static_qdq(fp32_model: Path, output: Path, feeds: list[dict[str, np
 
 class OnnxInt8StaticFormat(Format):
     name = "onnx_int8_static"
-    precision = {"weights": "int8", "activations": "int8, calibrated ranges (QDQ)", "compute": "int8"}
+    precision = Precision(weights="int8", compute="int8", activations="int8, calibrated ranges (QDQ)")
     base_format = "onnx"
     default_tolerance = INT8_TOLERANCE
     packages = ("torch", "onnx", "onnxscript", "onnxruntime")

@@ -15,7 +15,7 @@ import numpy as np
 
 from deploycheck.artifact import Runner
 from deploycheck.errors import FormatUnavailable
-from deploycheck.formats.base import Format
+from deploycheck.formats.base import Format, Precision
 from deploycheck.formats.onnx import MODEL_FILE as ONNX_FILE
 
 if TYPE_CHECKING:
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from deploycheck.spec import ModelSpec
 
 IR_FILE = "model.xml"  # and model.bin beside it
+# fp32 inference, recorded in the sidecar and applied from it: the CPU plugin otherwise runs bf16 where it can
+PRECISION_HINT = ("INFERENCE_PRECISION_HINT", "f32")
 INSTALL = "pip install 'deploycheck[openvino]'"
 
 
@@ -49,8 +51,8 @@ def compile_ir(path: Path, metadata: dict[str, Any], intra_op_threads: int | Non
 
     if device != "cpu":
         raise FormatUnavailable(f"{path}: deploycheck runs OpenVINO artifacts on the CPU only (device={device!r})")
-    hint = metadata.get("precision", {}).get("inference_precision_hint", "f32")
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+    hint = metadata.get("precision", {}).get(PRECISION_HINT[0], PRECISION_HINT[1])
+    config: dict[str, Any] = {PRECISION_HINT[0]: hint, "PERFORMANCE_HINT": "LATENCY"}
     if intra_op_threads is not None:
         config["INFERENCE_NUM_THREADS"] = intra_op_threads
     return ov.Core().compile_model(str(path / IR_FILE), "CPU", config)
@@ -96,7 +98,7 @@ def int8_weight_fraction(model: Any) -> float:
 
 class OpenVinoFormat(Format):
     name = "openvino"
-    precision = {"weights": "f32 (compress_to_fp16=False)", "inference_precision_hint": "f32"}
+    precision = Precision(weights="f32 (compress_to_fp16=False)", compute="f32", runtime=(PRECISION_HINT,))
     base_format = "onnx"
     packages = ("torch", "onnx", "onnxscript", "openvino")
     servable = True

@@ -14,9 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 from deploycheck.artifact import Runner
 from deploycheck.errors import ExportError
-from deploycheck.formats.base import Format
+from deploycheck.formats.base import Format, Precision
 from deploycheck.formats.onnx_int8_static import calibration_feeds
-from deploycheck.formats.openvino import IR_FILE, OpenVinoRunner, compile_ir, int8_weight_fraction, require_openvino
+from deploycheck.formats.openvino import (
+    IR_FILE,
+    PRECISION_HINT,
+    OpenVinoRunner,
+    compile_ir,
+    int8_weight_fraction,
+    require_openvino,
+)
 from deploycheck.tolerance import INT8_TOLERANCE
 
 if TYPE_CHECKING:
@@ -38,8 +45,8 @@ def nncf_settings(spec: ModelSpec) -> dict[str, Any]:
 
 class OpenVinoInt8Format(Format):
     name = "openvino_int8"
-    precision = {"weights": "int8 (NNCF)", "activations": "int8, calibrated ranges",
-                 "inference_precision_hint": "f32"}
+    precision = Precision(weights="int8 (NNCF)", compute="int8, f32 elsewhere",
+                          activations="int8, calibrated ranges", runtime=(PRECISION_HINT,))
     base_format = "openvino"
     default_tolerance = INT8_TOLERANCE
     packages = ("torch", "onnx", "onnxscript", "openvino", "nncf")

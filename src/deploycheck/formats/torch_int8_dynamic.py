@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from deploycheck.artifact import Runner
 from deploycheck.errors import FormatUnavailable
-from deploycheck.formats.base import Format, TorchRunner
+from deploycheck.formats.base import Format, Precision, TorchRunner
 from deploycheck.formats.torch_export import load_exported_program, save_exported_program
 from deploycheck.tolerance import INT8_TOLERANCE
 
@@ -45,8 +45,8 @@ def quantize_linear_layers(model: Any, backend: str | None = None) -> tuple[Any,
 
 class TorchInt8DynamicFormat(Format):
     name = "torch_int8_dynamic"
-    precision = {"weights": "int8 (nn.Linear)", "activations": "int8, ranges per call (dynamic)",
-                 "compute": "int8 (nn.Linear), float elsewhere"}
+    precision = Precision(weights="int8 (nn.Linear)", compute="int8 (nn.Linear), float elsewhere",
+                          activations="int8, ranges per call (dynamic)")
     threads_fixed_at_load = False
     default_tolerance = INT8_TOLERANCE
     packages = ("torch", "torchao")
