@@ -98,9 +98,9 @@ def lower_to_pte(module: Any, spec: ModelSpec, out_dir: Path, format_name: str) 
 
 @contextlib.contextmanager
 def _quiet_native_stderr() -> Iterator[None]:
-    """The runtime's CPU probe writes lines such as "[cpuinfo_utils.cpp:71] Reading file ..." straight to file
-    descriptor 2 when it first loads; they are not errors, and would interleave with pytest's and the CLI's
-    output."""
+    """ExecuTorch's runtime writes progress lines straight to file descriptor 2 (its CPU probe's "[cpuinfo_utils.cpp:71]
+    Reading file ..." when it first loads, the thread pool's resets); they are not errors, and would interleave
+    with pytest's and the CLI's output."""
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as devnull:
@@ -124,7 +124,8 @@ def set_threads(threads: int) -> None:
     from executorch.extension.pybindings import portable_lib
 
     if portable_lib._threadpool_get_thread_count() != threads:
-        portable_lib._unsafe_reset_threadpool(threads)
+        with _quiet_native_stderr():  # it announces "Resetting threadpool to N threads." on file descriptor 2
+            portable_lib._unsafe_reset_threadpool(threads)
 
 
 class ExecuTorchRunner:
@@ -155,7 +156,7 @@ class ExecuTorchRunner:
         """Refuse, by name, an input larger than the program planned on an axis other than the batch."""
         for index, (array, planned) in enumerate(zip(inputs, self.planned)):
             for axis, (size, limit) in enumerate(zip(array.shape, planned)):
-                if (axis > 0 or self.capacity is None) and size > limit:
+                if axis > 0 and size > limit:  # the batch is chunked; a fixed batch is checked by the artifact
                     raise InputError(f"{self.label}: input {index} has {size} on axis {axis}; this program was "
                                      f"planned for at most {limit} (shape {planned})")
 
