@@ -2,14 +2,15 @@
 
 Builds models from `transformers` configs (random weights; nothing is downloaded): a ResNet-18 layout at 224x224,
 MobileNetV2, a BERT-tiny classifier (hidden 128, 2 layers, seq 32, input_ids + attention_mask, the sequence axis
-dynamic), plus an LSTM classifier. BatchNorm statistics are re-estimated on synthetic data so that outputs depend
-on the input, and the labels are the eager model's own top-1. Each goes through the plugin exactly as a user's
-gate would (`pytest` in a generated project, every format, parity + accuracy + speed, default settings), and the
-script prints the wall time per phase (export, parity, accuracy, bench) per model, the whole run's wall time and
-the peak RSS of the pytest process.
+dynamic), plus an LSTM classifier and the digits CNN. BatchNorm statistics are re-estimated on synthetic data so
+that outputs depend on the input, and the labels are the eager model's own top-1. Each goes through the plugin
+exactly as a user's gate would (`pytest` in a generated project, every format, parity + accuracy + speed, default
+settings), and the script prints the wall time per phase (export, parity, accuracy, bench) per model, the whole
+run's wall time and the peak RSS of the pytest process.
 
     pip install -e ".[bench]"          # transformers
     python benchmarks/real_models.py [--models resnet18,mobilenet_v2,bert_tiny,lstm] [-- extra pytest args]
+    python benchmarks/real_models.py --models digits_cnn,resnet18 --all-formats   # every format, AOTInductor too
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ CONFTEST = textwrap.dedent('''
     import transformers
 
     import deploycheck
+    from deploycheck.digits import digits_spec
+    from deploycheck.formats import default_formats, format_names
 
     ROWS = 32
+    FORMATS = format_names() if {all_formats} else default_formats()  # --all-formats: the opt-in ones too
 
 
     def settle_batchnorm(model, make_batch, batches=4):
@@ -63,7 +67,13 @@ CONFTEST = textwrap.dedent('''
         batches = [(torch.randn(16, 3, size, size, generator=generator),) for _ in range(ROWS // 16)]
         data = [((b[0],), y) for b, y in labelled(model, batches)]
         return deploycheck.ModelSpec(name=name, model=model, factory=functools.partial(model_class, config),
-                                     example_inputs=batches[0][0][:2], eval_data=data, max_accuracy_drop=0.05)
+                                     example_inputs=batches[0][0][:2], eval_data=data, max_accuracy_drop=0.05,
+                                     formats=FORMATS)
+
+
+    @deploycheck.model
+    def digits_cnn():
+        return digits_spec(formats=FORMATS)
 
 
     @deploycheck.model
@@ -99,7 +109,7 @@ CONFTEST = textwrap.dedent('''
             factory=functools.partial(transformers.BertForSequenceClassification, config),
             example_inputs={k: v[:2] for k, v in batches[0].items()},
             eval_data=labelled(model, batches, keyword=True), max_accuracy_drop=0.05,
-            dynamic_axes={"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}})
+            dynamic_axes={"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}}, formats=FORMATS)
 
 
     class LSTMClassifier(torch.nn.Module):
@@ -122,7 +132,7 @@ CONFTEST = textwrap.dedent('''
         with torch.no_grad():
             data = [((b,), model(b).argmax(-1)) for b in batches]
         return deploycheck.ModelSpec(name="lstm", model=model, factory=LSTMClassifier, example_inputs=batches[0][:2],
-                                     eval_data=data, max_accuracy_drop=0.05)
+                                     eval_data=data, max_accuracy_drop=0.05, formats=FORMATS)
 ''')
 
 TESTS = textwrap.dedent('''
@@ -143,11 +153,14 @@ DURATION = re.compile(r"^([\d.]+)s (setup|call|teardown)\s+\S+::test_(\w+)\[([\w
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="resnet18,mobilenet_v2,bert_tiny,lstm")
+    parser.add_argument("--models", default="resnet18,mobilenet_v2,bert_tiny,lstm",
+                        help="any of digits_cnn,resnet18,mobilenet_v2,bert_tiny,lstm")
+    parser.add_argument("--all-formats", action="store_true",
+                        help="the opt-in formats too (aot_inductor); name them in --deploycheck-formats as well")
     parser.add_argument("pytest_args", nargs="*")
     args = parser.parse_args()
     project = Path(tempfile.mkdtemp(prefix="deploycheck-real-"))
-    (project / "conftest.py").write_text(CONFTEST)
+    (project / "conftest.py").write_text(CONFTEST.replace("{all_formats}", str(args.all_formats)))
     (project / "test_gate.py").write_text(TESTS)
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=0", "--durations-min=0",
                "--deploycheck-no-baselines", f"--deploycheck-models={args.models}",

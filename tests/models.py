@@ -1,11 +1,21 @@
-"""Small models the tests build on: two inputs and two outputs, and a model whose export fails."""
+"""Small models the tests build on: two inputs and two outputs, and a model whose export fails; and the default
+formats this installation can run (the optional extras may be absent)."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 from torch import nn
 
 import deploycheck
+from deploycheck.formats import default_formats, get_format
+
+
+def installed_formats() -> list[str]:
+    """The default formats whose packages are all installed (without an extra, its formats are skipped)."""
+    return [name for name in default_formats()
+            if all(importlib.util.find_spec(package) for package in get_format(name).packages)]
 
 
 class TwoInTwoOut(nn.Module):

@@ -77,13 +77,17 @@ def test_a_sequence_longer_than_the_program_planned_is_refused_by_name(tmp_path:
         artifact.run([np.zeros((2, 9), dtype=np.int64)])
 
 
-def test_loading_with_a_thread_count_sets_executorchs_pool(digits_artifacts) -> None:
+def test_loading_with_a_thread_count_sets_executorchs_pool_and_earlier_loads_still_run(
+        digits_artifacts, digits_spec) -> None:
     from executorch.extension.pybindings import portable_lib
 
-    deploycheck.load_artifact(digits_artifacts["executorch"].path, intra_op_threads=2)
-    assert portable_lib._threadpool_get_thread_count() == 2
-    deploycheck.load_artifact(digits_artifacts["executorch"].path, intra_op_threads=1)
-    assert portable_lib._threadpool_get_thread_count() == 1
+    inputs = [t.numpy() for t in digits_spec.sample_inputs(40)]
+    before = {name: digits_artifacts[name].run(inputs) for name in ("executorch", "executorch_int8")}
+    for threads in (2, 1, 2):
+        deploycheck.load_artifact(digits_artifacts["executorch"].path, intra_op_threads=threads)
+        assert portable_lib._threadpool_get_thread_count() == threads
+        for name, outputs in before.items():  # loaded before the resize: reloaded, not hung or aborted
+            np.testing.assert_array_equal(digits_artifacts[name].run(inputs)[0], outputs[0])
 
 
 def test_xnnpack_int8_is_calibrated_on_the_specs_data_and_keeps_accuracy(digits_artifacts, digits_spec) -> None:

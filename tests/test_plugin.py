@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from models import installed_formats
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +61,7 @@ def test_every_format_is_a_test_and_a_failing_export_fails_only_its_own(pytester
                                                                       tmp_path: Path) -> None:
     make_project(pytester)
     result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path}")
-    result.assert_outcomes(passed=9, errors=1)
+    result.assert_outcomes(passed=len(installed_formats()) - 1, errors=1)
     result.stdout.fnmatch_lines([
         "*test_parity?tiny/eager? PASSED*",
         "*test_parity?tiny/torchscript? ERROR*",
@@ -120,13 +121,14 @@ def test_digits_example_project(pytester: pytest.Pytester, workers: str, tmp_pat
                                            "--deploycheck-bench-time=0.1", "--deploycheck-update",
                                            f"--deploycheck-baselines={baselines}", "--deploycheck-models=digits_cnn",
                                            f"--deploycheck-benchmark-json={benchmark_json}")
-    result.assert_outcomes(passed=30, skipped=10)
+    formats = len(installed_formats())
+    result.assert_outcomes(passed=3 * formats, skipped=formats)
     result.stdout.fnmatch_lines(["*= deploycheck =*",
                                  "model*format*size*max abs err*agree (eval)*accuracy*drop*p50 ms*x eager*status",
                                  "digits_cnn*eager*ok", "digits_cnn*torch_int8_dynamic*ok",
                                  "details:", "model*format*size/onnx*params*int8 weights*p99 ms*samples/s",
-                                 "deploycheck: 10 baseline(s) written under*"])
-    assert result.stdout.str().count("digits_cnn  ") == 20, "each format once in the main and the detail table"
+                                 f"deploycheck: {formats} baseline(s) written under*"])
+    assert result.stdout.str().count("digits_cnn  ") == 2 * formats, "each format in the main and detail table"
     section = result.stdout.str().split("= deploycheck =")[1].split("deploycheck: ")[0].splitlines()
     assert max(len(line) for line in section[1:]) <= 120, "the summary tables fit 120 columns"
     stored = json.loads((baselines / "digits_cnn" / "onnx_int8_static.json").read_text())
@@ -134,7 +136,7 @@ def test_digits_example_project(pytester: pytest.Pytester, workers: str, tmp_pat
     assert set(stored["latency"]) == {"1", "8", "32"} and len(stored["latency"]["1"]["quantiles_ms"]) == 50
     compare = pytester.run(str(Path(sys.executable).parent / "pytest-benchmark"), "compare", str(benchmark_json))
     assert compare.ret == 0, "pytest-benchmark's own tooling reads the file"
-    compare.stdout.fnmatch_lines(["*benchmark 'digits_cnn': 30 tests*", "*digits_cnn/onnx?batch=1?*"])
+    compare.stdout.fnmatch_lines([f"*benchmark 'digits_cnn': {3 * formats} tests*", "*digits_cnn/onnx?batch=1?*"])
 
 
 def test_no_bench_skips_benchmarks(pytester: pytest.Pytester, tmp_path_factory, cache_env) -> None:

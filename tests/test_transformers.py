@@ -8,18 +8,19 @@ import functools
 import numpy as np
 import pytest
 import torch
+from models import installed_formats
 
 import deploycheck
 from deploycheck.accuracy import check_accuracy, evaluate, reference_artifact
-from deploycheck.errors import SpecError
-from deploycheck.formats import default_formats
+from deploycheck.errors import FormatUnavailable, SpecError
 from deploycheck.parity import check_parity
 
 pytestmark = pytest.mark.slow
 
 transformers = pytest.importorskip("transformers")
 
-FP32 = ("eager", "state_dict", "torchscript", "torch_export", "onnx")
+FP32 = [name for name in ("eager", "state_dict", "torchscript", "torch_export", "onnx", "executorch")
+        if name in installed_formats()]
 
 
 def tiny_bert(head: str) -> torch.nn.Module:
@@ -65,9 +66,13 @@ def test_keyword_inputs_and_model_output_names_come_from_the_model(bert) -> None
     assert [t.dtype for t in onnx.inputs] == ["int64", "int64"] and onnx.inputs[0].shape == (None, None)
 
 
-def test_every_format_exports_and_fp32_formats_match_eager_at_two_lengths(bert) -> None:
+def test_every_format_exports_and_fp32_formats_match_eager_at_two_lengths(bert, tmp_path) -> None:
     spec, artifacts = bert
-    assert set(artifacts) == set(default_formats()), "TorchScript included: dict outputs no longer stop the tracer"
+    assert set(artifacts) | {"executorch_int8"} >= set(installed_formats()), \
+        "TorchScript included: dict outputs no longer stop the tracer"
+    if "executorch_int8" in installed_formats() and "executorch_int8" not in artifacts:
+        with pytest.raises(FormatUnavailable, match=r"bert_tiny/executorch_int8: PT2E preparation .* breaks"):
+            deploycheck.export(spec, "executorch_int8", tmp_path / "executorch_int8")
     for name in FP32:
         report = check_parity(artifacts[name])
         assert report.passed, str(report)

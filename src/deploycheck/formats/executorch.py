@@ -118,23 +118,32 @@ def _method(path: Path) -> Any:
         return Runtime.get().load_program(path).load_method("forward")
 
 
+# how many times this process resized ExecuTorch's thread pool: a program loaded before a resize must be loaded
+# again before it runs (its XNNPACK runtime keeps the old pool: executing it hung or aborted the process)
+_pool_resizes = 0
+
+
 def set_threads(threads: int) -> None:
-    """Resize ExecuTorch's process-wide thread pool (only when the count changes: the call is not safe while
-    another thread runs an ExecuTorch program)."""
+    """Resize ExecuTorch's process-wide thread pool, only when the count changes (the call is not safe while
+    another thread runs an ExecuTorch program; deploycheck loads, and so resizes, before serving or timing)."""
+    global _pool_resizes
     from executorch.extension.pybindings import portable_lib
 
     if portable_lib._threadpool_get_thread_count() != threads:
         with _quiet_native_stderr():  # it announces "Resetting threadpool to N threads." on file descriptor 2
             portable_lib._unsafe_reset_threadpool(threads)
+        _pool_resizes += 1
 
 
 class ExecuTorchRunner:
     """A loaded `forward` method, called with numpy inputs in order. Batches above the planned capacity run in
     chunks; outputs are copied out, since they live in the program's planned memory, which the next call
-    overwrites."""
+    overwrites; the program is loaded again when the thread pool was resized after it was loaded."""
 
     def __init__(self, path: Path, metadata: dict[str, Any]) -> None:
-        self.method = _method(path / PROGRAM_FILE)
+        self.program_path = path / PROGRAM_FILE
+        self.method = _method(self.program_path)
+        self.pool = _pool_resizes
         settings = metadata.get("settings", {})
         self.capacity: int | None = settings.get("planned_batch")
         self.planned = [list(shape) for shape in settings.get("planned_input_shapes", [])]
@@ -144,6 +153,8 @@ class ExecuTorchRunner:
         import torch
 
         self._check_shapes(inputs)
+        if self.pool != _pool_resizes:  # the thread pool was resized since this program was loaded
+            self.method, self.pool = _method(self.program_path), _pool_resizes
         rows = inputs[0].shape[0] if inputs and inputs[0].ndim else 0
         step = self.capacity if self.capacity is not None and rows > self.capacity else rows or 1
         chunks = []

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploycheck.artifact import Runner
+from deploycheck.errors import FormatUnavailable
 from deploycheck.formats.base import Format, Precision, dynamic_shapes
 from deploycheck.formats.executorch import load_pte, lower_to_pte, max_batch, require_executorch
 from deploycheck.tolerance import INT8_TOLERANCE
@@ -41,6 +42,25 @@ def int8_weight_fraction(module: torch.fx.GraphModule) -> float:
                and not name.startswith(("_scale", "_zero_point"))]
     total = sum(t.numel() for t in tensors)
     return sum(t.numel() for t in tensors if t.dtype == torch.int8) / total if total else 0.0
+
+
+def calibrate(prepared: Any, captured: Any, batches: list[Any], spec: ModelSpec) -> None:
+    """Run the calibration batches through the observed graph. When the graph runs as captured but not once
+    prepared, PT2E's preparation broke it (torchao 0.18's `prepare_pt2e` does so on Hugging Face BERT's
+    attention-mask indexing, even with nothing to quantize): the format is unavailable for this model, said
+    with the cause, rather than a failure of the model."""
+    for index, batch in enumerate(batches):
+        try:
+            prepared(*batch)
+        except Exception as exc:
+            try:
+                captured(*batch)
+            except Exception:
+                raise exc from None
+            raise FormatUnavailable(
+                f"{spec.name}/executorch_int8: PT2E preparation (torchao's prepare_pt2e) breaks this model's graph: "
+                f"calibration batch {index} fails with {type(exc).__name__}: {exc}, which the graph as captured "
+                "runs; the fp32 executorch format is not affected") from exc
 
 
 class ExecuTorchInt8Format(Format):
@@ -75,8 +95,7 @@ class ExecuTorchInt8Format(Format):
         captured = torch.export.export(spec.flat_model, spec.example_inputs, dynamic_shapes=dynamic_shapes(spec))
         prepared = prepare_pt2e(captured.module(), quantizer)
         with torch.no_grad():
-            for batch in batches:
-                prepared(*batch)
+            calibrate(prepared, captured.module(), batches, spec)
         converted = convert_pt2e(prepared)
         lowered = lower_to_pte(converted, spec, out_dir, self.name)
         return {"settings": lowered, "quantization": {
