@@ -170,18 +170,24 @@ def main() -> None:
     wall = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     phases: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    exports: dict[str, dict[str, float]] = defaultdict(dict)  # model -> format -> seconds
     for line in done.stdout.splitlines():
         match = DURATION.match(line.strip())
         if match:
-            seconds, when, test, model, _ = match.groups()
+            seconds, when, test, model, format_name = match.groups()
             phase = "export" if when == "setup" and test == "parity" else {"speed": "bench"}.get(test, test)
             phases[model][phase] += float(seconds)
+            if phase == "export":
+                exports[model][format_name] = float(seconds)
     tail = [line for line in done.stdout.splitlines() if " passed" in line or " failed" in line or "error" in line]
     print(f"pytest exit {done.returncode}: {tail[-1] if tail else done.stdout[-2000:]}")
     print(f"{'model':14s} {'export s':>9s} {'parity s':>9s} {'accuracy s':>11s} {'bench s':>8s}")
     for model, figures in phases.items():
         print(f"{model:14s} {figures['export']:9.1f} {figures['parity']:9.1f} {figures['accuracy']:11.1f} "
               f"{figures['bench']:8.1f}")
+    for model, seconds in exports.items():
+        print(f"{model} export s (with the model's set-up for the first): "
+              + ", ".join(f"{name} {value:.1f}" for name, value in seconds.items()))
     print(f"wall {wall:.1f} s, peak RSS {peak_mb:.0f} MB (the pytest process); project in {project}")
     summary = done.stdout.splitlines()
     start = next((i for i, line in enumerate(summary) if "= deploycheck =" in line), None)
