@@ -4,12 +4,23 @@ formats this installation can run (the optional extras may be absent)."""
 from __future__ import annotations
 
 import importlib.util
+import shutil
+from pathlib import Path
 
 import torch
 from torch import nn
 
 import deploycheck
 from deploycheck.formats import default_formats, get_format
+
+
+def corrupted_copy(artifact: Path, file_name: str, destination: Path) -> Path:
+    """A copy of an artifact directory with one byte in the middle of `file_name` flipped."""
+    shutil.copytree(artifact, destination)
+    data = bytearray((destination / file_name).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (destination / file_name).write_bytes(bytes(data))
+    return destination
 
 
 def installed_formats() -> list[str]:

@@ -24,7 +24,7 @@ def test_aot_inductor_is_opt_in() -> None:
 
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="no C++ compiler")
 def test_a_compiled_package_runs_at_fp32_parity_and_is_refused_when_altered_or_untrusted(tmp_path: Path) -> None:
-    from models import two_io_spec
+    from models import corrupted_copy, two_io_spec
 
     spec = two_io_spec(formats=["onnx", "aot_inductor"])
     artifact = deploycheck.export(spec, "aot_inductor", tmp_path / "aoti")
@@ -38,8 +38,6 @@ def test_a_compiled_package_runs_at_fp32_parity_and_is_refused_when_altered_or_u
     with pytest.raises(ArtifactError, match="compiled shared library"):
         deploycheck.load_artifact(copy)  # not this process's own export: native code needs trust
     assert deploycheck.load_artifact(copy, trust_code=True).run(spec.sample_inputs(2))[0].shape == (2, 5)
-    data = bytearray((copy / "model.pt2").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (copy / "model.pt2").write_bytes(bytes(data))
+    corrupted = corrupted_copy(copy, "model.pt2", tmp_path / "corrupted")
     with pytest.raises(ArtifactError, match="does not match its recorded sha256"):
-        deploycheck.load_artifact(copy, trust_code=True)
+        deploycheck.load_artifact(corrupted, trust_code=True)

@@ -14,13 +14,15 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from models import installed_formats
+from models import corrupted_copy, installed_formats
 
 import deploycheck
+from deploycheck.accuracy import check_accuracy
 from deploycheck.digits import load_split
 from deploycheck.errors import ArtifactError, ExportError, FormatUnavailable
 from deploycheck.formats import default_formats
 from deploycheck.parity import check_parity
+from deploycheck.server.repository import discover
 
 ALL_FORMATS = ["eager", "state_dict", "torchscript", "torch_export", "onnx", "onnx_int8_dynamic",
                "onnx_int8_static", "torch_int8_dynamic", "openvino", "openvino_int8", "executorch", "executorch_int8"]
@@ -58,6 +60,34 @@ def test_int8_formats_agree_with_eager_on_97_percent_of_the_test_split(format_na
     obtained = digits_artifacts[format_name].run(x_test.numpy())[0].argmax(1)
     assert np.mean(reference == obtained) >= 0.97
     assert check_parity(digits_artifacts[format_name]).passed
+
+
+@pytest.mark.parametrize(("format_name", "fp32"), [("openvino_int8", "openvino"), ("executorch_int8", "executorch")])
+def test_every_calibrated_int8_runtime_uses_onnx_runtimes_calibration_data_and_keeps_accuracy(
+        format_name: str, fp32: str, digits_artifacts, digits_spec) -> None:
+    if format_name not in INSTALLED:
+        pytest.skip(f"{format_name}: its extra is not installed")
+    artifact = digits_artifacts[format_name]
+    quantization = artifact.metadata["quantization"]
+    static = digits_artifacts["onnx_int8_static"].metadata["quantization"]
+    assert (quantization["calibration_batches"], quantization["calibration_samples"]) == (
+        static["calibration_batches"], static["calibration_samples"]), "the same calibration data as ONNX Runtime's"
+    assert quantization["int8_weight_fraction"] > 0.9
+    assert artifact.size_bytes < 0.5 * digits_artifacts[fp32].size_bytes
+    accuracy = check_accuracy(artifact, digits_spec)
+    assert accuracy.passed and accuracy.drop <= 0.01, accuracy
+
+
+@pytest.mark.parametrize(("format_name", "file_name"), [("openvino", "model.bin"), ("openvino_int8", "model.xml"),
+                                                        ("executorch", "model.pte"), ("executorch_int8", "model.pte")])
+def test_an_optional_runtimes_corrupted_file_is_refused_by_hash_and_a_good_one_is_served(
+        format_name: str, file_name: str, digits_artifacts, tmp_path) -> None:
+    if format_name not in INSTALLED:
+        pytest.skip(f"{format_name}: its extra is not installed")
+    assert discover(digits_artifacts[format_name].path)["digits_cnn"].format == format_name
+    copy = corrupted_copy(digits_artifacts[format_name].path, file_name, tmp_path / format_name)
+    with pytest.raises(ArtifactError, match=rf"{file_name} does not match its recorded sha256"):
+        deploycheck.load_artifact(copy)
 
 
 def test_two_inputs_two_outputs_in_every_format(two_io_spec, tmp_path) -> None:

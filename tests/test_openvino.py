@@ -1,17 +1,11 @@
-"""The OpenVINO formats on the digits CNN: fp32 exactly (no fp16 weights, no bf16 inference), NNCF int8
-calibrated on the spec's data, refused by hash when corrupted, and served."""
+"""The OpenVINO formats on the digits CNN: fp32 exactly (no fp16 weights, no bf16 inference) and NNCF int8
+recorded. Calibration, corruption and serving, with the other optional runtimes: test_formats.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-import deploycheck
-from deploycheck.accuracy import check_accuracy
-from deploycheck.errors import ArtifactError
 from deploycheck.parity import check_parity
-from deploycheck.server.repository import discover
 
 pytest.importorskip("openvino", reason="pip install 'deploycheck[openvino]'")
 
@@ -33,28 +27,7 @@ def test_the_openvino_ir_is_fp32_exactly_and_matches_eager_at_fp32_tolerance(dig
     assert report.passed and report.max_abs < 1e-4, report
 
 
-def test_nncf_int8_is_calibrated_on_the_specs_data_and_keeps_accuracy(digits_artifacts, digits_spec) -> None:
-    artifact = digits_artifacts["openvino_int8"]
-    quantization = artifact.metadata["quantization"]
-    static = digits_artifacts["onnx_int8_static"].metadata["quantization"]
-    assert quantization["tool"] == "nncf.quantize"
-    assert (quantization["calibration_batches"], quantization["calibration_samples"]) == (
-        static["calibration_batches"], static["calibration_samples"]), "the same calibration data as ONNX Runtime's"
-    assert quantization["int8_weight_fraction"] > 0.9 and artifact.metadata["versions"]["nncf"]
-    assert artifact.size_bytes < 0.5 * digits_artifacts["openvino"].size_bytes
-    accuracy = check_accuracy(artifact, digits_spec)
-    assert accuracy.passed and accuracy.drop <= 0.01, accuracy
+def test_nncf_int8_records_its_tool_and_version(digits_artifacts) -> None:
+    artifact = digits_artifacts["openvino_int8"]  # calibration and accuracy: test_formats.py, for every int8 runtime
+    assert artifact.metadata["quantization"]["tool"] == "nncf.quantize" and artifact.metadata["versions"]["nncf"]
 
-
-def test_a_corrupted_ir_is_refused_by_hash_and_a_good_one_is_served(digits_artifacts, tmp_path: Path) -> None:
-    import shutil
-
-    served = discover(digits_artifacts["openvino"].path)
-    assert served["digits_cnn"].format == "openvino"
-    copy = tmp_path / "openvino"
-    shutil.copytree(digits_artifacts["openvino"].path, copy)
-    data = bytearray((copy / "model.bin").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (copy / "model.bin").write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match=r"model\.bin does not match its recorded sha256"):
-        deploycheck.load_artifact(copy)

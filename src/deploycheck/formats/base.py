@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import logging
 import warnings
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from deploycheck.artifact import Runner, TensorSpec
+from deploycheck.errors import FormatUnavailable
 from deploycheck.tensors import flatten_outputs
 from deploycheck.tolerance import FP32_TOLERANCE, Tolerance
 
@@ -96,6 +98,21 @@ class Format(ABC):
     @abstractmethod
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
         """A runner over the files in `path` (already verified against `metadata`)."""
+
+
+def require_packages(spec: ModelSpec, format_name: str, packages: tuple[str, ...], extra: str) -> None:
+    """Raise `FormatUnavailable` with the install line of deploycheck's `extra` when one of `packages` (import
+    names) is missing: a format of an optional runtime is skipped, never an error, for users without it."""
+    def installed(package: str) -> bool:
+        try:
+            return importlib.util.find_spec(package) is not None
+        except (ImportError, ValueError):  # a broken or blocked installation counts as none
+            return False
+
+    missing = [package for package in packages if not installed(package)]
+    if missing:
+        raise FormatUnavailable(f"{spec.name}/{format_name}: {', '.join(missing)} is not installed "
+                                f"(pip install 'deploycheck[{extra}]')")
 
 
 def io_specs(spec: ModelSpec) -> tuple[list[TensorSpec], list[TensorSpec]]:

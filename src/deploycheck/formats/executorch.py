@@ -6,11 +6,14 @@ exported with the batch axis bounded by `format_options["executorch"]["max_batch
 splits larger batches into chunks of the planned capacity. The capacity actually planned is read back from the
 program and recorded: torch's exporter can narrow the bound from the example batch it traces with (its choice of
 convolution backend adds a guard "batch < 16" when tracing at batch 2, which planned 15 rows), so the example
-inputs are tiled to half the bound before tracing. A `.pte` holds operators by name and XNNPACK's serialized
-graph: loading it reads data and runs no code from the artifact.
+inputs are tiled to half the bound before tracing. Other dynamic axes (a sequence) are planned at the bound the
+exporter finds (BERT's maximum positions), else at the example's size; a longer input is refused by name. A
+`.pte` holds operators by name and XNNPACK's serialized graph: loading it reads data and runs no code from the
+artifact.
 
-Threads: ExecuTorch's thread pool is its own process-wide setting; a load with `intra_op_threads` resets it
-(through the one call ExecuTorch offers, `_unsafe_reset_threadpool`, hence `threads_fixed_at_load`).
+Threads: ExecuTorch's thread pool is its own process-wide setting; a load with `intra_op_threads` resizes it
+(through the one call ExecuTorch offers, `_unsafe_reset_threadpool`, hence `threads_fixed_at_load`), and
+programs loaded before a resize are loaded again before they next run.
 
 An optional extra: `pip install 'deploycheck[executorch]'`; without it the format is skipped with that line.
 """
@@ -18,7 +21,6 @@ An optional extra: `pip install 'deploycheck[executorch]'`; without it the forma
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +30,7 @@ import numpy as np
 
 from deploycheck.artifact import Runner
 from deploycheck.errors import ExportError, FormatUnavailable, InputError
-from deploycheck.formats.base import Format, Precision, dynamic_shapes
+from deploycheck.formats.base import Format, Precision, dynamic_shapes, require_packages
 
 if TYPE_CHECKING:
     import torch
@@ -37,21 +39,7 @@ if TYPE_CHECKING:
     from deploycheck.spec import ModelSpec
 
 PROGRAM_FILE = "model.pte"
-INSTALL = "pip install 'deploycheck[executorch]'"
 DEFAULT_MAX_BATCH = 32
-
-
-def require_executorch(spec: ModelSpec, format_name: str, packages: tuple[str, ...] = ("executorch",)) -> None:
-    """Raise `FormatUnavailable` with the install line when a package of the ExecuTorch formats is missing."""
-    def installed(package: str) -> bool:
-        try:
-            return importlib.util.find_spec(package) is not None
-        except (ImportError, ValueError):  # a broken or blocked installation counts as none
-            return False
-
-    missing = [package for package in packages if not installed(package)]
-    if missing:
-        raise FormatUnavailable(f"{spec.name}/{format_name}: {', '.join(missing)} is not installed ({INSTALL})")
 
 
 def max_batch(spec: ModelSpec, format_name: str) -> int:
@@ -180,7 +168,7 @@ class ExecuTorchFormat(Format):
     platform = "executorch"
 
     def check_supported(self, spec: ModelSpec) -> None:
-        require_executorch(spec, self.name)
+        require_packages(spec, self.name, ("executorch",), "executorch")
 
     def cache_inputs(self, spec: ModelSpec) -> list[Any]:
         return [{"max_batch": max_batch(spec, self.name)}]

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from deploycheck.artifact import Runner
 from deploycheck.errors import FormatUnavailable
-from deploycheck.formats.base import Format, Precision, dynamic_shapes
-from deploycheck.formats.executorch import load_pte, lower_to_pte, max_batch, require_executorch
+from deploycheck.formats.base import Format, Precision, dynamic_shapes, require_packages
+from deploycheck.formats.executorch import load_pte, lower_to_pte, max_batch
 from deploycheck.tolerance import INT8_TOLERANCE
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class ExecuTorchInt8Format(Format):
     platform = "executorch"
 
     def check_supported(self, spec: ModelSpec) -> None:
-        require_executorch(spec, self.name, ("executorch", "torchao"))
+        require_packages(spec, self.name, ("executorch", "torchao"), "executorch")
 
     def cache_inputs(self, spec: ModelSpec) -> list[Any]:
         assert spec.calibration_data is not None

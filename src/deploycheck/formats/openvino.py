@@ -15,7 +15,7 @@ import numpy as np
 
 from deploycheck.artifact import Runner
 from deploycheck.errors import FormatUnavailable
-from deploycheck.formats.base import Format, Precision
+from deploycheck.formats.base import Format, Precision, require_packages
 from deploycheck.formats.onnx import MODEL_FILE as ONNX_FILE
 
 if TYPE_CHECKING:
@@ -25,24 +25,6 @@ if TYPE_CHECKING:
 IR_FILE = "model.xml"  # and model.bin beside it
 # fp32 inference, recorded in the sidecar and applied from it: the CPU plugin otherwise runs bf16 where it can
 PRECISION_HINT = ("INFERENCE_PRECISION_HINT", "f32")
-INSTALL = "pip install 'deploycheck[openvino]'"
-
-
-def require_openvino(spec: ModelSpec, format_name: str, packages: tuple[str, ...] = ("openvino",)) -> None:
-    """Raise `FormatUnavailable` with the install line when a package of the OpenVINO formats is missing."""
-    import importlib.util
-
-    def installed(package: str) -> bool:
-        try:
-            return importlib.util.find_spec(package) is not None
-        except (ImportError, ValueError):  # a broken or blocked installation counts as none
-            return False
-
-    missing = [package for package in packages if not installed(package)]
-    if missing:
-        raise FormatUnavailable(f"{spec.name}/{format_name}: {', '.join(missing)} is not installed ({INSTALL})")
-
-
 def compile_ir(path: Path, metadata: dict[str, Any], intra_op_threads: int | None = None, device: str = "cpu",
                **_: Any) -> Any:
     """The IR compiled for OpenVINO's CPU plugin at the inference precision its sidecar records (f32 for
@@ -105,7 +87,7 @@ class OpenVinoFormat(Format):
     platform = "openvino"
 
     def check_supported(self, spec: ModelSpec) -> None:
-        require_openvino(spec, self.name)
+        require_packages(spec, self.name, ("openvino",), "openvino")
 
     def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
         import openvino as ov

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from deploycheck.artifact import Runner
 from deploycheck.errors import ExportError
-from deploycheck.formats.base import Format, Precision
+from deploycheck.formats.base import Format, Precision, require_packages
 from deploycheck.formats.onnx_int8_static import calibration_feeds
 from deploycheck.formats.openvino import (
     IR_FILE,
@@ -22,7 +22,6 @@ from deploycheck.formats.openvino import (
     OpenVinoRunner,
     compile_ir,
     int8_weight_fraction,
-    require_openvino,
 )
 from deploycheck.tolerance import INT8_TOLERANCE
 
@@ -54,7 +53,7 @@ class OpenVinoInt8Format(Format):
     platform = "openvino"
 
     def check_supported(self, spec: ModelSpec) -> None:
-        require_openvino(spec, self.name, ("openvino", "nncf"))
+        require_packages(spec, self.name, ("openvino", "nncf"), "openvino")
 
     def cache_inputs(self, spec: ModelSpec) -> list[Any]:
         return [*calibration_feeds(spec), nncf_settings(spec)]
