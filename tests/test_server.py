@@ -504,3 +504,35 @@ def test_idle_and_slow_connections_are_closed_and_never_lock_out_a_health_check(
             connection.close()
     finally:
         stop_server(server)
+
+
+def test_the_optional_runtimes_are_served_over_http_at_parity(digits_artifacts, tmp_path: Path) -> None:
+    """OpenVINO and ExecuTorch artifacts served side by side on one thread each: 40 rows through the Open Inference
+    Protocol (more than the ExecuTorch program's planned 32, so the server's call runs in two chunks) agree with
+    ONNX Runtime in process, and each reports its platform."""
+    from models import installed_formats
+
+    formats = [name for name in ("openvino", "openvino_int8", "executorch", "executorch_int8")
+               if name in installed_formats()]
+    if not formats:
+        pytest.skip("neither the openvino nor the executorch extra is installed")
+    for name in formats:
+        shutil.copytree(digits_artifacts[name].path, tmp_path / name)
+    server = start_server(tmp_path, "--threads", "1")
+    try:
+        images = digits_rows(40, seed=2)
+        expected = digits_artifacts["onnx"].run(images)[0]
+        for name in formats:
+            status, body = server.post(f"/v2/models/digits_cnn-{name}/infer", {"inputs": [
+                {"name": "image", "shape": list(images.shape), "datatype": "FP32", "data": images.ravel().tolist()}]})
+            assert status == 200, (name, body)
+            logits = np.array(body["outputs"][0]["data"]).reshape(body["outputs"][0]["shape"])
+            assert logits.shape == (40, 10)
+            if name.endswith("_int8"):
+                assert np.mean(logits.argmax(1) == expected.argmax(1)) >= 0.95, name
+            else:
+                np.testing.assert_allclose(logits, expected, atol=1e-4, err_msg=name)
+            platform = server.request("GET", f"/v2/models/digits_cnn-{name}")[1]["platform"]
+            assert platform == name.removesuffix("_int8"), (name, platform)
+    finally:
+        stop_server(server)
