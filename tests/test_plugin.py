@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from models import installed_formats
 
+from deploycheck.formats import default_formats
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +63,8 @@ def test_every_format_is_a_test_and_a_failing_export_fails_only_its_own(pytester
                                                                       tmp_path: Path) -> None:
     make_project(pytester)
     result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path}")
-    result.assert_outcomes(passed=len(installed_formats()) - 1, errors=1)
+    missing = len(default_formats()) - len(installed_formats())  # an extra not installed: its formats skip
+    result.assert_outcomes(passed=len(installed_formats()) - 1, errors=1, skipped=missing)
     result.stdout.fnmatch_lines([
         "*test_parity?tiny/eager? PASSED*",
         "*test_parity?tiny/torchscript? ERROR*",
@@ -121,14 +124,15 @@ def test_digits_example_project(pytester: pytest.Pytester, workers: str, tmp_pat
                                            "--deploycheck-bench-time=0.1", "--deploycheck-update",
                                            f"--deploycheck-baselines={baselines}", "--deploycheck-models=digits_cnn",
                                            f"--deploycheck-benchmark-json={benchmark_json}")
-    formats = len(installed_formats())
-    result.assert_outcomes(passed=3 * formats, skipped=formats)
+    formats, missing = len(installed_formats()), len(default_formats()) - len(installed_formats())
+    result.assert_outcomes(passed=3 * formats, skipped=formats + 4 * missing)  # 4 tests a format
     result.stdout.fnmatch_lines(["*= deploycheck =*",
                                  "model*format*size*max abs err*agree (eval)*accuracy*drop*p50 ms*x eager*status",
                                  "digits_cnn*eager*ok", "digits_cnn*torch_int8_dynamic*ok",
                                  "details:", "model*format*size/onnx*params*int8 weights*p99 ms*samples/s",
                                  f"deploycheck: {formats} baseline(s) written under*"])
-    assert result.stdout.str().count("digits_cnn  ") == 2 * formats, "each format in the main and detail table"
+    assert result.stdout.str().count("digits_cnn  ") == 2 * (formats + missing), \
+        "each format (a skipped one too) in the main and the detail table"
     section = result.stdout.str().split("= deploycheck =")[1].split("deploycheck: ")[0].splitlines()
     assert max(len(line) for line in section[1:]) <= 120, "the summary tables fit 120 columns"
     stored = json.loads((baselines / "digits_cnn" / "onnx_int8_static.json").read_text())
