@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 IR_FILE = "model.xml"  # and model.bin beside it
 # fp32 inference, recorded in the sidecar and applied from it: the CPU plugin otherwise runs bf16 where it can
 PRECISION_HINT = ("INFERENCE_PRECISION_HINT", "f32")
+
+
 def compile_ir(path: Path, metadata: dict[str, Any], intra_op_threads: int | None = None, device: str = "cpu",
                **_: Any) -> Any:
     """The IR compiled for OpenVINO's CPU plugin at the inference precision its sidecar records (f32 for
