@@ -182,6 +182,8 @@ class ExecuTorchFormat(Format):
 
 def load_pte(path: Path, metadata: dict[str, Any], device: str = "cpu", intra_op_threads: int | None = None,
              **_: Any) -> ExecuTorchRunner:
+    """A runner over a `.pte` (both ExecuTorch formats load alike), with ExecuTorch's thread pool sized first when
+    a thread count is asked for, so that the program is loaded into the pool it will run on."""
     if device != "cpu":
         raise FormatUnavailable(f"{path}: deploycheck runs ExecuTorch programs on the CPU only (device={device!r})")
     if intra_op_threads is not None:
