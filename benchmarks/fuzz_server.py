@@ -11,18 +11,17 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import schemathesis
 import torch
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
+from served import free_port, wait_ready
 
 import deploycheck
 from deploycheck.digits import digits_spec
@@ -46,19 +45,12 @@ def main() -> None:
     lookup = deploycheck.ModelSpec(name="lookup", model=Lookup(), example_inputs=torch.randint(0, 10, (4, 3)),
                                    formats=["onnx"])
     deploycheck.export(lookup, "onnx", root / "lookup" / "onnx")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "deploycheck.cli", "serve", str(root), "--port", str(port),
                                "--log-level", "warning"])
     base_url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{base_url}/v2/health/ready", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_ready(port, "/v2/health/ready", server)
         schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
         sent: collections.Counter[str] = collections.Counter()
         statuses: collections.Counter[int] = collections.Counter()

@@ -24,10 +24,10 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
+from served import free_port, wait_ready
 
 import deploycheck
 from deploycheck.digits import digits_spec
@@ -76,18 +76,11 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="deploycheck-hardening-"))
     deploycheck.export(digits_spec(), "onnx", root / "digits_cnn" / "onnx")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "deploycheck.cli", "serve", str(root), "--port", str(port),
                                "--log-level", "warning", "--request-timeout", "60", "--max-body-mb", args.max_body_mb])
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_ready(port, "/v2/health/ready", server)
         print(f"health/live, quiet: {statistics.median(timed_get(port, '/health/live') for _ in range(20)):.2f} ms")
 
         opened = [multiprocessing.Event() for _ in range(2)]

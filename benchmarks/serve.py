@@ -23,7 +23,6 @@ import http.client
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from served import free_port, wait_ready
 
 
 def flask_server(port: int) -> None:
@@ -63,28 +63,6 @@ def flask_server(port: int) -> None:
         return jsonify({"status": "ok"})
 
     app.run("127.0.0.1", port, threaded=True)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_ready(port: int, path: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", path)
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("server not ready")
 
 
 def load(clients: int, seconds: float, call: Callable[[], Callable[[], None]]) -> tuple[float, float, float]:
