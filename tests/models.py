@@ -3,7 +3,6 @@ formats this installation can run (the optional extras may be absent)."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from torch import nn
 
 import deploycheck
 from deploycheck.formats import default_formats, get_format
+from deploycheck.formats.base import installed
 
 
 def corrupted_copy(artifact: Path, file_name: str, destination: Path) -> Path:
@@ -25,12 +25,6 @@ def corrupted_copy(artifact: Path, file_name: str, destination: Path) -> Path:
 
 def installed_formats() -> list[str]:
     """The default formats whose packages are all installed (without an extra, its formats are skipped)."""
-    def installed(package: str) -> bool:
-        try:
-            return importlib.util.find_spec(package) is not None
-        except ImportError:  # blocked, as the extras test does
-            return False
-
     return [name for name in default_formats() if all(installed(p) for p in get_format(name).packages)]
 
 

@@ -100,15 +100,17 @@ class Format(ABC):
         """A runner over the files in `path` (already verified against `metadata`)."""
 
 
+def installed(package: str) -> bool:
+    """Whether a package (its import name) can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a broken or blocked installation counts as none
+        return False
+
+
 def require_packages(spec: ModelSpec, format_name: str, packages: tuple[str, ...], extra: str) -> None:
     """Raise `FormatUnavailable` with the install line of deploycheck's `extra` when one of `packages` (import
     names) is missing: a format of an optional runtime is skipped, never an error, for users without it."""
-    def installed(package: str) -> bool:
-        try:
-            return importlib.util.find_spec(package) is not None
-        except (ImportError, ValueError):  # a broken or blocked installation counts as none
-            return False
-
     missing = [package for package in packages if not installed(package)]
     if missing:
         raise FormatUnavailable(f"{spec.name}/{format_name}: {', '.join(missing)} is not installed "
