@@ -48,6 +48,11 @@ OPTIONS = [
     _Option("markdown", "write a Markdown report (for CI job summaries) to this path"),
     _Option("html", "write a self-contained HTML report with plots to this path"),
     _Option("benchmark-json", "write the latency results in pytest-benchmark's JSON schema to this path"),
+    _Option("history", "where every run's figures are kept: a SQLite file (relative to the rootdir) or a "
+            "postgresql:// URL (needs deploycheck[postgres])", default=".deploycheck/history.sqlite"),
+    _Option("no-history", "do not append this run to the history", kind="bool"),
+    _Option("fail-on-change-point", "fail a model x format when this run makes a new change point in its history "
+            "that makes a figure worse (a slow creep that no single run's limit caught)", kind="bool"),
     _Option("bench-time", "seconds of timing per batch size and per side-by-side comparison", default="1.0"),
     _Option("no-bench", "skip benchmarks (quick runs)", kind="bool"),
     _Option("budget", "seconds of timing for the whole run, shared evenly by the model x format pairs (each "
@@ -138,3 +143,14 @@ def accepted_store(config: pytest.Config) -> Any:
 
     configured = option(config, "accepted")
     return AcceptedStore(config.rootpath / configured if configured else cache_dir(config, "deploycheck-accepted"))
+
+
+def history_location(config: pytest.Config) -> str | None:
+    """The history store's location (a path under the rootdir or a PostgreSQL URL), None when this run keeps no
+    history: `--deploycheck-no-history`, or an export-only run (what `--deploycheck-against` runs elsewhere)."""
+    from deploycheck.history.store import POSTGRES_SCHEMES
+
+    if option(config, "no-history") or option(config, "export-only"):
+        return None
+    location = str(option(config, "history"))
+    return location if location.startswith(POSTGRES_SCHEMES) else str(config.rootpath / location)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import re
 import threading
 import time
@@ -16,7 +17,15 @@ from typing import Any
 import pytest
 
 from deploycheck.model_registry import MODEL_FUNCTION, model_functions
-from deploycheck.plugin_options import PROPERTY, accepted_store, baseline_mode, baseline_settings, option
+from deploycheck.plugin_options import (
+    PROPERTY,
+    accepted_store,
+    baseline_mode,
+    baseline_settings,
+    history_location,
+    option,
+)
+from deploycheck.rows import nested
 
 
 def terminal_progress(config: pytest.Config) -> Any:
@@ -124,10 +133,9 @@ class RunSummary:
                         "--deploycheck-no-baselines).", returncode=pytest.ExitCode.TESTS_FAILED)
 
     def rows(self) -> list[dict[str, Any]]:
-        from deploycheck.formats import format_names
+        from deploycheck.report import sort_rows
 
-        order = {name: position for position, name in enumerate(format_names())}
-        return [self.results[key] for key in sorted(self.results, key=lambda k: (k[0], order.get(k[1], len(order))))]
+        return sort_rows(self.results.values())
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         from deploycheck.report import (
@@ -157,17 +165,54 @@ class RunSummary:
         lines += self.written
         if rows:
             lines.append(verdict(rows))
+        if os.environ.get("GITHUB_ACTIONS") == "true":
+            from deploycheck.github import github_annotations
+
+            lines += github_annotations(rows)
         if lines:
             terminalreporter.section("deploycheck")
             for line in "\n".join(lines).splitlines():
                 terminalreporter.write_line(line, **_status_markup(line))
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionfinish(self) -> None:
-        """Baselines and reports are written here, so a run without the terminal plugin still saves them; the
-        terminal summary only prints what was written."""
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """The history, baselines and reports are written here, so a run without the terminal plugin still saves
+        them; the terminal summary only prints what was written. The history comes first: a new change point
+        that fails a row must show in the reports and the exit status."""
+        from deploycheck.history.records import new_run
+        from deploycheck.machine import environment
+
         rows = self.rows()
-        self.written = self._write_baselines(rows) + self._stale_baselines() + self._write_reports(rows)
+        measured = next((row["environment"] for row in rows if isinstance(row.get("environment"), dict)), None)
+        run = new_run(self.config.rootpath, baseline_mode(self.config) or "no-baselines",
+                      measured or environment(threads=1))
+        history = self._record_history(rows, run)
+        self.written = (self._write_baselines(rows) + self._stale_baselines() + self._write_reports(rows, run)
+                        + history)
+        if any(nested(row, "history", "passed") is False for row in rows) and session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        self._github_step_summary(rows, run)
+
+    def _record_history(self, rows: list[dict[str, Any]], run: Any) -> list[str]:
+        from deploycheck.errors import DeployCheckError
+        from deploycheck.history.recorder import record_run
+
+        location = history_location(self.config)
+        if location is None or not rows:
+            return []
+        try:
+            outcome = record_run(location, rows, run, bool(option(self.config, "fail-on-change-point")))
+        except DeployCheckError as exc:  # the gate's results stand; the history could not take them
+            return [f"deploycheck: {exc} (this run is not in the history)"]
+        return outcome.lines
+
+    def _github_step_summary(self, rows: list[dict[str, Any]], run: Any) -> None:
+        """On GitHub Actions, the Markdown report goes into the job summary without any option."""
+        from deploycheck.github import append_step_summary
+
+        path = os.environ.get("GITHUB_STEP_SUMMARY")
+        if os.environ.get("GITHUB_ACTIONS") == "true" and path and rows:
+            append_step_summary(Path(path), rows, run)
 
     def _write_baselines(self, rows: list[dict[str, Any]]) -> list[str]:
         from deploycheck.baseline.update import write_baselines
@@ -196,7 +241,7 @@ class RunSummary:
         return [f"deploycheck: {len(stale)} stale baseline(s), for a model or format that no longer exists "
                 "(delete them if that is intended):"] + [f"  {path}" for path in stale]
 
-    def _write_reports(self, rows: list[dict[str, Any]]) -> list[str]:
+    def _write_reports(self, rows: list[dict[str, Any]], run: Any) -> list[str]:
         from deploycheck import report
 
         writers = {"report": report.write_json_report, "markdown": report.write_markdown,
@@ -205,7 +250,7 @@ class RunSummary:
         for name, write in writers.items():
             path = option(self.config, name)
             if path:
-                write(Path(path), rows)
+                write(Path(path), rows, run)
                 lines.append(f"deploycheck: {name} written to {path}")
         return lines
 

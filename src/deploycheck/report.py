@@ -10,14 +10,16 @@ from __future__ import annotations
 import datetime
 import html
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from deploycheck.baseline.compare import smallest_batch
+from deploycheck.formats import format_names
+from deploycheck.history.records import RunInfo
 from deploycheck.jsonio import write_json, write_text
 from deploycheck.plots import svg_latency, svg_tradeoff
-from deploycheck.rows import best_throughput, nested
+from deploycheck.rows import best_throughput, nested, row_status
 from deploycheck.table import format_table, human_size
 
 
@@ -50,20 +52,6 @@ def _speedup_interval(original: dict[str, Any] | None) -> str:
     return f"{original['speedup']:.2f} [{low:.2f}, {high:.2f}]"
 
 
-def _status(row: dict[str, Any]) -> str:
-    if row.get("failed_tests"):
-        return "FAIL"
-    checks = [nested(row, section, "passed") for section in ("parity", "accuracy", "original")]
-    checks += [c.get("passed") for c in (row.get("baseline") or {}).values()]
-    known = [c for c in checks if c is not None]
-    if not known:
-        return "skipped" if row.get("skipped") else ""
-    if not all(known):
-        return "FAIL"
-    return "inconclusive" if any(c.get("status") == "inconclusive" for c in (row.get("baseline") or {}).values()) \
-        else "ok"
-
-
 COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("model", lambda r: str(r.get("model", ""))),
     ("format", lambda r: str(r.get("format", ""))),
@@ -85,8 +73,15 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("size/orig", lambda r: _num(nested(r, "original", "size_ratio"), ".2f")),
     ("speedup vs orig", lambda r: _speedup_interval(nested(r, "original"))),
     ("vs baseline", _baseline_change),
-    ("status", _status),
+    ("status", row_status),
 ]
+
+
+def sort_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows by model, then by the formats' registry order (eager first): the order of every table."""
+    order = {name: position for position, name in enumerate(format_names())}
+    return sorted(rows, key=lambda row: (str(row["model"]), order.get(str(row["format"]), len(order)),
+                                         str(row["format"])))
 
 
 def with_size_ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -145,7 +140,7 @@ def best_formats(rows: Sequence[dict[str, Any]]) -> list[str]:
     speed over eager and its accuracy drop."""
     lines = []
     for model in dict.fromkeys(str(row.get("model")) for row in rows):
-        timed = [(float(p50), row) for row in rows if row.get("model") == model and _status(row) == "ok"
+        timed = [(float(p50), row) for row in rows if row.get("model") == model and row_status(row) == "ok"
                  and (p50 := smallest_batch(row.get("latency")).get("p50_ms")) is not None]
         if not timed:
             continue
@@ -160,7 +155,7 @@ def best_formats(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def verdict(rows: Sequence[dict[str, Any]]) -> str:
     """The run in one line, last: how many model x formats failed and why, what was inconclusive, and what to do."""
-    statuses = [_status(row) for row in rows]
+    statuses = [row_status(row) for row in rows]
     failed = [row for row, status in zip(rows, statuses) if status == "FAIL"]
     inconclusive = statuses.count("inconclusive")
     judged = sum(1 for status in statuses if status in ("ok", "FAIL", "inconclusive"))
@@ -203,7 +198,7 @@ def unchecked_budgets(rows: Sequence[dict[str, Any]]) -> list[str]:
 def inconclusive_summary(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Lines naming every verdict against a baseline that could not be reached, with its reason: they did not
     fail the run, and the reader must know that nothing was concluded."""
-    found = [(name, finding) for name, finding in _findings(rows, only_problems=True)
+    found = [(name, finding) for name, finding in baseline_findings(rows, only_problems=True)
              if finding.get("status") == "inconclusive"]
     if not found:
         return []
@@ -239,7 +234,7 @@ def budget_summary(rows: Sequence[dict[str, Any]], budget_s: float | None) -> li
     return lines
 
 
-def _findings(rows: Sequence[dict[str, Any]], only_problems: bool) -> list[tuple[str, dict[str, Any]]]:
+def baseline_findings(rows: Sequence[dict[str, Any]], only_problems: bool) -> list[tuple[str, dict[str, Any]]]:
     found = []
     for row in rows:
         for check in (row.get("baseline") or {}).values():
@@ -249,17 +244,19 @@ def _findings(rows: Sequence[dict[str, Any]], only_problems: bool) -> list[tuple
     return found
 
 
-def markdown_report(rows: Sequence[dict[str, Any]]) -> str:
-    """GitHub-flavoured Markdown: the summary table, then every baseline finding that is not ok."""
+def markdown_report(rows: Sequence[dict[str, Any]], run: RunInfo | None = None) -> str:
+    """GitHub-flavoured Markdown: the verdict with commit and machine, the summary table, then every baseline
+    finding that is not ok."""
     titles, cells = _cells(rows)
 
     def line(values: Sequence[str]) -> str:
         return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
 
-    failing = sum(_status(r) == "FAIL" for r in rows)
-    parts = ["## deploycheck", "", f"{len(rows)} model x format result(s), {failing} failing.", "",
+    failing = sum(row_status(r) == "FAIL" for r in rows)
+    parts = ["## deploycheck", "", f"**{run_line(rows, run)}**", "",
+             f"{len(rows)} model x format result(s), {failing} failing.", "",
              line(titles), "| " + " | ".join("---" for _ in titles) + " |", *(line(c) for c in cells)]
-    problems = _findings(rows, only_problems=True)
+    problems = baseline_findings(rows, only_problems=True)
     if problems:
         parts += ["", "### Against the baselines", "",
                   line(["model/format", "metric", "baseline", "obtained", "change", "limit", "status", "note"]),
@@ -269,50 +266,84 @@ def markdown_report(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def html_report(rows: Sequence[dict[str, Any]]) -> str:
-    """One self-contained page: the summary table, baseline findings, and the two plots."""
-    titles, cells = _cells(rows)
+def run_line(rows: Sequence[dict[str, Any]], run: RunInfo | None) -> str:
+    """The verdict first, then where it was measured: commit, branch and machine (a report read on its own, in a
+    CI job summary or an attached page, says at once what it is about)."""
+    line = verdict(rows).removeprefix("deploycheck: ").splitlines()[0] if rows else "nothing measured"
+    if run is None:
+        return line
+    environment = run.environment
+    machine = f"{environment.get('cpu', '?')}, {environment.get('cores', '?')} cores" if environment else run.machine
+    where = [f"commit {run.commit[:10]}" if run.commit else "no commit", f"branch {run.branch}" if run.branch else "",
+             f"machine {machine} ({run.machine})", run.time]
+    return f"{line} — {', '.join(part for part in where if part)}"
+
+
+def _html_table(titles: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
     head = "".join(f"<th>{html.escape(t)}</th>" for t in titles)
     body = "".join("<tr>" + "".join(f'<td class="{"bad" if c in ("FAIL", "REGRESSED") else ""}">{html.escape(c)}'
                                     "</td>" for c in row) + "</tr>" for row in cells)
-    problems = _findings(rows, only_problems=True)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def html_report(rows: Sequence[dict[str, Any]], run: RunInfo | None = None, trends_html: str = "") -> str:
+    """One self-contained page that fits a 1,280-px window: the verdict with commit and machine, the main table
+    (the terminal's main columns) and the details below it, baseline findings, the plots, and, when the run kept
+    a history, each model x format's trend over it (`trends_html`)."""
+    main = list(MAIN_COLUMNS)
+    details = ["model", "format", *(title for title, _ in COLUMNS if title not in MAIN_COLUMNS)]
+    detail_titles, detail_cells = _cells(rows, details)
+    tables = _html_table(*_cells(rows, main))
+    if len(detail_titles) > 2:
+        tables += "<h2>Details</h2>" + _html_table(detail_titles, detail_cells)
+    problems = baseline_findings(rows, only_problems=True)
     findings = ""
     if problems:
-        findings = ("<h2>Against the baselines</h2><table><tr><th>model/format</th><th>metric</th><th>baseline</th>"
-                    "<th>obtained</th><th>change</th><th>limit</th><th>status</th><th>note</th></tr>" + "".join(
-                        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-                            name, *(f.get(k, "") for k in ("metric", "baseline", "obtained", "change", "limit",
-                                                           "status", "note")))) + "</tr>"
-                        for name, f in problems) + "</table>")
+        findings = "<h2>Against the baselines</h2>" + _html_table(
+            ["model/format", "metric", "baseline", "obtained", "change", "limit", "status", "note"],
+            [[name, *(str(f.get(k, "")) for k in ("metric", "baseline", "obtained", "change", "limit", "status",
+                                                   "note"))] for name, f in problems])
     latency, tradeoff = svg_latency(rows), svg_tradeoff(rows)
     plots = (f"<h2>Latency distribution</h2>{latency}" if latency else "") + \
         (f"<h2>Accuracy, size and speed</h2>{tradeoff}" if tradeoff else "")
+    failed = any(row_status(row) == "FAIL" for row in rows)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>deploycheck report</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-size: 13px; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; white-space: nowrap; }}
-th {{ background: #f0f0f0; }} td:first-child, td:nth-child(2) {{ text-align: left; }}
-td.bad {{ background: #fdd; font-weight: bold; }}
-</style></head><body>
-<h1>deploycheck report</h1><p>{len(rows)} model x format result(s), generated {stamp}.</p>
-<table><tr>{head}</tr>{body}</table>{findings}{plots}
+<style>{PAGE_STYLE}</style></head><body>
+<h1>deploycheck report</h1>
+<p class="verdict {'fail' if failed else 'pass'}">{html.escape(run_line(rows, run))}</p>
+<p>{len(rows)} model x format result(s), generated {stamp}.</p>
+{tables}{findings}{plots}{trends_html}
 </body></html>
 """
 
 
-def write_json_report(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    write_json(path, {"results": with_size_ratios(rows)})
+# the page fits 1,280 px: cells wrap instead of widening the table, SVGs scale down with the window
+PAGE_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1240px; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 12px; max-width: 100%; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; overflow-wrap: anywhere; }
+th { background: #f0f0f0; } td:first-child, td:nth-child(2) { text-align: left; white-space: nowrap; }
+td.bad { background: #fdd; font-weight: bold; }
+p.verdict { font-size: 15px; font-weight: bold; padding: 6px 10px; border-radius: 4px; }
+p.verdict.fail { background: #fdd; } p.verdict.pass { background: #dfd; }
+svg { max-width: 100%; height: auto; }
+"""
 
 
-def write_markdown(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    write_text(path, markdown_report(rows))
+def write_json_report(path: Path, rows: Sequence[dict[str, Any]], run: RunInfo | None = None) -> None:
+    """The rows, and the run they came from (commit, branch, time, machine: what `deploycheck report merge`
+    checks shards against each other by)."""
+    write_json(path, {"run": run.to_dict() if run else None, "results": with_size_ratios(rows)})
 
 
-def write_html(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    write_text(path, html_report(rows))
+def write_markdown(path: Path, rows: Sequence[dict[str, Any]], run: RunInfo | None = None) -> None:
+    write_text(path, markdown_report(rows, run))
+
+
+def write_html(path: Path, rows: Sequence[dict[str, Any]], run: RunInfo | None = None) -> None:
+    write_text(path, html_report(rows, run))
 
 
 def benchmark_json(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -352,7 +383,7 @@ def benchmark_json(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "version": f"deploycheck {version('deploycheck')}"}
 
 
-def write_benchmark_json(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+def write_benchmark_json(path: Path, rows: Sequence[dict[str, Any]], run: RunInfo | None = None) -> None:
     write_json(path, benchmark_json(rows))
 
 

@@ -42,6 +42,8 @@ class Row(TypedDict, total=False):
     speedup: dict[str, dict[str, float]]  # "vs_<format>" -> ratio, low, high
     baseline: dict[str, dict[str, Any]]  # check -> Comparison.to_dict()
     original: dict[str, Any]  # OriginalReport.to_dict()
+    history: dict[str, Any]  # passed, changes: new change points that made a figure worse
+    counters: dict[str, Any]  # deterministic cost counters of the exported graph
     timing: dict[str, Any]
     skipped: str
     failed_tests: list[str]
@@ -77,3 +79,18 @@ def best_throughput(row: dict[str, Any]) -> float | None:
     """The highest samples/s over the batch sizes timed (what a reader of "throughput" means)."""
     figures = [s.get("throughput_per_s") for s in (row.get("latency") or {}).values() if s.get("throughput_per_s")]
     return max(figures) if figures else None
+
+
+def row_status(row: dict[str, Any]) -> str:
+    """FAIL, inconclusive, ok, skipped or "" (nothing judged): what the summary's status column says of a row."""
+    if row.get("failed_tests"):
+        return "FAIL"
+    checks = [nested(row, section, "passed") for section in ("parity", "accuracy", "original", "history")]
+    checks += [c.get("passed") for c in (row.get("baseline") or {}).values()]
+    known = [c for c in checks if c is not None]
+    if not known:
+        return "skipped" if row.get("skipped") else ""
+    if not all(known):
+        return "FAIL"
+    return "inconclusive" if any(c.get("status") == "inconclusive" for c in (row.get("baseline") or {}).values()) \
+        else "ok"

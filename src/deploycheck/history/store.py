@@ -1,0 +1,221 @@
+"""The history store: every gate run's records, in one SQLite file by default or in a PostgreSQL database shared
+by many runners (`postgresql://...`, with the `deploycheck[postgres]` extra).
+
+Both hold the same two tables (`runs`, `results`; figures as JSON text) under a schema version in `meta`. A run
+is appended in one transaction, so a reader (or a process killed mid-write) sees all of a run or none of it; rows
+are keyed by (run id, model, format) and inserted with ON CONFLICT DO NOTHING, so two runs writing at once, or a
+merge of stores that share runs, keep every record exactly once. SQLite runs in WAL mode with a busy timeout:
+readers never block the writer, and two writers wait their turn.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from deploycheck.errors import DeployCheckError
+from deploycheck.history.records import HistoryRecord, RunInfo
+
+SCHEMA = 1
+BUSY_TIMEOUT_S = 60.0
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+_LOCK_ID = 7_265_031  # the advisory lock that serialises creating the tables in PostgreSQL
+
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, commit_sha TEXT, branch TEXT, time TEXT NOT NULL, "
+    "mode TEXT NOT NULL, machine TEXT NOT NULL, environment TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS results (run_id TEXT NOT NULL REFERENCES runs (run_id), model TEXT NOT NULL, "
+    "format TEXT NOT NULL, verdict TEXT NOT NULL, figures TEXT NOT NULL, counters TEXT NOT NULL, "
+    "PRIMARY KEY (run_id, model, format))",
+    "CREATE INDEX IF NOT EXISTS results_series ON results (model, format)",
+    "CREATE INDEX IF NOT EXISTS runs_order ON runs (time, run_id)",
+)
+
+
+class HistoryError(DeployCheckError):
+    """A history store that cannot be opened, read or written (named, with what to do)."""
+
+
+class HistoryStore:
+    """The records of every gate run at `location` (a path, or a PostgreSQL URL)."""
+
+    def __init__(self, location: str | Path) -> None:
+        self.location = str(location)
+        self.postgres = self.location.startswith(POSTGRES_SCHEMES)
+        if not self.postgres:
+            Path(self.location).parent.mkdir(parents=True, exist_ok=True)
+        with self._transaction() as cursor:
+            self._create(cursor)
+
+    def __repr__(self) -> str:
+        return f"HistoryStore({self.label!r})"
+
+    @property
+    def label(self) -> str:
+        """The location without a password, for messages."""
+        if not self.postgres:
+            return self.location
+        scheme, _, rest = self.location.partition("://")
+        credentials, at, host = rest.rpartition("@")
+        return f"{scheme}://{credentials.split(':')[0]}@{host}" if at else self.location
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """A cursor in one transaction (committed on success, rolled back on error), with `?` placeholders."""
+        try:
+            connection = self._connect()
+        except HistoryError:
+            raise
+        except Exception as exc:  # sqlite3 and psycopg errors alike: the store cannot be reached
+            raise HistoryError(f"history {self.label}: cannot be opened ({exc})") from exc
+        try:
+            cursor = _Cursor(connection.cursor(), self.postgres)
+            if not self.postgres:
+                cursor.execute("BEGIN IMMEDIATE")
+            yield cursor
+            connection.commit()
+        except Exception as exc:
+            connection.rollback()
+            if isinstance(exc, HistoryError):
+                raise
+            raise HistoryError(f"history {self.label}: {exc}") from exc
+        finally:
+            connection.close()
+
+    def _connect(self) -> Any:
+        if self.postgres:
+            try:  # optional backend: only a PostgreSQL history needs it
+                import psycopg
+            except ImportError as exc:
+                raise HistoryError(f"history {self.label}: a PostgreSQL history needs psycopg: pip install "
+                                   "'deploycheck[postgres]'") from exc
+            return psycopg.connect(self.location, connect_timeout=10)
+        connection = sqlite3.connect(self.location, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        return connection
+
+    def _create(self, cursor: _Cursor) -> None:
+        if self.postgres:
+            cursor.execute(f"SELECT pg_advisory_xact_lock({_LOCK_ID})")
+        for statement in _TABLES:
+            cursor.execute(statement)
+        cursor.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                       ("schema", str(SCHEMA)))
+        cursor.execute("SELECT value FROM meta WHERE key = ?", ("schema",))
+        stored = int(cursor.fetchone()[0])
+        if stored > SCHEMA:
+            raise HistoryError(f"history {self.label}: schema {stored} is newer than this deploycheck understands "
+                               f"({SCHEMA}); upgrade deploycheck")
+
+    def append(self, records: Sequence[HistoryRecord]) -> int:
+        """Add records (each run once, each model x format of a run once) in one transaction; returns how many
+        were new."""
+        runs = {record.run.run_id: record.run for record in records}
+        with self._transaction() as cursor:
+            cursor.executemany(
+                "INSERT INTO runs (run_id, commit_sha, branch, time, mode, machine, environment) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO NOTHING",
+                [(run.run_id, run.commit, run.branch, run.time, run.mode, run.machine,
+                  json.dumps(run.environment, sort_keys=True, default=str)) for run in runs.values()])
+            before = self._count(cursor)
+            cursor.executemany(
+                "INSERT INTO results (run_id, model, format, verdict, figures, counters) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (run_id, model, format) DO NOTHING",
+                [(r.run.run_id, r.model, r.format, r.verdict, json.dumps(r.figures, sort_keys=True),
+                  json.dumps(r.counters, sort_keys=True, default=str)) for r in records])
+            return self._count(cursor) - before
+
+    @staticmethod
+    def _count(cursor: _Cursor) -> int:
+        cursor.execute("SELECT COUNT(*) FROM results")
+        return int(cursor.fetchone()[0])
+
+    def count(self) -> int:
+        with self._transaction() as cursor:
+            return self._count(cursor)
+
+    def records(self, model: str | None = None, format_name: str | None = None,
+                last_runs: int | None = None) -> list[HistoryRecord]:
+        """Records in run order (time, then run id), of one model and/or format if given, from the last
+        `last_runs` runs that have any (all of them by default)."""
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        for column, value in (("results.model", model), ("results.format", format_name)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        series = " AND ".join(where)
+        condition = f"WHERE {series}"
+        if last_runs is not None:
+            condition += (" AND results.run_id IN (SELECT run_id FROM (SELECT runs.run_id AS run_id FROM runs WHERE "
+                          f"EXISTS (SELECT 1 FROM results WHERE results.run_id = runs.run_id AND {series}) "
+                          "ORDER BY runs.time DESC, runs.run_id DESC LIMIT ?) AS recent)")
+            params = [*params, *params, last_runs]
+        with self._transaction() as cursor:
+            cursor.execute(
+                "SELECT runs.run_id, commit_sha, branch, time, mode, machine, environment, model, format, verdict, "
+                f"figures, counters FROM results JOIN runs ON runs.run_id = results.run_id {condition} "
+                "ORDER BY runs.time, runs.run_id, model, format", params)
+            fetched = cursor.fetchall()
+        runs: dict[str, RunInfo] = {}
+        records = []
+        for run_id, commit, branch, time, mode, machine, environment, model_name, fmt, verdict, figures, counters \
+                in fetched:
+            run = runs.get(run_id)
+            if run is None:
+                run = runs[run_id] = RunInfo(run_id, commit, branch, time, mode, machine, json.loads(environment))
+            records.append(HistoryRecord(run, model_name, fmt, verdict, json.loads(figures), json.loads(counters)))
+        return records
+
+    def check(self) -> str:
+        """SQLite's integrity check ("ok" when the file is sound); PostgreSQL guards its own."""
+        if self.postgres:
+            return "ok"
+        with self._transaction() as cursor:
+            cursor.execute("PRAGMA integrity_check")
+            return str(cursor.fetchone()[0])
+
+
+class _Cursor:
+    """A DB-API cursor that takes SQLite's `?` placeholders for either database."""
+
+    def __init__(self, cursor: Any, postgres: bool) -> None:
+        self._cursor = cursor
+        self._postgres = postgres
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", "%s") if self._postgres else statement
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> None:
+        self._cursor.execute(self._sql(statement), params)
+
+    def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
+        rows = list(rows)
+        if rows:
+            self._cursor.executemany(self._sql(statement), rows)
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return list(self._cursor.fetchall())
+
+
+def merge_stores(sources: Sequence[str | Path], target: str | Path) -> tuple[int, int]:
+    """Copy every record of `sources` into `target` (created if missing), each run and record once; returns
+    (records read, records new in the target)."""
+    destination = HistoryStore(target)
+    read = added = 0
+    for source in sources:
+        if not str(source).startswith(POSTGRES_SCHEMES) and not Path(source).is_file():
+            raise HistoryError(f"history merge: {source} does not exist")
+        records = HistoryStore(source).records()
+        read += len(records)
+        added += destination.append(records)
+    return read, added
