@@ -50,6 +50,10 @@ def resolve(ref: str, root: Path) -> Revision:
     try:
         commit = _git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], root)
     except DeployCheckError as exc:
+        if _git(["rev-parse", "--is-shallow-repository"], root) == "true":
+            raise DeployCheckError(f"--deploycheck-against {ref}: not in this shallow clone of {toplevel}; fetch the "
+                                   "history (actions/checkout: `fetch-depth: 0`; GitLab: `GIT_DEPTH: 0`; or run "
+                                   "`git fetch --unshallow`)") from exc
         raise DeployCheckError(f"--deploycheck-against {ref}: no commit of that name in {toplevel}") from exc
     return Revision(ref, commit, toplevel)
 

@@ -284,6 +284,52 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if regressed else 0
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    """The trend of every figure over the last runs, with change points and their commits; `merge` joins stores."""
+    from deploycheck.history.store import HistoryStore, merge_stores
+    from deploycheck.history.trend import trend_table, trends
+
+    if args.action == "merge":
+        if not args.out:
+            raise DeployCheckError("history merge: name the merged store with -o PATH")
+        read, added = merge_stores(args.sources, args.out)
+        print(f"{read} record(s) read from {len(args.sources)} store(s); {added} new in {args.out}")
+        return 0
+    if args.sources:
+        raise DeployCheckError(f"history: unexpected arguments {args.sources} (did you mean `history merge`?)")
+    location = args.store
+    if not location.startswith(("postgresql://", "postgres://")) and not Path(location).is_file():
+        raise DeployCheckError(f"history: no history at {location} (a gate run writes one; --store names another)")
+    store = HistoryStore(location)
+    records = store.records(args.model, args.format, last_runs=args.last)
+    if not records:
+        print(f"no runs in {store.label}" + (f" for {args.model or ''}/{args.format or ''}" if args.model or
+                                              args.format else ""))
+        return 0
+    found = trends(records)
+    runs = len({record.run.run_id for record in records})
+    print(f"{store.label}: the last {runs} run(s), {records[0].run.time} to {records[-1].run.time}\n")
+    print(trend_table(found))
+    return 0
+
+
+def cmd_report_merge(args: argparse.Namespace) -> int:
+    """Shards of a CI matrix into one report: the same tables and verdict as one job; exit 1 when it fails."""
+    from deploycheck import report
+    from deploycheck.rows import row_status
+    from deploycheck.shards import merge_shards
+
+    run, rows = merge_shards([Path(path) for path in args.shards])
+    report.write_json_report(Path(args.out), rows, run)
+    for path, write in ((args.markdown, report.write_markdown), (args.html, report.write_html)):
+        if path:
+            write(Path(path), rows, run)
+    lines = [report.summary_table(rows), *report.best_formats(rows), *report.quantization_summary(rows),
+             *report.inconclusive_summary(rows), report.verdict(rows)] if rows else ["no results in the shards"]
+    print("\n".join(lines))
+    return 1 if any(row_status(row) == "FAIL" for row in rows) else 0
+
+
 def cmd_alerts(args: argparse.Namespace) -> int:
     """Print Prometheus alerting rules for the models in a baselines directory (redirect to rules.yml)."""
     from deploycheck.prometheus import alerting_rules
@@ -349,6 +395,27 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override a rule, e.g. --rule latency=p50:15%% --rule accuracy_drop=0.01")
     compare.add_argument("-v", "--verbose", action="store_true", help="print every comparison's table")
     compare.set_defaults(handler=cmd_compare)
+
+    history = add("history", "trends and change points over the stored runs; `history merge A B -o C` joins stores")
+    history.add_argument("action", nargs="?", choices=["show", "merge"], default="show")
+    history.add_argument("sources", nargs="*", metavar="STORE", help="with merge: the stores to join")
+    history.add_argument("-o", "--out", help="with merge: the store to merge into (created if missing)")
+    history.add_argument("--store", default=".deploycheck/history.sqlite",
+                         help="the history: a SQLite file or a postgresql:// URL (as --deploycheck-history)")
+    history.add_argument("--model", help="only this model")
+    history.add_argument("--format", help="only this format")
+    history.add_argument("--last", type=int, default=50, help="how many of the latest runs to read")
+    history.set_defaults(handler=cmd_history)
+
+    report_command = add("report", "work with JSON reports: `report merge SHARD... -o OUT` joins a CI matrix's")
+    report_actions = report_command.add_subparsers(dest="action", required=True)
+    merge = report_actions.add_parser("merge", help="join the JSON reports of a CI matrix into one",
+                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    merge.add_argument("shards", nargs="+", metavar="SHARD", help="JSON reports (--deploycheck-report)")
+    merge.add_argument("-o", "--out", required=True, help="the merged JSON report")
+    merge.add_argument("--markdown", help="also write the merged Markdown report here")
+    merge.add_argument("--html", help="also write the merged HTML report here")
+    merge.set_defaults(handler=cmd_report_merge)
 
     alerts = add("alerts", "print Prometheus alerting rules from the stored baselines")
     alerts.add_argument("--baselines", required=True, help="the baselines directory")

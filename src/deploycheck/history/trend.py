@@ -102,7 +102,7 @@ def trends(records: Sequence[HistoryRecord]) -> list[Trend]:
     for (model, format_name), group in grouped.items():
         for figure in FIGURES:
             key, runs, values = series(group, figure)
-            if key is None:
+            if key is None or not values:
                 continue
             changes = [Change(model, format_name, figure.label, point, runs[point.start], runs[point.end])
                        for point in change_points(values, min_change=figure.min_change)]

@@ -1,0 +1,174 @@
+"""The history of gate runs: change points on scripted series, the SQLite store under concurrent writers and a
+killed writer, merged stores, and the new-change-point gate."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploycheck.history.changepoints import change_points
+from deploycheck.history.records import HistoryRecord, RunInfo, figures, fingerprint
+from deploycheck.history.store import HistoryError, HistoryStore, merge_stores
+from deploycheck.history.trend import new_worse_changes, trend_table, trends
+
+
+def scripted(seed: int, noise: float = 0.01) -> np.ndarray:
+    """30 commits: +15% at commit 12, +3% a commit over commits 20-24, noise elsewhere."""
+    rng = np.random.default_rng(seed)
+    values = np.ones(30)
+    values[12:] *= 1.15
+    for commit in range(20, 25):
+        values[commit:] *= 1.03
+    return values * (1 + rng.normal(0, noise, 30))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_step_and_a_creep_are_found_with_their_commits(seed: int) -> None:
+    found = [(p.start, p.end) for p in change_points(scripted(seed), min_change=0.02)]
+    assert (11, 12) in found, found
+    creep = [(start, end) for start, end in found if start >= 18]
+    assert len(creep) == 1 and creep[0][0] in (18, 19, 20) and creep[0][1] in (23, 24, 25), found
+
+
+def test_noise_alone_has_no_change_points() -> None:
+    false = sum(bool(change_points(1 + np.random.default_rng(seed).normal(0, 0.01, 30), min_change=0.02))
+                for seed in range(200))
+    assert false == 0
+    assert change_points([5.0] * 40) == []
+
+
+def test_the_papers_change_in_mean_example_is_located() -> None:
+    """Matteson & James (2014), section 5: univariate normal segments whose mean changes; every change is found
+    within a couple of observations, and each is significant."""
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.normal(0, 1, 100), rng.normal(3, 1, 100), rng.normal(0, 1, 100)])
+    found = change_points(values)
+    assert len(found) == 2
+    assert abs(found[0].end - 100) <= 2 and abs(found[1].end - 200) <= 2
+    assert all(p.pvalue < 1e-6 for p in found)
+
+
+def test_a_long_history_is_searched_in_windows_without_losing_a_change() -> None:
+    values = 1 + np.random.default_rng(0).normal(0, 0.01, 10_000)
+    values[6_000:] *= 1.05
+    started = time.perf_counter()
+    found = change_points(values, min_change=0.02)
+    assert len(found) == 1 and 5_997 <= found[0].start <= 5_999 and 6_000 <= found[0].end <= 6_002
+    assert time.perf_counter() - started < 30  # generous: the benchmark prints the real figure
+
+
+def _run(index: int, machine: str = "m1", commit: str | None = None) -> RunInfo:
+    return RunInfo(f"run{index:05d}", commit or f"{index:040x}", "main", f"2026-01-01T00:00:{index:09.6f}",
+                   "compare", machine, {"cpu": "x"})
+
+
+def _records(index: int, value: float, formats: tuple[str, ...] = ("eager", "onnx")) -> list[HistoryRecord]:
+    return [HistoryRecord(_run(index), "tiny", name, "ok", {"p50_norm@1": value, "size_bytes": 1000.0})
+            for name in formats]
+
+
+def test_records_keep_every_figure_and_the_store_keeps_each_once(tmp_path: Path) -> None:
+    row = {"model": "m", "format": "onnx", "size_bytes": 10, "parity": {"max_abs": 1e-6},
+           "accuracy": {"value": 0.9, "drop": 0.01},
+           "latency": {"1": {"p50_ms": 2.0, "p90_ms": 3.0, "p99_ms": 4.0, "reference_p50_ms": 0.5,
+                             "window_spread": 0.1, "throughput_per_s": 500.0}}}
+    measured = figures(row)
+    assert measured["p50_norm@1"] == 4.0 and measured["p99_ms@1"] == 4.0 and measured["accuracy"] == 0.9
+    assert measured["p50_low_ms@1"] == pytest.approx(1.8) and measured["p50_high_ms@1"] == pytest.approx(2.2)
+    assert fingerprint({"cpu": "a", "cores": 2}) != fingerprint({"cpu": "a", "cores": 4})
+    store = HistoryStore(tmp_path / "h.sqlite")
+    assert store.append(_records(1, 1.0)) == 2
+    assert store.append(_records(1, 1.0)) == 0
+    assert store.append(_records(2, 1.0)) == 2
+    assert [r.run.run_id for r in store.records("tiny", "onnx", last_runs=1)] == ["run00002"]
+    assert store.records()[0].figures == {"p50_norm@1": 1.0, "size_bytes": 1000.0}
+
+
+def test_a_newer_schema_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite"
+    HistoryStore(path)
+    import sqlite3
+
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    with pytest.raises(HistoryError, match=r"schema 99 is newer"):
+        HistoryStore(path)
+
+
+def _write_runs(path: str, first: int, count: int) -> None:
+    store = HistoryStore(path)
+    for index in range(first, first + count):
+        store.append(_records(index, 1.0, formats=tuple(f"f{k}" for k in range(12))))
+
+
+def test_concurrent_writers_keep_every_record_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "h.sqlite")
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_write_runs, args=(path, first, 40)) for first in (0, 1000, 2000)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(120)
+        assert writer.exitcode == 0
+    store = HistoryStore(path)
+    assert store.count() == 3 * 40 * 12 and store.check() == "ok"
+    assert len({r.key for r in store.records()}) == 3 * 40 * 12
+
+
+def test_a_writer_killed_mid_write_leaves_a_readable_store(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite"
+    HistoryStore(path)
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_history as t; "
+              f"t._write_runs({str(path)!r}, 0, 100000)")
+    writer = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while HistoryStore(path).count() < 12 * 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(30)
+    store = HistoryStore(path)
+    assert store.check() == "ok"
+    count = store.count()
+    assert count >= 12 * 20 and count % 12 == 0, "a run is in the store whole or not at all"
+    store.append(_records(999_999, 1.0))  # and it takes the next run
+
+
+def test_stores_merge_without_duplicates(tmp_path: Path) -> None:
+    a, b = HistoryStore(tmp_path / "a.sqlite"), HistoryStore(tmp_path / "b.sqlite")
+    for index in range(5):
+        a.append(_records(index, 1.0))
+    for index in range(3, 8):
+        b.append(_records(index, 1.0))
+    read, added = merge_stores([a.location, b.location], tmp_path / "c.sqlite")
+    assert (read, added) == (20, 16)
+    assert HistoryStore(tmp_path / "c.sqlite").count() == 16
+    with pytest.raises(HistoryError, match="does not exist"):
+        merge_stores([tmp_path / "missing.sqlite"], tmp_path / "c.sqlite")
+
+
+def test_the_gate_fires_on_the_step_and_on_the_creep_and_never_on_noise() -> None:
+    """Walking the scripted history run by run, as CI would: a new worse change point is raised a few runs after
+    the step and during the creep (no single run there is 15% slower than the one before), never before."""
+    values = scripted(1)
+    fired = [index for index in range(1, 30)
+             if new_worse_changes([r for i in range(index) for r in _records(i, float(values[i]))],
+                                  _records(index, float(values[index])))]
+    assert fired and not [index for index in fired if index < 12]
+    assert [index for index in fired if 12 <= index <= 16], fired
+    assert [index for index in fired if 20 <= index <= 27], fired
+    history = [r for index in range(24) for r in _records(index, float(values[index]))]
+    other_machine = [HistoryRecord(_run(100 + i, machine="m2"), "tiny", "onnx", "ok", {"p50_norm@1": 5.0})
+                     for i in range(3)]
+    found = trends([*history, *other_machine])
+    onnx = next(t for t in found if t.format == "onnx" and t.figure.label == "p50 / reference")
+    assert len(onnx.values) == 3, "latency is read on the newest run's machine only"
+    table = trend_table(trends(history))
+    assert "change point(s):" in table and "+" in table
