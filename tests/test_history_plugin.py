@@ -1,0 +1,136 @@
+"""The history, the CI outputs and the shard merge as users run them: real pytest runs through `pytester`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploycheck.history.store import HistoryStore
+
+pytestmark = pytest.mark.slow
+
+CONFTEST = '''
+import os
+
+import torch
+import deploycheck
+
+
+def _spec(name, width):
+    torch.manual_seed(0)
+    x = torch.randn(256, 12)
+    model = torch.nn.Sequential(torch.nn.Linear(12, width), torch.nn.ReLU(), torch.nn.Linear(width, 3)).eval()
+    labels = model(x).argmax(1)
+    noise = float(os.environ.get("TINY_WEIGHT_NOISE", "0"))
+    if noise and name == "tiny":
+        with torch.no_grad():
+            model[2].weight.add_(noise * torch.randn_like(model[2].weight))
+    return deploycheck.ModelSpec(name=name, model=model, example_inputs=x[:8], formats=["eager", "onnx"],
+                                 eval_data=[(x[i:i + 128], labels[i:i + 128]) for i in range(0, 256, 128)],
+                                 max_accuracy_drop=0.02)
+
+
+@deploycheck.model
+def tiny():
+    return _spec("tiny", 24)
+
+
+@deploycheck.model
+def wide():
+    return _spec("wide", 48)
+
+
+@deploycheck.model
+def deep():
+    return _spec("deep", 16)
+'''
+
+TESTS = '''
+def test_parity(artifact, deploycheck):
+    deploycheck.assert_parity(artifact)
+
+
+def test_accuracy(artifact, deploycheck):
+    deploycheck.assert_accuracy(artifact)
+'''
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "deploycheck.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_every_run_is_kept_and_ci_gets_its_summary_annotations_and_merged_shards(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_gate=TESTS)
+    common = ["-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path / 'artifacts'}",
+              "--deploycheck-formats=eager,onnx"]
+    history = pytester.path / ".deploycheck" / "history.sqlite"
+
+    pytester.runpytest_subprocess(*common, "--deploycheck-update").assert_outcomes(passed=12)
+    pytester.runpytest_subprocess(*common, "-n", "2", f"--deploycheck-report={tmp_path / 'single.json'}") \
+        .assert_outcomes(passed=12)
+    records = HistoryStore(history).records()
+    assert len(records) == 12 and len({r.key for r in records}) == 12
+    assert {r.run.mode for r in records} == {"update", "compare"}
+    assert all(r.figures["accuracy"] > 0.9 and r.verdict == "ok" for r in records)
+
+    for shard, models in (("a", "tiny"), ("b", "wide,deep")):
+        pytester.runpytest_subprocess(*common, f"--deploycheck-models={models}", "--deploycheck-no-history",
+                                      f"--deploycheck-report={tmp_path / shard}.json").assert_outcomes(passed=4 * len(
+                                          models.split(",")))
+    merged = _cli("report", "merge", str(tmp_path / "b.json"), str(tmp_path / "a.json"), "-o",
+                  str(tmp_path / "merged.json"), "--markdown", str(tmp_path / "merged.md"), cwd=pytester.path)
+    single = _cli("report", "merge", str(tmp_path / "single.json"), "-o", str(tmp_path / "again.json"),
+                  cwd=pytester.path)
+    assert merged.returncode == single.returncode == 0, merged.stderr
+    assert merged.stdout == single.stdout and "6 of 6 model x format(s) passed" in merged.stdout
+    twice = _cli("report", "merge", str(tmp_path / "a.json"), str(tmp_path / "single.json"), "-o",
+                 str(tmp_path / "x.json"), cwd=pytester.path)
+    assert twice.returncode == 2 and "deep/eager is in both" not in twice.stderr
+    assert "is in both" in twice.stderr and "tiny/eager" in twice.stderr
+
+    summary = tmp_path / "step_summary.md"
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    monkeypatch.setenv("TINY_WEIGHT_NOISE", "0.6")
+    failed = pytester.runpytest_subprocess(*common)
+    failed.assert_outcomes(passed=10, failed=2)
+    failed.stdout.fnmatch_lines(["::error title=deploycheck%3A tiny/eager failed::tiny/eager: test_accuracy failed*",
+                                 "::error title=deploycheck%3A tiny/onnx failed::*accuracy*If intended, accept the "
+                                 "new figures with: pytest --deploycheck-update"])
+    written = summary.read_text()
+    assert written.startswith("## deploycheck") and "2 of 6 model x format(s) FAILED" in written
+    assert "commit" in written and "machine" in written
+    records = HistoryStore(history).records("tiny", "onnx")
+    assert [r.verdict for r in records] == ["ok", "ok", "FAIL"]
+
+    shown = _cli("history", "--model", "tiny", cwd=pytester.path)
+    assert shown.returncode == 0, shown.stderr
+    assert "the last 3 run(s)" in shown.stdout and "accuracy" in shown.stdout and "size" in shown.stdout
+    missing = _cli("history", "--store", "nowhere.sqlite", cwd=pytester.path)
+    assert missing.returncode == 2 and "no history at nowhere.sqlite" in missing.stderr
+
+
+def test_a_shallow_clone_names_the_fix(tmp_path: Path) -> None:
+    from deploycheck.against import resolve
+    from deploycheck.errors import DeployCheckError
+
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    git = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci"]
+    subprocess.run(["git", "init", "-q", str(origin)], check=True)
+    for commit in range(3):
+        (origin / "f").write_text(str(commit))
+        subprocess.run([*git, "-C", str(origin), "add", "f"], check=True)
+        subprocess.run([*git, "-C", str(origin), "commit", "-qm", f"c{commit}"], check=True)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{origin}", str(clone)], check=True)
+    with pytest.raises(DeployCheckError, match=r"shallow clone.*fetch-depth: 0.*git fetch --unshallow"):
+        resolve("HEAD~1", clone)
+    assert resolve("HEAD~1", origin).commit
