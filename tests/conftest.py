@@ -4,7 +4,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -51,3 +56,63 @@ def _nothing_left_in_the_working_directory():
     ignored = {".pytest_cache", ".hypothesis", "__pycache__", ".mypy_cache", ".ruff_cache"}
     added = sorted({entry.name for entry in root.iterdir()} - before - ignored)
     assert not added, f"the test run wrote {added} into {root}"
+
+
+def _postgres_bin() -> Path | None:
+    """The directory of PostgreSQL's server programs (Debian's `postgresql` package), None when not installed."""
+    found = shutil.which("pg_config")
+    if found:
+        bindir = Path(subprocess.run([found, "--bindir"], capture_output=True, text=True).stdout.strip())
+        if (bindir / "initdb").exists():
+            return bindir
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return candidates[-1].parent if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A real PostgreSQL server on loopback for this test session (initdb in a temporary directory, trust
+    authentication, stopped at the end); skipped, with the reason, where the server is not installed."""
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run installs it)")
+    pytest.importorskip("psycopg", reason="pip install 'deploycheck[postgres]'")
+    root = tmp_path_factory.mktemp("postgres")
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: the server runs as the package's postgres user
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: PostgreSQL cannot be started")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+        for parent in root.parents:
+            if parent == Path(tempfile.gettempdir()):
+                break
+            parent.chmod(parent.stat().st_mode | 0o711)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = root / "data"
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True, timeout=120)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True,
+                   capture_output=True, timeout=120)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+                       capture_output=True, timeout=120)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def history_location(request, tmp_path):
+    """Where a history test writes: a SQLite file, or a new database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "history.sqlite")
+    import psycopg
+
+    server = request.getfixturevalue("postgres_server")
+    name = f"history_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return f"{server}/{name}"

@@ -109,8 +109,8 @@ def _write_runs(path: str, first: int, count: int) -> None:
         store.append(_records(index, 1.0, formats=tuple(f"f{k}" for k in range(12))))
 
 
-def test_concurrent_writers_keep_every_record_once(tmp_path: Path) -> None:
-    path = str(tmp_path / "h.sqlite")
+def test_concurrent_writers_keep_every_record_once(history_location: str) -> None:
+    path = history_location
     context = multiprocessing.get_context("spawn")
     writers = [context.Process(target=_write_runs, args=(path, first, 40)) for first in (0, 1000, 2000)]
     for writer in writers:
@@ -123,15 +123,16 @@ def test_concurrent_writers_keep_every_record_once(tmp_path: Path) -> None:
     assert len({r.key for r in store.records()}) == 3 * 40 * 12
 
 
-def test_a_writer_killed_mid_write_leaves_a_readable_store(tmp_path: Path) -> None:
-    path = tmp_path / "h.sqlite"
+def test_a_writer_killed_mid_write_leaves_a_readable_store(history_location: str) -> None:
+    path = history_location
     HistoryStore(path)
     script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_history as t; "
-              f"t._write_runs({str(path)!r}, 0, 100000)")
+              f"t._write_runs({path!r}, 0, 100000)")
     writer = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.monotonic() + 60
     while HistoryStore(path).count() < 12 * 20 and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert writer.poll() is None, "the writer was still writing"
     os.kill(writer.pid, signal.SIGKILL)
     writer.wait(30)
     store = HistoryStore(path)
@@ -141,8 +142,8 @@ def test_a_writer_killed_mid_write_leaves_a_readable_store(tmp_path: Path) -> No
     store.append(_records(999_999, 1.0))  # and it takes the next run
 
 
-def test_stores_merge_without_duplicates(tmp_path: Path) -> None:
-    a, b = HistoryStore(tmp_path / "a.sqlite"), HistoryStore(tmp_path / "b.sqlite")
+def test_stores_merge_without_duplicates(history_location: str, tmp_path: Path) -> None:
+    a, b = HistoryStore(history_location), HistoryStore(tmp_path / "b.sqlite")
     for index in range(5):
         a.append(_records(index, 1.0))
     for index in range(3, 8):
@@ -150,6 +151,7 @@ def test_stores_merge_without_duplicates(tmp_path: Path) -> None:
     read, added = merge_stores([a.location, b.location], tmp_path / "c.sqlite")
     assert (read, added) == (20, 16)
     assert HistoryStore(tmp_path / "c.sqlite").count() == 16
+    assert merge_stores([tmp_path / "c.sqlite"], history_location) == (16, 6), "and back into the first kind"
     with pytest.raises(HistoryError, match="does not exist"):
         merge_stores([tmp_path / "missing.sqlite"], tmp_path / "c.sqlite")
 

@@ -101,10 +101,14 @@ class HistoryStore:
         return connection
 
     def _create(self, cursor: _Cursor) -> None:
-        if self.postgres:
+        if self.postgres:  # creators wait their turn; DDL on existing tables would lock them against writers
             cursor.execute(f"SELECT pg_advisory_xact_lock({_LOCK_ID})")
-        for statement in _TABLES:
-            cursor.execute(statement)
+            cursor.execute("SELECT to_regclass('results') IS NOT NULL")
+        else:
+            cursor.execute("SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'results'")
+        if not cursor.fetchone()[0]:
+            for statement in _TABLES:
+                cursor.execute(statement)
         cursor.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
                        ("schema", str(SCHEMA)))
         cursor.execute("SELECT value FROM meta WHERE key = ?", ("schema",))
