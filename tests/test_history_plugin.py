@@ -133,3 +133,31 @@ def test_a_shallow_clone_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(DeployCheckError, match=r"shallow clone.*fetch-depth: 0.*git fetch --unshallow"):
         resolve("HEAD~1", clone)
     assert resolve("HEAD~1", origin).commit
+
+
+def test_a_pull_request_is_compared_with_its_merge_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deploycheck.against import resolve
+
+    repo = tmp_path / "repo"
+    git = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "-C", str(repo)]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+
+    def commit(message: str) -> str:
+        (repo / "f").write_text(message)
+        subprocess.run([*git, "add", "f"], check=True)
+        subprocess.run([*git, "commit", "-qm", message], check=True)
+        return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+    forked = commit("base")
+    subprocess.run([*git, "checkout", "-q", "-b", "feature"], check=True)
+    commit("feature")
+    subprocess.run([*git, "checkout", "-q", "main"], check=True)
+    tip = commit("main moved on")
+    subprocess.run([*git, "checkout", "-q", "feature"], check=True)
+    assert resolve("main", repo).commit == tip, "outside a pull request a branch is its tip"
+    assert resolve("merge-base:main", repo).commit == forked
+    monkeypatch.setenv("GITHUB_BASE_REF", "main")
+    assert resolve("main", repo).commit == forked, "in a pull request, its base is the merge-base"
+    monkeypatch.delenv("GITHUB_BASE_REF")
+    with pytest.raises(Exception, match="not in a pull request"):
+        resolve("merge-base", repo)

@@ -44,18 +44,43 @@ def _git(args: Sequence[str], cwd: Path) -> str:
     return done.stdout.strip()
 
 
+def pull_request_base(ref: str) -> str | None:
+    """The base branch to take a merge-base with: `merge-base` (the base from GITHUB_BASE_REF or GitLab's
+    CI_MERGE_REQUEST_TARGET_BRANCH_NAME), `merge-base:BRANCH`, or, in a pull request, the base branch itself
+    (a PR is compared with the commit it branched from, not with the base's tip, which may have moved on)."""
+    base = os.environ.get("GITHUB_BASE_REF") or os.environ.get("CI_MERGE_REQUEST_TARGET_BRANCH_NAME")
+    if ref.startswith("merge-base:"):
+        return ref.removeprefix("merge-base:")
+    if ref == "merge-base":
+        if not base:
+            raise DeployCheckError("--deploycheck-against merge-base: not in a pull request (GITHUB_BASE_REF is not "
+                                   "set); name the branch: --deploycheck-against merge-base:origin/main")
+        return f"origin/{base}"
+    if base and ref in (base, f"origin/{base}"):
+        return ref
+    return None
+
+
 def resolve(ref: str, root: Path) -> Revision:
-    """The commit `ref` names in the repository holding `root`; a clear error when there is none."""
+    """The commit `ref` names in the repository holding `root` (the merge-base with it, for a pull request's
+    base; see `pull_request_base`); a clear error when there is none."""
     toplevel = Path(_git(["rev-parse", "--show-toplevel"], root))
+    base = pull_request_base(ref)
+    if base is None:
+        return Revision(ref, _commit(ref, root, toplevel), toplevel)
+    merge_base = _git(["merge-base", "HEAD", _commit(base, root, toplevel)], root)
+    return Revision(f"merge-base with {base}", merge_base, toplevel)
+
+
+def _commit(ref: str, root: Path, toplevel: Path) -> str:
     try:
-        commit = _git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], root)
+        return _git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], root)
     except DeployCheckError as exc:
         if _git(["rev-parse", "--is-shallow-repository"], root) == "true":
             raise DeployCheckError(f"--deploycheck-against {ref}: not in this shallow clone of {toplevel}; fetch the "
                                    "history (actions/checkout: `fetch-depth: 0`; GitLab: `GIT_DEPTH: 0`; or run "
                                    "`git fetch --unshallow`)") from exc
         raise DeployCheckError(f"--deploycheck-against {ref}: no commit of that name in {toplevel}") from exc
-    return Revision(ref, commit, toplevel)
 
 
 def artifacts_dir(revision: Revision, cache: Path) -> Path:
