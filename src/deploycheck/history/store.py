@@ -48,7 +48,10 @@ class HistoryStore:
         self.location = str(location)
         self.postgres = self.location.startswith(POSTGRES_SCHEMES)
         if not self.postgres:
-            Path(self.location).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(self.location).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise HistoryError(f"history {self.location}: its directory cannot be made ({exc})") from exc
         with self._transaction() as cursor:
             self._create(cursor)
 
