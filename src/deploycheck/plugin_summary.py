@@ -133,6 +133,8 @@ class RunSummary:
                         "--deploycheck-no-baselines).", returncode=pytest.ExitCode.TESTS_FAILED)
 
     def rows(self) -> list[dict[str, Any]]:
+        if not self.results:  # a pytest run without the gate imports nothing heavy
+            return []
         from deploycheck.report import sort_rows
 
         return sort_rows(self.results.values())
@@ -179,19 +181,23 @@ class RunSummary:
         """The history, baselines and reports are written here, so a run without the terminal plugin still saves
         them; the terminal summary only prints what was written. The history comes first: a new change point
         that fails a row must show in the reports and the exit status."""
-        from deploycheck.history.records import new_run
-        from deploycheck.machine import environment
-
         rows = self.rows()
-        measured = next((row["environment"] for row in rows if isinstance(row.get("environment"), dict)), None)
-        run = new_run(self.config.rootpath, baseline_mode(self.config) or "no-baselines",
-                      measured or environment(threads=1))
+        run = self._run(rows) if rows else None  # a pytest run without the gate pays nothing
         history = self._record_history(rows, run)
         self.written = (self._write_baselines(rows) + self._stale_baselines() + self._write_reports(rows, run)
                         + history)
         if any(nested(row, "history", "passed") is False for row in rows) and session.exitstatus == 0:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         self._github_step_summary(rows, run)
+
+    def _run(self, rows: list[dict[str, Any]]) -> Any:
+        """This run's `RunInfo` (commit, branch, machine), shared by the history and the JSON report."""
+        from deploycheck.history.records import new_run
+        from deploycheck.machine import environment
+
+        measured = next((row["environment"] for row in rows if isinstance(row.get("environment"), dict)), None)
+        return new_run(self.config.rootpath, baseline_mode(self.config) or "no-baselines",
+                       measured or environment(threads=1))
 
     def _record_history(self, rows: list[dict[str, Any]], run: Any) -> list[str]:
         from deploycheck.errors import DeployCheckError
