@@ -223,7 +223,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     """The trend of every figure over the last runs, with change points and their commits; `merge` joins stores."""
-    from deploycheck.history.store import HistoryStore, merge_stores
+    from deploycheck.history.store import POSTGRES_SCHEMES, HistoryStore, merge_stores
     from deploycheck.history.trend import trend_table, trends
 
     if args.action == "merge":
@@ -235,7 +235,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.sources:
         raise DeployCheckError(f"history: unexpected arguments {args.sources} (did you mean `history merge`?)")
     location = args.store
-    if not location.startswith(("postgresql://", "postgres://")) and not Path(location).is_file():
+    if not location.startswith(POSTGRES_SCHEMES) and not Path(location).is_file():
         raise DeployCheckError(f"history: no history at {location} (a gate run writes one; --store names another)")
     store = HistoryStore(location)
     records = store.records(args.model, args.format, last_runs=args.last)
