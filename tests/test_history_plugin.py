@@ -98,8 +98,11 @@ def test_every_run_is_kept_and_ci_gets_its_summary_annotations_and_merged_shards
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     monkeypatch.setenv("TINY_WEIGHT_NOISE", "0.6")
-    failed = pytester.runpytest_subprocess(*common)
+    failed = pytester.runpytest_subprocess(*common, f"--deploycheck-html={tmp_path / 'report.html'}")
     failed.assert_outcomes(passed=10, failed=2)
+    page = (tmp_path / "report.html").read_text()
+    trends = page.split("Over the history")[1]
+    assert trends.count("<svg") == 6 and 'font-weight="bold">tiny/onnx</text>' in trends, "a trend per model x format"
     failed.stdout.fnmatch_lines(["::error title=deploycheck%3A tiny/eager failed::tiny/eager: test_accuracy failed*",
                                  "::error title=deploycheck%3A tiny/onnx failed::*accuracy*If intended, accept the "
                                  "new figures with: pytest --deploycheck-update"])
@@ -112,6 +115,9 @@ def test_every_run_is_kept_and_ci_gets_its_summary_annotations_and_merged_shards
     shown = _cli("history", "--model", "tiny", cwd=pytester.path)
     assert shown.returncode == 0, shown.stderr
     assert "the last 3 run(s)" in shown.stdout and "accuracy" in shown.stdout and "size" in shown.stdout
+    drawn = _cli("history", "--html", str(tmp_path / "history.html"), cwd=pytester.path)
+    assert drawn.returncode == 0 and "history page of 3 run(s)" in drawn.stdout, drawn.stderr
+    assert (tmp_path / "history.html").read_text().count('font-weight="bold">') == 6
     missing = _cli("history", "--store", "nowhere.sqlite", cwd=pytester.path)
     assert missing.returncode == 2 and "no history at nowhere.sqlite" in missing.stderr
 

@@ -112,15 +112,16 @@ def test_the_model_is_also_a_fixture(pytester: pytest.Pytester) -> None:
     pytester.runpytest_subprocess("test_fixture.py").assert_outcomes(passed=1)
 
 
-@pytest.mark.parametrize("workers", ["0", "2"])
-def test_digits_example_project(pytester: pytest.Pytester, workers: str, tmp_path_factory, cache_env) -> None:
+def test_digits_example_project(pytester: pytest.Pytester, tmp_path_factory, cache_env) -> None:
+    """The example as CI runs it, with xdist workers (the single-process gate is what every other plugin test
+    runs)."""
     shutil.copytree(ROOT / "examples" / "digits", pytester.path, dirs_exist_ok=True)
     artifacts = tmp_path_factory.getbasetemp() / "digits-example-artifacts"
     for key, value in cache_env.items():
         pytester._monkeypatch.setenv(key, value)
     baselines = tmp_path_factory.mktemp("digits-baselines")
     benchmark_json = baselines / "benchmark.json"
-    result = pytester.runpytest_subprocess("-n", workers, f"--deploycheck-artifacts={artifacts}",
+    result = pytester.runpytest_subprocess("-n", "2", f"--deploycheck-artifacts={artifacts}",
                                            "--deploycheck-bench-time=0.1", "--deploycheck-update",
                                            f"--deploycheck-baselines={baselines}", "--deploycheck-models=digits_cnn",
                                            f"--deploycheck-benchmark-json={benchmark_json}")

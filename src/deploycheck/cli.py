@@ -222,31 +222,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    """The trend of every figure over the last runs, with change points and their commits; `merge` joins stores."""
-    from deploycheck.history.store import POSTGRES_SCHEMES, HistoryStore, merge_stores
-    from deploycheck.history.trend import trend_table, trends
+    """The trend of every figure over the last runs, with change points and their commits; `--html` draws the
+    whole history; `merge` joins stores."""
+    from deploycheck.history.commands import merge_history, show_history, write_history_page
 
     if args.action == "merge":
-        if not args.out:
-            raise DeployCheckError("history merge: name the merged store with -o PATH")
-        read, added = merge_stores(args.sources, args.out)
-        print(f"{read} record(s) read from {len(args.sources)} store(s); {added} new in {args.out}")
+        print(merge_history(args.sources, args.out))
         return 0
     if args.sources:
         raise DeployCheckError(f"history: unexpected arguments {args.sources} (did you mean `history merge`?)")
-    location = args.store
-    if not location.startswith(POSTGRES_SCHEMES) and not Path(location).is_file():
-        raise DeployCheckError(f"history: no history at {location} (a gate run writes one; --store names another)")
-    store = HistoryStore(location)
-    records = store.records(args.model, args.format, last_runs=args.last)
-    if not records:
-        print(f"no runs in {store.label}" + (f" for {args.model or ''}/{args.format or ''}" if args.model or
-                                              args.format else ""))
-        return 0
-    found = trends(records)
-    runs = len({record.run.run_id for record in records})
-    print(f"{store.label}: the last {runs} run(s), {records[0].run.time} to {records[-1].run.time}\n")
-    print(trend_table(found))
+    if args.html:
+        print(write_history_page(args.store, Path(args.html), args.model, args.format, args.last))
+    else:
+        print(show_history(args.store, args.model, args.format, args.last))
     return 0
 
 
@@ -341,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the history: a SQLite file or a postgresql:// URL (as --deploycheck-history)")
     history.add_argument("--model", help="only this model")
     history.add_argument("--format", help="only this format")
-    history.add_argument("--last", type=int, default=50, help="how many of the latest runs to read")
+    history.add_argument("--last", type=int, help="how many of the latest runs to read (default: 50; with --html, "
+                         "all of them)")
+    history.add_argument("--html", metavar="PATH", help="write the trend pictures of the history to this page")
     history.set_defaults(handler=cmd_history)
 
     report_command = add("report", "work with JSON reports: `report merge SHARD... -o OUT` joins a CI matrix's")

@@ -10,7 +10,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -250,8 +251,11 @@ class RunSummary:
     def _write_reports(self, rows: list[dict[str, Any]], run: Any) -> list[str]:
         from deploycheck import report
 
-        writers = {"report": report.write_json_report, "markdown": report.write_markdown,
-                   "html": report.write_html, "benchmark-json": report.write_benchmark_json}
+        writers: dict[str, Callable[[Path, list[dict[str, Any]], Any], None]] = {
+                   "report": report.write_json_report, "markdown": report.write_markdown,
+                   "html": partial(report.write_html, trends_html=self._trend_pictures(rows)
+                                   if option(self.config, "html") else ""),
+                   "benchmark-json": report.write_benchmark_json}
         lines = []
         for name, write in writers.items():
             path = option(self.config, name)
@@ -259,6 +263,24 @@ class RunSummary:
                 write(Path(path), rows, run)
                 lines.append(f"deploycheck: {name} written to {path}")
         return lines
+
+    def _trend_pictures(self, rows: list[dict[str, Any]]) -> str:
+        """The HTML report's trend pictures: this run's model x formats over their recent history (this run
+        included, as it was appended first); none when the run keeps no history or it cannot be read."""
+        from deploycheck.errors import DeployCheckError
+        from deploycheck.history.pictures import trend_section
+        from deploycheck.history.recorder import HISTORY_WINDOW
+        from deploycheck.history.store import HistoryStore
+
+        location = history_location(self.config)
+        if location is None or not rows:
+            return ""
+        names = {(row["model"], row["format"]) for row in rows}
+        try:
+            records = HistoryStore(location).records(last_runs=HISTORY_WINDOW)
+        except DeployCheckError:
+            return ""
+        return trend_section([record for record in records if (record.model, record.format) in names])
 
 
 def missing_baselines(config: pytest.Config, pairs: set[tuple[str, str]]) -> list[Path]:

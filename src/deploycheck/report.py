@@ -342,8 +342,9 @@ def write_markdown(path: Path, rows: Sequence[dict[str, Any]], run: RunInfo | No
     write_text(path, markdown_report(rows, run))
 
 
-def write_html(path: Path, rows: Sequence[dict[str, Any]], run: RunInfo | None = None) -> None:
-    write_text(path, html_report(rows, run))
+def write_html(path: Path, rows: Sequence[dict[str, Any]], run: RunInfo | None = None,
+               trends_html: str = "") -> None:
+    write_text(path, html_report(rows, run, trends_html))
 
 
 def benchmark_json(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
