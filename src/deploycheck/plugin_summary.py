@@ -252,10 +252,10 @@ class RunSummary:
         from deploycheck import report
 
         writers: dict[str, Callable[[Path, list[dict[str, Any]], Any], None]] = {
-                   "report": report.write_json_report, "markdown": report.write_markdown,
-                   "html": partial(report.write_html, trends_html=self._trend_pictures(rows)
-                                   if option(self.config, "html") else ""),
-                   "benchmark-json": report.write_benchmark_json}
+            "report": report.write_json_report, "markdown": report.write_markdown,
+            "html": partial(report.write_html,
+                            trends_html=self._trend_pictures(rows) if option(self.config, "html") else ""),
+            "benchmark-json": report.write_benchmark_json}
         lines = []
         for name, write in writers.items():
             path = option(self.config, name)
