@@ -130,7 +130,9 @@ def test_rules_from_pyproject_and_reports(pytester: pytest.Pytester, tmp_path: P
     result.assert_outcomes(passed=2)
     assert "\x1b[" not in result.stdout.str(), "plain when piped"
     assert "| tiny | onnx |" in (tmp_path / "r.md").read_text()
-    assert (tmp_path / "r.html").read_text().count("<svg") == 1, "no latency figures, so only the trade-off plot"
+    plots, trends = (tmp_path / "r.html").read_text().split("Over the history")
+    assert plots.count("<svg") == 1, "no latency figures, so only the trade-off plot"
+    assert trends.count("<svg") == 1, "and the model x format's trend over its two runs in the history"
 
 
 SPEED_TESTS = '''
