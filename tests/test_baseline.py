@@ -310,3 +310,33 @@ def test_strict_latency_fails_an_inconclusive_verdict() -> None:
         else:
             with pytest.warns(UserWarning, match="inconclusive: noisy"):
                 gate._judge(artifact, unsure, "latency")
+
+
+def test_latency_triage_says_whether_the_graph_or_the_machine_moved(tmp_path: Path) -> None:
+    """Counters from real ONNX exports: the same graph 25% slower points at the machine or the runtime; a graph
+    with one more Linear layer names the new node and its FLOPs; a baseline recorded before counters existed
+    gets no triage line rather than a wrong one."""
+    import torch
+
+    import deploycheck
+
+    def counters(layers: int) -> dict:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(*[torch.nn.Linear(16, 16) for _ in range(layers)]).eval()
+        spec = deploycheck.ModelSpec(name=f"mlp{layers}", model=model, example_inputs=torch.randn(4, 16))
+        return deploycheck.export(spec, "onnx", tmp_path / str(layers)).metadata["counters"]
+
+    two, three = counters(2), counters(3)
+    old = record(latency=latency_section(1.0), counters=two)
+    machine = compare_records(old, record(latency=latency_section(1.25, seed=2), counters=two), Rules(), "b")
+    assert machine.costs == "cost counters unchanged: the machine or the runtime, not the model"
+    assert f"Latency triage: {machine.costs}." in str(machine) and machine.to_dict()["costs"] == machine.costs
+    model = compare_records(old, record(latency=latency_section(1.25, seed=2), counters=three), Rules(), "b")
+    moved_op = next(op for op in three["ops"] if three["ops"][op] != two["ops"].get(op))
+    assert model.costs.startswith("cost counters moved (the exported graph changed): +1 " + moved_op)
+    assert "+50% FLOPs" in model.costs and "+1 compute node(s) in float" in model.costs
+    assert "Latency triage: cost counters moved" in str(model)
+    unknown = compare_records(record(latency=latency_section(1.0)), record(latency=latency_section(1.25, seed=2),
+                                                                           counters=three), Rules(), "b")
+    assert unknown.costs == "" and "triage" not in str(unknown)
+    assert compare_records(old, record(latency=latency_section(1.0, seed=3), counters=two), Rules(), "b").passed

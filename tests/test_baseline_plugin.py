@@ -62,7 +62,8 @@ def test_baseline_lifecycle(pytester: pytest.Pytester, monkeypatch: pytest.Monke
 
     pytester.runpytest_subprocess(*common, "--deploycheck-update").assert_outcomes(passed=4)
     stored = json.loads((baselines / "tiny" / "onnx.json").read_text())
-    assert {"accuracy", "parity", "size", "environment", "git_commit"} <= set(stored)
+    assert {"accuracy", "parity", "size", "environment", "git_commit", "counters"} <= set(stored)
+    assert stored["counters"]["flops_per_sample"] == 2 * (12 * 24 + 24 * 3) and stored["counters"]["ops"]
     assert sorted((baselines / "tiny").iterdir()) == [baselines / "tiny" / "eager.json",
                                                       baselines / "tiny" / "onnx.json"]
 

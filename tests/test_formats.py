@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -12,6 +13,7 @@ import sys
 import textwrap
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from models import corrupted_copy, installed_formats
@@ -49,6 +51,40 @@ def test_export_all_gives_every_format_with_a_complete_sidecar(digits_artifacts)
     assert digits_artifacts["torch_int8_dynamic"].metadata["quantization"]["backend"] in ("torchao",
                                                                                           "torch.ao.quantization")
     assert digits_artifacts["onnx_int8_dynamic"].size_bytes < digits_artifacts["onnx"].size_bytes / 2
+
+
+def test_every_export_records_what_its_graph_costs(digits_spec, digits_artifacts, tmp_path) -> None:
+    """FLOPs are the model's (2 x multiply-accumulates of two convolutions and two Linear layers on an 8x8 image,
+    whatever the format); weights in bytes are the fp32 parameters (and a graph's few shape constants) for the
+    float formats and fewer for int8;
+    every matrix product and convolution of the fp32 graphs computes in float, none of a fully quantized one's,
+    and one excluded from quantization is counted back in float."""
+    flops = 2 * (16 * 1 * 9 * 64 + 32 * 16 * 9 * 64 + 512 * 64 + 64 * 10)
+    fp32_bytes = sum(p.numel() * 4 for p in digits_spec.model.parameters())
+    counters = {name: artifact.metadata["counters"] for name, artifact in digits_artifacts.items()}
+    assert {name: c["flops_per_sample"] for name, c in counters.items()} == dict.fromkeys(counters, flops)
+    for name in ("eager", "state_dict", "torchscript", "torch_export", "onnx"):
+        assert fp32_bytes <= counters[name]["weight_bytes"] <= fp32_bytes + 256, name  # + a graph's shape constants
+    for name in ("torchscript", "torch_export"):
+        ops = counters[name]["ops"]
+        assert ops["aten.linear"] == 2 and sum(n for op, n in ops.items() if "conv" in op) == 2, name
+    assert counters["onnx"]["float_compute_nodes"] == 4 and counters["onnx_int8_static"]["float_compute_nodes"] == 0
+    assert counters["onnx_int8_static"]["ops"]["QuantizeLinear"] > 0
+    for name in ("onnx_int8_dynamic", "onnx_int8_static", "torch_int8_dynamic", "openvino_int8"):
+        if name in counters:
+            assert counters[name]["weight_bytes"] < fp32_bytes / 2, name
+    if "openvino" in counters:
+        assert counters["openvino"]["float_compute_nodes"] == 4
+        assert counters["openvino_int8"]["float_compute_nodes"] == 0
+    if "executorch" in counters:  # the convolutions and Linear layers run inside XNNPACK, not on the fallback
+        ops = counters["executorch"]["ops"]
+        assert ops["executorch_call_delegate"] >= 1 and not any("conv" in op or "linear" in op for op in ops)
+        assert counters["executorch"]["fallback_nodes"] < sum(ops.values())
+    graph = onnx.load(str(digits_artifacts["onnx"].path / "model.onnx"), load_external_data=False).graph
+    first = next(node.name for node in graph.node if node.op_type == "Conv")
+    excluding = dataclasses.replace(digits_spec, format_options={"onnx_int8_static": {"nodes_to_exclude": [first]}})
+    partly = deploycheck.export(excluding, "onnx_int8_static", tmp_path / "partly")
+    assert partly.metadata["counters"]["float_compute_nodes"] == 1
 
 
 @pytest.mark.parametrize("format_name", ["onnx_int8_dynamic", "onnx_int8_static", "torch_int8_dynamic"])

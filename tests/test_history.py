@@ -16,6 +16,7 @@ import pytest
 
 from deploycheck.history.changepoints import change_points
 from deploycheck.history.pictures import MAX_POINTS, RECENT, history_page, panels, trend_section
+from deploycheck.history.recorder import change_note
 from deploycheck.history.records import HistoryRecord, RunInfo, figures, fingerprint
 from deploycheck.history.store import HistoryError, HistoryStore, merge_stores
 from deploycheck.history.trend import new_worse_changes, trend_table, trends
@@ -205,3 +206,24 @@ def test_a_long_history_is_downsampled_but_keeps_its_change_points() -> None:
     assert latency.x[-RECENT:] == [float(i) for i in range(10_000 - RECENT, 10_000)], "recent runs one by one"
     page = history_page(_timed_records(values, accepted_at=9_000), "h.sqlite")
     assert len(page.encode()) < 2_000_000 / 12, "12 formats of 10,000 runs stay under 2 MB"
+
+
+def test_each_change_point_says_whether_the_cost_counters_moved_across_it() -> None:
+    """A latency step whose graph is unchanged reads "unchanged" (look at the machine or the runtime); a step
+    where a layer was added names it; runs recorded without counters say so instead of guessing."""
+    small = {"ops": {"Gemm": 2, "Relu": 1}, "flops_per_sample": 1000, "weight_bytes": 4000}
+    larger = {"ops": {"Gemm": 3, "Relu": 2}, "flops_per_sample": 1240, "weight_bytes": 5000}
+    noise = np.random.default_rng(3).normal(0, 0.005, 30)
+
+    def history(after: dict | None, before: dict | None = small) -> list[HistoryRecord]:
+        return [HistoryRecord(_run(i), "tiny", "onnx", "ok", {"p50_norm@1": (1.0 if i < 15 else 1.3) + noise[i]},
+                              dict((before if i < 15 else after) or {})) for i in range(30)]
+
+    def counters_column(records: list[HistoryRecord]) -> str:
+        (change,) = [c for t in trends(records) for c in t.changes]
+        return trend_table(trends(records)).splitlines()[-1].split("  ")[-1].strip() + " | " + change_note(change)
+
+    assert counters_column(history(small)).startswith("unchanged | ")
+    assert "cost counters: unchanged)" in counters_column(history(small))
+    assert counters_column(history(larger)).startswith("+1 Gemm, +1 Relu, +24% FLOPs, +25% weight bytes | ")
+    assert counters_column(history(None, None)).startswith("not recorded | ")

@@ -78,6 +78,8 @@ def test_every_run_is_kept_and_ci_gets_its_summary_annotations_and_merged_shards
     assert len(records) == 12 and len({r.key for r in records}) == 12
     assert {r.run.mode for r in records} == {"update", "compare"}
     assert all(r.figures["accuracy"] > 0.9 and r.verdict == "ok" for r in records)
+    assert all(r.counters["flops_per_sample"] > 0 and r.counters["weight_bytes"] > 0 for r in records)
+    assert all(r.counters["ops"] for r in records if r.format == "onnx")
 
     for shard, models in (("a", "tiny"), ("b", "wide,deep")):
         pytester.runpytest_subprocess(*common, f"--deploycheck-models={models}", "--deploycheck-no-history",

@@ -18,21 +18,24 @@ import os
 import shutil
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from filelock import FileLock
 
 from deploycheck.artifact import METADATA_FILE, Artifact, file_digest, package_versions, read_metadata, write_metadata
+from deploycheck.costs import CostCounters
 from deploycheck.errors import ArtifactError, DeployCheckError, ExportError, FormatUnavailable
 from deploycheck.formats import default_formats, get_format
-from deploycheck.formats.base import Format, io_specs, parameter_bytes, quiet_exporters
+from deploycheck.formats.base import Format, flops_per_sample, io_specs, parameter_bytes, quiet_exporters
 from deploycheck.signing import sign_artifact, verify_artifact
 
 if TYPE_CHECKING:
     from deploycheck.spec import ModelSpec
 
+# part of the cache key: exports made before their sidecars held cost counters (or held fewer) are made again
+COST_COUNTERS_VERSION = 1
 # sha256 of the sidecars of the artifacts this process exported (or found in its export cache under the key it
 # would write): loading those runs only what this process's own code produced, so they need no signature
 _WRITTEN_HERE: set[str] = set()
@@ -65,6 +68,7 @@ def export(spec: ModelSpec, format: str, out_dir: str | Path, *, base: Artifact 
         try:
             with quiet_exporters():
                 details = fmt.export(spec, staging, base)
+                details["counters"] = model_costs(spec, details.get("counters") or {})
             inputs, outputs = io_specs(spec)
         except DeployCheckError:
             raise
@@ -110,6 +114,13 @@ def export_all(spec: ModelSpec, out_dir: str | Path, formats: list[str] | None =
     return {name: artifacts[name] for name in wanted if name in artifacts}
 
 
+def model_costs(spec: ModelSpec, graph: Mapping[str, Any]) -> CostCounters:
+    """The format's counters of its graph with the eager model's FLOPs per sample added."""
+    flops = flops_per_sample(spec)
+    counters = {**graph, **({"flops_per_sample": flops} if flops is not None else {})}
+    return cast(CostCounters, counters)
+
+
 def cache_key(spec: ModelSpec, fmt: Format, base: Artifact | None) -> str:
     """A digest of everything an export depends on."""
     import numpy as np
@@ -122,7 +133,7 @@ def cache_key(spec: ModelSpec, fmt: Format, base: Artifact | None) -> str:
         "precision": fmt.precision.to_dict(),
         "inputs": [[list(t.shape), str(t.dtype)] for t in spec.example_inputs], "dynamic_batch": spec.dynamic_batch,
         "names": [spec.input_names, spec.output_names], "base": base.metadata["cache_key"] if base else None,
-        "factory": getattr(spec.factory, "__qualname__", None),
+        "factory": getattr(spec.factory, "__qualname__", None), "cost_counters": COST_COUNTERS_VERSION,
     }
     digest.update(json.dumps(description, sort_keys=True, default=str).encode())
     for item in fmt.cache_inputs(spec):

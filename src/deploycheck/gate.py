@@ -174,6 +174,8 @@ class Gate:
         fraction = (artifact.metadata.get("quantization") or {}).get("int8_weight_fraction")
         if fraction is not None:
             extra["int8_weight_fraction"] = fraction
+        if artifact.metadata.get("counters"):
+            extra["counters"] = artifact.metadata["counters"]
         row: Row = {"model": artifact.model_name, "format": artifact.format, "size_bytes": artifact.size_bytes,
                     "artifact_path": str(artifact.path)}
         row.update(extra, **measured)  # type: ignore[typeddict-item]  # keys as declared in Row

@@ -43,7 +43,7 @@ class Row(TypedDict, total=False):
     baseline: dict[str, dict[str, Any]]  # check -> Comparison.to_dict()
     original: dict[str, Any]  # OriginalReport.to_dict()
     history: dict[str, Any]  # passed, changes: new change points that made a figure worse
-    counters: dict[str, Any]  # deterministic cost counters of the exported graph
+    counters: dict[str, Any]  # deterministic cost counters of the exported graph (`deploycheck.costs`)
     timing: dict[str, Any]
     skipped: str
     failed_tests: list[str]
@@ -61,6 +61,7 @@ class Record(TypedDict, total=False):
     latency: dict[str, dict[str, Any]]
     speedup: dict[str, dict[str, float]]
     environment: dict[str, Any]
+    counters: dict[str, Any]  # the cost counters of the artifact measured (`deploycheck.costs`)
     git_commit: str | None
     accepted_artifact: str
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from deploycheck.baseline.rules import LatencyLimit, Rules, resolve_rules
+from deploycheck.costs import cost_change
 from deploycheck.errors import BaselineError
 from deploycheck.rows import Status, Verdict
 from deploycheck.stats import bootstrap_ratio_interval, quantile_grid
@@ -63,6 +64,9 @@ class Comparison:
     format: str
     source: str
     findings: list[Finding] = field(default_factory=list)
+    # when latency was compared: whether the exported graph's cost counters moved (`deploycheck.costs`), which
+    # says whether a latency change comes from the model or from the machine and runtime
+    costs: str = ""
 
     @property
     def regressed(self) -> list[Finding]:
@@ -97,13 +101,15 @@ class Comparison:
         verdict = ("regressed" if self.regressed else "inconclusive (see notes)" if self.inconclusive
                    else "within limits")
         text = f"{self.model}/{self.format} against its baseline {self.source}: {verdict}\n{self.table()}"
+        if self.costs and any(" @ batch " in f.metric for f in self.regressed + self.inconclusive):
+            text += f"\n\nLatency triage: {self.costs}."
         if self.regressed:
             text += f"\n\nIf the change is intended, {UPDATE_HINT}."
         return text
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "status": self.status, "passed": self.passed, "change": self.short(),
-                "findings": [vars(f) for f in self.findings]}
+                "findings": [vars(f) for f in self.findings], **({"costs": self.costs} if self.costs else {})}
 
 
 def _pct(value: float) -> str:
@@ -332,6 +338,8 @@ def compare_records(old: Mapping[str, Any], new: Mapping[str, Any], rules: Rules
         except (TypeError, KeyError, ValueError, AttributeError, IndexError, ZeroDivisionError) as exc:
             raise BaselineError(f"baseline {source}: its {section!r} figures are malformed "
                                 f"({type(exc).__name__}: {exc}); rewrite it with --deploycheck-update") from exc
+    if "latency" in wanted:
+        comparison.costs = cost_change(old.get("counters"), new.get("counters"))
     return comparison
 
 

@@ -115,6 +115,8 @@ def record_from_row(row: Mapping[str, Any], passed_only: bool = True) -> Record:
             record[section] = dict(data)
     if isinstance(row.get("environment"), dict):
         record["environment"] = row["environment"]
+    if row.get("counters"):
+        record["counters"] = row["counters"]
     return record
 
 

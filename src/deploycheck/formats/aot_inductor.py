@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from deploycheck.artifact import Runner
 from deploycheck.errors import FormatUnavailable
-from deploycheck.formats.base import Format, TorchRunner, dynamic_shapes
+from deploycheck.formats.base import Format, TorchRunner, dynamic_shapes, program_costs
 
 if TYPE_CHECKING:
     from deploycheck.artifact import Artifact
@@ -43,7 +43,8 @@ class AotInductorFormat(Format):
 
         program = torch.export.export(spec.flat_model, spec.example_inputs, dynamic_shapes=dynamic_shapes(spec))
         torch._inductor.aoti_compile_and_package(program, package_path=str(out_dir / PACKAGE_FILE))
-        return {"settings": {"compiler": next(c for c in COMPILERS if shutil.which(c)), "device": "cpu"}}
+        return {"settings": {"compiler": next(c for c in COMPILERS if shutil.which(c)), "device": "cpu"},
+                "counters": program_costs(program)}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
         import torch

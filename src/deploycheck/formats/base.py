@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from deploycheck.artifact import Runner, TensorSpec
+from deploycheck.costs import CostCounters, op_counts
 from deploycheck.errors import FormatUnavailable
 from deploycheck.tensors import flatten_outputs
 from deploycheck.tolerance import FP32_TOLERANCE, Tolerance
@@ -175,7 +176,46 @@ class TorchRunner:
 
 def parameter_bytes(module: torch.nn.Module) -> int:
     """Bytes held by a module's parameters and buffers (sizes a format that writes no files)."""
-    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    return sum(tensor_bytes(t) for t in [*module.parameters(), *module.buffers()])
+
+
+def flops_per_sample(spec: ModelSpec) -> int | None:
+    """The eager model's forward FLOPs on the example inputs per sample of the example batch, counted by torch's
+    `FlopCounterMode` (matrix products and convolutions); None where the model cannot be counted."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = int(spec.example_inputs[0].shape[0]) if spec.dynamic_batch and spec.example_inputs[0].dim() else 1
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            spec.flat_model(*spec.example_inputs)
+    except Exception:
+        return None
+    return int(counter.get_total_flops()) // max(batch, 1)
+
+
+def program_costs(program: torch.export.ExportedProgram) -> CostCounters:
+    """The counters of a `torch.export` program: its operators (`aten.linear`, overload left out) and the bytes of
+    its parameters, buffers and constants."""
+    ops = [_operator_name(node.target) for node in program.graph.nodes if node.op == "call_function"]
+    tensors = [t for t in [*program.state_dict.values(), *program.constants.values()] if hasattr(t, "element_size")]
+    return {"ops": op_counts(ops), "weight_bytes": sum(tensor_bytes(t) for t in tensors)}
+
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """The bytes a tensor stores; for a tensor subclass (torchao's quantized weights), those of the plain tensors
+    it is made of (its int8 data and scales), not the float size it presents."""
+    if hasattr(tensor, "__tensor_flatten__"):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(tensor, name)) for name in names)
+    return int(tensor.numel() * tensor.element_size())
+
+
+def _operator_name(target: Any) -> str:
+    """`aten.linear` for an aten overload (its `.default` left out), the function's name otherwise."""
+    if hasattr(target, "name") and callable(target.name) and "::" in target.name():
+        return str(target.name()).replace("::", ".")
+    return str(getattr(target, "__name__", target))
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from deploycheck.artifact import Runner
 from deploycheck.errors import ArtifactError
-from deploycheck.formats.base import Format, TorchRunner
+from deploycheck.formats.base import Format, TorchRunner, parameter_bytes
 
 if TYPE_CHECKING:
     from deploycheck.artifact import Artifact
@@ -21,7 +21,8 @@ class EagerFormat(Format):
     writes_files = False
 
     def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
-        return {"module_class": f"{type(spec.model).__module__}.{type(spec.model).__qualname__}"}
+        return {"module_class": f"{type(spec.model).__module__}.{type(spec.model).__qualname__}",
+                "counters": {"weight_bytes": parameter_bytes(spec.model)}}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
         if spec is None:

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deploycheck.artifact import Runner
+from deploycheck.costs import CostCounters
 from deploycheck.errors import ExportError, FormatUnavailable, InputError
-from deploycheck.formats.base import Format, Precision, dynamic_shapes, require_packages
+from deploycheck.formats.base import Format, Precision, dynamic_shapes, program_costs, require_packages
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 PROGRAM_FILE = "model.pte"
 DEFAULT_MAX_BATCH = 32
+DELEGATE_CALL = "executorch_call_delegate"  # the node of a lowered program that runs a delegated (XNNPACK) subgraph
 
 
 def max_batch(spec: ModelSpec, format_name: str) -> int:
@@ -64,9 +66,11 @@ def tracing_inputs(spec: ModelSpec, bound: int) -> tuple[torch.Tensor, ...]:
     return tuple(tiled)
 
 
-def lower_to_pte(module: Any, spec: ModelSpec, out_dir: Path, format_name: str) -> dict[str, Any]:
+def lower_to_pte(module: Any, spec: ModelSpec, out_dir: Path,
+                 format_name: str) -> tuple[dict[str, Any], CostCounters]:
     """Export `module` (`spec.flat_model` or a graph captured from it) with the batch bounded, lower it through XNNPACK,
-    write the `.pte`, and return the settings with the capacity the program planned."""
+    write the `.pte`, and return the settings with the capacity the program planned, and the lowered program's
+    counters (its operators: the XNNPACK delegate calls and what runs outside them, on the portable kernels)."""
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -76,12 +80,18 @@ def lower_to_pte(module: Any, spec: ModelSpec, out_dir: Path, format_name: str) 
     if shapes is not None and isinstance(module, torch.fx.GraphModule):
         shapes = shapes[0]  # a captured (e.g. quantized) graph takes its inputs one by one, not as `*inputs`
     program = torch.export.export(module, tracing_inputs(spec, bound), dynamic_shapes=shapes)
-    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    counters = program_costs(edge.exported_program())
+    del counters["weight_bytes"]  # the delegated subgraphs hold their weights inside the delegate's blob
+    ops = counters.get("ops", {})
+    counters["fallback_nodes"] = sum(n for op, n in ops.items() if op not in (DELEGATE_CALL, "getitem"))
+    lowered = edge.to_executorch()
     (out_dir / PROGRAM_FILE).write_bytes(lowered.buffer)
     meta = _method(out_dir / PROGRAM_FILE).metadata
     planned = [list(meta.input_tensor_meta(index).sizes()) for index in range(meta.num_inputs())]
     capacity = min(sizes[0] for sizes in planned) if spec.dynamic_batch and planned else None
-    return {"delegate": "xnnpack", "max_batch": bound, "planned_batch": capacity, "planned_input_shapes": planned}
+    return ({"delegate": "xnnpack", "max_batch": bound, "planned_batch": capacity, "planned_input_shapes": planned},
+            counters)
 
 
 @contextlib.contextmanager
@@ -174,7 +184,8 @@ class ExecuTorchFormat(Format):
         return [{"max_batch": max_batch(spec, self.name)}]
 
     def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
-        return {"settings": lower_to_pte(spec.flat_model, spec, out_dir, self.name)}
+        settings, counters = lower_to_pte(spec.flat_model, spec, out_dir, self.name)
+        return {"settings": settings, "counters": counters}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
         return load_pte(path, metadata, **runtime)

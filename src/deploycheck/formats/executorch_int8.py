@@ -97,8 +97,8 @@ class ExecuTorchInt8Format(Format):
         with torch.no_grad():
             calibrate(prepared, captured.module(), batches, spec)
         converted = convert_pt2e(prepared)
-        lowered = lower_to_pte(converted, spec, out_dir, self.name)
-        return {"settings": lowered, "quantization": {
+        lowered, counters = lower_to_pte(converted, spec, out_dir, self.name)
+        return {"settings": lowered, "counters": counters, "quantization": {
             "tool": "XNNPACKQuantizer (PT2E)", "scheme": "int8 weights and activations, symmetric",
             "per_channel": settings["per_channel"], "calibration_batches": len(batches),
             "calibration_samples": int(sum(len(batch[0]) for batch in batches)),

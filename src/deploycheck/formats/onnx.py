@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deploycheck.artifact import Runner
+from deploycheck.costs import CostCounters, op_counts
 from deploycheck.errors import FormatUnavailable
 from deploycheck.formats.base import Format, dynamic_shapes
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 MODEL_FILE = "model.onnx"
 DEFAULT_OPSET = 18
+# the operators whose arithmetic dominates a graph: counted as float compute when no input is dequantized
+FLOAT_COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
 
 
 class OnnxFormat(Format):
@@ -42,7 +45,8 @@ class OnnxFormat(Format):
                           input_names=list(spec.input_names or []), output_names=list(spec.output_names or []),
                           dynamic_shapes=dynamic_shapes(spec), opset_version=opset)
         onnx.checker.check_model(str(out_dir / MODEL_FILE), full_check=True)
-        return {"opset": opset_of(out_dir / MODEL_FILE), "settings": {"exporter": "dynamo", "opset": opset}}
+        return {"opset": opset_of(out_dir / MODEL_FILE), "settings": {"exporter": "dynamo", "opset": opset},
+                "counters": onnx_costs(out_dir / MODEL_FILE)}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
         return OnnxRunner(create_session(path / MODEL_FILE, **runtime))
@@ -53,6 +57,25 @@ def opset_of(model_path: Path) -> int:
 
     model = onnx.load(str(model_path), load_external_data=False)
     return int(max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")))
+
+
+def onnx_costs(model_path: Path) -> CostCounters:
+    """The counters of an ONNX graph, read without its external data: operator types (a custom domain's prefixed,
+    `com.microsoft.MatMulNBits`), initializer bytes, and the matrix products and convolutions that take no
+    dequantized input (computed in float; in an int8 model, the ones its quantizer left alone)."""
+    import math
+
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    nodes = model.graph.node
+    dequantized = {output for node in nodes if node.op_type == "DequantizeLinear" for output in node.output}
+    float_nodes = sum(1 for node in nodes if node.op_type in FLOAT_COMPUTE_OPS and node.domain in ("", "ai.onnx")
+                      and not dequantized.intersection(node.input))
+    weight_bytes = sum(math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+                       for t in model.graph.initializer)
+    ops = [f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type for node in nodes]
+    return {"ops": op_counts(ops), "weight_bytes": int(weight_bytes), "float_compute_nodes": float_nodes}
 
 
 def int8_weight_fraction(model_path: Path) -> float:

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from deploycheck.artifact import Runner
 from deploycheck.formats.base import Format, Precision
-from deploycheck.formats.onnx import MODEL_FILE, OnnxRunner, create_session, int8_weight_fraction, opset_of
+from deploycheck.formats.onnx import (
+    MODEL_FILE,
+    OnnxRunner,
+    create_session,
+    int8_weight_fraction,
+    onnx_costs,
+    opset_of,
+)
 from deploycheck.tolerance import INT8_TOLERANCE
 
 if TYPE_CHECKING:
@@ -35,7 +42,7 @@ class OnnxInt8DynamicFormat(Format):
         weight_type = str(options.get("weight_type", "QInt8"))
         quantize_dynamic(str(base.path / MODEL_FILE), str(out_dir / MODEL_FILE), per_channel=per_channel,
                          weight_type=QuantType[weight_type], op_types_to_quantize=options.get("op_types"))
-        return {"opset": opset_of(out_dir / MODEL_FILE),
+        return {"opset": opset_of(out_dir / MODEL_FILE), "counters": onnx_costs(out_dir / MODEL_FILE),
                 "quantization": {"tool": "onnxruntime.quantization.quantize_dynamic", "weight_type": weight_type,
                                  "per_channel": per_channel, "activations": "dynamic",
                                  "int8_weight_fraction": int8_weight_fraction(out_dir / MODEL_FILE)}}

@@ -17,7 +17,14 @@ import numpy as np
 from deploycheck.artifact import Runner
 from deploycheck.errors import ExportError
 from deploycheck.formats.base import Format, Precision
-from deploycheck.formats.onnx import MODEL_FILE, OnnxRunner, create_session, int8_weight_fraction, opset_of
+from deploycheck.formats.onnx import (
+    MODEL_FILE,
+    OnnxRunner,
+    create_session,
+    int8_weight_fraction,
+    onnx_costs,
+    opset_of,
+)
 from deploycheck.tolerance import INT8_TOLERANCE
 
 if TYPE_CHECKING:
@@ -109,7 +116,7 @@ class OnnxInt8StaticFormat(Format):
         settings = static_settings(spec)
         feeds = calibration_feeds(spec)
         quantize_static_qdq(base.path / MODEL_FILE, out_dir / MODEL_FILE, feeds, settings)
-        return {"opset": opset_of(out_dir / MODEL_FILE),
+        return {"opset": opset_of(out_dir / MODEL_FILE), "counters": onnx_costs(out_dir / MODEL_FILE),
                 "quantization": {"tool": "onnxruntime.quantization.quantize_static", "quant_format": "QDQ",
                                  "calibration_batches": len(feeds),
                                  "calibration_samples": int(sum(len(next(iter(f.values()))) for f in feeds)),

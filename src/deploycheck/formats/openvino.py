@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deploycheck.artifact import Runner
+from deploycheck.costs import CostCounters, op_counts
 from deploycheck.errors import FormatUnavailable
 from deploycheck.formats.base import Format, Precision, require_packages
 from deploycheck.formats.onnx import MODEL_FILE as ONNX_FILE
@@ -25,6 +26,12 @@ if TYPE_CHECKING:
 IR_FILE = "model.xml"  # and model.bin beside it
 # fp32 inference, recorded in the sidecar and applied from it: the CPU plugin otherwise runs bf16 where it can
 PRECISION_HINT = ("INFERENCE_PRECISION_HINT", "f32")
+# the operators whose arithmetic dominates an IR: counted as f32 compute when no FakeQuantize feeds them
+FLOAT_COMPUTE_OPS = frozenset({"MatMul", "Convolution", "GroupConvolution", "ConvolutionBackpropData"})
+# what lies between a quantized source and the compute it feeds: weight decompression and layout
+PASS_THROUGH_OPS = frozenset({"Convert", "Subtract", "Multiply", "Reshape", "Transpose", "MaxPool", "Squeeze",
+                              "Unsqueeze"})
+INTEGER_WEIGHTS = frozenset({"i8", "u8", "i4", "u4"})
 
 
 def compile_ir(path: Path, metadata: dict[str, Any], intra_op_threads: int | None = None, device: str = "cpu",
@@ -63,6 +70,31 @@ class OpenVinoRunner:
         return [self.request.get_output_tensor(index).data.copy() for index in self.outputs]
 
 
+def openvino_costs(model: Any) -> CostCounters:
+    """The counters of an IR: operator types (constants left out, their bytes counted as the weights), and the
+    matrix products and convolutions fed neither by a FakeQuantize nor by integer weights (computed in f32)."""
+    ops = [op.get_type_name() for op in model.get_ordered_ops()]
+    constants = [op for op in model.get_ordered_ops() if op.get_type_name() == "Constant"]
+    float_nodes = sum(1 for op in model.get_ordered_ops() if op.get_type_name() in FLOAT_COMPUTE_OPS and not any(
+        _quantized_source(op.input_value(i).get_node()) for i in range(op.get_input_size())))
+    return {"ops": op_counts(op for op in ops if op != "Constant"),
+            "weight_bytes": int(sum(op.get_byte_size() for op in constants)), "float_compute_nodes": float_nodes}
+
+
+def _quantized_source(node: Any, depth: int = 4) -> bool:
+    """Whether a FakeQuantize or an integer constant feeds `node` through its decompression or layout ops (NNCF
+    stores int8 weights as Constant(i8) -> Convert -> Subtract -> Multiply, and a FakeQuantize may sit before a
+    MaxPool and a Reshape)."""
+    kind = node.get_type_name()
+    if kind == "FakeQuantize":
+        return True
+    if kind == "Constant":
+        return node.get_output_element_type(0).get_type_name() in INTEGER_WEIGHTS
+    if kind not in PASS_THROUGH_OPS or depth == 0:
+        return False
+    return any(_quantized_source(node.input_value(i).get_node(), depth - 1) for i in range(node.get_input_size()))
+
+
 def int8_weight_fraction(model: Any) -> float:
     """The share of an IR's weight elements (constants of more than one element) stored as 8-bit integers."""
     import math
@@ -97,7 +129,7 @@ class OpenVinoFormat(Format):
         assert base is not None
         model = ov.convert_model(str(base.path / ONNX_FILE))
         ov.save_model(model, str(out_dir / IR_FILE), compress_to_fp16=False)
-        return {"settings": {"source": "onnx"}}
+        return {"settings": {"source": "onnx"}, "counters": openvino_costs(model)}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
         return OpenVinoRunner(compile_ir(path, metadata, **runtime))

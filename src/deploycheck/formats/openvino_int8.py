@@ -22,6 +22,7 @@ from deploycheck.formats.openvino import (
     OpenVinoRunner,
     compile_ir,
     int8_weight_fraction,
+    openvino_costs,
 )
 from deploycheck.tolerance import INT8_TOLERANCE
 
@@ -69,9 +70,10 @@ class OpenVinoInt8Format(Format):
         quantized = nncf.quantize(model, nncf.Dataset(feeds), preset=nncf.QuantizationPreset(settings["preset"]),
                                   subset_size=len(feeds), fast_bias_correction=settings["fast_bias_correction"])
         ov.save_model(quantized, str(out_dir / IR_FILE), compress_to_fp16=False)
-        return {"quantization": {"tool": "nncf.quantize", "calibration_batches": len(feeds),
-                                 "calibration_samples": int(sum(len(next(iter(f.values()))) for f in feeds)),
-                                 "int8_weight_fraction": int8_weight_fraction(quantized), **settings}}
+        return {"counters": openvino_costs(quantized), "quantization": {
+                "tool": "nncf.quantize", "calibration_batches": len(feeds),
+                "calibration_samples": int(sum(len(next(iter(f.values()))) for f in feeds)),
+                "int8_weight_fraction": int8_weight_fraction(quantized), **settings}}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
         return OpenVinoRunner(compile_ir(path, metadata, **runtime))

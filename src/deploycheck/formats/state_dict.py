@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from deploycheck.artifact import Runner
 from deploycheck.errors import ArtifactError, FormatUnavailable
-from deploycheck.formats.base import Format, TorchRunner
+from deploycheck.formats.base import Format, TorchRunner, parameter_bytes
 from deploycheck.tensors import FlatModule
 
 if TYPE_CHECKING:
@@ -40,7 +40,8 @@ class StateDictFormat(Format):
         import torch
 
         torch.save(spec.model.state_dict(), out_dir / WEIGHTS_FILE)
-        return {"factory": _importable_path(spec.factory), "keyword_inputs": spec.keyword_inputs}
+        return {"factory": _importable_path(spec.factory), "keyword_inputs": spec.keyword_inputs,
+                "counters": {"weight_bytes": parameter_bytes(spec.model)}}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
         import torch

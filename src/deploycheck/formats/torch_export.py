@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploycheck.artifact import Runner
-from deploycheck.formats.base import Format, TorchRunner, dynamic_shapes
+from deploycheck.costs import CostCounters
+from deploycheck.formats.base import Format, TorchRunner, dynamic_shapes, program_costs
 
 if TYPE_CHECKING:
     from deploycheck.artifact import Artifact
@@ -15,13 +16,14 @@ if TYPE_CHECKING:
 PROGRAM_FILE = "model.pt2"
 
 
-def save_exported_program(module: Any, spec: ModelSpec, out_dir: Path) -> None:
+def save_exported_program(module: Any, spec: ModelSpec, out_dir: Path) -> CostCounters:
     """Export `module` (taking the spec's inputs positionally) with the spec's example inputs and dynamic axes,
-    and save the program into `out_dir`."""
+    save the program into `out_dir`, and return its cost counters."""
     import torch
 
     program = torch.export.export(module, spec.example_inputs, dynamic_shapes=dynamic_shapes(spec))
     torch.export.save(program, str(out_dir / PROGRAM_FILE))
+    return program_costs(program)
 
 
 def load_exported_program(path: Path, metadata: dict[str, Any], device: str) -> TorchRunner:
@@ -39,8 +41,7 @@ class TorchExportFormat(Format):
     executes_code = "torch.export.load unpickles the entries a .pt2 archive stores with pickle"
 
     def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
-        save_exported_program(spec.flat_model, spec, out_dir)
-        return {}
+        return {"counters": save_exported_program(spec.flat_model, spec, out_dir)}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
         return load_exported_program(path, metadata, runtime.get("device", "cpu"))

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploycheck.artifact import Runner
+from deploycheck.costs import CostCounters
 from deploycheck.errors import FormatUnavailable
 from deploycheck.formats.base import Format, Precision, TorchRunner
 from deploycheck.formats.torch_export import load_exported_program, save_exported_program
+from deploycheck.formats.torchscript import script_costs
 from deploycheck.tolerance import INT8_TOLERANCE
 
 if TYPE_CHECKING:
@@ -68,13 +70,16 @@ class TorchInt8DynamicFormat(Format):
         in_linear = sum(p.numel() for m in linear for p in m.parameters())
         total = sum(p.numel() for p in spec.model.parameters())
         quantized, backend = quantize_linear_layers(spec.flat_model)
+        counters: CostCounters = {}
         if backend == "torchao":
-            save_exported_program(quantized, spec, out_dir)
+            counters = save_exported_program(quantized, spec, out_dir)
         else:
-            torch.jit.save(torch.jit.trace(quantized, spec.example_inputs), str(out_dir / TORCHSCRIPT_FILE))
-        return {"quantization": {"backend": backend, "scheme": "int8 dynamic activations, int8 weights",
-                                 "modules": "nn.Linear", "quantized_layers": len(linear),
-                                 "int8_weight_fraction": in_linear / total if total else 0.0}}
+            scripted = torch.jit.trace(quantized, spec.example_inputs)
+            torch.jit.save(scripted, str(out_dir / TORCHSCRIPT_FILE))
+            counters = script_costs(scripted)
+        return {"counters": counters, "quantization": {
+            "backend": backend, "scheme": "int8 dynamic activations, int8 weights", "modules": "nn.Linear",
+            "quantized_layers": len(linear), "int8_weight_fraction": in_linear / total if total else 0.0}}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
         import torch

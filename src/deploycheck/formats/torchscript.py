@@ -7,14 +7,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploycheck.artifact import Runner
+from deploycheck.costs import CostCounters, op_counts
 from deploycheck.errors import ExportError
-from deploycheck.formats.base import Format, TorchRunner
+from deploycheck.formats.base import Format, TorchRunner, tensor_bytes
 
 if TYPE_CHECKING:
     from deploycheck.artifact import Artifact
     from deploycheck.spec import ModelSpec
 
 MODEL_FILE = "model.ts"
+
+
+def script_costs(scripted: Any) -> CostCounters:
+    """The counters of a TorchScript module: the aten operators of its inlined graph and its weights' bytes."""
+    kinds = [node.kind() for node in scripted.inlined_graph.nodes()]
+    ops = [kind.replace("::", ".") for kind in kinds if kind.startswith("aten::")]
+    return {"ops": op_counts(ops), "weight_bytes": sum(tensor_bytes(t) for t in scripted.state_dict().values())}
 
 
 class TorchScriptFormat(Format):
@@ -35,7 +43,7 @@ class TorchScriptFormat(Format):
         else:
             raise ExportError(f"{spec.name}/torchscript: method {method!r} is not 'trace' or 'script'")
         torch.jit.save(scripted, str(out_dir / MODEL_FILE))
-        return {"settings": {"method": method}}
+        return {"settings": {"method": method}, "counters": script_costs(scripted)}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
         import torch

@@ -10,7 +10,7 @@ from typing import Any
 
 from deploycheck.history.records import RunInfo, records_from_rows
 from deploycheck.history.store import HistoryStore
-from deploycheck.history.trend import Change, describe, new_worse_changes
+from deploycheck.history.trend import Change, counters_text, describe, new_worse_changes
 
 HISTORY_WINDOW = 100  # the runs a new change point is searched in: the recent past, at bounded cost
 
@@ -26,7 +26,7 @@ class HistoryOutcome:
 
 def change_note(change: Change) -> str:
     return (f"{change.model}/{change.format}: new change point in {change.figure}, {describe(change)}, between "
-            f"commits {change.commits} (p = {change.point.pvalue:.1e})")
+            f"commits {change.commits} (p = {change.point.pvalue:.1e}; cost counters: {counters_text(change)})")
 
 
 def record_run(location: str, rows: Sequence[dict[str, Any]], run: RunInfo,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from deploycheck.costs import counter_changes
 from deploycheck.history.changepoints import ChangePoint, change_points
 from deploycheck.history.records import HistoryRecord, RunInfo
 from deploycheck.table import format_table, human_size
@@ -49,6 +50,9 @@ class Change:
     point: ChangePoint
     last_before: RunInfo
     first_after: RunInfo
+    # the cost counters that moved across the change (`deploycheck.costs`): [] when none did, which points at the
+    # machine or the runtime; None when either run recorded none
+    counters_moved: list[str] | None = None
 
     @property
     def worse(self) -> bool:
@@ -83,14 +87,15 @@ def _smallest_batch_key(records: Sequence[HistoryRecord], prefix: str) -> str | 
     return f"{prefix}{min(batches)}" if batches else None
 
 
-def series(records: Sequence[HistoryRecord], figure: Figure) -> tuple[str | None, list[RunInfo], list[float]]:
-    """The key, runs and values of one figure across one model x format's records (in run order)."""
+def series(records: Sequence[HistoryRecord], figure: Figure) -> tuple[str | None, list[HistoryRecord], list[float]]:
+    """The key, the records that hold it and their values of one figure across one model x format's records (in
+    run order)."""
     key = _smallest_batch_key(records, figure.key) if figure.key.endswith("@") else figure.key
     if key is None or not records:
         return None, [], []
     machine = records[-1].run.machine
     kept = [r for r in records if key in r.figures and (not figure.per_machine or r.run.machine == machine)]
-    return key, [r.run for r in kept], [r.figures[key] for r in kept]
+    return key, kept, [r.figures[key] for r in kept]
 
 
 def trends(records: Sequence[HistoryRecord]) -> list[Trend]:
@@ -101,12 +106,13 @@ def trends(records: Sequence[HistoryRecord]) -> list[Trend]:
     found = []
     for (model, format_name), group in grouped.items():
         for figure in FIGURES:
-            key, runs, values = series(group, figure)
+            key, kept, values = series(group, figure)
             if key is None or not values:
                 continue
-            changes = [Change(model, format_name, figure.label, point, runs[point.start], runs[point.end])
+            changes = [Change(model, format_name, figure.label, point, kept[point.start].run, kept[point.end].run,
+                              counter_changes(kept[point.start].counters, kept[point.end].counters))
                        for point in change_points(values, min_change=figure.min_change)]
-            found.append(Trend(model, format_name, figure, key, runs, values, changes))
+            found.append(Trend(model, format_name, figure, key, [r.run for r in kept], values, changes))
     return found
 
 
@@ -154,6 +160,14 @@ def describe(change: Change) -> str:
     return f"{size} ({'worse' if change.worse else 'better'})"
 
 
+def counters_text(change: Change) -> str:
+    """What the cost counters did across a change: "unchanged" (the machine or the runtime moved), the changes
+    ("+2 MatMul, +24% FLOPs"), or "not recorded"."""
+    if change.counters_moved is None:
+        return "not recorded"
+    return ", ".join(change.counters_moved) or "unchanged"
+
+
 def trend_table(found: Sequence[Trend]) -> str:
     """The trends (one line per model x format x figure) and then every change point, with its commits."""
     lines = [format_table(
@@ -164,9 +178,9 @@ def trend_table(found: Sequence[Trend]) -> str:
     changes = [c for t in found for c in t.changes]
     if changes:
         lines += ["", f"{len(changes)} change point(s):", format_table(
-            ["model", "format", "figure", "commits", "runs", "before", "after", "change", "p-value"],
+            ["model", "format", "figure", "commits", "runs", "before", "after", "change", "p-value", "cost counters"],
             [[c.model, c.format, c.figure, c.commits, f"{c.point.start}..{c.point.end}", _value(c.point.before, f),
-              _value(c.point.after, f), describe(c), f"{c.point.pvalue:.1e}"]
+              _value(c.point.after, f), describe(c), f"{c.point.pvalue:.1e}", counters_text(c)]
              for t in found for c in t.changes for f in [t.figure]])]
     else:
         lines += ["", "no change points"]
