@@ -340,3 +340,16 @@ def test_latency_triage_says_whether_the_graph_or_the_machine_moved(tmp_path: Pa
                                                                            counters=three), Rules(), "b")
     assert unknown.costs == "" and "triage" not in str(unknown)
     assert compare_records(old, record(latency=latency_section(1.0, seed=3), counters=two), Rules(), "b").passed
+
+
+def test_reports_carry_the_latency_triage_in_the_finding_note() -> None:
+    from deploycheck.report import baseline_findings, markdown_report
+
+    costs = {"ops": {"Gemm": 2}, "flops_per_sample": 100}
+    comparison = compare_records(record(latency=latency_section(1.0), counters=costs),
+                                 record(latency=latency_section(1.3, seed=2), counters=costs), Rules(), "b")
+    row = {"model": "m", "format": "onnx", "baseline": {"latency": comparison.to_dict()}}
+    (name, finding), = baseline_findings([row], only_problems=True)
+    assert name == "m/onnx" and finding["metric"] == "p50 @ batch 1" and finding["status"] == REGRESSED
+    assert finding["note"].endswith("cost counters unchanged: the machine or the runtime, not the model")
+    assert "the machine or the runtime, not the model" in markdown_report([row])

@@ -235,12 +235,18 @@ def budget_summary(rows: Sequence[dict[str, Any]], budget_s: float | None) -> li
 
 
 def baseline_findings(rows: Sequence[dict[str, Any]], only_problems: bool) -> list[tuple[str, dict[str, Any]]]:
+    """Every finding against the baselines (or those not ok), named by model/format; a latency finding's note ends
+    with the cost-counter triage of its comparison (whether the graph or the machine moved)."""
     found = []
     for row in rows:
         for check in (row.get("baseline") or {}).values():
             for finding in check.get("findings", []):
-                if not only_problems or finding.get("status") not in ("ok", "reported"):
-                    found.append((f"{row['model']}/{row['format']}", finding))
+                if only_problems and finding.get("status") in ("ok", "reported"):
+                    continue
+                if check.get("costs") and " @ batch " in str(finding.get("metric")):
+                    note = "; ".join(n for n in (finding.get("note"), check["costs"]) if n)
+                    finding = {**finding, "note": note}
+                found.append((f"{row['model']}/{row['format']}", finding))
     return found
 
 
