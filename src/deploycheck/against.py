@@ -34,13 +34,14 @@ class Revision:
         return f"{self.ref} ({self.commit[:10]})"
 
 
-def _git(args: Sequence[str], cwd: Path) -> str:
+def git(args: Sequence[str], cwd: Path, context: str = "--deploycheck-against") -> str:
+    """git's output, or a `DeployCheckError` that names what asked (`context`) and git's own message."""
     try:
         done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.SubprocessError) as exc:
-        raise DeployCheckError(f"--deploycheck-against: git {' '.join(args)} failed to run ({exc})") from exc
+        raise DeployCheckError(f"{context}: git {' '.join(args)} failed to run ({exc})") from exc
     if done.returncode != 0:
-        raise DeployCheckError(f"--deploycheck-against: git {' '.join(args)}: {done.stderr.strip()}")
+        raise DeployCheckError(f"{context}: git {' '.join(args)}: {done.stderr.strip()}")
     return done.stdout.strip()
 
 
@@ -61,26 +62,26 @@ def pull_request_base(ref: str) -> str | None:
     return None
 
 
-def resolve(ref: str, root: Path) -> Revision:
+def resolve(ref: str, root: Path, context: str = "--deploycheck-against") -> Revision:
     """The commit `ref` names in the repository holding `root` (the merge-base with it, for a pull request's
-    base; see `pull_request_base`); a clear error when there is none."""
-    toplevel = Path(_git(["rev-parse", "--show-toplevel"], root))
+    base; see `pull_request_base`); a clear error, naming what asked (`context`), when there is none."""
+    toplevel = Path(git(["rev-parse", "--show-toplevel"], root, context))
     base = pull_request_base(ref)
     if base is None:
-        return Revision(ref, _commit(ref, root, toplevel), toplevel)
-    merge_base = _git(["merge-base", "HEAD", _commit(base, root, toplevel)], root)
+        return Revision(ref, _commit(ref, root, toplevel, context), toplevel)
+    merge_base = git(["merge-base", "HEAD", _commit(base, root, toplevel, context)], root, context)
     return Revision(f"merge-base with {base}", merge_base, toplevel)
 
 
-def _commit(ref: str, root: Path, toplevel: Path) -> str:
+def _commit(ref: str, root: Path, toplevel: Path, context: str) -> str:
     try:
-        return _git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], root)
+        return git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], root, context)
     except DeployCheckError as exc:
-        if _git(["rev-parse", "--is-shallow-repository"], root) == "true":
-            raise DeployCheckError(f"--deploycheck-against {ref}: not in this shallow clone of {toplevel}; fetch the "
+        if git(["rev-parse", "--is-shallow-repository"], root, context) == "true":
+            raise DeployCheckError(f"{context} {ref}: not in this shallow clone of {toplevel}; fetch the "
                                    "history (actions/checkout: `fetch-depth: 0`; GitLab: `GIT_DEPTH: 0`; or run "
                                    "`git fetch --unshallow`)") from exc
-        raise DeployCheckError(f"--deploycheck-against {ref}: no commit of that name in {toplevel}") from exc
+        raise DeployCheckError(f"{context} {ref}: no commit of that name in {toplevel}") from exc
 
 
 def artifacts_dir(revision: Revision, cache: Path) -> Path:
@@ -88,17 +89,18 @@ def artifacts_dir(revision: Revision, cache: Path) -> Path:
     return cache / revision.commit / "artifacts"
 
 
-def export_revision(revision: Revision, root: Path, cache: Path, pytest_args: Sequence[str] = ()) -> Path:
+def export_revision(revision: Revision, root: Path, cache: Path, pytest_args: Sequence[str] = (),
+                    context: str = "--deploycheck-against") -> Path:
     """Export every model x format of the gate at `revision` (rootdir `root` in this checkout) and return the
     artifacts directory. The worktree and the exports are reused by later runs against the same commit."""
     tree = cache / revision.commit / "tree"
     if not (tree / ".git").exists():
         tree.parent.mkdir(parents=True, exist_ok=True)
-        _git(["worktree", "add", "--detach", "--force", str(tree), revision.commit], revision.toplevel)
+        git(["worktree", "add", "--detach", "--force", str(tree), revision.commit], revision.toplevel, context)
     out = artifacts_dir(revision, cache)
     workdir = tree / Path(root).resolve().relative_to(revision.toplevel.resolve())
     if not workdir.is_dir():
-        raise DeployCheckError(f"--deploycheck-against {revision.label}: {workdir.name!r} does not exist at that "
+        raise DeployCheckError(f"{context} {revision.label}: {workdir.name!r} does not exist at that "
                                "revision, so it has no gate to export")
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "--deploycheck-export-only",
                "--deploycheck-no-baselines", "--deploycheck-artifacts", str(out), *pytest_args]
@@ -107,6 +109,6 @@ def export_revision(revision: Revision, root: Path, cache: Path, pytest_args: Se
                           timeout=EXPORT_TIMEOUT_S)
     if done.returncode not in (0, 5):  # 5: nothing collected there (a gate added after that revision)
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-        raise DeployCheckError(f"--deploycheck-against {revision.label}: exporting that revision's models failed "
+        raise DeployCheckError(f"{context} {revision.label}: exporting that revision's models failed "
                                f"(pytest exit {done.returncode} in {workdir}):\n{tail}")
     return out

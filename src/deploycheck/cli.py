@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
+import importlib.metadata
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -240,19 +240,23 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_report_merge(args: argparse.Namespace) -> int:
     """Shards of a CI matrix into one report: the same tables and verdict as one job; exit 1 when it fails."""
-    from deploycheck import report
-    from deploycheck.rows import row_status
-    from deploycheck.shards import merge_shards
+    from deploycheck.shards import write_merged
 
-    run, rows = merge_shards([Path(path) for path in args.shards])
-    report.write_json_report(Path(args.out), rows, run)
-    for path, write in ((args.markdown, report.write_markdown), (args.html, report.write_html)):
-        if path:
-            write(Path(path), rows, run)
-    lines = [report.summary_table(rows), *report.best_formats(rows), *report.quantization_summary(rows),
-             *report.inconclusive_summary(rows), report.verdict(rows)] if rows else ["no results in the shards"]
-    print("\n".join(lines))
-    return 1 if any(row_status(row) == "FAIL" for row in rows) else 0
+    text, failed = write_merged([Path(path) for path in args.shards], Path(args.out),
+                                Path(args.markdown) if args.markdown else None, Path(args.html) if args.html else None)
+    print(text)
+    return 1 if failed else 0
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    """The first commit between GOOD and BAD where the figure stepped; exit 0 when found, 2 when nothing stepped."""
+    from deploycheck.bisect import Bisection
+
+    root = Path(args.root).resolve()
+    bisection = Bisection(root, root / ".pytest_cache" / "d" / "deploycheck-against", args.model, args.format,
+                          args.metric, args.batch_size, args.time, args.min_change, report=print)
+    print("\n".join(bisection.run(args.good, args.bad).conclusion()))  # the probes were reported as measured
+    return 0
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
@@ -334,6 +338,18 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--html", metavar="PATH", help="write the trend pictures of the history to this page")
     history.set_defaults(handler=cmd_history)
 
+    bisect = add("bisect", "the first commit between GOOD and BAD where a figure of one model x format stepped")
+    bisect.add_argument("good")
+    bisect.add_argument("bad")
+    bisect.add_argument("--model", required=True)
+    bisect.add_argument("--format", required=True, help="a format that writes files (the model code differs by commit)")
+    bisect.add_argument("--metric", default="p50", choices=["p50", "mean", "p90", "size"])
+    bisect.add_argument("--batch-size", type=int, default=1)
+    bisect.add_argument("--time", type=float, default=1.0, help="seconds of interleaved timing per comparison")
+    bisect.add_argument("--min-change", type=float, default=0.03, help="the smallest GOOD -> BAD step worth bisecting")
+    bisect.add_argument("--root", default=".", help="the directory the gate runs from (its rootdir)")
+    bisect.set_defaults(handler=cmd_bisect)
+
     report_command = add("report", "work with JSON reports: `report merge SHARD... -o OUT` joins a CI matrix's")
     report_actions = report_command.add_subparsers(dest="action", required=True)
     merge = report_actions.add_parser("merge", help="join the JSON reports of a CI matrix into one",
@@ -384,11 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from importlib import metadata
-
     try:
-        return metadata.version("deploycheck")
-    except metadata.PackageNotFoundError:
+        return importlib.metadata.version("deploycheck")
+    except importlib.metadata.PackageNotFoundError:
         return "unknown (not installed)"
 
 

@@ -10,9 +10,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from deploycheck import report
 from deploycheck.errors import DeployCheckError
 from deploycheck.history.records import RunInfo
 from deploycheck.report import sort_rows
+from deploycheck.rows import row_status
 
 
 def read_shard(path: Path) -> tuple[RunInfo | None, list[dict[str, Any]]]:
@@ -58,3 +60,17 @@ def merge_shards(paths: Sequence[Path]) -> tuple[RunInfo | None, list[dict[str, 
     merged = replace(min(runs, key=lambda run: run.time), run_id="+".join(run.run_id for run in runs)) \
         if runs else None
     return merged, sort_rows(rows)
+
+
+def write_merged(paths: Sequence[Path], out: Path, markdown: Path | None = None,
+                 html: Path | None = None) -> tuple[str, bool]:
+    """Merge the shards, write the JSON report (and the Markdown and HTML ones when asked), and return what the
+    terminal summary would print and whether the merged verdict fails."""
+    run, rows = merge_shards(paths)
+    report.write_json_report(out, rows, run)
+    for path, write in ((markdown, report.write_markdown), (html, report.write_html)):
+        if path:
+            write(path, rows, run)
+    lines = [report.summary_table(rows), *report.best_formats(rows), *report.quantization_summary(rows),
+             *report.inconclusive_summary(rows), report.verdict(rows)] if rows else ["no results in the shards"]
+    return "\n".join(lines), any(row_status(row) == "FAIL" for row in rows)
