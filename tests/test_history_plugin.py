@@ -81,10 +81,15 @@ def test_every_run_is_kept_and_ci_gets_its_summary_annotations_and_merged_shards
     assert all(r.counters["flops_per_sample"] > 0 and r.counters["weight_bytes"] > 0 for r in records)
     assert all(r.counters["ops"] for r in records if r.format == "onnx")
 
-    for shard, models in (("a", "tiny"), ("b", "wide,deep")):
-        pytester.runpytest_subprocess(*common, f"--deploycheck-models={models}", "--deploycheck-no-history",
-                                      f"--deploycheck-report={tmp_path / shard}.json").assert_outcomes(passed=4 * len(
-                                          models.split(",")))
+    # two shards of a CI matrix, run at once on one runner, both writing the history: each record there once
+    shards = [subprocess.Popen([sys.executable, "-m", "pytest", "-q", *common, f"--deploycheck-models={models}",
+                                f"--deploycheck-report={tmp_path / shard}.json"], cwd=pytester.path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for shard, models in (("a", "tiny"), ("b", "wide,deep"))]
+    outputs = [shard.communicate(timeout=300)[0] for shard in shards]
+    assert [shard.returncode for shard in shards] == [0, 0], outputs
+    records = HistoryStore(history).records()
+    assert len(records) == 18 and len({r.key for r in records}) == 18 and len({r.run.run_id for r in records}) == 4
     merged = _cli("report", "merge", str(tmp_path / "b.json"), str(tmp_path / "a.json"), "-o",
                   str(tmp_path / "merged.json"), "--markdown", str(tmp_path / "merged.md"), cwd=pytester.path)
     single = _cli("report", "merge", str(tmp_path / "single.json"), "-o", str(tmp_path / "again.json"),
@@ -112,13 +117,13 @@ def test_every_run_is_kept_and_ci_gets_its_summary_annotations_and_merged_shards
     assert written.startswith("## deploycheck") and "2 of 6 model x format(s) FAILED" in written
     assert "commit" in written and "machine" in written
     records = HistoryStore(history).records("tiny", "onnx")
-    assert [r.verdict for r in records] == ["ok", "ok", "FAIL"]
+    assert [r.verdict for r in records] == ["ok", "ok", "ok", "FAIL"]
 
     shown = _cli("history", "--model", "tiny", cwd=pytester.path)
     assert shown.returncode == 0, shown.stderr
-    assert "the last 3 run(s)" in shown.stdout and "accuracy" in shown.stdout and "size" in shown.stdout
+    assert "the last 4 run(s)" in shown.stdout and "accuracy" in shown.stdout and "size" in shown.stdout
     drawn = _cli("history", "--html", str(tmp_path / "history.html"), cwd=pytester.path)
-    assert drawn.returncode == 0 and "history page of 3 run(s)" in drawn.stdout, drawn.stderr
+    assert drawn.returncode == 0 and "history page of 5 run(s)" in drawn.stdout, drawn.stderr
     assert (tmp_path / "history.html").read_text().count('font-weight="bold">') == 6
     missing = _cli("history", "--store", "nowhere.sqlite", cwd=pytester.path)
     assert missing.returncode == 2 and "no history at nowhere.sqlite" in missing.stderr
@@ -169,3 +174,23 @@ def test_a_pull_request_is_compared_with_its_merge_base(tmp_path: Path, monkeypa
     monkeypatch.delenv("GITHUB_BASE_REF")
     with pytest.raises(Exception, match="not in a pull request"):
         resolve("merge-base", repo)
+
+
+@pytest.mark.parametrize("history_location", ["postgres"], indirect=True)
+def test_two_gate_runs_at_once_keep_every_record_once_in_postgresql(pytester: pytest.Pytester, tmp_path: Path,
+                                                                    history_location: str) -> None:
+    """Two pytest runs of the gate started together write into one PostgreSQL history: every model x format of
+    both runs is there once, under its own run (SQLite: the shards of the test above)."""
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_gate=TESTS)
+    runs = [subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              f"--deploycheck-artifacts={tmp_path / f'artifacts{k}'}", "--deploycheck-formats=eager",
+                              "--deploycheck-no-baselines", f"--deploycheck-history={history_location}"],
+                             cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for k in range(2)]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    records = HistoryStore(history_location).records()
+    assert len(records) == 6 and len({r.key for r in records}) == 6
+    assert len({r.run.run_id for r in records}) == 2
+    assert sorted((r.model, r.format) for r in records) == sorted([(m, "eager") for m in ("deep", "tiny", "wide")] * 2)
