@@ -20,23 +20,38 @@ class MyModel(torch.nn.Module):
         return self.layers(x)
 
 
-def eval_batches() -> list:
-    """Replace with real labelled data: (inputs, labels) batches for accuracy and int8 calibration."""
+def labelled_batches() -> list:
+    """Replace with real labelled data: (inputs, labels) batches for accuracy and int8 calibration. Here: points
+    around four centres, one class each, which a trained model tells apart with a margin, as a real one does."""
     generator = torch.Generator().manual_seed(1)
-    inputs = [torch.randn(64, 16, generator=generator) for _ in range(4)]
-    with torch.no_grad():
-        reference = MyModel()
-        return [(x, reference(x).argmax(1)) for x in inputs]
+    centres = 3 * torch.randn(4, 16, generator=generator)
+    labels = torch.randint(0, 4, (256,), generator=generator)
+    inputs = centres[labels] + torch.randn(256, 16, generator=generator)
+    return [(inputs[i:i + 64], labels[i:i + 64]) for i in range(0, 256, 64)]
+
+
+def trained_model() -> MyModel:
+    """Replace with your trained weights, e.g. `model.load_state_dict(torch.load("weights.pt"))`; here a few
+    steps of training on the data above (an untrained model's near-tied outputs would flip under int8)."""
+    model = MyModel()
+    inputs = torch.cat([x for x, _ in labelled_batches()])
+    labels = torch.cat([y for _, y in labelled_batches()])
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(100):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(model(inputs), labels).backward()
+        optimiser.step()
+    return model.eval()
 
 
 @deploycheck.model
 def my_model() -> deploycheck.ModelSpec:
     return deploycheck.ModelSpec(
         name="my_model",
-        model=MyModel(),
+        model=trained_model(),
         factory=MyModel,
         example_inputs=(torch.randn(8, 16),),   # batch >= 2 with a dynamic batch axis
-        eval_data=eval_batches(),
+        eval_data=labelled_batches(),
         max_accuracy_drop=0.02,                  # int8 formats may lose at most 2 points
     )
 '''
