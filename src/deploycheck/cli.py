@@ -184,7 +184,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     (root / "baselines").mkdir(exist_ok=True)
     (root / "baselines" / ".gitkeep").touch()
     print(f"wrote {root / 'baselines'}/\nnext: `pytest --deploycheck-update` records the baselines (commit them), "
-          "then `pytest` gates; replace MyModel and eval_batches in conftest.py with yours")
+          "then `pytest` gates; replace MyModel, trained_model and labelled_batches in conftest.py with yours")
     return 0
 
 
