@@ -55,6 +55,27 @@ def test_the_plugin_imports_no_heavy_library() -> None:
     assert loaded.strip() == "[]"
 
 
+def test_a_pytest_run_without_the_gate_imports_no_heavy_library(pytester: pytest.Pytester) -> None:
+    """deploycheck is a pytest plugin, loaded by every pytest run of a project that installs it: a run of tests
+    that never ask for the gate (with a pyproject.toml of the project's own) must not pay for torch, numpy or
+    scipy (it once cost 5 s: the configure, collection and summary hooks imported the formats and the history)."""
+    pytester.makepyprojecttoml("[tool.other]\nkey = 1\n")
+    pytester.makeconftest("""
+import sys
+
+import pytest
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    heavy = sorted(m for m in ("torch", "numpy", "scipy", "onnxruntime") if m in sys.modules)
+    (config.rootpath / "heavy.txt").write_text(repr(heavy))
+""")
+    pytester.makepyfile(test_plain="def test_plain():\n    assert True\n")
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+    assert (pytester.path / "heavy.txt").read_text() == "[]"
+
+
 def test_the_layers_contract_fails_on_a_cycle(tmp_path: Path) -> None:
     """The contract in pyproject.toml holds, and a low layer importing a high one breaks it (run on a copy)."""
     lint = Path(sys.executable).with_name("lint-imports")

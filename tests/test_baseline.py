@@ -21,9 +21,10 @@ from deploycheck.baseline.compare import (
     compare_records,
     confirmed,
 )
-from deploycheck.baseline.rules import LatencyLimit, Rules, pyproject_settings, resolve_rules
+from deploycheck.baseline.rules import LatencyLimit, Rules, resolve_rules
 from deploycheck.baseline.store import BaselineStore, load_records, merge_records, record_from_row
 from deploycheck.errors import BaselineError
+from deploycheck.project_settings import pyproject_settings
 from deploycheck.stats import compact_quantiles
 
 

@@ -114,7 +114,7 @@ class Bisection:
         """The model x format exported at `revision` by its own gate (reused when already exported)."""
         if revision.commit not in self._loaded:
             out = artifacts_dir(revision, self.cache) / self.model / self.format
-            if not self._exported_here(out):
+            if not self._reusable_export(out):
                 self.report(f"exporting {self.model}/{self.format} at {revision.label}")
                 args = [f"--deploycheck-models={self.model}", f"--deploycheck-formats={self.format}"]
                 export_revision(revision, self.root, self.cache, args, CONTEXT)
@@ -124,7 +124,7 @@ class Bisection:
             self._loaded[revision.commit] = load_artifact(out, trust_code=True)  # this repository's code, exported here
         return self._loaded[revision.commit]
 
-    def _exported_here(self, out: Path) -> bool:
+    def _reusable_export(self, out: Path) -> bool:
         """Whether `out` holds an export of this commit made by the same deploycheck and runtime versions (a
         commit's code does not change, so such an export is what a new one would be)."""
         try:

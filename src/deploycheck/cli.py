@@ -191,8 +191,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Hold NEW to OLD with the baseline rules; exit 1 on a regression, so CI scripts outside pytest can gate."""
     from deploycheck.baseline.compare import compare_sets
-    from deploycheck.baseline.rules import pyproject_settings
     from deploycheck.baseline.store import load_records
+    from deploycheck.project_settings import pyproject_settings
     from deploycheck.table import format_table
 
     old, new = load_records(Path(args.old)), load_records(Path(args.new))

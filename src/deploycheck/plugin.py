@@ -52,7 +52,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    selected_formats(config)
+    if option(config, "formats"):  # a mistyped format stops the run at once; without the option, nothing to check
+        selected_formats(config)  # (and no runtime is imported: a pytest run without the gate pays nothing)
     if option(config, "update") and option(config, "update-new"):
         raise pytest.UsageError("--deploycheck-update rewrites every baseline and --deploycheck-update-new only "
                                 "creates missing ones: give one of them")
@@ -97,10 +98,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """A model's tests run together, format by format (and carry `xdist_group(model)`, for `--dist loadgroup`),
     so each artifact's runtime is released after its last test (`pytest_runtest_teardown`) and one model at a
     time is in memory. `--deploycheck-export-only`: one test per model x format is kept, to export it."""
+    slots = [index for index, item in enumerate(items) if _artifact_param(item) is not None]
+    if not slots:
+        return
     from deploycheck.formats import format_names
 
     order = {name: position for position, name in enumerate(format_names())}
-    slots = [index for index, item in enumerate(items) if _artifact_param(item) is not None]
     models: dict[str, int] = {}
     for index in slots:
         models.setdefault(_artifact_param(items[index])[0], len(models))

@@ -118,8 +118,8 @@ def baseline_settings(config: pytest.Config) -> tuple[Path, list[tuple[str, Any]
 
 def read_baseline_settings(config: pytest.Config) -> tuple[Path, list[tuple[str, Any]]]:
     """The baselines directory and the rule layers from `[tool.deploycheck]` of the rootdir's pyproject.toml."""
-    from deploycheck.baseline.rules import pyproject_settings
     from deploycheck.errors import BaselineError
+    from deploycheck.project_settings import pyproject_settings
 
     try:
         settings = pyproject_settings(config.rootpath)

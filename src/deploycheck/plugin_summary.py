@@ -119,7 +119,7 @@ class RunSummary:
     def _fail_fast_on_missing_baselines(self) -> None:
         """In compare mode, stop before exporting or measuring anything when baselines are missing, with one
         message listing every missing file and the flag that records them."""
-        if baseline_mode(self.config) != "compare" or self.checked_missing:
+        if baseline_mode(self.config) != "compare" or self.checked_missing or not self.collected:
             return
         self.checked_missing = True
         missing = missing_baselines(self.config, self.collected)
@@ -141,6 +141,8 @@ class RunSummary:
         return sort_rows(self.results.values())
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.results and not self.written:  # nothing of the gate's to show: import nothing
+            return
         from deploycheck.report import (
             best_formats,
             budget_summary,
@@ -183,7 +185,9 @@ class RunSummary:
         them; the terminal summary only prints what was written. The history comes first: a new change point
         that fails a row must show in the reports and the exit status."""
         rows = self.rows()
-        run = self._run(rows) if rows else None  # a pytest run without the gate pays nothing
+        if not rows and not self.collected:  # a pytest run without the gate pays nothing (no runtime, no scipy)
+            return
+        run = self._run(rows) if rows else None
         history = self._record_history(rows, run)
         self.written = (self._write_baselines(rows) + self._stale_baselines() + self._write_reports(rows, run)
                         + history)

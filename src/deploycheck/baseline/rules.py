@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -113,20 +111,3 @@ def resolve_rules(format_name: str, *layers: tuple[str, Mapping[str, Any] | None
     return rules
 
 
-def pyproject_settings(root: Path) -> dict[str, Any]:
-    """`[tool.deploycheck]` of `root/pyproject.toml` ({} when there is none)."""
-    path = Path(root) / "pyproject.toml"
-    if not path.is_file():
-        return {}
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:
-        import tomli as tomllib
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise BaselineError(f"{path}: not valid TOML ({exc})") from exc
-    settings = data.get("tool", {}).get("deploycheck", {})
-    if not isinstance(settings, dict):
-        raise BaselineError(f"{path}: [tool.deploycheck] must be a table")
-    return settings
