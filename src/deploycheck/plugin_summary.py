@@ -185,9 +185,7 @@ class RunSummary:
         them; the terminal summary only prints what was written. The history comes first: a new change point
         that fails a row must show in the reports and the exit status."""
         rows = self.rows()
-        if not rows and not self.collected:  # a pytest run without the gate pays nothing (no runtime, no scipy)
-            return
-        run = self._run(rows) if rows else None
+        run = self._run(rows) if rows else None  # each step below imports its modules only when it has work
         history = self._record_history(rows, run)
         self.written = (self._write_baselines(rows) + self._stale_baselines() + self._write_reports(rows, run)
                         + history)
@@ -205,12 +203,12 @@ class RunSummary:
                        measured or environment(threads=1))
 
     def _record_history(self, rows: list[dict[str, Any]], run: Any) -> list[str]:
-        from deploycheck.errors import DeployCheckError
-        from deploycheck.history.recorder import record_run
-
         location = history_location(self.config)
         if location is None or not rows:
             return []
+        from deploycheck.errors import DeployCheckError
+        from deploycheck.history.recorder import record_run
+
         try:
             outcome = record_run(location, rows, run, bool(option(self.config, "fail-on-change-point")))
         except DeployCheckError as exc:  # the gate's results stand; the history could not take them
@@ -219,31 +217,31 @@ class RunSummary:
 
     def _github_step_summary(self, rows: list[dict[str, Any]], run: Any) -> None:
         """On GitHub Actions, the Markdown report goes into the job summary without any option."""
-        from deploycheck.github import append_step_summary
-
         path = os.environ.get("GITHUB_STEP_SUMMARY")
         if os.environ.get("GITHUB_ACTIONS") == "true" and path and rows:
+            from deploycheck.github import append_step_summary
+
             append_step_summary(Path(path), rows, run)
 
     def _write_baselines(self, rows: list[dict[str, Any]]) -> list[str]:
-        from deploycheck.baseline.update import write_baselines
-
         mode = baseline_mode(self.config)
         if mode not in ("update", "update-new") or not rows:
             return []
+        from deploycheck.baseline.update import write_baselines
+
         directory, _ = baseline_settings(self.config)
         return write_baselines(directory, rows, only_missing=mode == "update-new",
                                keep_artifacts=bool(option(self.config, "keep-baseline-artifacts")),
                                root=self.config.rootpath, accepted=accepted_store(self.config))
 
     def _stale_baselines(self) -> list[str]:
-        from deploycheck.baseline.store import BaselineStore, stale_entries
-        from deploycheck.formats import format_names
-
         filtered = (self.config.getoption("keyword", "") or self.config.getoption("markexpr", "")
                     or option(self.config, "models"))
         if baseline_mode(self.config) is None or filtered or not self.collected:
             return []
+        from deploycheck.baseline.store import BaselineStore, stale_entries
+        from deploycheck.formats import format_names
+
         directory, _ = baseline_settings(self.config)
         models = sorted({model for model, _ in self.collected})
         stale = stale_entries(BaselineStore(directory), models, format_names())
@@ -253,6 +251,8 @@ class RunSummary:
                 "(delete them if that is intended):"] + [f"  {path}" for path in stale]
 
     def _write_reports(self, rows: list[dict[str, Any]], run: Any) -> list[str]:
+        if not any(option(self.config, name) for name in REPORT_OPTIONS):
+            return []
         from deploycheck import report
 
         writers: dict[str, Callable[[Path, list[dict[str, Any]], Any], None]] = {
@@ -261,10 +261,10 @@ class RunSummary:
                             trends_html=self._trend_pictures(rows) if option(self.config, "html") else ""),
             "benchmark-json": report.write_benchmark_json}
         lines = []
-        for name, write in writers.items():
+        for name in REPORT_OPTIONS:
             path = option(self.config, name)
             if path:
-                write(Path(path), rows, run)
+                writers[name](Path(path), rows, run)
                 lines.append(f"deploycheck: {name} written to {path}")
         return lines
 
@@ -325,6 +325,8 @@ def missing_baselines(config: pytest.Config, pairs: set[tuple[str, str]]) -> lis
     return missing
 
 
+# the options naming a report file, each written by its writer in `RunSummary._write_reports`
+REPORT_OPTIONS = ("report", "markdown", "html", "benchmark-json")
 _STATUS_COLOURS = {"FAIL": "red", "inconclusive": "yellow", "skipped": "yellow", "ok": "green"}
 
 
