@@ -93,3 +93,45 @@ def outlier_spec(**overrides: object) -> deploycheck.ModelSpec:
     }
     settings.update(overrides)
     return deploycheck.ModelSpec(**settings)  # type: ignore[arg-type]
+
+
+def distil_clf(vocab: int = 1000) -> nn.Module:
+    """A user's own 2-layer DistilBERT classifier (random weights, built from a config): vocabulary `vocab`, 64
+    positions, 3 classes."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.DistilBertConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                                           max_position_embeddings=64, num_labels=3)
+    return transformers.DistilBertForSequenceClassification(config).eval()
+
+
+def token_batches(count: int = 4, rows: int = 16, length: int = 12, vocab: int = 1000,
+                  seed: int = 1) -> list[dict[str, torch.Tensor]]:
+    """Token ids drawn Zipf-like (a few ids frequent, most rare, as text is), half the rows padded at the end."""
+    generator = torch.Generator().manual_seed(seed)
+    weights = 1.0 / torch.arange(1, vocab)
+    batches = []
+    for _ in range(count):
+        ids = 1 + torch.multinomial(weights, rows * length, replacement=True, generator=generator).view(rows, length)
+        mask = torch.ones(rows, length, dtype=torch.long)
+        mask[rows // 2:, length * 3 // 4:] = 0
+        batches.append({"input_ids": ids * mask, "attention_mask": mask})
+    return batches
+
+
+def distil_clf_spec(**overrides: object) -> deploycheck.ModelSpec:
+    """The DistilBERT classifier with keyword inputs, a dynamic sequence axis and labelled eval data (its own
+    predictions)."""
+    model = distil_clf()
+    batches = token_batches()
+    with torch.no_grad():
+        labels = [model(**batch).logits.argmax(-1) for batch in batches]
+    settings: dict[str, object] = {
+        "name": "distil_clf", "model": model, "factory": distil_clf,
+        "example_inputs": {name: tensor[:8] for name, tensor in batches[0].items()},
+        "dynamic_axes": {"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}},
+        "eval_data": list(zip(batches, labels)), "formats": ["eager", "onnx", "onnx_int8_dynamic"],
+    }
+    settings.update(overrides)
+    return deploycheck.ModelSpec(**settings)  # type: ignore[arg-type]

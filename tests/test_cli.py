@@ -100,9 +100,10 @@ def test_alerts_writes_prometheus_rules_that_promtool_accepts(tmp_path: Path) ->
     rules = run.stdout
     assert rules.count("- alert:") == 5 and "DeploycheckInputDrift" in rules, rules
     assert 'format: "onnx"' in rules
-    assert '> 1.5 * max(deploycheck_latency_reference_seconds{model=\\"digits_cnn\\"})' in rules, \
+    assert '> 1.5 * max(deploycheck_latency_reference_seconds{model=\\"digits_cnn\\",format=\\"onnx\\"})' in rules, \
         "latency is held to what the server measured for itself, not the in-process release figure"
-    assert 'deploycheck_window_accuracy{model=\\"digits_cnn\\"} < 0.97' in rules
+    assert 'deploycheck_window_accuracy{model=\\"digits_cnn\\",format=\\"onnx\\"} < 0.97' in rules, \
+        "the series of the format whose baseline set the threshold"
     missing = subprocess.run([*EXE, "alerts", "--baselines", str(tmp_path)], capture_output=True, text=True)
     assert missing.returncode == 2 and "no baselines found" in missing.stderr
     if shutil.which("promtool") is None:

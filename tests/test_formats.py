@@ -40,7 +40,8 @@ def test_export_all_gives_every_format_with_a_complete_sidecar(digits_artifacts)
         assert meta["versions"]["torch"] and meta["versions"]["numpy"]
         assert ("onnxruntime" in meta["versions"]) == name.startswith("onnx")  # each format records its own runtime
         assert meta["inputs"] == [{"name": "image", "shape": [None, 1, 8, 8], "dtype": "float32",
-                                   "dynamic_axes": [0]}]
+                                   "dynamic_axes": [0], "axis_names": ["batch", None, None, None]}], \
+            "pixels index no table: no value range, no axis limit"
         assert meta["outputs"][0]["name"] == "logits" and meta["outputs"][0]["shape"] == [None, 10]
         for file, recorded in meta["files"].items():
             assert (artifact.path / file).stat().st_size == recorded["size"]

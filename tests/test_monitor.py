@@ -187,7 +187,11 @@ def test_input_drift_needs_a_profile_and_enough_requests() -> None:
     few = Monitor("m", clock=clock, baseline={"input_profile": profile})
     for _ in range(50):
         few.record_inputs({"x": np.ones(4)})
-    assert few.metrics()["input_drift_psi"]["x"] > 1 and few.alerts() == [], "50 requests are below min_samples"
+    assert few.metrics()["input_drift_psi"] == {} and few.metrics()["input_drift_requests"] == 50, \
+        "no PSI is reported below min_drift_requests (100)"
+    for _ in range(100):
+        few.record_inputs({"x": np.ones(4)})
+    assert few.metrics()["input_drift_psi"]["x"] > 1 and few.alerts() == [], "150 requests are below min_samples"
 
 
 def test_a_doubling_of_latency_for_thirty_seconds_fires() -> None:

@@ -4,104 +4,34 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import re
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from serving import Server, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Server:
-    port: int
-    process: subprocess.Popen[bytes]
-
-    def request(self, method: str, path: str, body: bytes | str | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, dict]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            connection.request(method, path, body=body, headers=headers or {})
-            response = connection.getresponse()
-            raw = response.read()
-        finally:
-            connection.close()
-        try:
-            return response.status, json.loads(raw)
-        except ValueError:
-            return response.status, {"text": raw.decode()}
-
-    def post(self, path: str, payload: object) -> tuple[int, dict]:
-        return self.request("POST", path, json.dumps(payload), {"Content-Type": "application/json"})
-
-    def errors_total(self) -> float:
-        """`deploycheck_errors_total` summed over models and error types."""
-        status, body = self.request("GET", "/metrics")
-        assert status == 200
-        return sum(float(v) for v in re.findall(r'^deploycheck_errors_total\{[^}]*\} (\S+)$', body["text"], re.M))
-
-    def metric(self, name: str, model: str) -> float:
-        status, body = self.request("GET", "/metrics")
-        assert status == 200
-        match = re.search(rf'^{name}\{{model="{model}"\}} (\S+)$', body["text"], re.M)
-        return float(match.group(1)) if match else 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def start_server(path: Path, *options: str) -> Server:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "deploycheck.cli", "serve", str(path), "--port", str(port),
-                                "--log-level", "warning", *options], env={**os.environ})
-    server = Server(port, process)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"deploycheck serve exited with {process.returncode}"
-        try:
-            if server.request("GET", "/v2/health/ready")[0] == 200:
-                return server
-        except OSError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise AssertionError("the server did not become ready in 90 s")
-
-
-def stop_server(server: Server) -> None:
-    server.process.send_signal(signal.SIGTERM)
-    try:
-        server.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-
-
 class Lookup(torch.nn.Module):
-    """An embedding lookup: indices beyond the table make ONNX Runtime fail at run time (a real 500)."""
+    """An embedding lookup at a shifted index: the table's bound is not found from the input (which is not what
+    indexes the table), so an index beyond it makes ONNX Runtime fail at run time (a real 500)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.table = torch.nn.Embedding(10, 4)
+        self.table = torch.nn.Embedding(20, 4)
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
-        return self.table(index).sum(dim=1)
+        return self.table(index + 5).sum(dim=1)
 
 
 @pytest.fixture(scope="module")
@@ -292,10 +222,9 @@ def test_inference_failures_are_counted(served) -> None:
     before = server.metric("deploycheck_errors_total", "lookup")
     status, _ = server.post("/predict?model=lookup", {"input": [[0, 1, 50]]})
     assert status == 500
-    text = server.request("GET", "/metrics")[1]["text"]
-    assert re.search(r'deploycheck_errors_total\{model="lookup",type="\w+"\} \d', text)
-    assert sum(float(v) for v in re.findall(r'deploycheck_errors_total\{model="lookup",type="[^"]+"\} (\S+)',
-                                            text)) > before
+    errors = server.series("deploycheck_errors_total", model="lookup", format="onnx")
+    assert errors and all(labels["type"] for _, labels in errors)
+    assert sum(value for value, _ in errors) > before
 
 
 def test_32_clients_each_get_their_own_rows_and_every_request_is_counted(served) -> None:
@@ -385,9 +314,8 @@ def test_the_monitor_holds_traffic_to_the_release_baseline(digits_artifacts, tmp
         mixed = images.numpy()
         for step in range(250):
             assert server.post("/predict", {"input": (mixed[step] * 16).tolist()})[0] == 200
-        text = server.request("GET", "/metrics")[1]["text"]
-        psi = re.search(r'^deploycheck_input_drift_psi\{input="image",model="digits_cnn"\} (\S+)$', text, re.M)
-        assert psi and float(psi.group(1)) > 0.2, "half of the window's pixels are unscaled"
+        psi = server.series("deploycheck_input_drift_psi", input="image", model="digits_cnn", format="onnx")
+        assert psi and psi[0][0] > 0.2, "half of the window's pixels are unscaled"
         alerts = server.request("GET", "/alerts")[1]["digits_cnn"]
         input_drift = [a for a in alerts if a["type"] == "input_drift"]
         assert len(input_drift) == 1 and "input 'image'" in input_drift[0]["message"]

@@ -271,7 +271,7 @@ def check_accuracy(artifact: Artifact, spec: ModelSpec | None = None, explain: b
     if obtained.predictions is not None:
         classes, counts = np.unique(obtained.predictions, return_counts=True)
         report.class_distribution = {int(c): float(n / counts.sum()) for c, n in zip(classes, counts)}
-    report.input_profile = input_profile(spec.calibration_data or [], [tensor.name for tensor in artifact.inputs])
+    report.input_profile = input_profile(spec.calibration_data or [], artifact.inputs)
     if explain and not report.passed and artifact.format in explained_formats():
         report.explanation = str(explain_quantization(artifact, spec))
     return report

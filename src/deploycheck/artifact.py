@@ -33,19 +33,41 @@ Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Name, shape (None on a dynamic axis) and numpy dtype of one input or output."""
+    """Name, shape (None on a dynamic axis) and numpy dtype of one input or output, and for an input what the model
+    accepts beyond that: `axis_names` ("batch" and the spec's names of its dynamic axes: inputs sharing a name
+    must agree in size), `max_shape` (the largest size of an axis, where the model has a limit such as its
+    positions) and `value_range` (inclusive, for integer ids indexing a table)."""
 
     name: str
     shape: tuple[int | None, ...]
     dtype: str
+    axis_names: tuple[str | None, ...] = ()
+    max_shape: tuple[int | None, ...] = ()
+    value_range: tuple[int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         dynamic = [axis for axis, size in enumerate(self.shape) if size is None]
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "dynamic_axes": dynamic}
+        described: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
+                                     "dynamic_axes": dynamic}
+        if self.axis_names:
+            described["axis_names"] = list(self.axis_names)
+        if any(size is not None for size in self.max_shape):
+            described["max_shape"] = list(self.max_shape)
+        if self.value_range is not None:
+            described["value_range"] = list(self.value_range)
+        return described
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
-        return cls(name=data["name"], shape=tuple(data["shape"]), dtype=data["dtype"])
+        value_range = data.get("value_range")
+        return cls(name=data["name"], shape=tuple(data["shape"]), dtype=data["dtype"],
+                   axis_names=tuple(data.get("axis_names", ())), max_shape=tuple(data.get("max_shape", ())),
+                   value_range=(int(value_range[0]), int(value_range[1])) if value_range is not None else None)
+
+    def axis_label(self, axis: int) -> str:
+        """"axis 1 (seq)": an axis by number, and by name where it has one."""
+        name = self.axis_names[axis] if axis < len(self.axis_names) else None
+        return f"axis {axis} ({name})" if name else f"axis {axis}"
 
 
 class Artifact:
@@ -98,7 +120,8 @@ class Artifact:
 
 def check_inputs(label: str, declared_inputs: Sequence[TensorSpec], inputs: Any) -> list[np.ndarray]:
     """Inputs (a numpy array, a torch tensor, or a tuple/list of them, in input order) as contiguous numpy arrays
-    of the declared dtypes, checked against the declared shapes; `label` names the model and format in errors."""
+    of the declared dtypes, checked against the declared shapes, axis limits, shared axes and value ranges;
+    `label` names the model and format in errors."""
     items = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
     if len(items) != len(declared_inputs):
         raise InputError(f"{label}: expected {len(declared_inputs)} input(s) {[i.name for i in declared_inputs]}, "
@@ -118,8 +141,41 @@ def check_inputs(label: str, declared_inputs: Sequence[TensorSpec], inputs: Any)
             shown = ", ".join("?" if s is None else str(s) for s in declared.shape)
             raise InputError(f"{label}: input {declared.name!r} has shape {list(array.shape)}, expected [{shown}] "
                              "(? is dynamic)")
+        _check_limits(label, declared, array)
         arrays.append(np.ascontiguousarray(array))
+    _check_shared_axes(label, declared_inputs, arrays)
     return arrays
+
+
+def _check_limits(label: str, declared: TensorSpec, array: np.ndarray) -> None:
+    """An input within its axes' limits (none empty beyond the batch) and its value range."""
+    for axis, (size, got) in enumerate(zip(declared.shape, array.shape)):
+        if size is None and axis > 0 and got == 0:
+            raise InputError(f"{label}: input {declared.name!r} is empty on {declared.axis_label(axis)}")
+        limit = declared.max_shape[axis] if axis < len(declared.max_shape) else None
+        if limit is not None and got > limit:
+            raise InputError(f"{label}: input {declared.name!r} has {got} on {declared.axis_label(axis)}; the model "
+                             f"accepts at most {limit}")
+    if declared.value_range is not None and array.size:
+        low, high = declared.value_range
+        smallest, largest = array.min(), array.max()
+        if smallest < low or largest > high:
+            value = int(smallest) if smallest < low else int(largest)
+            raise InputError(f"{label}: input {declared.name!r} holds {value}; the model accepts {low}..{high} "
+                             f"(ids indexing a table of {high - low + 1} rows, e.g. a vocabulary)")
+
+
+def _check_shared_axes(label: str, declared_inputs: Sequence[TensorSpec], arrays: Sequence[np.ndarray]) -> None:
+    """Axes of the same name (the batch, a sequence shared by ids and mask) the same size in every input."""
+    seen: dict[str, tuple[str, int]] = {}
+    for declared, array in zip(declared_inputs, arrays):
+        for axis, name in enumerate(declared.axis_names):
+            if name is None or axis >= array.ndim:
+                continue
+            first = seen.setdefault(name, (declared.name, int(array.shape[axis])))
+            if first[1] != array.shape[axis]:
+                raise InputError(f"{label}: input {declared.name!r} has {array.shape[axis]} on "
+                                 f"{declared.axis_label(axis)} where {first[0]!r} has {first[1]}")
 
 
 def file_digest(path: Path) -> str:

@@ -29,6 +29,7 @@ from deploycheck.costs import CostCounters
 from deploycheck.errors import ArtifactError, DeployCheckError, ExportError, FormatUnavailable
 from deploycheck.formats import default_formats, get_format
 from deploycheck.formats.base import Format, flops_per_sample, io_specs, parameter_bytes, quiet_exporters
+from deploycheck.input_bounds import INPUT_BOUNDS_VERSION
 from deploycheck.signing import sign_artifact, verify_artifact
 
 if TYPE_CHECKING:
@@ -134,6 +135,8 @@ def cache_key(spec: ModelSpec, fmt: Format, base: Artifact | None) -> str:
         "inputs": [[list(t.shape), str(t.dtype)] for t in spec.example_inputs], "dynamic_batch": spec.dynamic_batch,
         "names": [spec.input_names, spec.output_names], "base": base.metadata["cache_key"] if base else None,
         "factory": getattr(spec.factory, "__qualname__", None), "cost_counters": COST_COUNTERS_VERSION,
+        "dynamic_axes": spec.dynamic_axes,
+        "input_bounds": [INPUT_BOUNDS_VERSION, spec.input_value_ranges, spec.input_max_sizes],
     }
     digest.update(json.dumps(description, sort_keys=True, default=str).encode())
     for item in fmt.cache_inputs(spec):

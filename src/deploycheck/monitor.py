@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from deploycheck.alerts import DEFAULT_RULES, Alert, Rule
-from deploycheck.drift import add_bins, population_stability_index
+from deploycheck.drift import add_bins, expected_fractions, population_stability_index, profile_binners
 
 RELATIVE_ERROR = 0.005
 _GAMMA = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
@@ -64,12 +64,14 @@ class Monitor:
     `learn_latency_requests`: the p95 of the first that many successful requests becomes the latency reference
     when it is above the baseline's `p95_ms` (a server adds HTTP and queueing to the release figure, so its own
     latency is what a slowdown is measured against); until then the latency rule is not judged.
+    `min_drift_requests`: input drift is reported once the window holds that many requests with inputs recorded
+    (`metrics()["input_drift_requests"]` says how many it holds).
     """
 
     def __init__(self, model_name: str, window_s: float = 60, baseline: Mapping[str, Any] | None = None,
                  rules: Sequence[Rule] | None = None, sinks: Sequence[Callable[[Alert], None]] | None = None,
                  clock: Callable[[], float] = time.monotonic, slices: int = 12, max_pending_labels: int = 100_000,
-                 learn_latency_requests: int = 0) -> None:
+                 learn_latency_requests: int = 0, min_drift_requests: int = 100) -> None:
         self.model_name = model_name
         self.window_s = float(window_s)
         self.baseline = dict(baseline or {})
@@ -91,8 +93,9 @@ class Monitor:
         self._last_resolved: dict[str, float] = {}
         self._learn_left = learn_latency_requests
         self._learning: list[float] = []
-        self._input_edges = {name: np.asarray(expected["edges"], np.float64)
-                             for name, expected in (self.baseline.get("input_profile") or {}).items()}
+        self._input_profile = self.baseline.get("input_profile") or {}
+        self._input_binners = profile_binners(self._input_profile)
+        self.min_drift_requests = min_drift_requests
 
     def record(self, latency_ms: float, batch_size: int = 1, error: str | BaseException | None = None,
                prediction: Any = None, request_id: str | None = None) -> None:
@@ -145,15 +148,12 @@ class Monitor:
         """Count a request's input values into the bins of the baseline's `input_profile` (nothing without one).
         Kept apart from `record` because it costs numpy work (8 us for a digits image, 35 us for a 3x224x224 one
         on the 2-core test machine); large inputs are subsampled evenly to at most `max_values` values each."""
-        if not self._input_edges:
+        if not self._input_binners:
             return
         binned = {}
-        for name, edges in self._input_edges.items():
-            if name in inputs:
-                values = np.asarray(inputs[name]).ravel()
-                if values.size > max_values:
-                    values = values[::math.ceil(values.size / max_values)]
-                binned[name] = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
+        for name, (input_name, binner) in self._input_binners.items():
+            if input_name in inputs:
+                binned[name] = binner(np.asarray(inputs[input_name]), max_values)
         now = self._now()
         with self._lock:
             if now - self._current.start >= self._slice_s:
@@ -187,6 +187,7 @@ class Monitor:
             result["drift_psi"] = (population_stability_index(expected, window.predictions)
                                    if expected and window.predictions else None)
             result["input_drift_psi"] = self._input_drift(window)
+            result["input_drift_requests"] = window.inputs_recorded
             result["latency_reference_ms"] = self.latency_reference_ms
             self._evaluate(window, result, now)
         result["alerts"] = [a.type for a in self._active.values()]
@@ -205,7 +206,7 @@ class Monitor:
                  f"  requests {m['requests']}  samples {m['samples']}  errors {m['errors']} "
                  f"({m['error_rate']:.2%})",
                  f"  latency ms  mean {lat['mean']:.3f}  p50 {lat['p50']:.3f}  p95 {lat['p95']:.3f}  "
-                 f"p99 {lat['p99']:.3f}  max {lat['max']:.3f}",
+                 f"p99 {lat['p99']:.3f}  max {lat['max']:.3f}" if m["requests"] else "  latency: no requests",
                  f"  throughput {m['throughput_rps']:.1f} req/s, {m['throughput_samples_per_s']:.1f} samples/s",
                  f"  accuracy {accuracy}"]
         for alert in self._history[-5:]:
@@ -253,17 +254,18 @@ class Monitor:
         return merged
 
     def _input_drift(self, window: _Slice) -> dict[str, float]:
-        """PSI of each profiled input's values in the window against the calibration data's."""
-        profile = self.baseline.get("input_profile") or {}
-        return {name: population_stability_index(dict(enumerate(profile[name]["fractions"])),
+        """PSI of each profiled input in the window against the calibration data's; none before the window holds
+        `min_drift_requests` requests with inputs recorded (a PSI of three requests measures nothing)."""
+        if window.inputs_recorded < self.min_drift_requests:
+            return {}
+        return {name: population_stability_index(dict(enumerate(expected_fractions(self._input_profile, name))),
                                                  dict(enumerate(counts.tolist())))
                 for name, counts in window.input_bins.items() if counts.sum()}
 
     @staticmethod
     def _percentile(histogram: Counter[int], total: int, q: float) -> float:
-        """The q-th percentile from the histogram, with numpy's linear-interpolation rank convention."""
-        if not total:
-            return 0.0
+        """The q-th percentile from the histogram (of `total` > 0 requests), with numpy's linear-interpolation rank
+        convention."""
         rank = q / 100 * (total - 1)
         lower, upper = math.floor(rank), math.ceil(rank)
         values, seen = {}, 0
@@ -286,10 +288,10 @@ class Monitor:
             "throughput_rps": total / elapsed_s, "throughput_samples_per_s": part.samples / elapsed_s,
             "accuracy": part.correct / part.labelled if part.labelled else None, "labelled": part.labelled,
             "predictions": dict(part.predictions),
-            "latency_ms": {"mean": part.latency_sum / total if total else 0.0,
-                           "p50": self._percentile(part.histogram, total, 50),
+            "latency_ms": {"mean": part.latency_sum / total, "p50": self._percentile(part.histogram, total, 50),
                            "p95": self._percentile(part.histogram, total, 95),
-                           "p99": self._percentile(part.histogram, total, 99), "max": part.latency_max},
+                           "p99": self._percentile(part.histogram, total, 99), "max": part.latency_max}
+            if total else dict.fromkeys(("mean", "p50", "p95", "p99", "max"), math.nan),  # idle: no latency, not 0
         }
 
     def _evaluate(self, window: _Slice, figures: dict[str, Any], now: float) -> None:

@@ -9,6 +9,7 @@ value (`multiprocess_mode="max"`), as prometheus_client's multiprocess mode pres
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ from deploycheck.errors import DeployCheckError
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                      2.5, 5.0, 10.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LABELS = ["model", "format"]  # of every series: a served model's name and its format
 
 
 def multiprocess() -> bool:
@@ -31,58 +33,71 @@ def multiprocess() -> bool:
 
 
 class PrometheusMetrics:
-    """The metrics of every model a server holds, labelled by model name, in their own registry."""
+    """The metrics of every model a server holds, in their own registry, labelled by model name and format (so a
+    dashboard keyed on the model survives a change of format, and an int8 variant beside its fp32 one is a label
+    away). Each method takes a served model's `(model, format)` labels."""
 
     def __init__(self, namespace: str = "deploycheck") -> None:
         self.registry = CollectorRegistry()
         gauge_mode: dict[str, Any] = {"multiprocess_mode": "max"} if multiprocess() else {}
-        self.requests = Counter(f"{namespace}_requests", "Inference requests", ["model"], registry=self.registry)
-        self.samples = Counter(f"{namespace}_samples", "Rows inferred", ["model"], registry=self.registry)
-        self.errors = Counter(f"{namespace}_errors", "Failed requests by error type", ["model", "type"],
+        self.requests = Counter(f"{namespace}_requests", "Inference requests", LABELS, registry=self.registry)
+        self.samples = Counter(f"{namespace}_samples", "Rows inferred", LABELS, registry=self.registry)
+        self.errors = Counter(f"{namespace}_errors", "Failed requests by error type", [*LABELS, "type"],
                               registry=self.registry)
         self.batches = Counter(f"{namespace}_batches", "Inference batches run (samples / batches is the mean "
-                               "batch size)", ["model"], registry=self.registry)
+                               "batch size)", LABELS, registry=self.registry)
         self.latency = Histogram(f"{namespace}_request_latency_seconds", "Inference latency of a request",
-                                 ["model"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
+                                 LABELS, buckets=LATENCY_BUCKETS_S, registry=self.registry)
         self.window_latency = Gauge(f"{namespace}_window_latency_seconds", "Latency percentile over the monitor's "
-                                    "sliding window", ["model", "quantile"], registry=self.registry, **gauge_mode)
+                                    "sliding window", [*LABELS, "quantile"], registry=self.registry, **gauge_mode)
         self.accuracy = Gauge(f"{namespace}_window_accuracy", "Accuracy over the window from ground-truth labels",
-                              ["model"], registry=self.registry, **gauge_mode)
+                              LABELS, registry=self.registry, **gauge_mode)
         self.drift = Gauge(f"{namespace}_prediction_drift_psi", "PSI of predicted classes against the baseline",
-                           ["model"], registry=self.registry, **gauge_mode)
-        self.input_drift = Gauge(f"{namespace}_input_drift_psi", "PSI of an input's values against the calibration "
-                                 "data", ["model", "input"], registry=self.registry, **gauge_mode)
+                           LABELS, registry=self.registry, **gauge_mode)
+        self.input_drift = Gauge(f"{namespace}_input_drift_psi", "PSI of an input (values, or the rank buckets of "
+                                 "ids, or '<input> length') against the calibration data; absent, or NaN once "
+                                 f"reported, while the window holds too few requests ({namespace}_input_drift_"
+                                 "requests)", [*LABELS, "input"], registry=self.registry, **gauge_mode)
+        self.input_drift_requests = Gauge(f"{namespace}_input_drift_requests", "Requests whose inputs were "
+                                          "profiled in the window; input drift is reported from the monitor's "
+                                          "min_drift_requests on", LABELS, registry=self.registry, **gauge_mode)
+        self._drift_reported: dict[tuple[str, str], set[str]] = {}
         self.latency_reference = Gauge(f"{namespace}_latency_reference_seconds", "The p95 latency alerts hold the "
                                        "window to: the server's own over its first requests, or the release "
-                                       "baseline's plus the queue delay if higher", ["model"],
+                                       "baseline's plus the queue delay if higher", LABELS,
                                        registry=self.registry, **gauge_mode)
-        self.alerts = Gauge(f"{namespace}_alerts_firing", "Alerts firing", ["model"], registry=self.registry,
+        self.alerts = Gauge(f"{namespace}_alerts_firing", "Alerts firing", LABELS, registry=self.registry,
                             **gauge_mode)
 
-    def observe(self, model: str, latency_ms: float, rows: int, error: str | None = None) -> None:
-        self.requests.labels(model).inc()
+    def observe(self, labels: tuple[str, str], latency_ms: float, rows: int, error: str | None = None) -> None:
+        self.requests.labels(*labels).inc()
         if error is not None:
-            self.errors.labels(model, error).inc()
+            self.errors.labels(*labels, error).inc()
             return
-        self.samples.labels(model).inc(rows)
-        self.latency.labels(model).observe(latency_ms / 1e3)
+        self.samples.labels(*labels).inc(rows)
+        self.latency.labels(*labels).observe(latency_ms / 1e3)
 
-    def observe_batch(self, model: str, rows: int) -> None:
-        self.batches.labels(model).inc()
+    def observe_batch(self, labels: tuple[str, str], rows: int) -> None:
+        self.batches.labels(*labels).inc()
 
-    def refresh(self, model: str, figures: dict[str, Any]) -> None:
+    def refresh(self, labels: tuple[str, str], figures: dict[str, Any]) -> None:
         """Copy a monitor's window figures into the gauges (called when /metrics is scraped)."""
         for quantile in ("p50", "p95", "p99"):
-            self.window_latency.labels(model, quantile).set(figures["latency_ms"][quantile] / 1e3)
+            self.window_latency.labels(*labels, quantile).set(figures["latency_ms"][quantile] / 1e3)
         if figures.get("accuracy") is not None:
-            self.accuracy.labels(model).set(figures["accuracy"])
+            self.accuracy.labels(*labels).set(figures["accuracy"])
         if figures.get("drift_psi") is not None:
-            self.drift.labels(model).set(figures["drift_psi"])
-        for input_name, psi in (figures.get("input_drift_psi") or {}).items():
-            self.input_drift.labels(model, input_name).set(psi)
-        self.alerts.labels(model).set(len(figures.get("alerts", [])))
+            self.drift.labels(*labels).set(figures["drift_psi"])
+        drift = figures.get("input_drift_psi") or {}
+        reported = self._drift_reported.setdefault(labels, set())
+        for input_name in reported | set(drift):
+            self.input_drift.labels(*labels, input_name).set(drift.get(input_name, math.nan))
+        reported.update(drift)
+        if "input_drift_requests" in figures:
+            self.input_drift_requests.labels(*labels).set(figures["input_drift_requests"])
+        self.alerts.labels(*labels).set(len(figures.get("alerts", [])))
         if figures.get("latency_reference_ms") is not None:
-            self.latency_reference.labels(model).set(figures["latency_reference_ms"] / 1e3)
+            self.latency_reference.labels(*labels).set(figures["latency_reference_ms"] / 1e3)
 
     def render(self) -> bytes:
         """The text exposition: this process's registry, or every worker's when in multiprocess mode."""
@@ -114,7 +129,7 @@ def alerting_rules(baselines: Path, format_name: str | None = None, window: str 
         if chosen not in formats:
             raise DeployCheckError(f"{baselines}: model {model!r} has no {chosen!r} baseline (it has {formats})")
         record: Mapping[str, Any] = store.read(model, chosen) or {}
-        label = f'model="{model}"'
+        label = f'model="{model}",format="{chosen}"'
         factor = rules["latency"].factor
         lines += _rule("DeploycheckLatencyHigh", f"histogram_quantile(0.95, sum by (le) (rate("
                        f"deploycheck_request_latency_seconds_bucket{{{label}}}[{window}]))) > {factor:g} * "

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from deploycheck.baseline.rules import resolve_rules
 from deploycheck.errors import BaselineError, SpecError
 from deploycheck.formats import default_formats, format_names
+from deploycheck.input_bounds import validated_bounds
 from deploycheck.tensors import FlatModule, flatten_outputs, structure_names
 from deploycheck.tolerance import Tolerance
 
@@ -50,7 +51,10 @@ class ModelSpec:
     beyond the batch as dynamic, e.g. `{"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}}`: they are
     exported as dynamic, and parity runs at a second, shorter length too. Labels with one axis fewer than the
     first output (token-level: logits `[batch, seq, vocab]`, labels `[batch, seq]`) are scored position by
-    position, skipping `ignore_index` (-100, as in transformers).
+    position, skipping `ignore_index` (-100, as in transformers). What an input accepts beyond its shape is found
+    from the model's embeddings (token ids within the vocabulary, a sequence within the positions) and recorded
+    with each artifact, which refuses the rest by name; `input_value_ranges` (`{"input_ids": (0, 999)}`,
+    inclusive) and `input_max_sizes` (`{"input_ids": {1: 512}}`) give or override them.
     """
 
     name: str
@@ -80,6 +84,8 @@ class ModelSpec:
     min_speedup_vs_original: float | Mapping[str, float] | None = None
     max_size_ratio_vs_original: float | Mapping[str, float] | None = None
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None
+    input_value_ranges: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    input_max_sizes: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
     ignore_index: int | None = -100
     keyword_inputs: bool = False
     flat_model: Any = field(init=False, default=None, repr=False, compare=False)
@@ -111,6 +117,9 @@ class ModelSpec:
         self._check_batch_axis()
         self.input_names = self._validated_names(self.input_names, len(self.example_inputs), "input")
         self.dynamic_axes = self._validated_dynamic_axes(self.dynamic_axes)
+        self.input_value_ranges, self.input_max_sizes = validated_bounds(
+            self.name, dict(zip(self.input_names, (t.dim() for t in self.example_inputs))), self.input_value_ranges,
+            self.input_max_sizes)
         self.formats = self._validated_formats(self.formats)
         self.tolerances = self._validated_tolerances(self.tolerances)
         unknown_options = set(self.format_options) - set(_known_formats())

@@ -8,7 +8,7 @@ import io
 import logging
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -18,6 +18,7 @@ import numpy as np
 from deploycheck.artifact import Runner, TensorSpec
 from deploycheck.costs import CostCounters, op_counts
 from deploycheck.errors import FormatUnavailable
+from deploycheck.input_bounds import InputBounds, embedding_lookups, found_bounds, merged_bounds
 from deploycheck.tensors import flatten_outputs
 from deploycheck.tolerance import FP32_TOLERANCE, Tolerance
 
@@ -119,22 +120,31 @@ def require_packages(spec: ModelSpec, format_name: str, packages: tuple[str, ...
 
 
 def io_specs(spec: ModelSpec) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Input and output specifications from the spec's names and the eager model's outputs on the examples."""
+    """Input and output specifications from the spec's names and the eager model's outputs on the examples, the
+    inputs with their bounds (found from the embeddings this forward pass calls, or given in the spec)."""
     import torch
 
-    def describe(name: str, tensor: torch.Tensor, dynamic: Iterable[int] = ()) -> TensorSpec:
-        shape: list[int | None] = [int(s) for s in tensor.shape]
-        if spec.dynamic_batch and shape:
-            shape[0] = None
-        for axis in dynamic:
-            shape[axis] = None
-        return TensorSpec(name, tuple(shape), str(tensor.detach().numpy().dtype))
-
-    with torch.no_grad():
-        outputs = spec.flat_model(*spec.example_inputs)
-    assert spec.input_names is not None and spec.output_names is not None
     axes = spec.dynamic_axes or {}
-    return ([describe(n, t, axes.get(n, {})) for n, t in zip(spec.input_names, spec.example_inputs)],
+
+    def describe(name: str, tensor: torch.Tensor, bounds: InputBounds | None = None) -> TensorSpec:
+        shape: list[int | None] = [int(s) for s in tensor.shape]
+        names: list[str | None] = [None] * len(shape)
+        if spec.dynamic_batch and shape:
+            shape[0], names[0] = None, "batch"
+        for axis, axis_name in axes.get(name, {}).items():
+            shape[axis], names[axis] = None, axis_name
+        if bounds is None:
+            return TensorSpec(name, tuple(shape), str(tensor.detach().numpy().dtype))
+        limits = tuple(bounds.max_sizes.get(axis) for axis in range(len(shape)))
+        return TensorSpec(name, tuple(shape), str(tensor.detach().numpy().dtype), tuple(names), limits,
+                          bounds.value_range)
+
+    assert spec.input_names is not None and spec.output_names is not None
+    with torch.no_grad(), embedding_lookups(spec.model) as lookups:
+        outputs = spec.flat_model(*spec.example_inputs)
+    bounds = merged_bounds(found_bounds(spec.input_names, spec.example_inputs, axes, lookups),
+                           spec.input_value_ranges, spec.input_max_sizes)
+    return ([describe(n, t, bounds.get(n, InputBounds())) for n, t in zip(spec.input_names, spec.example_inputs)],
             [describe(n, t) for n, t in zip(spec.output_names, outputs)])
 
 

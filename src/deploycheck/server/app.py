@@ -124,7 +124,7 @@ class InferenceServer:
             served = ServedModel(name, artifact, monitor, executor)
             if self.max_batch_size > 1:
                 served.batcher = Batcher(artifact.runner, self.max_batch_size, self.max_delay_s, executor,
-                                         functools.partial(self.metrics.observe_batch, name))
+                                         functools.partial(self.metrics.observe_batch, served.labels))
                 served.batcher.start()
             self.models[name] = served
         for served in self.models.values():
@@ -143,17 +143,36 @@ class InferenceServer:
                     await served.batcher.stop()
                 served.executor.shutdown(wait=True)
 
-    def model(self, name: Any) -> ServedModel:
-        if name is not None and not isinstance(name, str):
-            raise RequestError(400, f"model must be a model's name (a string), got {type(name).__name__}")
+    def model(self, name: Any, format_name: Any = None) -> ServedModel:
+        """The served model a request names: by what it is served as (`digits_cnn`, `distil_clf-onnx`), or by the
+        model's name and a format (`?format=onnx`, or `/v2/models/NAME/versions/FORMAT`); none when only one is
+        served."""
+        for value, what in ((name, "model"), (format_name, "format")):
+            if value is not None and not isinstance(value, str):
+                raise RequestError(400, f"{what} must be a {what}'s name (a string), got {type(value).__name__}")
         if name is None:
             if len(self.models) != 1:
                 raise RequestError(400, f"several models are served ({', '.join(self.models)}): name one with "
                                         "?model=NAME or use /v2/models/NAME/infer")
-            return next(iter(self.models.values()))
-        if name not in self.models:
-            raise RequestError(404, f"unknown model {name!r}; served: {', '.join(self.models)}")
-        return self.models[name]
+            name = next(iter(self.models))
+        matches = [m for key, m in self.models.items() if key == name or m.artifact.model_name == name]
+        if format_name is not None and format_name != "1":  # "1": the version OIP clients send by default
+            matches = [m for m in matches if m.artifact.format == format_name]
+        if not matches:
+            wanted = f"{name!r} in format {format_name!r}" if format_name not in (None, "1") else repr(name)
+            raise RequestError(404, f"unknown model {wanted}; served: {', '.join(self.models)}")
+        if len(matches) > 1:
+            raise RequestError(400, f"model {name!r} is served in formats "
+                                    f"{', '.join(m.artifact.format for m in matches)}: add ?format=FORMAT, or name "
+                                    f"one of {', '.join(m.name for m in matches)}")
+        return matches[0]
+
+    def requested(self, request: Request, body: Mapping[str, Any] | None = None) -> ServedModel:
+        """The served model a request names in its path, its query or (for /feedback) its body."""
+        body = body or {}
+        name = request.path_params.get("name", request.query_params.get("model", body.get("model")))
+        return self.model(name, request.path_params.get("version", request.query_params.get("format",
+                                                                                           body.get("format"))))
 
     async def run(self, served: ServedModel, inputs: list[np.ndarray], request_id: str
                   ) -> tuple[list[np.ndarray], float]:
@@ -170,20 +189,21 @@ class InferenceServer:
             error_id = uuid.uuid4().hex[:12]
             LOGGER.exception("inference failed on %s (error id %s, request %s)", served.name, error_id, request_id)
             served.monitor.record(latency_ms, rows, error=exc, request_id=request_id)
-            self.metrics.observe(served.name, latency_ms, rows, error=type(exc).__name__)
+            self.metrics.observe(served.labels, latency_ms, rows, error=type(exc).__name__)
             raise RequestError(500, f"inference failed (error id {error_id})") from exc
         latency_ms = (time.perf_counter() - start) * 1e3
         prediction = top1(outputs[0])
         served.monitor.record(latency_ms, rows, prediction=prediction[0] if len(prediction) == 1 else None,
                               request_id=request_id)
         served.monitor.record_inputs({spec.name: array for spec, array in zip(served.artifact.inputs, inputs)})
-        self.metrics.observe(served.name, latency_ms, rows)
+        self.metrics.observe(served.labels, latency_ms, rows)
         return outputs, latency_ms
 
     def reject(self, served: ServedModel | None, status: int) -> None:
         """Count a refused request (bad input) in the metrics, so /metrics shows every request received; one
         that names no served model is counted under `UNKNOWN_MODEL`."""
-        self.metrics.observe(served.name if served is not None else UNKNOWN_MODEL, 0.0, 0, error=f"http_{status}")
+        self.metrics.observe(served.labels if served is not None else (UNKNOWN_MODEL, ""), 0.0, 0,
+                             error=f"http_{status}")
 
     async def decode(self, decoder: Callable[..., Any], raw: bytes, *args: Any) -> Any:
         """`decoder(raw, *args)`: a request's decoding (JSON parsing, array conversion, checks), in another process
@@ -196,13 +216,13 @@ class InferenceServer:
         return await asyncio.get_running_loop().run_in_executor(self.decoders, decoder, raw, *args)
 
     async def predict(self, request: Request) -> Response:
-        served = self.model(request.query_params.get("model"))
+        served = self.requested(request)
         raw = await request.body()
         body, inputs = await self.decode(decode_predict, raw, served.name, served.artifact.inputs,
                                          self.settings.max_rows)
         request_id = str(body.get("id") or uuid.uuid4().hex)
         outputs, latency_ms = await self.run(served, inputs, request_id)
-        result: dict[str, Any] = {"request_id": request_id, "model": served.name,
+        result: dict[str, Any] = {"request_id": request_id, "model": served.name, "format": served.artifact.format,
                                   "latency_ms": round(latency_ms, 4), "predictions": top1(outputs[0]).tolist(),
                                   "outputs": {s.name: o for s, o in zip(served.artifact.outputs, outputs)}}
         if body.get("softmax") is True or request.query_params.get("softmax") in ("1", "true"):
@@ -210,7 +230,7 @@ class InferenceServer:
         return JSONResponse(result)
 
     async def infer_v2(self, request: Request) -> Response:
-        served = self.model(request.path_params["name"])
+        served = self.requested(request)
         raw = await request.body()
         header = request.headers.get("inference-header-content-length")
         body, inputs = await self.decode(decode_infer, raw, header, served.name, served.artifact.inputs,
@@ -249,14 +269,14 @@ class InferenceServer:
             raise RequestError(400, 'expected {"request_id": ..., "label": ...}')
         if not isinstance(body["request_id"], (str, int)) or isinstance(body["label"], (dict, list)):
             raise RequestError(400, "request_id must be a string (or integer) and label a single value")
-        served = self.model(body.get("model"))
+        served = self.requested(request, body)
         matched = served.monitor.record_ground_truth(str(body["request_id"]), body["label"])
         return JSONResponse({"matched": matched})
 
     async def metrics_endpoint(self, request: Request) -> Response:
         """Prometheus text: the monitors' window figures copied into the gauges, then the registry."""
-        for name, served in self.models.items():
-            self.metrics.refresh(name, served.monitor.metrics())
+        for served in self.models.values():
+            self.metrics.refresh(served.labels, served.monitor.metrics())
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     def app(self) -> BodyLimit:
@@ -264,9 +284,8 @@ class InferenceServer:
             async def endpoint(request: Request) -> Response:
                 served = None
                 try:
-                    name = request.path_params.get("name") or request.query_params.get("model")
-                    served = self.models.get(name) if name else (
-                        next(iter(self.models.values())) if len(self.models) == 1 else None)
+                    with contextlib.suppress(RequestError):  # a refusal is counted under the model it names
+                        served = self.requested(request)
                     return await method(request)
                 except RequestError as exc:
                     if exc.status < 500:
@@ -302,13 +321,14 @@ class InferenceServer:
             Route("/v2/models", sync(lambda r: {"models": [
                 {"name": n, "versions": ["1"], "platform": get_format(m.artifact.format).platform,
                  "state": "READY" if m.ready else "UNAVAILABLE"} for n, m in self.models.items()]})),
-            Route("/v2/models/{name}", sync(lambda r: self.model(r.path_params["name"]).metadata())),
-            Route("/v2/models/{name}/ready", sync(
-                lambda r: {"name": r.path_params["name"], "ready": self.model(r.path_params["name"]).ready},
-                lambda r: 200 if self.models.get(r.path_params["name"]) and
-                self.models[r.path_params["name"]].ready else 400)),
-            Route("/v2/models/{name}/infer", handle(self.infer_v2), methods=["POST"]),
         ]
+        for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):  # a version is a format
+            routes += [
+                Route(prefix, sync(lambda r: self.requested(r).metadata())),
+                Route(f"{prefix}/ready", sync(lambda r: {"name": r.path_params["name"],
+                                                         "ready": self.requested(r).ready},
+                                              lambda r: 200 if self.requested(r).ready else 400)),
+                Route(f"{prefix}/infer", handle(self.infer_v2), methods=["POST"])]
         routes.append(Route("/openapi.json", sync(lambda r: openapi_document(list(self.models)))))
 
         async def unrouted(request: Request, exc: Exception) -> Response:

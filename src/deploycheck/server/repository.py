@@ -36,12 +36,14 @@ def servable_formats() -> list[str]:
 def discover(path: str | os.PathLike[str], verify_key: str | os.PathLike[str] | None = None,
              trust_code: bool = False, threads: int | None = None) -> dict[str, Artifact]:
     """The artifacts under `path` (one artifact directory, or a tree of them), named by model, or
-    `model-format` when a model has several servable formats. The format is read from each verified sidecar
-    (never from a directory's name) before anything is loaded: a format that needs model code is never served,
-    one whose loading runs the artifact's code (TorchScript, `.pt2`) only when signed by `verify_key`'s owner or
-    with `trust_code`; with `verify_key`, every artifact must verify. What cannot be served is refused when
-    named directly and skipped, with a log line saying why, in a tree. `threads` fixes each runtime's intra-op
-    thread count (ONNX Runtime's pool without spinning threads; torch's process-wide count)."""
+    `model-format` when a model has several servable formats (its metrics keep the model's name, with the
+    format in a label, and requests may also name the model and the format apart). The format is read from each
+    verified sidecar (never from a directory's name) before anything is loaded: a format that needs model code
+    is never served, one whose loading runs the artifact's code (TorchScript, `.pt2`) only when signed by
+    `verify_key`'s owner or with `trust_code`; with `verify_key`, every artifact must verify. What cannot be
+    served is refused when named directly and skipped, with a log line saying why, in a tree. `threads` fixes
+    each runtime's intra-op thread count (ONNX Runtime's pool without spinning threads; torch's process-wide
+    count)."""
     root = Path(path)
     single = (root / METADATA_FILE).is_file()
     directories = [root] if single else sorted(p.parent for p in root.rglob(METADATA_FILE))
@@ -86,6 +88,11 @@ class ServedModel:
 
     def __post_init__(self) -> None:
         self.dynamic_batch = all(spec.shape and spec.shape[0] is None for spec in self.artifact.inputs)
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        """Its metrics' (model, format) labels: the model's own name whatever it is served as."""
+        return self.artifact.model_name, self.artifact.format
 
     async def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         if self.batcher is not None and self.dynamic_batch:
