@@ -80,6 +80,14 @@ def test_compare_exits_non_zero_on_a_regression(tmp_path: Path) -> None:
                            capture_output=True, text=True)
     assert loose.returncode == 0, loose.stdout
 
+    (tmp_path / "empty").mkdir()
+    other = BaselineStore(tmp_path / "other")
+    other.write({"model": "x", "format": "onnx", "accuracy": {"value": 0.95}})
+    for wrong, hint in (((tmp_path / "empty", new.root), "(is the path right?)"), ((other.root, new.root), "")):
+        nothing = subprocess.run([*EXE, "compare", *map(str, wrong)], capture_output=True, text=True)
+        assert nothing.returncode == 2, "a wrong path in a CI script must not read as a pass (it exited 0)"
+        assert f"nothing in common to compare: {wrong[0]} holds" in nothing.stderr and hint in nothing.stderr
+
     (new.path("m", "onnx")).write_text("{")
     broken = subprocess.run([*EXE, "compare", str(old.root), str(new.root)], capture_output=True, text=True)
     assert broken.returncode == 2 and f"{new.path('m', 'onnx')}: not valid JSON" in broken.stderr

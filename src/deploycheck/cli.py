@@ -191,6 +191,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Hold NEW to OLD with the baseline rules; exit 1 on a regression, so CI scripts outside pytest can gate."""
     from deploycheck.baseline.compare import compare_sets
+    from deploycheck.baseline.rules import command_line_rules
     from deploycheck.baseline.store import load_records
     from deploycheck.project_settings import pyproject_settings
     from deploycheck.table import format_table
@@ -199,25 +200,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     settings = pyproject_settings(Path(args.project))
     layers = [(f"{Path(args.project) / 'pyproject.toml'} [tool.deploycheck.rules]", settings.get("rules"))]
     if args.rule:
-        overrides: dict[str, Any] = {}
-        for item in args.rule:
-            key, _, value = item.partition("=")
-            try:
-                overrides[key.strip()] = value if key.strip() == "latency" else float(value)
-            except ValueError:
-                raise DeployCheckError(f"--rule {item!r}: expected KEY=NUMBER (or latency=p50:10%)") from None
-        layers.append(("--rule", overrides))
+        layers.append(("--rule", command_line_rules(args.rule)))
     comparisons = compare_sets(old, new, layers, str(args.old))
+    if not comparisons:  # a wrong path in a CI script must not read as a pass
+        raise DeployCheckError(f"nothing in common to compare: {args.old} holds {len(old)} model x format record(s), "
+                               f"{args.new} {len(new)}" + ("" if old and new else " (is the path right?)"))
     for comparison in comparisons:
         if comparison.findings and (args.verbose or not comparison.passed or comparison.inconclusive):
             print(f"{comparison}\n")
     rows = [[c.model, c.format, c.short(), c.status] for c in comparisons]
-    print(format_table(["model", "format", "vs old", "status"], rows) if rows else "nothing in common to compare")
+    print(format_table(["model", "format", "vs old", "status"], rows))
     for label, only in (("only in OLD", sorted(set(old) - set(new))), ("only in NEW", sorted(set(new) - set(old)))):
         if only:
             print(f"{label}: {', '.join(f'{m}/{f}' for m, f in only)}")
     regressed = [c for c in comparisons if not c.passed]
-    print(f"\n{len(regressed)} of {len(comparisons)} regressed" if comparisons else "")
+    print(f"\n{len(regressed)} of {len(comparisons)} regressed")
     return 1 if regressed else 0
 
 

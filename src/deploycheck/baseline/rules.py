@@ -111,3 +111,15 @@ def resolve_rules(format_name: str, *layers: tuple[str, Mapping[str, Any] | None
     return rules
 
 
+
+
+def command_line_rules(items: list[str]) -> dict[str, Any]:
+    """`deploycheck compare --rule KEY=NUMBER` (or `latency=p50:10%`) options as a rules layer."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key.strip()] = value if key.strip() == "latency" else float(value)
+        except ValueError:
+            raise BaselineError(f"--rule {item!r}: expected KEY=NUMBER (or latency=p50:10%)") from None
+    return overrides
