@@ -84,13 +84,14 @@ def digits_student():
     return compressed_spec("student", original="digits_cnn", max_accuracy_drop_vs_original=0.001)
 ''')
     result = pytester.runpytest_subprocess("-k", "original", "--deploycheck-formats=onnx", "--deploycheck-no-bench",
-                                           "--deploycheck-no-baselines", f"--deploycheck-artifacts={tmp_path}")
+                                           "--deploycheck-no-baselines", f"--deploycheck-artifacts={tmp_path}", "-rs")
     result.assert_outcomes(failed=1, skipped=1)
     result.stdout.fnmatch_lines([
         "*digits_student/onnx against its original digits_cnn",
         "*original accuracy*accuracy*drop*agreement*budget*status*",
         "*99.16%*FAIL*",
         "*accuracy drop against the original *% exceeds 0.10%",
+        "SKIPPED *digits_cnn has no original to compare with (it is not a compressed model*",
     ])
 
 

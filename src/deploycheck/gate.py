@@ -117,7 +117,10 @@ class Gate:
     comparisons together): each timing gets an even share of what is left, at most `bench_time_s` (`spent`, the
     time used so far per model x format, is shared by the gates of one process);
     `skip_bench` is called instead of timing when benchmarks are switched off (the plugin passes
-    `pytest.skip`); `baselines`, when given, holds every measurement to the stored baseline of its model x
+    `pytest.skip`), and `not_applicable` with the reason where a check does not apply to the model
+    (`assert_original` on a model without an original: the plugin passes `pytest.skip`, so one test function
+    serves a project that mixes models with and without one; without it, that is a `SpecError`); `baselines`,
+    when given, holds every measurement to the stored baseline of its model x
     format, and the check that measured it fails with the rule table when it fell behind.
     """
 
@@ -126,8 +129,10 @@ class Gate:
                  exporter: Callable[[ModelSpec, str], Artifact] | None = None,
                  resolve: Callable[[str], ModelSpec] | None = None, budget_s: float | None = None,
                  clock: Callable[[], float] = time.perf_counter, progress: Progress = no_progress,
-                 spent: dict[tuple[str, str], float] | None = None) -> None:
+                 spent: dict[tuple[str, str], float] | None = None,
+                 not_applicable: Callable[[str], Any] | None = None) -> None:
         self._record = record or (lambda payload: None)
+        self.not_applicable = not_applicable
         self.bench_time_s = bench_time_s
         self.bench_lock = bench_lock
         self.skip_bench = skip_bench
@@ -350,6 +355,9 @@ class Gate:
         original in the same format, and (unless benchmarks are off) the speedup measured side by side."""
         if artifact.spec is None:
             raise DeployCheckError(f"{artifact!r} has no spec; comparing with the original needs it")
+        if artifact.spec.original is None and self.not_applicable is not None:
+            self.not_applicable(f"{artifact.model_name} has no original to compare with (it is not a compressed "
+                                "model: ModelSpec(original=...) is not set)")
         original = original_spec(artifact.spec, self.resolve)
         original_artifact = self._export(original, artifact.format)
 

@@ -252,6 +252,6 @@ def deploycheck(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
                 skip_bench=pytest.skip if option(config, "no-bench") else None, baselines=baselines,
                 exporter=_deploycheck_exports.artifact, resolve=request.getfixturevalue,
                 budget_s=float(budget) / pairs if budget else None, progress=terminal_progress(config),
-                spent=config.stash.setdefault(TIMING_SPENT, {}))
+                spent=config.stash.setdefault(TIMING_SPENT, {}), not_applicable=pytest.skip)
 
 
