@@ -19,7 +19,7 @@ EXE = [sys.executable, "-m", "deploycheck.cli"]
 def test_init_writes_a_project_that_passes_the_gate(tmp_path: Path, pytester: pytest.Pytester) -> None:
     assert main(["init", str(pytester.path)]) == 0
     assert (pytester.path / "conftest.py").is_file() and (pytester.path / "baselines").is_dir()
-    assert main(["init", str(pytester.path)]) == 1, "init never overwrites without --force"
+    assert main(["init", str(pytester.path)]) == 0, "init again: its own files are recognised, left as they are"
     tests = (pytester.path / "tests" / "test_deploy.py").read_text()
     assert all(f"def test_{name}(artifact, deploycheck)" in tests for name in ("parity", "accuracy", "speed"))
     assert "factory=MyModel" in (pytester.path / "conftest.py").read_text()
@@ -30,6 +30,33 @@ def test_init_writes_a_project_that_passes_the_gate(tmp_path: Path, pytester: py
     pytester.runpytest_subprocess(*options, "--deploycheck-update").assert_outcomes(passed=12)
     pytester.runpytest_subprocess(*options).assert_outcomes(passed=12)
     assert (pytester.path / "baselines" / "my_model" / "onnx.json").is_file()
+
+
+def test_init_in_a_project_with_its_own_conftest_loses_nothing(tmp_path: Path, pytester: pytest.Pytester,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The user's conftest.py (a fixture, a pytest_plugins line) and tests/test_deploy.py stay as they were,
+    with one import line added to the conftest; the gate and the user's own test then run together."""
+    users_conftest = ('import pytest\n\npytest_plugins = []\n\n\n@pytest.fixture\ndef database():\n'
+                      '    return {"rows": 3}\n')
+    users_test = "def test_database(database):\n    assert database['rows'] == 3\n"
+    (pytester.path / "conftest.py").write_text(users_conftest)
+    (pytester.path / "tests").mkdir()
+    (pytester.path / "tests" / "test_deploy.py").write_text(users_test)
+    assert main(["init", str(pytester.path)]) == 0
+    printed = capsys.readouterr().out
+    conftest = (pytester.path / "conftest.py").read_text()
+    assert conftest.startswith(users_conftest) and conftest.count("from conftest_deploycheck import *") == 1
+    assert (pytester.path / "tests" / "test_deploy.py").read_text() == users_test
+    assert "left " in printed and "(yours)" in printed and "added to" in printed
+    assert main(["init", str(pytester.path)]) == 0 and (pytester.path / "conftest.py").read_text() == conftest, \
+        "the line is added once"
+    models = pytester.path / "conftest_deploycheck.py"
+    models.write_text(models.read_text() + "# edited\n")
+    assert main(["init", str(pytester.path)]) == 2, "an edited file of init's is not overwritten silently"
+    assert main(["init", str(pytester.path), "--force"]) == 0
+    assert (pytester.path / "conftest_deploycheck.py.bak").read_text().endswith("# edited\n"), "kept, not lost"
+    options = [f"--deploycheck-artifacts={tmp_path}", "--deploycheck-no-bench", "--deploycheck-formats=eager,onnx"]
+    pytester.runpytest_subprocess(*options, "--deploycheck-update").assert_outcomes(passed=5, skipped=2)
 
 
 def test_demo_prints_every_installed_format_and_reuses_its_cache(tmp_path: Path, cache_env: dict[str, str]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from deploycheck.errors import DeployCheckError
-from deploycheck.init_templates import CONFTEST_TEMPLATE, PYPROJECT_TEMPLATE, TEST_TEMPLATE
+from deploycheck.init_project import init_project
 
 
 def load_spec_function(reference: str) -> Any:
@@ -166,25 +166,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    root = Path(args.directory)
-    files = {root / "conftest.py": CONFTEST_TEMPLATE, root / "tests" / "test_deploy.py": TEST_TEMPLATE}
-    pyproject = root / "pyproject.toml"
-    existing = [str(p) for p in files if p.exists()]
-    if existing and not args.force:
-        print(f"deploycheck init: not overwriting {', '.join(existing)} (use --force)", file=sys.stderr)
-        return 1
-    for path, text in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        print(f"wrote {path}")
-    existing_pyproject = pyproject.read_text() if pyproject.exists() else ""
-    if "[tool.deploycheck" not in existing_pyproject:
-        pyproject.write_text(existing_pyproject + PYPROJECT_TEMPLATE)
-        print(f"{'added [tool.deploycheck] to' if existing_pyproject else 'wrote'} {pyproject}")
-    (root / "baselines").mkdir(exist_ok=True)
-    (root / "baselines" / ".gitkeep").touch()
-    print(f"wrote {root / 'baselines'}/\nnext: `pytest --deploycheck-update` records the baselines (commit them), "
-          "then `pytest` gates; replace MyModel, trained_model and labelled_batches in conftest.py with yours")
+    """The gate's files in a new or existing project; nothing of the user's is overwritten (`init_project`)."""
+    for line in init_project(Path(args.directory), force=args.force):
+        print(line)
+    print("next: `pytest --deploycheck-update` records the baselines (commit them), then `pytest` gates; replace "
+          "MyModel, trained_model and labelled_batches with yours")
     return 0
 
 
@@ -292,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = add("init", "write a starting conftest.py, tests/test_deploy.py and baselines/")
     init.add_argument("directory", nargs="?", default=".")
-    init.add_argument("--force", action="store_true", help="overwrite existing files")
+    init.add_argument("--force", action="store_true", help="rewrite a file init wrote before that differs now "
+                      "(a copy is kept as NAME.bak); a conftest.py of yours is never rewritten")
     init.set_defaults(handler=cmd_init)
 
     export = add("export", "export MODULE:FUNC's model to every format")

@@ -56,6 +56,12 @@ def my_model() -> deploycheck.ModelSpec:
     )
 '''
 
+# the same models for a project with its own conftest.py, which imports them (`__all__`: only the fixtures)
+MODELS_TEMPLATE = CONFTEST_TEMPLATE.replace(
+    "registered with @deploycheck.model.",
+    "registered with @deploycheck.model;\nloaded by the line `deploycheck init` added to conftest.py.", 1).replace(
+    "\nimport deploycheck\n", '\nimport deploycheck\n\n__all__ = ["my_model"]  # what conftest.py imports\n', 1)
+
 TEST_TEMPLATE = '''"""The deployment gate: every registered model x every format, loaded back from disk."""
 
 
