@@ -131,6 +131,23 @@ def test_accuracy_parity_and_size_rules() -> None:
     assert statuses(missing) == {"accuracy": MISSING} and not missing.passed
 
 
+def test_the_vs_baseline_cell_keeps_the_figure_that_matters_whole() -> None:
+    """Four regressions in two sections: the cell shows the first whole and counts the rest (the cell joined
+    them all and was cut at 44 characters, inside the second figure)."""
+    from deploycheck.report import CELL_WIDTH, summary_table
+
+    old = record(size={"bytes": 1000}, parity={"max_abs": 1e-3, "top1_agreement": 1.0}, accuracy={"value": 0.95})
+    worse = record(size={"bytes": 1100}, parity={"max_abs": 3e-3, "top1_agreement": 0.98}, accuracy={"value": 0.94})
+    size_and_parity = compare_records(old, worse, Rules(), "b.json", sections=("size", "parity"))
+    accuracy = compare_records(old, worse, Rules(), "b.json", sections=("accuracy",))
+    assert size_and_parity.short() == "size +10.0% REGRESSED (+2 more)"
+    row = {"model": "m", "format": "onnx", "size_bytes": 1100,
+           "baseline": {"size+parity": size_and_parity.to_dict(), "accuracy": accuracy.to_dict()}}
+    table = summary_table([row])
+    assert "size +10.0% REGRESSED (+3 more)" in table and "…" not in table
+    assert len("size +10.0% REGRESSED (+3 more)") < CELL_WIDTH
+
+
 def test_latency_regression_needs_both_effect_size_and_significance() -> None:
     old = record(latency=latency_section(1.0))
     assert compare_records(old, record(latency=latency_section(1.02, seed=1)), Rules(), "b").passed
@@ -246,6 +263,9 @@ def test_markdown_report_is_a_github_table_and_html_has_both_plots() -> None:
     rendered = MarkdownIt("commonmark").enable("table").render(markdown)
     assert rendered.count("<table>") == 2 and rendered.count("<tr>") == 3 + 3
     assert "x \\| y" in markdown, "a pipe inside a cell is escaped"
+    assert markdown.startswith("## deploycheck: FAILED\n")
+    assert markdown.rstrip().endswith("**Verdict: FAILED** (1 of 2 passed). If the changes are intended, accept "
+                                      "them with `pytest --deploycheck-update`."), markdown
     page = html_report(rows)
     assert page.count("<svg") == 2 and 'aria-label="latency distribution per format"' in page
     assert "m/onnx_int8_static (batch 1)" in page and '<td class="bad">FAIL</td>' in page

@@ -21,7 +21,8 @@ import deploycheck
 def tiny():
     torch.manual_seed(0)
     x = torch.randn(512, 12)
-    model = torch.nn.Sequential(torch.nn.Linear(12, 24), torch.nn.ReLU(), torch.nn.Linear(24, 3)).eval()
+    hidden = int(os.environ.get("TINY_HIDDEN", "24"))
+    model = torch.nn.Sequential(torch.nn.Linear(12, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 3)).eval()
     labels = model(x).argmax(1)
     noise = float(os.environ.get("TINY_WEIGHT_NOISE", "0"))
     if noise:
@@ -90,6 +91,26 @@ def test_baseline_lifecycle(pytester: pytest.Pytester, monkeypatch: pytest.Monke
     stale = pytester.runpytest_subprocess(*common)
     stale.assert_outcomes(passed=4)
     stale.stdout.fnmatch_lines(["*1 stale baseline(s)*", f"*{baselines / 'retired' / 'onnx.json'}"])
+
+
+def test_a_size_regression_fails_test_size_not_test_parity(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path) -> None:
+    """A CI listing names a size regression as one; a gate without test_size is told its size is not held."""
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_gate=TESTS + "\n\ndef test_size(artifact, deploycheck):\n    deploycheck.assert_size(artifact)\n")
+    common = ["-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path / 'artifacts'}",
+              "--deploycheck-formats=onnx", "-rf"]
+    pytester.runpytest_subprocess(*common, "--deploycheck-update").assert_outcomes(passed=3)
+    monkeypatch.setenv("TINY_HIDDEN", "48")
+    grown = pytester.runpytest_subprocess(*common)
+    grown.assert_outcomes(passed=2, failed=1)
+    grown.stdout.fnmatch_lines(["FAILED test_gate.py::test_size?tiny/onnx?*"])
+    assert any("size" in line and "REGRESSED" in line for line in grown.stdout.lines)
+    pytester.makepyfile(test_gate=TESTS)
+    unheld = pytester.runpytest_subprocess(*common)
+    unheld.assert_outcomes(passed=2)
+    unheld.stdout.fnmatch_lines(["deploycheck: no test called assert_size for tiny/onnx: their size is held to no "
+                                 "baseline (add `def test_size(artifact, deploycheck): *"])
 
 
 def test_update_new_only_creates_missing_and_broken_files_are_named(pytester: pytest.Pytester,

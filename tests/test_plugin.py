@@ -106,6 +106,17 @@ def test_formats_option_and_ini_key_and_json_report(pytester: pytest.Pytester, t
     assert "unknown format(s) ['nope']; valid: eager, state_dict" in result.stderr.str()
 
 
+def test_a_run_without_xdist_does_not_warn_of_the_xdist_group_mark(pytester: pytest.Pytester, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every run without pytest-xdist printed `PytestUnknownMarkWarning: Unknown pytest.mark.xdist_group`."""
+    make_project(pytester)
+    monkeypatch.setenv("PYTEST_PLUGINS", "deploycheck.plugin")  # deploycheck alone: no xdist to register the mark
+    result = pytester.runpytest_subprocess("--deploycheck-formats=eager", f"--deploycheck-artifacts={tmp_path}",
+                                           "-W", "error::pytest.PytestUnknownMarkWarning")
+    result.assert_outcomes(passed=1)
+    assert "PytestUnknownMarkWarning" not in result.stdout.str() + result.stderr.str()
+
+
 def test_the_model_is_also_a_fixture(pytester: pytest.Pytester) -> None:
     make_project(pytester)
     pytester.makepyfile(test_fixture="def test_spec(tiny):\n    assert tiny.name == 'tiny' and tiny.batch_size == 8\n")

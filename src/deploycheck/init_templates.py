@@ -73,6 +73,10 @@ def test_accuracy(artifact, deploycheck):     # accuracy drop within ModelSpec(m
     deploycheck.assert_accuracy(artifact)
 
 
+def test_size(artifact, deploycheck):         # the artifact's bytes, held to the baseline
+    deploycheck.assert_size(artifact)
+
+
 def test_speed(artifact, deploycheck):        # latency per batch size, held to the baseline
     deploycheck.bench(artifact)
 '''

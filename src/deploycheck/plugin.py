@@ -58,6 +58,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("--deploycheck-update rewrites every baseline and --deploycheck-update-new only "
                                 "creates missing ones: give one of them")
     config.stash[BASELINE_SETTINGS] = read_baseline_settings(config)
+    # the mark the gate's items carry; registered here too, so a run without pytest-xdist does not warn of it
+    config.addinivalue_line("markers", "xdist_group(name): run tests of one group in one worker (--dist loadgroup)")
     if not hasattr(config, "workerinput"):
         summary = RunSummary(config)
         config.stash[SUMMARY] = summary

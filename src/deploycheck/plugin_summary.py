@@ -150,6 +150,7 @@ class RunSummary:
             quantization_summary,
             summary_table,
             unchecked_budgets,
+            unchecked_sizes,
             verdict,
         )
 
@@ -160,6 +161,7 @@ class RunSummary:
             lines += best_formats(rows)
             lines += quantization_summary(rows)
             lines += unchecked_budgets(rows)
+            lines += unchecked_sizes(rows)
             lines += inconclusive_summary(rows)
             budget = option(self.config, "budget")
             lines += budget_summary(rows, float(budget) if budget else None)

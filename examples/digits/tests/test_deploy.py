@@ -10,6 +10,10 @@ def test_accuracy(artifact, deploycheck):
     deploycheck.assert_accuracy(artifact)
 
 
+def test_size(artifact, deploycheck):
+    deploycheck.assert_size(artifact)
+
+
 def test_speed(artifact, deploycheck):
     deploycheck.bench(artifact)
     deploycheck.check_speedup(artifact)

@@ -84,12 +84,21 @@ class Comparison:
     def status(self) -> Verdict:
         return "FAIL" if self.regressed else "inconclusive" if self.inconclusive else "ok"
 
-    def short(self) -> str:
-        """A few words for the summary table's "vs baseline" column: what fell behind or could not be judged,
-        else the change of the first latency statistic, else "same"."""
+    def headline(self) -> str:
+        """The first thing that fell behind or could not be judged, whole and short enough for a table cell
+        (`p50 ms b1 +30.2% REGRESSED`); empty when nothing did."""
         problems = self.regressed + self.inconclusive
+        if not problems:
+            return ""
+        first = problems[0]
+        return f"{first.metric.replace(' @ batch ', ' b')} {first.change.split(' [')[0]} {first.status}".strip()
+
+    def short(self) -> str:
+        """A few words for the "vs baseline" column: the headline and how many more problems there are, else the
+        change of the first latency statistic, else "same"."""
+        problems = len(self.regressed + self.inconclusive)
         if problems:
-            return "; ".join(f"{f.metric} {f.change.split(' [')[0]} {f.status}".strip() for f in problems[:2])
+            return self.headline() + (f" (+{problems - 1} more)" if problems > 1 else "")
         latency = [f for f in self.findings if " @ batch " in f.metric]
         return f"{latency[0].metric.split(' @')[0]} {latency[0].change.split(' [')[0]}" if latency else "same"
 
@@ -109,6 +118,7 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "status": self.status, "passed": self.passed, "change": self.short(),
+                "headline": self.headline(), "problems": len(self.regressed + self.inconclusive),
                 "findings": [vars(f) for f in self.findings], **({"costs": self.costs} if self.costs else {})}
 
 
