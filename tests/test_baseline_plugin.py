@@ -97,7 +97,8 @@ def test_a_size_regression_fails_test_size_not_test_parity(pytester: pytest.Pyte
                                                            tmp_path: Path) -> None:
     """A CI listing names a size regression as one; a gate without test_size is told its size is not held."""
     pytester.makeconftest(CONFTEST)
-    pytester.makepyfile(test_gate=TESTS + "\n\ndef test_size(artifact, deploycheck):\n    deploycheck.assert_size(artifact)\n")
+    size_test = "\n\ndef test_size(artifact, deploycheck):\n    deploycheck.assert_size(artifact)\n"
+    pytester.makepyfile(test_gate=TESTS + size_test)
     common = ["-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path / 'artifacts'}",
               "--deploycheck-formats=onnx", "-rf"]
     pytester.runpytest_subprocess(*common, "--deploycheck-update").assert_outcomes(passed=3)
