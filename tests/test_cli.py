@@ -69,6 +69,8 @@ def test_demo_prints_every_installed_format_and_reuses_its_cache(tmp_path: Path,
         assert f"\n{name} " in first
     formats = len(installed_formats())
     assert first.count("exported") == formats and second.count("cached") == formats
+    assert "int8 formats are\n  judged by top-1 agreement with eager (at least 90%) and SQNR" in first, "a legend"
+    assert first.rstrip().splitlines()[-1].startswith("next: `deploycheck init` writes this gate into your project")
 
 
 def test_export_command_and_bad_reference(tmp_path: Path, cache_env: dict[str, str]) -> None:
