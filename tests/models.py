@@ -135,3 +135,30 @@ def distil_clf_spec(**overrides: object) -> deploycheck.ModelSpec:
     }
     settings.update(overrides)
     return deploycheck.ModelSpec(**settings)  # type: ignore[arg-type]
+
+
+class CausalLM(nn.Module):
+    """A user's own 2-layer GPT-2 language model (random weights, from a config; transformers' default SDPA
+    attention, and its `Conv1D` projections): token ids in, logits out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import transformers
+
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(vocab_size=500, n_positions=64, n_embd=64, n_layer=2, n_head=2,
+                                         bos_token_id=0, eos_token_id=0)
+        self.gpt = transformers.GPT2LMHeadModel(config).eval()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.gpt(input_ids=input_ids, use_cache=False).logits
+
+
+def gpt2_spec(**overrides: object) -> deploycheck.ModelSpec:
+    settings: dict[str, object] = {
+        "name": "gpt2_tiny", "model": CausalLM().eval(), "factory": CausalLM,
+        "example_inputs": {"input_ids": torch.randint(0, 500, (4, 16), generator=torch.Generator().manual_seed(2))},
+        "dynamic_axes": {"input_ids": {1: "seq"}},
+    }
+    settings.update(overrides)
+    return deploycheck.ModelSpec(**settings)  # type: ignore[arg-type]

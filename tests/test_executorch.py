@@ -75,6 +75,25 @@ def test_a_sequence_longer_than_the_program_planned_is_refused_by_name(tmp_path:
         artifact.run([np.zeros((2, 9), dtype=np.int64)])
 
 
+def test_gpt2_with_a_dynamic_sequence_lowers_or_is_unavailable_with_the_cause(tmp_path: Path) -> None:
+    """ExecuTorch 1.5's passes cannot re-trace GPT-2's SDPA attention with symbolic shapes ("Cannot view a tensor
+    with shape [s21, s41, 64] ..."), which was an export error of the user's test; now the format is skipped with
+    that cause, or, with an ExecuTorch that lowers it, runs at parity. torch_export exports the same model."""
+    pytest.importorskip("transformers")
+    from models import gpt2_spec
+
+    from deploycheck.errors import FormatUnavailable
+
+    spec = gpt2_spec(formats=["torch_export", "executorch"])
+    try:
+        artifact = deploycheck.export(spec, "executorch", tmp_path / "executorch")
+    except FormatUnavailable as exc:
+        assert "gpt2_tiny/executorch: ExecuTorch cannot lower this model's torch.export program (" in str(exc)
+    else:
+        assert check_parity(artifact).passed
+    assert set(deploycheck.export_all(spec, tmp_path / "all")) >= {"torch_export"}
+
+
 def test_loading_with_a_thread_count_sets_executorchs_pool_and_earlier_loads_still_run(
         digits_artifacts, digits_spec) -> None:
     from executorch.extension.pybindings import portable_lib

@@ -80,7 +80,13 @@ def lower_to_pte(module: Any, spec: ModelSpec, out_dir: Path,
     if shapes is not None and isinstance(module, torch.fx.GraphModule):
         shapes = shapes[0]  # a captured (e.g. quantized) graph takes its inputs one by one, not as `*inputs`
     program = torch.export.export(module, tracing_inputs(spec, bound), dynamic_shapes=shapes)
-    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    try:
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    except Exception as exc:  # the model exported; ExecuTorch's own passes cannot take its program
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise FormatUnavailable(
+            f"{spec.name}/{format_name}: ExecuTorch cannot lower this model's torch.export program "
+            f"({type(exc).__name__}: {first[:300]}); torch_export and onnx are unaffected") from exc
     counters = program_costs(edge.exported_program())
     del counters["weight_bytes"]  # the delegated subgraphs hold their weights inside the delegate's blob
     ops = counters.get("ops", {})
