@@ -273,7 +273,12 @@ def check_accuracy(artifact: Artifact, spec: ModelSpec | None = None, explain: b
         report.class_distribution = {int(c): float(n / counts.sum()) for c, n in zip(classes, counts)}
     report.input_profile = input_profile(spec.calibration_data or [], artifact.inputs)
     if explain and not report.passed and artifact.format in explained_formats():
-        report.explanation = str(explain_quantization(artifact, spec))
+        try:
+            report.explanation = str(explain_quantization(artifact, spec))
+        except Exception as exc:  # the accuracy table and verdict are shown whatever the explanation does
+            first = (str(exc).strip().splitlines() or [""])[0]
+            report.explanation = (f"no per-layer explanation of {artifact.model_name}/{artifact.format}: "
+                                  f"{type(exc).__name__}: {first}")
     return report
 
 

@@ -168,7 +168,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from deploycheck.quantize import search_quantization
 
     spec = load_spec_function(args.spec)
-    result = search_quantization(spec, args.max_accuracy_drop, Path(args.out), measure_latency=not args.no_latency)
+    result = search_quantization(spec, args.max_accuracy_drop, Path(args.out), not args.no_latency,
+                                 args.min_int8_fraction)
     print(result)
     assert result.artifact is not None
     print()
@@ -311,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the budget, a fraction (0.01 is one point of accuracy)")
     quantize.add_argument("--out", required=True, help="where to write the winning onnx_int8_static artifact")
     quantize.add_argument("--no-latency", action="store_true", help="do not measure batch-1 latency per trial")
+    quantize.add_argument("--min-int8-fraction", type=float, help="of weights in int8 to count as int8 (0.5)")
     quantize.set_defaults(handler=cmd_quantize)
 
     compare = add("compare", "compare two reports or baseline directories; exit 1 on regression")

@@ -1,25 +1,31 @@
 """Accuracy-aware static int8 quantization: search for the cheapest `onnx_int8_static` configuration whose
 accuracy drop fits a budget, and write it.
 
-The search tries every calibration method (MinMax, Entropy, Percentile at 99.999, 99.99 and 99.9) with
-per-channel weights on and off.
+The search tries every calibration method (MinMax, Entropy, Percentile at 99.999, 99.99 and 99.9) and A16W8
+(16-bit activations, 8-bit weights: the usual answer to outlier activations), with per-channel weights on and
+off.
 When none fits, it keeps the layers with the worst SQNR in float (`nodes_to_exclude`, as
 `explain_quantization` ranks them), one more at a time, until the budget is met. Every trial is a real export
-evaluated on the spec's eval data; the trade-off table lists them all.
+evaluated on the spec's eval data; the trade-off table lists them all, with the fraction of weights each keeps in
+int8. A configuration with fewer than `min_int8_fraction` of its weights in int8 (the gate's "int8 in name only"
+rule) is not an answer, however accurate: keeping every layer in float fits any budget. A calibrator that fails
+on a model (ONNX Runtime's Entropy histogram on a constant tensor) is a row of the table, not the end.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploycheck.accuracy import check_accuracy, evaluate, reference_artifact
-from deploycheck.errors import DeployCheckError
+from deploycheck.errors import DeployCheckError, ExportError
 from deploycheck.explain import explain_quantization
 from deploycheck.exporting import export
+from deploycheck.formats.base import MIN_INT8_WEIGHT_FRACTION, int8_in_name_only
 from deploycheck.latency import bench
 from deploycheck.table import format_table, human_size
 
@@ -34,6 +40,8 @@ CALIBRATIONS: tuple[dict[str, Any], ...] = (
     {"calibrate_method": "Percentile"},
     {"calibrate_method": "Percentile", "extra_options": {"CalibPercentile": 99.99}},
     {"calibrate_method": "Percentile", "extra_options": {"CalibPercentile": 99.9}},
+    # A16W8: 16-bit activations (an outlier no longer crushes the other channels' int8 steps), int8 weights
+    {"calibrate_method": "MinMax", "activation_type": "QInt16"},
 )
 
 
@@ -44,6 +52,8 @@ class Trial:
     drop: float
     size_bytes: int
     p50_ms: float | None = None
+    error: str | None = None  # why this configuration could not be made (a calibrator failing on this model)
+    int8_fraction: float | None = None  # of the weights, in 8 bits (excluded nodes keep theirs in float)
 
     def describe(self) -> str:
         excluded = self.settings.get("nodes_to_exclude") or []
@@ -51,6 +61,8 @@ class Trial:
         percentile = (self.settings.get("extra_options") or {}).get("CalibPercentile")
         parts = [f"{method} {percentile}" if percentile else method,
                  "per-channel" if self.settings["per_channel"] else "per-tensor"]
+        if "16" in str(self.settings.get("activation_type", "")):
+            parts.append("A16W8 (16-bit activations)")
         if excluded:
             parts.append(f"{len(excluded)} node(s) in float: {', '.join(excluded)}")
         return ", ".join(parts)
@@ -61,61 +73,96 @@ class SearchResult:
     model: str
     budget: float
     reference_accuracy: float
+    min_int8_fraction: float = MIN_INT8_WEIGHT_FRACTION
     trials: list[Trial] = field(default_factory=list)
     winner: Trial | None = None
     artifact: Artifact | None = None
 
+    def eligible(self, trial: Trial) -> bool:
+        """Made, and int8 in more than name: a configuration that keeps most weights in float is not an int8
+        configuration, whatever its accuracy (excluding every node "fits" any budget)."""
+        return trial.error is None and not int8_in_name_only(trial.int8_fraction, self.min_int8_fraction)
+
+    def fits(self, trial: Trial) -> bool:
+        return self.eligible(trial) and trial.drop <= self.budget
+
+    def closest(self) -> Trial | None:
+        """The eligible configuration with the smallest drop."""
+        return min((t for t in self.trials if self.eligible(t)), key=lambda t: t.drop, default=None)
+
     def __str__(self) -> str:
-        rows = [[t.describe(), f"{t.accuracy:.2%}", f"{t.drop:.2%}", human_size(t.size_bytes),
-                 "" if t.p50_ms is None else f"{t.p50_ms:.3f}",
-                 "<- chosen" if t is self.winner else ("fits" if t.drop <= self.budget else "")]
-                for t in self.trials]
+        def note(t: Trial) -> str:
+            if t is self.winner:
+                return "<- chosen"
+            if not self.eligible(t):
+                return f"int8 in name only (< {self.min_int8_fraction:.0%} of weights)"
+            return "fits" if t.drop <= self.budget else ""
+
+        rows = [[t.describe(), "", "", "", "", "", f"failed: {t.error}"] if t.error is not None else
+                [t.describe(), f"{t.accuracy:.2%}", f"{t.drop:.2%}", human_size(t.size_bytes),
+                 "" if t.int8_fraction is None else f"{t.int8_fraction:.0%}",
+                 "" if t.p50_ms is None else f"{t.p50_ms:.3f}", note(t)] for t in self.trials]
         head = (f"accuracy-aware int8 search for {self.model}: reference accuracy {self.reference_accuracy:.2%}, "
-                f"budget {self.budget:.2%}")
-        table = format_table(["configuration", "accuracy", "drop", "size", "p50 ms (batch 1)", ""], rows)
-        verdict = ("no configuration fits the budget" if self.winner is None
-                   else f"chosen: {self.winner.describe()} -> {self.artifact.path if self.artifact else ''}")
+                f"budget {self.budget:.2%}, at least {self.min_int8_fraction:.0%} of weights in int8")
+        table = format_table(["configuration", "accuracy", "drop", "size", "int8 weights", "p50 ms (batch 1)", ""],
+                             rows)
+        closest = self.closest()
+        verdict = (f"chosen: {self.winner.describe()} -> {self.artifact.path if self.artifact else ''}"
+                   if self.winner is not None else "no int8 configuration within the budget; the closest: "
+                   + (f"{closest.describe()} (drop {closest.drop:.2%})" if closest else "none could be made"))
         return f"{head}\n{table}\n{verdict}"
 
 
-def search_quantization(spec: ModelSpec, max_accuracy_drop: float, out_dir: str | Path,
-                        calibrations: tuple[dict[str, Any], ...] = CALIBRATIONS, max_excluded: int = 8,
-                        measure_latency: bool = False) -> SearchResult:
-    """Find a static int8 configuration within `max_accuracy_drop` (a fraction) and export it to `out_dir`.
+def search_quantization(spec: ModelSpec, max_accuracy_drop: float, out_dir: str | Path, measure_latency: bool = False,
+                        min_int8_fraction: float | None = None, calibrations: tuple[dict[str, Any], ...] = CALIBRATIONS,
+                        max_excluded: int = 8) -> SearchResult:
+    """Find a static int8 configuration within `max_accuracy_drop` (a fraction), with at least
+    `min_int8_fraction` (default `MIN_INT8_WEIGHT_FRACTION`) of the weights in int8, and export it to `out_dir`.
 
-    Raises `DeployCheckError` when nothing fits, with the trade-off table in the message.
+    Raises `DeployCheckError` when nothing fits, with the trade-off table and the closest configuration.
     """
     if not spec.eval_data:
         raise DeployCheckError(f"{spec.name}: accuracy-aware quantization needs labelled eval_data")
     out_dir = Path(out_dir)
     base = export(spec, "onnx", out_dir.with_name(f"{out_dir.name}.onnx"))
     reference = evaluate(reference_artifact(spec), spec.eval_data, spec.metric, f"{spec.name}/eager").value
-    result = SearchResult(spec.name, max_accuracy_drop, reference)
+    result = SearchResult(spec.name, max_accuracy_drop, reference,
+                          MIN_INT8_WEIGHT_FRACTION if min_int8_fraction is None else min_int8_fraction)
     with tempfile.TemporaryDirectory(prefix="deploycheck-quantize-") as scratch:
 
         def trial(settings: dict[str, Any]) -> Trial:
             candidate = _with_settings(spec, settings)
-            artifact = export(candidate, FORMAT, Path(scratch) / f"trial-{len(result.trials)}", base=base)
+            try:
+                artifact = export(candidate, FORMAT, Path(scratch) / f"trial-{len(result.trials)}", base=base)
+            except ExportError as exc:  # e.g. ONNX Runtime's Entropy histogram on a constant tensor: the next one
+                cause = str(exc).split("export failed: ", 1)[-1].splitlines()[0]
+                result.trials.append(Trial(settings, math.nan, math.inf, 0, error=cause[:160]))
+                return result.trials[-1]
             report = check_accuracy(artifact, candidate, explain=False)
             latency = _p50_ms(artifact) if measure_latency else None
-            result.trials.append(Trial(settings, report.obtained, report.drop, artifact.size_bytes, latency))
+            fraction = (artifact.metadata.get("quantization") or {}).get("int8_weight_fraction")
+            result.trials.append(Trial(settings, report.obtained, report.drop, artifact.size_bytes, latency,
+                                       int8_fraction=fraction))
             return result.trials[-1]
 
         for calibration in calibrations:
             for per_channel in (True, False):
                 trial({**calibration, "per_channel": per_channel})
-        if min(t.drop for t in result.trials) > max_accuracy_drop:
-            best = min(result.trials, key=lambda t: t.drop)
+        best = result.closest()
+        if best is not None and not any(result.fits(t) for t in result.trials):
             probe = export(_with_settings(spec, best.settings), FORMAT, Path(scratch) / "probe", base=base)
             ranked = explain_quantization(probe, spec).worst_nodes(max_excluded)
-            for count in range(1, len(ranked) + 1):
-                if trial({**best.settings, "nodes_to_exclude": ranked[:count]}).drop <= max_accuracy_drop:
+            for count in range(1, len(ranked) + 1):  # the fewest of the most sensitive nodes kept in float
+                excluded = trial({**best.settings, "nodes_to_exclude": ranked[:count]})
+                if result.fits(excluded) or not result.eligible(excluded):
                     break
-    fitting = [t for t in result.trials if t.drop <= max_accuracy_drop]
+    fitting = [t for t in result.trials if result.fits(t)]
     if not fitting:
-        raise DeployCheckError(f"{result}\n{spec.name}: no static int8 configuration fits a drop of "
-                               f"{max_accuracy_drop:.2%}; raise the budget or keep the model in fp32")
-    result.winner = min(fitting, key=lambda t: (len(t.settings.get("nodes_to_exclude") or []), t.drop))
+        raise DeployCheckError(f"{result}\n{spec.name}: raise the budget, lower --min-int8-fraction, or keep the "
+                               "model in fp32")
+    # the fewest nodes in float, then 8-bit activations over 16-bit ones (cheaper to run), then the smallest drop
+    result.winner = min(fitting, key=lambda t: (len(t.settings.get("nodes_to_exclude") or []),
+                                                "16" in str(t.settings.get("activation_type", "")), t.drop))
     result.artifact = export(_with_settings(spec, result.winner.settings), FORMAT, out_dir, base=base)
     return result
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from deploycheck.baseline.compare import smallest_batch
 from deploycheck.formats import format_names
+from deploycheck.formats.base import int8_in_name_only
 from deploycheck.history.records import RunInfo
 from deploycheck.jsonio import write_json, write_text
 from deploycheck.plots import svg_latency, svg_tradeoff
@@ -178,15 +179,12 @@ def verdict(rows: Sequence[dict[str, Any]]) -> str:
     return line
 
 
-NOMINAL_INT8 = 0.5  # a "quantized" artifact with fewer of its weights in int8 is flagged
-
-
 def quantization_summary(rows: Sequence[dict[str, Any]]) -> list[str]:
     """A line for every quantized artifact that left most of its weights in floating point (an LSTM that ONNX
     Runtime's quantizer does not handle, a model with few Linear layers): int8 in name only."""
     return [f"deploycheck: {row['model']}/{row['format']} is int8 in name only: {row['int8_weight_fraction']:.0%} of "
             "its weights are 8-bit (the rest stays floating point)" for row in rows
-            if row.get("int8_weight_fraction") is not None and row["int8_weight_fraction"] < NOMINAL_INT8]
+            if int8_in_name_only(row.get("int8_weight_fraction"))]
 
 
 def unchecked_budgets(rows: Sequence[dict[str, Any]]) -> list[str]:

@@ -334,11 +334,23 @@ class ModelSpec:
             return [self.example_inputs]
         batches = []
         for item in data:
-            is_pair = isinstance(item, (tuple, list)) and len(item) == 2 and not _is_tensor(item[1], floating=True)
-            batches.append(self._validated_inputs(item[0] if is_pair else item))
+            batches.append(self._validated_inputs(item[0] if self._is_labelled_pair(item) else item))
         if not batches:
             raise SpecError(f"ModelSpec {self.name!r}: calibration_data is empty")
         return batches
+
+
+    def _is_labelled_pair(self, item: Any) -> bool:
+        """Whether a calibration item is `(inputs, labels)` rather than the inputs themselves: a model of two
+        integer inputs (token ids and a mask) has calibration items that are pairs of integer tensors too, so
+        what is shaped like the example inputs is taken as inputs."""
+        if not (isinstance(item, (tuple, list)) and len(item) == 2) or _is_tensor(item[1], floating=True):
+            return False
+        def like(given: Any, example: torch.Tensor) -> bool:
+            return (_is_tensor(given, floating=False) and given.dim() == example.dim() and given.dtype == example.dtype
+                    and (given.shape[1:] == example.shape[1:] or bool(self.dynamic_axes)))
+
+        return not (len(self.example_inputs) == 2 and all(map(like, item, self.example_inputs)))
 
 
 def _digest(tensors: Sequence[torch.Tensor]) -> str:

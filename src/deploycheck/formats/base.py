@@ -102,6 +102,16 @@ class Format(ABC):
         """A runner over the files in `path` (already verified against `metadata`)."""
 
 
+# below this fraction of its weights in 8 bits or fewer, a quantized artifact is int8 in name only: the gate's
+# summary says so, and the accuracy-aware search does not offer it as an int8 configuration
+MIN_INT8_WEIGHT_FRACTION = 0.5
+
+
+def int8_in_name_only(fraction: float | None, floor: float = MIN_INT8_WEIGHT_FRACTION) -> bool:
+    """Whether a quantized artifact with `fraction` of its weights in int8 (None: not recorded) is below `floor`."""
+    return fraction is not None and fraction < floor
+
+
 def installed(package: str) -> bool:
     """Whether a package (its import name) can be imported, without importing it."""
     try:
