@@ -137,7 +137,7 @@ def test_digits_example_project(pytester: pytest.Pytester, tmp_path_factory, cac
                                            f"--deploycheck-baselines={baselines}", "--deploycheck-models=digits_cnn",
                                            f"--deploycheck-benchmark-json={benchmark_json}")
     formats, missing = len(installed_formats()), len(default_formats()) - len(installed_formats())
-    result.assert_outcomes(passed=3 * formats, skipped=formats + 4 * missing)  # 4 tests a format
+    result.assert_outcomes(passed=4 * formats, skipped=formats + 5 * missing)  # 5 tests a format
     result.stdout.fnmatch_lines(["*= deploycheck =*",
                                  "model*format*size*max abs err*agree (eval)*accuracy*drop*p50 ms*x eager*status",
                                  "digits_cnn*eager*ok", "digits_cnn*torch_int8_dynamic*ok",
@@ -163,8 +163,11 @@ def test_no_bench_skips_benchmarks(pytester: pytest.Pytester, tmp_path_factory, 
     result = pytester.runpytest_subprocess("--deploycheck-no-bench", "--deploycheck-formats=onnx",
                                            "--deploycheck-no-baselines", "--deploycheck-models=digits_cnn",
                                            f"--deploycheck-artifacts={artifacts}", "-rs")
-    result.assert_outcomes(passed=2, skipped=2)
+    result.assert_outcomes(passed=2, skipped=3)
     result.stdout.fnmatch_lines(["*benchmarks are off (--deploycheck-no-bench)*"])
+    result.stdout.fnmatch_lines(["SKIPPED * tests/test_deploy.py:*: baselines are off: the size is held to no "
+                                 "baseline", "SKIPPED * tests/test_deploy.py:*: digits_cnn has no original to compare "
+                                 "with*"]), "each skip is reported at the test that called the check"
 
 
 def test_quantized_artifact_from_the_search_passes_the_gate(pytester: pytest.Pytester, tmp_path: Path,
