@@ -184,7 +184,11 @@ def quantization_summary(rows: Sequence[dict[str, Any]]) -> list[str]:
     Runtime's quantizer does not handle, a model with few Linear layers): int8 in name only."""
     return [f"deploycheck: {row['model']}/{row['format']} is int8 in name only: {row['int8_weight_fraction']:.0%} of "
             "its weights are 8-bit (the rest stays floating point)" for row in rows
-            if int8_in_name_only(row.get("int8_weight_fraction"))]
+            if int8_in_name_only(row.get("int8_weight_fraction"))] + [
+        f"deploycheck: {row['model']}/{row['format']} computes {nested(row, 'counters', 'float_compute_nodes')} "
+        "matrix product(s) or convolution(s) in float (its quantizer left them, e.g. a Gemm beside the MatMuls of a "
+        "weight-only format)" for row in rows
+        if row.get("int8_weight_fraction") is not None and nested(row, "counters", "float_compute_nodes")]
 
 
 def unchecked_budgets(rows: Sequence[dict[str, Any]]) -> list[str]:

@@ -22,6 +22,8 @@ BUILTIN_FORMATS = {
     "onnx": "deploycheck.formats.onnx:OnnxFormat",
     "onnx_int8_dynamic": "deploycheck.formats.onnx_int8_dynamic:OnnxInt8DynamicFormat",
     "onnx_int8_static": "deploycheck.formats.onnx_int8_static:OnnxInt8StaticFormat",
+    "onnx_int8_weight": "deploycheck.formats.onnx_int8_weight:OnnxInt8WeightFormat",
+    "onnx_int4_weight": "deploycheck.formats.onnx_int4_weight:OnnxInt4WeightFormat",
     "torch_int8_dynamic": "deploycheck.formats.torch_int8_dynamic:TorchInt8DynamicFormat",
     "openvino": "deploycheck.formats.openvino:OpenVinoFormat",
     "openvino_int8": "deploycheck.formats.openvino_int8:OpenVinoInt8Format",
