@@ -116,6 +116,7 @@ def test_drift_on_token_ids_is_measured_on_ids_and_not_before_enough_requests(di
     """Served traffic drawn like the calibration data reads no drift, also in its lengths; ids from the rare end
     of the vocabulary read drift; and three requests read no PSI at all (it was 8.9 with decile bins)."""
     from deploycheck.accuracy import check_accuracy
+    from deploycheck.drift import input_profile
     from deploycheck.monitor import Monitor
 
     _, artifacts = distil
@@ -138,5 +139,8 @@ def test_drift_on_token_ids_is_measured_on_ids_and_not_before_enough_requests(di
             for _ in range(8)]
     shifted = served(rare, Monitor("distil_clf", baseline={"input_profile": profile}))
     assert shifted["input_ids"] > 1.0 and shifted["input_ids length"] < 0.1, shifted
+    mixed = [(b["input_ids"], b["attention_mask"]) for b in token_batches(2, length=12) + token_batches(2, length=20)]
+    two_lengths = input_profile(mixed, artifacts["onnx"].inputs)["input_ids"]  # calibration of two lengths
+    assert two_lengths["length_fractions"].count(0.5) == 2, "lengths 12 and 20: two octaves, half each"
     longer = [{k: v.repeat(1, 3) for k, v in batch.items()} for batch in token_batches(8, seed=7)]
     assert served(longer, Monitor("distil_clf", baseline={"input_profile": profile}))["input_ids length"] > 1.0

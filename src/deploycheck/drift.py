@@ -70,13 +70,14 @@ def _ids_profile(parts: Sequence[np.ndarray], spec: TensorSpec) -> dict[str, Any
     """Ids ranked on every other row and bucket fractions measured on the rows between: ranked and counted on
     the same rows, no id would ever be "other" (every id seen is ranked), so ordinary traffic, which always
     brings ids the calibration data lacked, would read as drift."""
-    rows = np.concatenate([p.astype(np.int64).reshape(p.shape[0], -1) for p in parts])
-    ranking, measured = (rows[::2], rows[1::2]) if len(rows) > 1 else (rows, rows)
+    rows = [row for part in parts for row in part.astype(np.int64).reshape(part.shape[0], -1)]  # lengths may vary
+    ranking = np.concatenate(rows[::2])
+    measured = np.concatenate(rows[1::2]) if len(rows) > 1 else ranking
     ids, counts = np.unique(ranking, return_counts=True)
     ranked = ids[np.argsort(-counts, kind="stable")][:RANK_BUCKET_ENDS[-1]]
     profile: dict[str, Any] = {"kind": "ids", "ranked": [int(i) for i in ranked],
                                "value_range": list(spec.value_range) if spec.value_range else None,
-                               "values": int(rows.size)}
+                               "values": int(sum(row.size for row in rows))}
     profile["fractions"] = _fractions(ids_binner(profile)(measured, measured.size))
     sequence = [axis for axis, size in enumerate(spec.shape) if size is None and axis > 0]
     if sequence:
