@@ -183,7 +183,7 @@ def quantization_summary(rows: Sequence[dict[str, Any]]) -> list[str]:
     """A line for every quantized artifact that left most of its weights in floating point (an LSTM that ONNX
     Runtime's quantizer does not handle, a model with few Linear layers): int8 in name only."""
     return [f"deploycheck: {row['model']}/{row['format']} is int8 in name only: {row['int8_weight_fraction']:.0%} of "
-            "its weights are 8-bit (the rest stays floating point)" for row in rows
+            "its weights are in 8 bits or fewer (the rest stays floating point)" for row in rows
             if int8_in_name_only(row.get("int8_weight_fraction"))] + [
         f"deploycheck: {row['model']}/{row['format']} computes {nested(row, 'counters', 'float_compute_nodes')} "
         "matrix product(s) or convolution(s) in float (its quantizer left them, e.g. a Gemm beside the MatMuls of a "
