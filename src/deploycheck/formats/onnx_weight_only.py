@@ -1,8 +1,8 @@
-"""Weight-only ONNX formats: ONNX Runtime's `MatMulNBitsQuantizer` stores each MatMul's constant weight in 4 or 8
-bits per element, in blocks along its input axis with one scale (and zero point) per block, as the
-`com.microsoft.MatMulNBits` operator; activations and the arithmetic stay fp32 (weights are dequantized block by
-block in the kernel). This is how transformer decoders are shipped when activation quantization hurts: the
-weights dominate their size and memory traffic.
+"""Weight-only ONNX formats, `onnx_int8_weight` and `onnx_int4_weight`: ONNX Runtime's `MatMulNBitsQuantizer` stores
+each MatMul's constant weight in 8 or 4 bits per element, in blocks along its input axis with one scale (and zero
+point) per block, as the `com.microsoft.MatMulNBits` operator; activations and the arithmetic stay fp32 (weights are
+dequantized block by block in the kernel). This is how transformer decoders are shipped when activation quantization
+hurts: the weights dominate their size and memory traffic.
 
 Only MatMul nodes with a constant 2-D weight are rewritten: a `Gemm` (what `torch.nn.Linear` with a batch of 2-D
 inputs, or GPT-2's `Conv1D` `addmm`, may export as) stays fp32, and the sidecar's `int8_weight_fraction` and cost
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from deploycheck.artifact import Runner
 from deploycheck.errors import ExportError
-from deploycheck.formats.base import Format
+from deploycheck.formats.base import Format, Precision
 from deploycheck.formats.onnx import MODEL_FILE, OnnxRunner, create_session, onnx_costs, opset_of
 from deploycheck.tolerance import INT8_TOLERANCE
 
@@ -92,3 +92,21 @@ def low_bit_weight_fraction(model_path: Path) -> float:
                if t.name not in packed_or_scales and t.data_type in floats and math.prod(t.dims) > 1)
     total = quantized + left
     return quantized / total if total else 0.0
+
+
+
+def _precision(bits: int) -> Precision:
+    return Precision(weights=f"int{bits} MatMul weights in blocks with fp32 scales (MatMulNBits), the rest fp32",
+                     compute="fp32 (weights dequantized in the kernel)", activations="fp32 (not quantized)")
+
+
+class OnnxInt8WeightFormat(OnnxWeightOnlyFormat):
+    name = "onnx_int8_weight"
+    bits = 8
+    precision = _precision(8)
+
+
+class OnnxInt4WeightFormat(OnnxWeightOnlyFormat):
+    name = "onnx_int4_weight"
+    bits = 4
+    precision = _precision(4)
