@@ -19,7 +19,7 @@ import numpy as np
 
 from deploycheck.artifact import Artifact
 from deploycheck.drift import input_profile
-from deploycheck.errors import SpecError
+from deploycheck.errors import SpecError, one_line
 from deploycheck.explain import explain_quantization, explained_formats
 from deploycheck.formats.base import TorchRunner, io_specs
 from deploycheck.table import format_table
@@ -276,9 +276,7 @@ def check_accuracy(artifact: Artifact, spec: ModelSpec | None = None, explain: b
         try:
             report.explanation = str(explain_quantization(artifact, spec))
         except Exception as exc:  # the accuracy table and verdict are shown whatever the explanation does
-            first = (str(exc).strip().splitlines() or [""])[0]
-            report.explanation = (f"no per-layer explanation of {artifact.model_name}/{artifact.format}: "
-                                  f"{type(exc).__name__}: {first}")
+            report.explanation = f"no per-layer explanation of {artifact.model_name}/{artifact.format}: {one_line(exc)}"
     return report
 
 

@@ -29,3 +29,10 @@ class InputError(DeployCheckError, ValueError):
 
 class BaselineError(DeployCheckError):
     """A stored baseline (or a report given to `deploycheck compare`) is unreadable, or rules are malformed."""
+
+
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """`Type: first line of the message` (cut at `limit` characters of message): another library's error quoted
+    in one of ours, where its whole traceback would bury the point."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first[:limit]}"

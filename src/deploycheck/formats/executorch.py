@@ -30,7 +30,7 @@ import numpy as np
 
 from deploycheck.artifact import Runner
 from deploycheck.costs import CostCounters
-from deploycheck.errors import ExportError, FormatUnavailable, InputError
+from deploycheck.errors import ExportError, FormatUnavailable, InputError, one_line
 from deploycheck.formats.base import Format, Precision, dynamic_shapes, program_costs, require_packages
 
 if TYPE_CHECKING:
@@ -83,10 +83,9 @@ def lower_to_pte(module: Any, spec: ModelSpec, out_dir: Path,
     try:
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     except Exception as exc:  # the model exported; ExecuTorch's own passes cannot take its program
-        first = (str(exc).strip().splitlines() or [""])[0]
         raise FormatUnavailable(
             f"{spec.name}/{format_name}: ExecuTorch cannot lower this model's torch.export program "
-            f"({type(exc).__name__}: {first[:300]}); torch_export and onnx are unaffected") from exc
+            f"({one_line(exc, 300)}); torch_export and onnx are unaffected") from exc
     counters = program_costs(edge.exported_program())
     del counters["weight_bytes"]  # the delegated subgraphs hold their weights inside the delegate's blob
     ops = counters.get("ops", {})
