@@ -116,3 +116,19 @@ def test_the_run_ends_with_one_verdict_line_saying_what_to_do() -> None:
     assert verdict([ok, behind]) == ("deploycheck: 1 of 2 model x format(s) FAILED (m/onnx_int8_static); 1 fell "
                                      "behind its baseline\n  if that is intended, accept the new figures with: "
                                      "pytest --deploycheck-update")
+
+
+def test_inputs_of_different_batch_sizes_are_refused_also_for_a_sidecar_without_axis_names() -> None:
+    """The shared batch axis is one check, in `check_inputs` (the server's own batch-size check went): a sidecar
+    written before axes were named reads its dynamic first axis as the batch."""
+    import pytest
+
+    from deploycheck.artifact import TensorSpec, check_inputs
+    from deploycheck.errors import InputError
+
+    old = [TensorSpec.from_dict({"name": name, "shape": [None, 3], "dtype": "float32"}) for name in ("a", "b")]
+    assert old[0].axis_names == ("batch", None)
+    with pytest.raises(InputError, match=r"m/onnx: input 'b' has 1 on axis 0 \(batch\) where 'a' has 2"):
+        check_inputs("m/onnx", old, [np.zeros((2, 3), np.float32), np.zeros((1, 3), np.float32)])
+    fixed = TensorSpec.from_dict({"name": "x", "shape": [4, 3], "dtype": "float32"})
+    assert fixed.axis_names == (None, None)

@@ -60,8 +60,11 @@ class TensorSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
         value_range = data.get("value_range")
-        return cls(name=data["name"], shape=tuple(data["shape"]), dtype=data["dtype"],
-                   axis_names=tuple(data.get("axis_names", ())), max_shape=tuple(data.get("max_shape", ())),
+        shape = tuple(data["shape"])
+        # a sidecar written before axes were named: a dynamic first axis is the batch all inputs share
+        unnamed = (("batch" if shape[0] is None else None,) + (None,) * (len(shape) - 1)) if shape else ()
+        return cls(name=data["name"], shape=shape, dtype=data["dtype"],
+                   axis_names=tuple(data.get("axis_names", unnamed)), max_shape=tuple(data.get("max_shape", ())),
                    value_range=(int(value_range[0]), int(value_range[1])) if value_range is not None else None)
 
     def axis_label(self, axis: int) -> str:

@@ -214,9 +214,6 @@ def prepare_inputs(name: str, declared: Sequence[TensorSpec], named: Mapping[str
     for spec, array in zip(declared, prepared):
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             raise RequestError(400, f"input {spec.name!r} contains NaN or Inf (as {array.dtype})")
-    if len({a.shape[0] for a in prepared}) > 1:
-        raise RequestError(400, f"inputs of model {name!r} have different batch sizes "
-                                f"{[a.shape[0] for a in prepared]}")
     if prepared[0].shape[0] == 0:
         raise RequestError(400, "empty batch")
     if max_rows is not None and prepared[0].shape[0] > max_rows:
