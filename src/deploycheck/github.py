@@ -9,7 +9,7 @@ from typing import Any
 
 from deploycheck.history.records import RunInfo
 from deploycheck.report import baseline_findings, markdown_report
-from deploycheck.rows import nested, row_status
+from deploycheck.rows import ACCEPT_COMMAND, fell_behind_baseline, nested, row_status
 
 
 def failure_reasons(row: dict[str, Any]) -> list[str]:
@@ -40,8 +40,7 @@ def github_annotations(rows: Sequence[dict[str, Any]]) -> list[str]:
             continue
         name = f"{row['model']}/{row['format']}"
         reasons = "; ".join(failure_reasons(row)) or "failed"
-        hint = (" If intended, accept the new figures with: pytest --deploycheck-update"
-                if any(c.get("passed") is False for c in (row.get("baseline") or {}).values()) else "")
+        hint = f" If intended, accept the new figures with: {ACCEPT_COMMAND}" if fell_behind_baseline(row) else ""
         lines.append(f"::error title={_annotation_escape(f'deploycheck: {name} failed', True)}::"
                      f"{_annotation_escape(f'{name}: {reasons}.{hint}')}")
     return lines

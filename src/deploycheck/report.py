@@ -20,7 +20,7 @@ from deploycheck.formats.base import int8_in_name_only
 from deploycheck.history.records import RunInfo
 from deploycheck.jsonio import write_json, write_text
 from deploycheck.plots import svg_latency, svg_tradeoff
-from deploycheck.rows import best_throughput, nested, row_status
+from deploycheck.rows import ACCEPT_COMMAND, best_throughput, fell_behind_baseline, nested, row_status
 from deploycheck.table import format_table, human_size
 
 
@@ -169,13 +169,12 @@ def verdict(rows: Sequence[dict[str, Any]]) -> str:
     if not failed:
         tail = f", {inconclusive} inconclusive (see above)" if inconclusive else ""
         return f"deploycheck: {judged - inconclusive} of {judged} model x format(s) passed{tail}"
-    against_baseline = [row for row in failed if any(c.get("passed") is False
-                                                     for c in (row.get("baseline") or {}).values())]
+    against_baseline = [row for row in failed if fell_behind_baseline(row)]
     names = ", ".join(f"{row['model']}/{row['format']}" for row in failed[:4]) + (", ..." if len(failed) > 4 else "")
     line = f"deploycheck: {len(failed)} of {judged} model x format(s) FAILED ({names})"
     if against_baseline:
         line += (f"; {len(against_baseline)} fell behind its baseline\n  if that is intended, accept the new "
-                 "figures with: pytest --deploycheck-update")
+                 f"figures with: {ACCEPT_COMMAND}")
     return line
 
 
@@ -290,9 +289,9 @@ def markdown_report(rows: Sequence[dict[str, Any]], run: RunInfo | None = None) 
                   "| " + " | ".join("---" for _ in range(8)) + " |"]
         parts += [line([name, *(str(f.get(k, "")) for k in ("metric", "baseline", "obtained", "change", "limit",
                                                             "status", "note"))]) for name, f in problems]
-    accept = verdict(rows).partition("accept the new figures with: ")[2]
+    behind = any(status == "FAIL" and fell_behind_baseline(row) for row, status in zip(rows, statuses))
     parts += ["", f"**Verdict: {outcome}** ({len(rows) - failing} of {len(rows)} passed)."
-              + (f" If the changes are intended, accept them with `{accept}`." if accept else "")]
+              + (f" If the changes are intended, accept them with `{ACCEPT_COMMAND}`." if behind else "")]
     return "\n".join(parts) + "\n"
 
 

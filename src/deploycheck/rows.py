@@ -82,6 +82,14 @@ def best_throughput(row: dict[str, Any]) -> float | None:
     return max(figures) if figures else None
 
 
+ACCEPT_COMMAND = "pytest --deploycheck-update"  # what accepts figures that fell behind their baselines
+
+
+def fell_behind_baseline(row: dict[str, Any]) -> bool:
+    """Whether some section of the row failed against its stored baseline (what `ACCEPT_COMMAND` would accept)."""
+    return any(c.get("passed") is False for c in (row.get("baseline") or {}).values())
+
+
 def row_status(row: dict[str, Any]) -> str:
     """FAIL, inconclusive, ok, skipped or "" (nothing judged): what the summary's status column says of a row."""
     if row.get("failed_tests"):
