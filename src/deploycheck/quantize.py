@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploycheck.accuracy import check_accuracy, evaluate, reference_artifact
-from deploycheck.errors import DeployCheckError, ExportError
+from deploycheck.errors import DeployCheckError, ExportError, one_line
 from deploycheck.explain import explain_quantization
 from deploycheck.exporting import export
 from deploycheck.formats.base import MIN_INT8_WEIGHT_FRACTION, int8_in_name_only
@@ -55,13 +55,18 @@ class Trial:
     error: str | None = None  # why this configuration could not be made (a calibrator failing on this model)
     int8_fraction: float | None = None  # of the weights, in 8 bits (excluded nodes keep theirs in float)
 
+    @property
+    def a16w8(self) -> bool:
+        """16-bit activations (`QInt16` / `QUInt16`) with int8 weights."""
+        return "16" in str(self.settings.get("activation_type", ""))
+
     def describe(self) -> str:
         excluded = self.settings.get("nodes_to_exclude") or []
         method = self.settings["calibrate_method"]
         percentile = (self.settings.get("extra_options") or {}).get("CalibPercentile")
         parts = [f"{method} {percentile}" if percentile else method,
                  "per-channel" if self.settings["per_channel"] else "per-tensor"]
-        if "16" in str(self.settings.get("activation_type", "")):
+        if self.a16w8:
             parts.append("A16W8 (16-bit activations)")
         if excluded:
             parts.append(f"{len(excluded)} node(s) in float: {', '.join(excluded)}")
@@ -135,8 +140,7 @@ def search_quantization(spec: ModelSpec, max_accuracy_drop: float, out_dir: str 
             try:
                 artifact = export(candidate, FORMAT, Path(scratch) / f"trial-{len(result.trials)}", base=base)
             except ExportError as exc:  # e.g. ONNX Runtime's Entropy histogram on a constant tensor: the next one
-                cause = str(exc).split("export failed: ", 1)[-1].splitlines()[0]
-                result.trials.append(Trial(settings, math.nan, math.inf, 0, error=cause[:160]))
+                result.trials.append(Trial(settings, math.nan, math.inf, 0, error=one_line(exc.__cause__ or exc, 160)))
                 return result.trials[-1]
             report = check_accuracy(artifact, candidate, explain=False)
             latency = _p50_ms(artifact) if measure_latency else None
@@ -161,8 +165,7 @@ def search_quantization(spec: ModelSpec, max_accuracy_drop: float, out_dir: str 
         raise DeployCheckError(f"{result}\n{spec.name}: raise the budget, lower --min-int8-fraction, or keep the "
                                "model in fp32")
     # the fewest nodes in float, then 8-bit activations over 16-bit ones (cheaper to run), then the smallest drop
-    result.winner = min(fitting, key=lambda t: (len(t.settings.get("nodes_to_exclude") or []),
-                                                "16" in str(t.settings.get("activation_type", "")), t.drop))
+    result.winner = min(fitting, key=lambda t: (len(t.settings.get("nodes_to_exclude") or []), t.a16w8, t.drop))
     result.artifact = export(_with_settings(spec, result.winner.settings), FORMAT, out_dir, base=base)
     return result
 
