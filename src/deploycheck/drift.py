@@ -61,7 +61,7 @@ def _values_profile(values: np.ndarray, bins: int, max_values: int) -> dict[str,
     if values.size > max_values:
         values = values[::math.ceil(values.size / max_values)]
     edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
-    counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
+    counts = _values_binner(edges)(values, values.size)  # the bins served values are counted into
     return {"kind": "values", "edges": [float(e) for e in edges], "fractions": _fractions(counts),
             "mean": float(values.mean()), "std": float(values.std()), "values": int(values.size)}
 
