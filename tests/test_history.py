@@ -22,14 +22,17 @@ from deploycheck.history.store import HistoryError, HistoryStore, merge_stores
 from deploycheck.history.trend import new_worse_changes, trend_table, trends
 
 
-def scripted(seed: int, noise: float = 0.01) -> np.ndarray:
-    """30 commits: +15% at commit 12, +3% a commit over commits 20-24, noise elsewhere."""
+def scripted(seed: int, noise: float = 0.01, outliers: int = 0) -> np.ndarray:
+    """30 commits: +15% at commit 12, +3% a commit over commits 20-24, noise elsewhere; `outliers` runs 10% low
+    (a busy machine: the reference workload lost more to the neighbour than the model did)."""
     rng = np.random.default_rng(seed)
     values = np.ones(30)
     values[12:] *= 1.15
     for commit in range(20, 25):
         values[commit:] *= 1.03
-    return values * (1 + rng.normal(0, noise, 30))
+    values *= 1 + rng.normal(0, noise, 30)
+    values[rng.choice(30, outliers, replace=False)] *= 0.9
+    return values
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -38,6 +41,24 @@ def test_a_step_and_a_creep_are_found_with_their_commits(seed: int) -> None:
     assert (11, 12) in found, found
     creep = [(start, end) for start, end in found if start >= 18]
     assert len(creep) == 1 and creep[0][0] in (18, 19, 20) and creep[0][1] in (23, 24, 25), found
+
+
+def test_single_run_outliers_keep_the_step_apart_from_the_creep() -> None:
+    """Three runs 10% low at random places: the step is still one change near commit 12 and the creep another
+    over commits 19-25. Before the outlier filter and the second transition fit, 5 of these 50 histories merged
+    the two into one change spanning both (commits 7..26 and the like)."""
+    for seed in range(50):
+        found = [(p.start, p.end) for p in change_points(scripted(seed, outliers=3), min_change=0.02)]
+        assert not any(start <= 13 and end >= 19 for start, end in found), (seed, found)
+        assert any(9 <= start <= 13 and 12 <= end <= 16 for start, end in found), (seed, found)
+        assert any(start >= 17 and end <= 27 for start, end in found), (seed, found)
+
+
+def test_noise_and_outliers_alone_have_no_change_points() -> None:
+    for seed in range(200):
+        values = 1 + np.random.default_rng(seed).normal(0, 0.01, 30)
+        values[np.random.default_rng(seed + 1000).choice(30, 3, replace=False)] *= 0.9
+        assert change_points(values, min_change=0.02) == [], seed
 
 
 def test_noise_alone_has_no_change_points() -> None:
@@ -90,6 +111,21 @@ def test_records_keep_every_figure_and_the_store_keeps_each_once(tmp_path: Path)
     assert store.append(_records(2, 1.0)) == 2
     assert [r.run.run_id for r in store.records("tiny", "onnx", last_runs=1)] == ["run00002"]
     assert store.records()[0].figures == {"p50_norm@1": 1.0, "size_bytes": 1000.0}
+
+
+def test_each_series_gets_its_own_recent_runs_in_one_query(history_location: str) -> None:
+    """The end of a run reads every row's past at once: a format timed only in some runs still gets its own last
+    N runs, not what is left of the store's last N."""
+    store = HistoryStore(history_location)
+    for index in range(10):
+        store.append(_records(index, float(index), formats=("eager", "onnx") if index % 3 == 0 else ("eager",)))
+    pasts = store.recent_series([("tiny", "eager"), ("tiny", "onnx"), ("tiny", "missing")], last_runs=2)
+    assert [r.run.run_id for r in pasts[("tiny", "eager")]] == ["run00008", "run00009"]
+    assert [r.run.run_id for r in pasts[("tiny", "onnx")]] == ["run00006", "run00009"]
+    assert pasts[("tiny", "missing")] == []
+    for key in (("tiny", "eager"), ("tiny", "onnx")):
+        assert [r.key for r in pasts[key]] == [r.key for r in store.records(*key, last_runs=2)]
+    assert store.recent_series([], last_runs=2) == {}
 
 
 def test_a_newer_schema_is_refused_by_name(tmp_path: Path) -> None:

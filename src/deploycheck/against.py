@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploycheck.errors import DeployCheckError
+from deploycheck.gitrepo import git
 
 EXPORT_TIMEOUT_S = 3600
 
@@ -32,17 +33,6 @@ class Revision:
     @property
     def label(self) -> str:
         return f"{self.ref} ({self.commit[:10]})"
-
-
-def git(args: Sequence[str], cwd: Path, context: str = "--deploycheck-against") -> str:
-    """git's output, or a `DeployCheckError` that names what asked (`context`) and git's own message."""
-    try:
-        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise DeployCheckError(f"{context}: git {' '.join(args)} failed to run ({exc})") from exc
-    if done.returncode != 0:
-        raise DeployCheckError(f"{context}: git {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout.strip()
 
 
 def pull_request_base(ref: str) -> str | None:

@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from deploycheck.against import Revision, artifacts_dir, export_revision, git, resolve
+from deploycheck.against import Revision, artifacts_dir, export_revision, resolve
 from deploycheck.artifact import Artifact, package_versions, read_metadata
 from deploycheck.costs import cost_change
 from deploycheck.errors import DeployCheckError
 from deploycheck.exporting import load_artifact
 from deploycheck.formats import get_format
+from deploycheck.gitrepo import git
 from deploycheck.latency import interleaved_times
 from deploycheck.stats import bootstrap_ratio_interval
 

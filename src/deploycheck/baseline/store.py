@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -133,18 +132,6 @@ def merge_records(old: Record | None, new: Record, only_missing: bool) -> Record
     merged.update({k: v for k, v in new.items() if k not in SECTIONS})
     merged.update({s: new[s] for s in added})  # type: ignore[literal-required]  # s is one of SECTIONS
     return cast(Record, merged)
-
-
-def git_commit(root: Path) -> str | None:
-    """The current commit of the repository holding `root`, with "+dirty" for uncommitted changes."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{commit}+dirty" if dirty else commit
 
 
 def stale_entries(store: BaselineStore, models: Sequence[str], formats: Sequence[str]) -> list[Path]:

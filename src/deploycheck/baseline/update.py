@@ -11,9 +11,10 @@ from typing import Any
 from deploycheck.accepted import AcceptedStore
 from deploycheck.artifact import METADATA_FILE
 from deploycheck.baseline.compare import smallest_batch
-from deploycheck.baseline.store import BaselineStore, git_commit, measured_sections, merge_records, record_from_row
+from deploycheck.baseline.store import BaselineStore, measured_sections, merge_records, record_from_row
 from deploycheck.errors import BaselineError
 from deploycheck.formats import get_format
+from deploycheck.gitrepo import current_commit
 from deploycheck.machine import environment
 
 NOISY_SPREAD = 0.05  # window-to-window spread above which a recorded latency is called noisy
@@ -28,7 +29,7 @@ def write_baselines(directory: Path, rows: Sequence[Mapping[str, Any]], only_mis
     written names its artifact's digest, and the artifact goes into the `accepted` store, so later runs can
     time it side by side; one recorded on a noisy machine is written with a warning."""
     store = BaselineStore(directory)
-    commit = git_commit(root or Path.cwd())
+    commit = current_commit(root or Path.cwd())
     written, lines = [], []
     for row in rows:
         new = record_from_row(row)

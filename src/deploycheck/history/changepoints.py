@@ -11,6 +11,12 @@ at the old level and the first one at the new level (a least-squares fit of old 
 step names one commit and a creep over five commits names all five. Adjacent change points in the same direction
 whose transitions touch are one change.
 
+A busy neighbour slows or (by taking the reference workload's share) flatters a single run; those runs are
+replaced by the median of the five runs around them before the search (a Hampel filter: off the local median by
+more than `OUTLIER_SIGMAS` times the series' noise, which is estimated from how far runs are from their local
+medians, so a step or a creep does not count as noise). A median of five keeps a step's edge and a creep's slope,
+and without the filter one run 10% low beside a step stretched the step's transition into the creep next to it.
+
 Long histories are searched in overlapping windows (`WINDOW` runs), as Otava does, so the cost grows with the
 length of the history and not with its square; the significance pass then runs over the whole series.
 """
@@ -28,6 +34,9 @@ MAX_PVALUE = 0.001  # Otava's default significance
 MIN_SIZE = 3  # runs on each side of a split: a single outlier run is not a level
 WINDOW = 128
 MAX_RAMP = 16  # the longest transition (in runs) a change point is given
+OUTLIER_SIGMAS = 4.0
+OUTLIER_SIDE = 3  # the runs on each side of a run whose median is its neighbours' level
+MEDIAN_OFF_PER_SIGMA = 0.75  # median |run - its neighbours' level| of normal noise, in standard deviations
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,7 @@ class ChangePoint:
 def change_points(values: Sequence[float], max_pvalue: float = MAX_PVALUE, min_size: int = MIN_SIZE,
                   min_change: float = 0.0, window: int = WINDOW) -> list[ChangePoint]:
     """The significant change points of `values` (in run order), each at least `min_change` (relative) in size."""
-    x = np.asarray(values, dtype=np.float64)
+    x = without_outliers(np.asarray(values, dtype=np.float64))
     n = len(x)
     if n < 2 * min_size or np.all(x == x[0]):
         return []
@@ -67,6 +76,25 @@ def change_points(values: Sequence[float], max_pvalue: float = MAX_PVALUE, min_s
     kept = _prune(x, sorted(splits), max_pvalue, min_size)
     points = _with_transitions(x, kept, min_size)
     return [point for point in _merge(points) if abs(point.change) >= min_change]
+
+
+def without_outliers(x: np.ndarray) -> np.ndarray:
+    """`x` with each single-run outlier replaced by the mean of its neighbours' levels: a run off, in one
+    direction, both from the median of the `OUTLIER_SIDE` runs before it and from that of the runs after it."""
+    n = len(x)
+    if n < 2 * OUTLIER_SIDE + 1:
+        return x
+    medians = np.median(np.lib.stride_tricks.sliding_window_view(np.pad(x, OUTLIER_SIDE, mode="edge"),
+                                                                 OUTLIER_SIDE), axis=1)
+    before, after = medians[:n], medians[OUTLIER_SIDE + 1:OUTLIER_SIDE + 1 + n]
+    level = (before + after) / 2
+    noise = float(np.median(np.abs(x - level))) / MEDIAN_OFF_PER_SIGMA
+    if noise == 0:
+        return x
+    off_before, off_after = x - before, x - after
+    outlier = (np.minimum(np.abs(off_before), np.abs(off_after)) > OUTLIER_SIGMAS * noise) & \
+        (np.sign(off_before) == np.sign(off_after))
+    return np.where(outlier, level, x)
 
 
 def _best_split(x: np.ndarray, min_size: int) -> int:
@@ -128,26 +156,36 @@ def _prune(x: np.ndarray, splits: list[int], max_pvalue: float, min_size: int) -
 
 def _with_transitions(x: np.ndarray, splits: list[int], min_size: int) -> list[ChangePoint]:
     """Each split with its transition: the (last old, first new) pair of runs whose model (the old level, a
-    straight ramp over the runs between, the new level; levels fitted by least squares) fits the two segments
-    around the split best. A step fits best with no ramp; a creep, with the ramp over its commits."""
+    straight ramp over the runs between, the new level; levels fitted by least squares) fits the runs around the
+    split best. A step fits best with no ramp; a creep, with the ramp over its commits. The fit is made twice:
+    first between the neighbouring splits, then between the neighbouring transitions, so the start of a creep
+    next to a step (which E-divisive splits in its middle) does not pull the step's fit into a long ramp."""
     bounds = [0, *splits, len(x)]
-    points = []
+    fits = [_transition(x, bounds[i], bounds[i + 2], split, min_size) for i, split in enumerate(splits)]
+    refined = []
     for i, split in enumerate(splits):
-        low, high = bounds[i], bounds[i + 2]
-        segment = x[low:high]
-        best: tuple[float, int, int, float, float] | None = None
-        for start in range(max(low + min_size - 1, split - MAX_RAMP), split):
-            for end in range(split, min(high - min_size, split + MAX_RAMP - 1) + 1):
-                weight = np.clip((np.arange(low, high) - start) / (end - start), 0.0, 1.0)
-                basis = np.stack([1.0 - weight, weight], axis=1)
-                levels, _, _, _ = np.linalg.lstsq(basis, segment, rcond=None)
-                error = float(np.sum((basis @ levels - segment) ** 2))
-                if best is None or error < best[0] - 1e-12 * max(1.0, abs(error)):
-                    best = (error, start, end, float(levels[0]), float(levels[1]))
-        assert best is not None  # the segments around a split hold min_size runs each
-        _, start, end, before, after = best
-        points.append(ChangePoint(start, end, before, after, _pvalue(x[low:split], x[split:high])))
-    return points
+        low = min(max(bounds[i], fits[i - 1][1] if i else 0), split - min_size)
+        high = max(min(bounds[i + 2], fits[i + 1][0] + 1 if i + 1 < len(fits) else len(x)), split + min_size)
+        refined.append(_transition(x, low, high, split, min_size))
+    return [ChangePoint(start, end, before, after, _pvalue(x[bounds[i]:split], x[split:bounds[i + 2]]))
+            for i, (split, (start, end, before, after)) in enumerate(zip(splits, refined))]
+
+
+def _transition(x: np.ndarray, low: int, high: int, split: int, min_size: int) -> tuple[int, int, float, float]:
+    """(last old run, first new run, old level, new level) of the best old level - ramp - new level fit of
+    `x[low:high]` whose ramp spans `split`."""
+    segment = x[low:high]
+    best: tuple[float, int, int, float, float] | None = None
+    for start in range(max(low + min_size - 1, split - MAX_RAMP), split):
+        for end in range(split, min(high - min_size, split + MAX_RAMP - 1) + 1):
+            weight = np.clip((np.arange(low, high) - start) / (end - start), 0.0, 1.0)
+            basis = np.stack([1.0 - weight, weight], axis=1)
+            levels, _, _, _ = np.linalg.lstsq(basis, segment, rcond=None)
+            error = float(np.sum((basis @ levels - segment) ** 2))
+            if best is None or error < best[0] - 1e-12 * max(1.0, abs(error)):
+                best = (error, start, end, float(levels[0]), float(levels[1]))
+    assert best is not None  # the runs around a split hold min_size on each side
+    return best[1:]
 
 
 def _merge(points: list[ChangePoint]) -> list[ChangePoint]:

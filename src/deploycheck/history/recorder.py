@@ -37,12 +37,13 @@ def record_run(location: str, rows: Sequence[dict[str, Any]], run: RunInfo,
     store = HistoryStore(location)
     outcome = HistoryOutcome()
     if fail_on_change_point:
+        current = {(r.model, r.format): r for r in records_from_rows(rows, run)}
+        pasts = store.recent_series(list(current), last_runs=HISTORY_WINDOW)
         for row in rows:
-            current = records_from_rows([row], run)
-            if not current:
+            key = (row["model"], row["format"])
+            if key not in current:
                 continue
-            past = store.records(row["model"], row["format"], last_runs=HISTORY_WINDOW)
-            changes = new_worse_changes(past, current)
+            changes = new_worse_changes(pasts[key], [current[key]])
             row["history"] = {"passed": not changes, "changes": [change_note(c) for c in changes]}
             outcome.changes += changes
     added = store.append(records_from_rows(rows, run))

@@ -12,15 +12,13 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
-import subprocess
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploycheck.baseline.store import git_commit
+from deploycheck.gitrepo import current_branch, current_commit
 from deploycheck.rows import nested, row_status
 
 # the machine facts that make two timings comparable; versions are not among them: a runtime upgrade is a change
@@ -72,28 +70,10 @@ def fingerprint(environment: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _git(args: Sequence[str], root: Path) -> str | None:
-    try:
-        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
-
-
-def current_branch(root: Path) -> str | None:
-    """The branch being tested: CI's own variable first (a CI checkout is often a detached HEAD), else git's."""
-    for variable in ("GITHUB_HEAD_REF", "GITHUB_REF_NAME", "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME",
-                     "CI_COMMIT_REF_NAME"):
-        if os.environ.get(variable):
-            return os.environ[variable]
-    branch = _git(["rev-parse", "--abbrev-ref", "HEAD"], root)
-    return None if branch == "HEAD" else branch
-
-
 def new_run(root: Path, mode: str, environment: Mapping[str, Any]) -> RunInfo:
     """The run starting now in the repository holding `root`."""
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return RunInfo(uuid.uuid4().hex, git_commit(root), current_branch(root), now, mode, fingerprint(environment),
+    return RunInfo(uuid.uuid4().hex, current_commit(root), current_branch(root), now, mode, fingerprint(environment),
                    dict(environment))
 
 

@@ -165,20 +165,27 @@ class HistoryStore:
                           "ORDER BY runs.time DESC, runs.run_id DESC LIMIT ?) AS recent)")
             params = [*params, *params, last_runs]
         with self._transaction() as cursor:
+            cursor.execute(f"SELECT {_RECORD_COLUMNS} FROM results JOIN runs ON runs.run_id = results.run_id "
+                           f"{condition} ORDER BY runs.time, runs.run_id, model, format", params)
+            return _decoded(cursor.fetchall())
+
+    def recent_series(self, series: Sequence[tuple[str, str]],
+                      last_runs: int) -> dict[tuple[str, str], list[HistoryRecord]]:
+        """Each (model, format)'s records of its own last `last_runs` runs, in run order, in one query (the
+        end of a run holds every row to its recent past at once)."""
+        found: dict[tuple[str, str], list[HistoryRecord]] = {key: [] for key in series}
+        if not found:
+            return found
+        wanted = " OR ".join(["(results.model = ? AND results.format = ?)"] * len(found))
+        with self._transaction() as cursor:
             cursor.execute(
-                "SELECT runs.run_id, commit_sha, branch, time, mode, machine, environment, model, format, verdict, "
-                f"figures, counters FROM results JOIN runs ON runs.run_id = results.run_id {condition} "
-                "ORDER BY runs.time, runs.run_id, model, format", params)
-            fetched = cursor.fetchall()
-        runs: dict[str, RunInfo] = {}
-        records = []
-        for run_id, commit, branch, time, mode, machine, environment, model_name, fmt, verdict, figures, counters \
-                in fetched:
-            run = runs.get(run_id)
-            if run is None:
-                run = runs[run_id] = RunInfo(run_id, commit, branch, time, mode, machine, json.loads(environment))
-            records.append(HistoryRecord(run, model_name, fmt, verdict, json.loads(figures), json.loads(counters)))
-        return records
+                f"SELECT {_RECORD_NAMES} FROM (SELECT {_RECORD_COLUMNS}, ROW_NUMBER() OVER (PARTITION BY "
+                "results.model, results.format ORDER BY runs.time DESC, runs.run_id DESC) AS recency FROM results "
+                f"JOIN runs ON runs.run_id = results.run_id WHERE {wanted}) AS ranked WHERE recency <= ? "
+                "ORDER BY time, run_id, model, format", [*(v for key in found for v in key), last_runs])
+            for record in _decoded(cursor.fetchall()):
+                found[(record.model, record.format)].append(record)
+        return found
 
     def check(self) -> str:
         """SQLite's integrity check ("ok" when the file is sound); PostgreSQL guards its own."""
@@ -187,6 +194,24 @@ class HistoryStore:
         with self._transaction() as cursor:
             cursor.execute("PRAGMA integrity_check")
             return str(cursor.fetchone()[0])
+
+
+_RECORD_COLUMNS = ("runs.run_id, commit_sha, branch, time, mode, machine, environment, results.model, "
+                   "results.format, verdict, figures, counters")
+_RECORD_NAMES = ("run_id, commit_sha, branch, time, mode, machine, environment, model, format, verdict, figures, "
+                 "counters")
+
+
+def _decoded(fetched: Sequence[Sequence[Any]]) -> list[HistoryRecord]:
+    """Records from rows of `_RECORD_COLUMNS`, sharing one `RunInfo` per run."""
+    runs: dict[str, RunInfo] = {}
+    records = []
+    for run_id, commit, branch, time, mode, machine, environment, model, fmt, verdict, figures, counters in fetched:
+        run = runs.get(run_id)
+        if run is None:
+            run = runs[run_id] = RunInfo(run_id, commit, branch, time, mode, machine, json.loads(environment))
+        records.append(HistoryRecord(run, model, fmt, verdict, json.loads(figures), json.loads(counters)))
+    return records
 
 
 class _Cursor:
