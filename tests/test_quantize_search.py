@@ -56,8 +56,13 @@ def test_a16w8_holds_an_outlier_activation_within_one_point(tmp_path: Path) -> N
     """The issue's acceptance figure: an outlier unit two orders of magnitude above the rest; 16-bit activations
     with int8 weights keep the drop within 1% with nearly every weight in int8."""
     spec = outlier_spec()
-    result = search_quantization(spec, 0.01, tmp_path / "a16w8", calibrations=(
+    result = search_quantization(spec, 0.01, tmp_path / "a16w8", measure_latency=True, calibrations=(
         {"calibrate_method": "MinMax"}, {"calibrate_method": "MinMax", "activation_type": "QInt16"}))
     assert result.winner is not None and result.winner.settings["activation_type"] == "QInt16"
     assert result.winner.drop <= 0.01 and result.winner.int8_fraction is not None
     assert result.winner.int8_fraction >= 0.5 and not result.winner.settings.get("nodes_to_exclude")
+    for trial in result.trials:  # each timed interleaved with the fp32 model: a ratio inside its interval
+        assert trial.speed_vs_fp32 is not None and trial.p50_ms is not None and trial.p50_ms > 0
+        ratio, low, high = trial.speed_vs_fp32
+        assert 0 < low <= ratio <= high
+    assert "speed vs fp32, side by side" in str(result)

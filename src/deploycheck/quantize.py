@@ -10,6 +10,14 @@ evaluated on the spec's eval data; the trade-off table lists them all, with the 
 int8. A configuration with fewer than `min_int8_fraction` of its weights in int8 (the gate's "int8 in name only"
 rule) is not an answer, however accurate: keeping every layer in float fits any budget. A calibrator that fails
 on a model (ONNX Runtime's Entropy histogram on a constant tensor) is a row of the table, not the end.
+
+Each candidate's speed is timed side by side with the fp32 ONNX model it was quantized from (interleaved calls on
+the same inputs, so a busy machine slows both alike): its batch-1 median as a multiple of fp32's, with a bootstrap
+interval. Timed one after another, a neighbour's burst during one candidate would read as that candidate's cost.
+
+SmoothQuant is not in this search: ONNX Runtime's `SmoothQuant` option runs neural-compressor's 2.x ONNX helper
+(`neural_compressor.adaptor.ox_utils.smooth_quant`), which neural-compressor 3 no longer ships. NNCF's SmoothQuant
+is in `openvino_int8` (`format_options["openvino_int8"]["smooth_quant_alpha"]`).
 """
 
 from __future__ import annotations
@@ -21,12 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from deploycheck.accuracy import check_accuracy, evaluate, reference_artifact
 from deploycheck.errors import DeployCheckError, ExportError, one_line
 from deploycheck.explain import explain_quantization
 from deploycheck.exporting import export
 from deploycheck.formats.base import MIN_INT8_WEIGHT_FRACTION, int8_in_name_only
-from deploycheck.latency import bench
+from deploycheck.latency import interleaved_times
+from deploycheck.stats import bootstrap_ratio_interval
 from deploycheck.table import format_table, human_size
 
 if TYPE_CHECKING:
@@ -34,6 +45,7 @@ if TYPE_CHECKING:
     from deploycheck.spec import ModelSpec
 
 FORMAT = "onnx_int8_static"
+TIMING_S = 0.5  # per candidate, interleaved with fp32
 CALIBRATIONS: tuple[dict[str, Any], ...] = (
     {"calibrate_method": "MinMax"},
     {"calibrate_method": "Entropy"},
@@ -52,6 +64,7 @@ class Trial:
     drop: float
     size_bytes: int
     p50_ms: float | None = None
+    speed_vs_fp32: tuple[float, float, float] | None = None  # fp32's median / this one's, and its interval
     error: str | None = None  # why this configuration could not be made (a calibrator failing on this model)
     int8_fraction: float | None = None  # of the weights, in 8 bits (excluded nodes keep theirs in float)
 
@@ -103,14 +116,15 @@ class SearchResult:
                 return f"int8 in name only (< {self.min_int8_fraction:.0%} of weights)"
             return "fits" if t.drop <= self.budget else ""
 
-        rows = [[t.describe(), "", "", "", "", "", f"failed: {t.error}"] if t.error is not None else
+        rows = [[t.describe(), "", "", "", "", "", "", f"failed: {t.error}"] if t.error is not None else
                 [t.describe(), f"{t.accuracy:.2%}", f"{t.drop:.2%}", human_size(t.size_bytes),
                  "" if t.int8_fraction is None else f"{t.int8_fraction:.0%}",
-                 "" if t.p50_ms is None else f"{t.p50_ms:.3f}", note(t)] for t in self.trials]
+                 "" if t.p50_ms is None else f"{t.p50_ms:.3f}", _speed(t.speed_vs_fp32), note(t)]
+                for t in self.trials]
         head = (f"accuracy-aware int8 search for {self.model}: reference accuracy {self.reference_accuracy:.2%}, "
                 f"budget {self.budget:.2%}, at least {self.min_int8_fraction:.0%} of weights in int8")
-        table = format_table(["configuration", "accuracy", "drop", "size", "int8 weights", "p50 ms (batch 1)", ""],
-                             rows)
+        table = format_table(["configuration", "accuracy", "drop", "size", "int8 weights", "p50 ms (batch 1)",
+                              "speed vs fp32, side by side", ""], rows)
         closest = self.closest()
         verdict = (f"chosen: {self.winner.describe()} -> {self.artifact.path if self.artifact else ''}"
                    if self.winner is not None else "no int8 configuration within the budget; the closest: "
@@ -143,10 +157,11 @@ def search_quantization(spec: ModelSpec, max_accuracy_drop: float, out_dir: str 
                 result.trials.append(Trial(settings, math.nan, math.inf, 0, error=one_line(exc.__cause__ or exc, 160)))
                 return result.trials[-1]
             report = check_accuracy(artifact, candidate, explain=False)
-            latency = _p50_ms(artifact) if measure_latency else None
             fraction = (artifact.metadata.get("quantization") or {}).get("int8_weight_fraction")
-            result.trials.append(Trial(settings, report.obtained, report.drop, artifact.size_bytes, latency,
+            result.trials.append(Trial(settings, report.obtained, report.drop, artifact.size_bytes,
                                        int8_fraction=fraction))
+            if measure_latency:
+                result.trials[-1].p50_ms, result.trials[-1].speed_vs_fp32 = _timed_beside(artifact, base)
             return result.trials[-1]
 
         for calibration in calibrations:
@@ -175,5 +190,12 @@ def _with_settings(spec: ModelSpec, settings: dict[str, Any]) -> ModelSpec:
     return dataclasses.replace(spec, format_options=options)
 
 
-def _p50_ms(artifact: Artifact) -> float:
-    return bench(artifact, batch_sizes=(1,), max_time_s=0.5).stats[1].p50_ms
+def _timed_beside(candidate: Artifact, fp32: Artifact) -> tuple[float, tuple[float, float, float]]:
+    """The candidate's batch-1 median (ms) and fp32's median over its, with the interval, timed interleaved."""
+    mine, theirs = interleaved_times(candidate, fp32, batch_size=1, max_time_s=TIMING_S)
+    low, high = bootstrap_ratio_interval(theirs, mine)
+    return float(np.median(mine)) * 1e3, (float(np.median(theirs) / np.median(mine)), low, high)
+
+
+def _speed(speed: tuple[float, float, float] | None) -> str:
+    return "" if speed is None else f"{speed[0]:.2f}x [{speed[1]:.2f}, {speed[2]:.2f}]"
