@@ -54,3 +54,49 @@ def test_a_gemm_left_in_float_is_said(tmp_path: Path) -> None:
     else:
         assert counters["ops"].get("com.microsoft.MatMulNBits"), "every projection became MatMulNBits"
     assert check_parity(artifact).passed
+
+
+OPENVINO_WEIGHT_ONLY = ["openvino_int8_weight", "openvino_int4_weight"]
+
+
+def test_openvino_compresses_gpt2s_conv1d_weights_in_8_and_4_bits_at_parity(tmp_path: Path) -> None:
+    """NNCF's compress_weights on the OpenVINO IR: GPT-2's Conv1D (a Gemm in ONNX, which MatMulNBits leaves in
+    float) is a MatMul in the IR and is compressed; activations stay f32, and the CPU plugin's on-the-fly
+    activation quantization is turned off in the sidecar and at load."""
+    pytest.importorskip("nncf", reason="pip install 'deploycheck[openvino]'")
+    from models import gpt2_spec
+
+    spec = gpt2_spec(formats=["onnx", "openvino", *OPENVINO_WEIGHT_ONLY],
+                     format_options={"openvino_int4_weight": {"group_size": 32}})
+    artifacts = deploycheck.export_all(spec, tmp_path)
+    assert not set(OPENVINO_WEIGHT_ONLY) & set(default_formats()), "opt-in: named in the spec's formats"
+    for name in OPENVINO_WEIGHT_ONLY:
+        artifact = artifacts[name]
+        quantization, precision = artifact.metadata["quantization"], artifact.metadata["precision"]
+        assert quantization["tool"] == "nncf.compress_weights" and quantization["weights_only"] is True
+        assert precision["activations"] == "f32 (not quantized)"
+        assert precision["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "0" and precision["INFERENCE_PRECISION_HINT"] == "f32"
+        assert artifact.runner.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 0
+        assert quantization["int8_weight_fraction"] > 0.5, "the Conv1D projections are compressed"
+        report = check_parity(artifact)
+        assert report.passed, str(report)
+    int4 = artifacts["openvino_int4_weight"].metadata["quantization"]
+    assert int4["group_size"] == 32 and int4["mode"] == "int4_sym" and 0 < int4["int4_weight_fraction"] < 1
+    assert artifacts["openvino_int8_weight"].metadata["quantization"]["int4_weight_fraction"] == 0
+    sizes = [artifacts[name].size_bytes for name in ("openvino", "openvino_int8_weight", "openvino_int4_weight")]
+    assert sizes == sorted(sizes, reverse=True) and sizes[1] < sizes[0] / 2
+
+
+def test_openvino_weight_only_settings_are_checked_by_name(tmp_path: Path) -> None:
+    pytest.importorskip("nncf", reason="pip install 'deploycheck[openvino]'")
+    from models import gpt2_spec
+
+    from deploycheck.errors import ExportError
+
+    for options, message in (({"openvino_int8_weight": {"group_size": 32}}, "unknown setting.*group_size"),
+                             ({"openvino_int4_weight": {"mode": "int8_asym"}}, "mode 'int8_asym' is not one of"),
+                             ({"openvino_int4_weight": {"ratio": 0}}, "ratio must be in")):
+        name = next(iter(options))
+        with pytest.raises(ExportError, match=message):
+            deploycheck.export(gpt2_spec(formats=["onnx", "openvino", name], format_options=options), name,
+                               tmp_path / name)

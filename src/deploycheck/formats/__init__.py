@@ -27,6 +27,8 @@ BUILTIN_FORMATS = {
     "torch_int8_dynamic": "deploycheck.formats.torch_int8_dynamic:TorchInt8DynamicFormat",
     "openvino": "deploycheck.formats.openvino:OpenVinoFormat",
     "openvino_int8": "deploycheck.formats.openvino_int8:OpenVinoInt8Format",
+    "openvino_int8_weight": "deploycheck.formats.openvino_weight_only:OpenVinoInt8WeightFormat",
+    "openvino_int4_weight": "deploycheck.formats.openvino_weight_only:OpenVinoInt4WeightFormat",
     "executorch": "deploycheck.formats.executorch:ExecuTorchFormat",
     "executorch_int8": "deploycheck.formats.executorch_int8:ExecuTorchInt8Format",
     "aot_inductor": "deploycheck.formats.aot_inductor:AotInductorFormat",

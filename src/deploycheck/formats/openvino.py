@@ -8,6 +8,7 @@ An optional extra: `pip install 'deploycheck[openvino]'`; without it the format 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,18 +33,21 @@ FLOAT_COMPUTE_OPS = frozenset({"MatMul", "Convolution", "GroupConvolution", "Con
 PASS_THROUGH_OPS = frozenset({"Convert", "Subtract", "Multiply", "Reshape", "Transpose", "MaxPool", "Squeeze",
                               "Unsqueeze"})
 INTEGER_WEIGHTS = frozenset({"i8", "u8", "i4", "u4"})
+# the OpenVINO properties a format's `Precision.runtime` may record, applied by `compile_ir` from the sidecar
+RUNTIME_PROPERTIES = ("INFERENCE_PRECISION_HINT", "DYNAMIC_QUANTIZATION_GROUP_SIZE")
 
 
 def compile_ir(path: Path, metadata: dict[str, Any], intra_op_threads: int | None = None, device: str = "cpu",
                **_: Any) -> Any:
-    """The IR compiled for OpenVINO's CPU plugin at the inference precision its sidecar records (f32 for
-    sidecars older than the record), with an explicit thread count when given."""
+    """The IR compiled for OpenVINO's CPU plugin with the runtime properties its sidecar records (the inference
+    precision: f32 for sidecars older than the record), with an explicit thread count when given."""
     import openvino as ov
 
     if device != "cpu":
         raise FormatUnavailable(f"{path}: deploycheck runs OpenVINO artifacts on the CPU only (device={device!r})")
-    hint = metadata.get("precision", {}).get(PRECISION_HINT[0], PRECISION_HINT[1])
-    config: dict[str, Any] = {PRECISION_HINT[0]: hint, "PERFORMANCE_HINT": "LATENCY"}
+    recorded = metadata.get("precision", {})
+    config: dict[str, Any] = {PRECISION_HINT[0]: PRECISION_HINT[1], "PERFORMANCE_HINT": "LATENCY",
+                              **{key: recorded[key] for key in RUNTIME_PROPERTIES if key in recorded}}
     if intra_op_threads is not None:
         config["INFERENCE_NUM_THREADS"] = intra_op_threads
     return ov.Core().compile_model(str(path / IR_FILE), "CPU", config)
@@ -95,20 +99,19 @@ def _quantized_source(node: Any, depth: int = 4) -> bool:
     return any(_quantized_source(node.input_value(i).get_node(), depth - 1) for i in range(node.get_input_size()))
 
 
-def int8_weight_fraction(model: Any) -> float:
-    """The share of an IR's weight elements (constants of more than one element) stored as 8-bit integers."""
-    import math
-
+def low_bit_weight_fraction(model: Any, kinds: tuple[str, ...] = tuple(INTEGER_WEIGHTS)) -> float:
+    """The share of an IR's weight elements (constants of more than one element) stored as integers of `kinds`
+    (by default 8 bits or fewer; the gate's "int8 in name only" rule reads it as `int8_weight_fraction`)."""
     quantized = total = 0
     for op in model.get_ops():
         if op.get_type_name() != "Constant":
             continue
         elements = math.prod(op.get_output_shape(0))
         kind = op.get_output_element_type(0).get_type_name()
-        if elements <= 1 or kind not in ("i8", "u8", "f32", "f16", "bf16"):
+        if elements <= 1 or kind not in (*INTEGER_WEIGHTS, "f32", "f16", "bf16"):
             continue
         total += elements
-        quantized += elements if kind in ("i8", "u8") else 0
+        quantized += elements if kind in kinds else 0
     return quantized / total if total else 0.0
 
 
