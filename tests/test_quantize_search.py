@@ -66,3 +66,21 @@ def test_a16w8_holds_an_outlier_activation_within_one_point(tmp_path: Path) -> N
         ratio, low, high = trial.speed_vs_fp32
         assert 0 < low <= ratio <= high
     assert "speed vs fp32, side by side" in str(result)
+
+
+def test_the_openvino_search_finds_smoothquant_for_an_outlier_activation(tmp_path: Path) -> None:
+    """`--format openvino_int8`: NNCF's presets with and without SmoothQuant; plain NNCF int8 loses most of the
+    outlier MLP's accuracy, a smoothed configuration fits a 5% budget, and the chosen one is written and printed
+    as the format_options that gate it."""
+    pytest.importorskip("nncf", reason="pip install 'deploycheck[openvino]'")
+    spec = outlier_spec(formats=["onnx", "openvino", "openvino_int8"])
+    result = search_quantization(spec, 0.05, tmp_path / "ov", format_name="openvino_int8")
+    plain = next(t for t in result.trials if t.settings == {"preset": "performance"})
+    assert plain.drop > 0.5 and not result.fits(plain)
+    assert result.winner is not None and result.winner.settings.get("smooth_quant_alpha") is not None
+    written = deploycheck.load_artifact(tmp_path / "ov", spec=spec)
+    assert written.metadata["quantization"]["smooth_quant_alpha"] == result.winner.settings["smooth_quant_alpha"]
+    assert result.format_options() == {"openvino_int8": result.winner.settings}
+    assert "SmoothQuant alpha" in str(result) and "<- chosen" in str(result)
+    with pytest.raises(DeployCheckError, match="covers onnx_int8_static, openvino_int8"):
+        search_quantization(spec, 0.05, tmp_path / "no", format_name="onnx_int8_dynamic")

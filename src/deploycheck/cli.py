@@ -169,14 +169,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     spec = load_spec_function(args.spec)
     result = search_quantization(spec, args.max_accuracy_drop, Path(args.out), not args.no_latency,
-                                 args.min_int8_fraction)
+                                 args.min_int8_fraction, format_name=args.format)
     print(result)
     assert result.artifact is not None
     print()
     print(check_accuracy(result.artifact, spec))
-    settings = {k: v for k, v in result.artifact.metadata["quantization"].items()
-                if k in ("calibrate_method", "per_channel", "nodes_to_exclude", "extra_options")}
-    print(f"\nto gate this configuration: ModelSpec(format_options={{'onnx_int8_static': {settings!r}}})")
+    print(f"\nto gate this configuration: ModelSpec(format_options={result.format_options()!r})")
     return 0
 
 
@@ -310,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("spec", metavar="MODULE:FUNC", help="a function returning a deploycheck.ModelSpec")
     quantize.add_argument("--max-accuracy-drop", type=float, required=True,
                           help="the budget, a fraction (0.01 is one point of accuracy)")
-    quantize.add_argument("--out", required=True, help="where to write the winning onnx_int8_static artifact")
+    quantize.add_argument("--out", required=True, help="where to write the winning artifact")
+    quantize.add_argument("--format", default="onnx_int8_static",
+                          help="the int8 format searched: onnx_int8_static (default) or openvino_int8 (NNCF)")
     quantize.add_argument("--no-latency", action="store_true", help="do not measure batch-1 latency per trial")
     quantize.add_argument("--min-int8-fraction", type=float, help="of weights in int8 to count as int8 (0.5)")
     quantize.set_defaults(handler=cmd_quantize)

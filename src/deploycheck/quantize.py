@@ -1,9 +1,9 @@
-"""Accuracy-aware static int8 quantization: search for the cheapest `onnx_int8_static` configuration whose
-accuracy drop fits a budget, and write it.
+"""Accuracy-aware static int8 quantization: search for the cheapest `onnx_int8_static` (or `openvino_int8`)
+configuration whose accuracy drop fits a budget, and write it.
 
-The search tries every calibration method (MinMax, Entropy, Percentile at 99.999, 99.99 and 99.9) and A16W8
-(16-bit activations, 8-bit weights: the usual answer to outlier activations), with per-channel weights on and
-off.
+For `onnx_int8_static` the search tries every calibration method (MinMax, Entropy, Percentile at 99.999, 99.99
+and 99.9) and A16W8 (16-bit activations, 8-bit weights: the usual answer to outlier activations), with
+per-channel weights on and off.
 When none fits, it keeps the layers with the worst SQNR in float (`nodes_to_exclude`, as
 `explain_quantization` ranks them), one more at a time, until the budget is met. Every trial is a real export
 evaluated on the spec's eval data; the trade-off table lists them all, with the fraction of weights each keeps in
@@ -15,9 +15,10 @@ Each candidate's speed is timed side by side with the fp32 ONNX model it was qua
 the same inputs, so a busy machine slows both alike): its batch-1 median as a multiple of fp32's, with a bootstrap
 interval. Timed one after another, a neighbour's burst during one candidate would read as that candidate's cost.
 
-SmoothQuant is not in this search: ONNX Runtime's `SmoothQuant` option runs neural-compressor's 2.x ONNX helper
-(`neural_compressor.adaptor.ox_utils.smooth_quant`), which neural-compressor 3 no longer ships. NNCF's SmoothQuant
-is in `openvino_int8` (`format_options["openvino_int8"]["smooth_quant_alpha"]`).
+For `openvino_int8` it tries NNCF's presets with and without SmoothQuant at a few alphas (SmoothQuant moves an
+outlier activation's range into the weights it multiplies). ONNX Runtime's own `SmoothQuant` option cannot be
+searched: it runs neural-compressor's 2.x ONNX helper (`neural_compressor.adaptor.ox_utils.smooth_quant`), which
+neural-compressor 3 no longer ships; NNCF's is the SmoothQuant on offer.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from deploycheck.accuracy import check_accuracy, evaluate, reference_artifact
 from deploycheck.errors import DeployCheckError, ExportError, one_line
 from deploycheck.explain import explain_quantization
 from deploycheck.exporting import export
+from deploycheck.formats import get_format
 from deploycheck.formats.base import MIN_INT8_WEIGHT_FRACTION, int8_in_name_only
 from deploycheck.latency import interleaved_times
 from deploycheck.stats import bootstrap_ratio_interval
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
     from deploycheck.artifact import Artifact
     from deploycheck.spec import ModelSpec
 
-FORMAT = "onnx_int8_static"
+SEARCHABLE = ("onnx_int8_static", "openvino_int8")
 TIMING_S = 0.5  # per candidate, interleaved with fp32
 CALIBRATIONS: tuple[dict[str, Any], ...] = (
     {"calibrate_method": "MinMax"},
@@ -55,6 +57,10 @@ CALIBRATIONS: tuple[dict[str, Any], ...] = (
     # A16W8: 16-bit activations (an outlier no longer crushes the other channels' int8 steps), int8 weights
     {"calibrate_method": "MinMax", "activation_type": "QInt16"},
 )
+SMOOTH_QUANT_ALPHAS = (None, 0.5, 0.75, 0.95)  # None: no SmoothQuant
+NNCF_CANDIDATES: tuple[dict[str, Any], ...] = tuple(
+    {"preset": preset} if alpha is None else {"preset": preset, "smooth_quant_alpha": alpha}
+    for alpha in SMOOTH_QUANT_ALPHAS for preset in ("performance", "mixed"))
 
 
 @dataclass
@@ -74,6 +80,9 @@ class Trial:
         return "16" in str(self.settings.get("activation_type", ""))
 
     def describe(self) -> str:
+        if "calibrate_method" not in self.settings:  # NNCF's settings
+            alpha = self.settings.get("smooth_quant_alpha")
+            return f"NNCF {self.settings['preset']}" + (f", SmoothQuant alpha {alpha}" if alpha is not None else "")
         excluded = self.settings.get("nodes_to_exclude") or []
         method = self.settings["calibrate_method"]
         percentile = (self.settings.get("extra_options") or {}).get("CalibPercentile")
@@ -89,6 +98,7 @@ class Trial:
 @dataclass
 class SearchResult:
     model: str
+    format: str
     budget: float
     reference_accuracy: float
     min_int8_fraction: float = MIN_INT8_WEIGHT_FRACTION
@@ -108,6 +118,11 @@ class SearchResult:
         """The eligible configuration with the smallest drop."""
         return min((t for t in self.trials if self.eligible(t)), key=lambda t: t.drop, default=None)
 
+    def format_options(self) -> dict[str, dict[str, Any]]:
+        """The chosen configuration as `ModelSpec(format_options=...)` takes it, to gate it from then on."""
+        assert self.winner is not None
+        return {self.format: dict(self.winner.settings)}
+
     def __str__(self) -> str:
         def note(t: Trial) -> str:
             if t is self.winner:
@@ -121,8 +136,9 @@ class SearchResult:
                  "" if t.int8_fraction is None else f"{t.int8_fraction:.0%}",
                  "" if t.p50_ms is None else f"{t.p50_ms:.3f}", _speed(t.speed_vs_fp32), note(t)]
                 for t in self.trials]
-        head = (f"accuracy-aware int8 search for {self.model}: reference accuracy {self.reference_accuracy:.2%}, "
-                f"budget {self.budget:.2%}, at least {self.min_int8_fraction:.0%} of weights in int8")
+        head = (f"accuracy-aware {self.format} search for {self.model}: reference accuracy "
+                f"{self.reference_accuracy:.2%}, budget {self.budget:.2%}, at least {self.min_int8_fraction:.0%} of "
+                "weights in int8")
         table = format_table(["configuration", "accuracy", "drop", "size", "int8 weights", "p50 ms (batch 1)",
                               "speed vs fp32, side by side", ""], rows)
         closest = self.closest()
@@ -134,25 +150,32 @@ class SearchResult:
 
 def search_quantization(spec: ModelSpec, max_accuracy_drop: float, out_dir: str | Path, measure_latency: bool = False,
                         min_int8_fraction: float | None = None, calibrations: tuple[dict[str, Any], ...] = CALIBRATIONS,
-                        max_excluded: int = 8) -> SearchResult:
-    """Find a static int8 configuration within `max_accuracy_drop` (a fraction), with at least
-    `min_int8_fraction` (default `MIN_INT8_WEIGHT_FRACTION`) of the weights in int8, and export it to `out_dir`.
+                        max_excluded: int = 8, format_name: str = "onnx_int8_static") -> SearchResult:
+    """Find a static int8 configuration of `format_name` (one of `SEARCHABLE`) within `max_accuracy_drop` (a
+    fraction), with at least `min_int8_fraction` (default `MIN_INT8_WEIGHT_FRACTION`) of the weights in int8, and
+    export it to `out_dir`. `calibrations` are ONNX Runtime's (each tried per channel and per tensor).
 
     Raises `DeployCheckError` when nothing fits, with the trade-off table and the closest configuration.
     """
+    if format_name not in SEARCHABLE:
+        raise DeployCheckError(f"{spec.name}: the int8 search covers {', '.join(SEARCHABLE)}, not {format_name!r}")
     if not spec.eval_data:
         raise DeployCheckError(f"{spec.name}: accuracy-aware quantization needs labelled eval_data")
     out_dir = Path(out_dir)
-    base = export(spec, "onnx", out_dir.with_name(f"{out_dir.name}.onnx"))
+    fp32_format = get_format(format_name).base_format
+    assert fp32_format is not None
+    base = export(spec, fp32_format, out_dir.with_name(f"{out_dir.name}.{fp32_format}"))
     reference = evaluate(reference_artifact(spec), spec.eval_data, spec.metric, f"{spec.name}/eager").value
-    result = SearchResult(spec.name, max_accuracy_drop, reference,
+    result = SearchResult(spec.name, format_name, max_accuracy_drop, reference,
                           MIN_INT8_WEIGHT_FRACTION if min_int8_fraction is None else min_int8_fraction)
+    candidates = NNCF_CANDIDATES if format_name == "openvino_int8" else tuple(
+        {**calibration, "per_channel": per_channel} for calibration in calibrations for per_channel in (True, False))
     with tempfile.TemporaryDirectory(prefix="deploycheck-quantize-") as scratch:
 
         def trial(settings: dict[str, Any]) -> Trial:
-            candidate = _with_settings(spec, settings)
+            candidate = _with_settings(spec, format_name, settings)
             try:
-                artifact = export(candidate, FORMAT, Path(scratch) / f"trial-{len(result.trials)}", base=base)
+                artifact = export(candidate, format_name, Path(scratch) / f"trial-{len(result.trials)}", base=base)
             except ExportError as exc:  # e.g. ONNX Runtime's Entropy histogram on a constant tensor: the next one
                 result.trials.append(Trial(settings, math.nan, math.inf, 0, error=one_line(exc.__cause__ or exc, 160)))
                 return result.trials[-1]
@@ -164,12 +187,13 @@ def search_quantization(spec: ModelSpec, max_accuracy_drop: float, out_dir: str 
                 result.trials[-1].p50_ms, result.trials[-1].speed_vs_fp32 = _timed_beside(artifact, base)
             return result.trials[-1]
 
-        for calibration in calibrations:
-            for per_channel in (True, False):
-                trial({**calibration, "per_channel": per_channel})
+        for settings in candidates:
+            trial(settings)
         best = result.closest()
-        if best is not None and not any(result.fits(t) for t in result.trials):
-            probe = export(_with_settings(spec, best.settings), FORMAT, Path(scratch) / "probe", base=base)
+        excludable = format_name == "onnx_int8_static"  # ranked by explain_quantization, kept out by name
+        if excludable and best is not None and not any(result.fits(t) for t in result.trials):
+            probe = export(_with_settings(spec, format_name, best.settings), format_name, Path(scratch) / "probe",
+                           base=base)
             ranked = explain_quantization(probe, spec).worst_nodes(max_excluded)
             for count in range(1, len(ranked) + 1):  # the fewest of the most sensitive nodes kept in float
                 excluded = trial({**best.settings, "nodes_to_exclude": ranked[:count]})
@@ -181,12 +205,13 @@ def search_quantization(spec: ModelSpec, max_accuracy_drop: float, out_dir: str 
                                "model in fp32")
     # the fewest nodes in float, then 8-bit activations over 16-bit ones (cheaper to run), then the smallest drop
     result.winner = min(fitting, key=lambda t: (len(t.settings.get("nodes_to_exclude") or []), t.a16w8, t.drop))
-    result.artifact = export(_with_settings(spec, result.winner.settings), FORMAT, out_dir, base=base)
+    result.artifact = export(_with_settings(spec, format_name, result.winner.settings), format_name, out_dir,
+                             base=base)
     return result
 
 
-def _with_settings(spec: ModelSpec, settings: dict[str, Any]) -> ModelSpec:
-    options = {**spec.format_options, FORMAT: {**spec.options(FORMAT), **settings}}
+def _with_settings(spec: ModelSpec, format_name: str, settings: dict[str, Any]) -> ModelSpec:
+    options = {**spec.format_options, format_name: {**spec.options(format_name), **settings}}
     return dataclasses.replace(spec, format_options=options)
 
 
