@@ -12,6 +12,7 @@ counters say how much was left.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -43,34 +44,43 @@ class OnnxWeightOnlyFormat(Format):
     explanation = "onnx_by_name"
 
     def settings(self, spec: ModelSpec) -> dict[str, Any]:
-        options = spec.options(self.name)
+        return self.settings_from(spec.options(self.name), f"{spec.name}/{self.name}")
+
+    def settings_from(self, options: Mapping[str, Any], label: str) -> dict[str, Any]:
+        """The quantizer's settings from a format's options (a `ModelSpec`'s or a generative spec's)."""
         settings = {"bits": self.bits, "block_size": int(options.get("block_size", DEFAULT_BLOCK_SIZE)),
                     "symmetric": bool(options.get("symmetric", True)), "accuracy_level": options.get("accuracy_level")}
         if settings["block_size"] not in (16, 32, 64, 128, 256):
-            raise ExportError(f"{spec.name}/{self.name}: block_size {settings['block_size']} is not one of 16, 32, "
-                              "64, 128, 256 (MatMulNBits' blocks)")
+            raise ExportError(f"{label}: block_size {settings['block_size']} is not one of 16, 32, 64, 128, 256 "
+                              "(MatMulNBits' blocks)")
         return settings
 
     def cache_inputs(self, spec: ModelSpec) -> list[Any]:
         return [self.settings(spec)]
 
     def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
-        import onnx
-        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
         assert base is not None
         settings = self.settings(spec)
-        config = DefaultWeightOnlyQuantConfig(block_size=settings["block_size"], is_symmetric=settings["symmetric"],
-                                              accuracy_level=settings["accuracy_level"], bits=self.bits)
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(base.path / MODEL_FILE)), algo_config=config)
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(out_dir / MODEL_FILE), use_external_data_format=False)
+        quantize_matmul_weights(base.path / MODEL_FILE, out_dir / MODEL_FILE, settings)
         return {"opset": opset_of(out_dir / MODEL_FILE), "counters": onnx_costs(out_dir / MODEL_FILE),
                 "quantization": {"tool": "onnxruntime.quantization.MatMulNBitsQuantizer", "weights_only": True,
                                  **settings, "int8_weight_fraction": low_bit_weight_fraction(out_dir / MODEL_FILE)}}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
         return OnnxRunner(create_session(path / MODEL_FILE, **runtime))
+
+
+def quantize_matmul_weights(source: Path, target: Path, settings: dict[str, Any]) -> None:
+    """`source`'s MatMul weights in `settings["bits"]` bits (MatMulNBits, blocks of `block_size`), to `target`:
+    the weight-only step shared by these formats and the generative ONNX exports (prefill and decode graphs)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    config = DefaultWeightOnlyQuantConfig(block_size=settings["block_size"], is_symmetric=settings["symmetric"],
+                                          accuracy_level=settings["accuracy_level"], bits=settings["bits"])
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
 
 
 def low_bit_weight_fraction(model_path: Path) -> float:
@@ -92,7 +102,6 @@ def low_bit_weight_fraction(model_path: Path) -> float:
                if t.name not in packed_or_scales and t.data_type in floats and math.prod(t.dims) > 1)
     total = quantized + left
     return quantized / total if total else 0.0
-
 
 
 def _precision(bits: int) -> Precision:

@@ -1,0 +1,57 @@
+"""The KV cache as plain tensors: the two graphs a decoder is exported as, and the names their tensors carry.
+
+`Prefill` runs the prompt and returns the logits and every layer's keys and values; `Decode` takes one new token
+per row and the cache so far (`past.{layer}.key` / `.value`), and returns the logits and the grown cache
+(`present.{layer}.*`), as Hugging Face Optimum names an ONNX decoder "with past". Inside, the tensors are put back
+into a transformers `DynamicCache`, so positions (`cache_position`) come from the cache's length exactly as in
+eager generation: an export cannot drift from the model's own position handling.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+
+def cache_names(layers: int, prefix: str) -> list[str]:
+    """`{prefix}.{i}.key`, `{prefix}.{i}.value` for each layer, in the order the graphs take and return them."""
+    return [f"{prefix}.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+
+
+def flat_cache(cache: Any) -> tuple[torch.Tensor, ...]:
+    """A `DynamicCache`'s tensors, layer by layer, keys before values."""
+    return tuple(tensor for layer in cache.layers for tensor in (layer.keys, layer.values))
+
+
+def dynamic_cache(past: tuple[torch.Tensor, ...]) -> DynamicCache:
+    """The `DynamicCache` holding `past` (as `flat_cache` lays it out)."""
+    cache = DynamicCache()
+    for layer in range(len(past) // 2):
+        cache.update(past[2 * layer], past[2 * layer + 1], layer)
+    return cache
+
+
+class Prefill(torch.nn.Module):
+    """input_ids (batch x prompt) -> logits, then every layer's keys and values."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(input_ids=input_ids, use_cache=True)
+        return (out.logits, *flat_cache(out.cache))
+
+
+class Decode(torch.nn.Module):
+    """input_ids (batch x 1) and the cache so far -> logits, then the cache with this step appended."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(input_ids=input_ids, cache=dynamic_cache(past), use_cache=True)
+        return (out.logits, *flat_cache(out.cache))

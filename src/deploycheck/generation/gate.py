@@ -1,0 +1,111 @@
+"""The generative gate: every format of a `GenerativeSpec` exported, run greedily per batch size and held to
+eager (see `deploycheck.generation.checks` for the rules), one row per format x batch size."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deploycheck.generation.checks import (
+    Consistency,
+    GreedyMatch,
+    Quality,
+    cache_consistency,
+    greedy_match,
+    token_quality,
+)
+from deploycheck.generation.decoders import Decoder, EagerDecoder
+from deploycheck.generation.onnx_decoder import export_decoder, load_decoder, read_sidecar
+from deploycheck.generation.spec import GenerativeSpec
+from deploycheck.generation.streams import Stream, generate
+from deploycheck.table import format_table, human_size
+
+FP32_FORMATS = ("eager", "onnx")  # held to eager's greedy continuation exactly
+
+
+@dataclass
+class GenerationRow:
+    format: str
+    batch_size: int
+    size_bytes: int | None
+    greedy: GreedyMatch
+    consistency: Consistency
+    quality: Quality
+    stream: Stream
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class GenerationReport:
+    model: str
+    rows: list[GenerationRow]
+
+    @property
+    def passed(self) -> bool:
+        return all(row.passed for row in self.rows)
+
+    def __str__(self) -> str:
+        table = format_table(
+            ["format", "batch", "greedy match", "cache", "mean KL", "p99 KL", "top-1", "delta-p RMS", "TTFT ms",
+             "TPOT ms", "decode tok/s", "size", "status"],
+            [[row.format, str(row.batch_size), f"{row.greedy.rows_matching:.0%}",
+              "ok" if row.consistency.passed else f"wrong from step {row.consistency.first_bad_step}",
+              f"{row.quality.mean_kl:.2e}", f"{row.quality.p99_kl:.2e}", f"{row.quality.top1_agreement:.1%}",
+              f"{row.quality.delta_p_rms:.2e}", f"{row.stream.ttft_s * 1e3:.2f}", f"{row.stream.tpot_s * 1e3:.2f}",
+              f"{row.stream.decode_tokens_per_s():.0f}", "" if row.size_bytes is None else human_size(row.size_bytes),
+              "ok" if row.passed else "FAIL"] for row in self.rows])
+        problems = [f"  {p}" for row in self.rows for p in row.problems]
+        return "\n".join([f"generation of {self.model} against eager (greedy, teacher-forced quality)", table,
+                          *problems])
+
+
+def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Path] | None = None) -> GenerationReport:
+    """Export each of `spec.formats` under `out_dir/<format>` (or load it from `exported`, by format), then hold
+    every format and batch size to eager."""
+    exported = dict(exported or {})
+    decoders: dict[str, tuple[Decoder, int | None]] = {}
+    for name in spec.formats:
+        if name == "eager":
+            decoders[name] = (EagerDecoder(spec.model, f"{spec.name}/eager"), None)
+            continue
+        path = exported.get(name) or export_decoder(spec, name, Path(out_dir) / name)
+        decoders[name] = (load_decoder(path), int(read_sidecar(path)["size_bytes"]))
+    reference = EagerDecoder(spec.model, f"{spec.name}/eager")
+    rows = []
+    for batch in spec.batch_sizes:
+        prompts = spec.prompts[:batch].numpy().astype(np.int64)
+        expected = generate(reference, prompts, spec.new_tokens)
+        for name, (decoder, size) in decoders.items():
+            free = generate(decoder, prompts, spec.new_tokens)
+            forced = generate(decoder, prompts, spec.new_tokens, forced=expected.tokens)
+            row = GenerationRow(name, batch, size, greedy_match(expected, free),
+                                cache_consistency(decoder, prompts, free), token_quality(expected, forced), free)
+            row.problems = _problems(spec, decoder.label, row)
+            rows.append(row)
+    return GenerationReport(spec.name, rows)
+
+
+def _problems(spec: GenerativeSpec, label: str, row: GenerationRow) -> list[str]:
+    found = []
+    where = f"{label} at batch {row.batch_size}"
+    if not row.consistency.passed:
+        found.append(f"{where}: decode step {row.consistency.first_bad_step} (new token "
+                     f"{row.consistency.first_bad_step}) differs from a full recompute of the same prefix by "
+                     f"{row.consistency.max_error:.2e} of the largest logit: the KV cache is wrong from that step")
+    if row.format in FP32_FORMATS and not row.greedy.exact:
+        found.append(f"{where}: the greedy continuation leaves eager's at {row.greedy.detail}")
+    if row.format not in FP32_FORMATS:
+        if row.quality.mean_kl > spec.max_kl:
+            found.append(f"{where}: mean KL divergence from eager {row.quality.mean_kl:.3g} nats exceeds max_kl "
+                         f"{spec.max_kl:.3g}")
+        if row.quality.top1_agreement < spec.min_top1_agreement:
+            found.append(f"{where}: top-1 agreement with eager {row.quality.top1_agreement:.1%} is below "
+                         f"{spec.min_top1_agreement:.0%}")
+    return found

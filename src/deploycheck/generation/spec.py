@@ -1,0 +1,68 @@
+"""`GenerativeSpec`: what the generative gate needs to know about a decoder, validated once.
+
+The model follows transformers' causal-LM call convention of the pinned release (5.24): `model(input_ids=...,
+cache=..., use_cache=True)` returns `.logits` (batch x positions x vocabulary) and `.cache`, a `DynamicCache`
+whose `layers` hold `keys` and `values` (batch x kv heads x positions x head size). Prompts are rows of token ids
+of one length (no padding, so no attention mask is needed: every position attends to all before it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from deploycheck.errors import SpecError
+
+GENERATIVE_FORMATS = ("eager", "onnx", "onnx_int8_weight", "onnx_int4_weight")
+
+
+@dataclass
+class GenerativeSpec:
+    """A decoder to gate: `prompts` (rows x prompt length, int64 ids), `new_tokens` generated greedily per row, in
+    batches of each of `batch_sizes` rows. Quantized formats are held to `max_kl` (mean KL divergence from eager,
+    in nats, teacher-forced on eager's greedy stream) and `min_top1_agreement` (the share of positions whose most
+    likely token is eager's)."""
+
+    name: str
+    model: torch.nn.Module
+    prompts: torch.Tensor
+    new_tokens: int = 32
+    batch_sizes: Sequence[int] = (1, 4)
+    formats: Sequence[str] = GENERATIVE_FORMATS
+    max_kl: float = 0.05
+    min_top1_agreement: float = 0.9
+    format_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = f"generative spec {self.name!r}"
+        if not isinstance(self.prompts, torch.Tensor) or self.prompts.dim() != 2 or \
+                self.prompts.dtype not in (torch.int64, torch.int32):
+            raise SpecError(f"{where}: prompts must be a 2-D tensor of token ids (rows x prompt length)")
+        if self.prompts.shape[1] < 2:
+            raise SpecError(f"{where}: a prompt needs at least 2 tokens (a length of 1 is specialised away by "
+                            f"torch.export), got {self.prompts.shape[1]}")
+        if self.new_tokens < 2:
+            raise SpecError(f"{where}: new_tokens must be at least 2 (TPOT needs a second token), got "
+                            f"{self.new_tokens}")
+        if not self.batch_sizes or any(b < 1 or b > len(self.prompts) for b in self.batch_sizes):
+            raise SpecError(f"{where}: batch_sizes {list(self.batch_sizes)} must each be between 1 and the "
+                            f"{len(self.prompts)} prompt rows")
+        unknown = [f for f in self.formats if f not in GENERATIVE_FORMATS]
+        if unknown:
+            raise SpecError(f"{where}: no generative form of {', '.join(unknown)}; known: "
+                            f"{', '.join(GENERATIVE_FORMATS)}")
+        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        if limit is not None and self.prompt_length + self.new_tokens > limit:
+            raise SpecError(f"{where}: prompt {self.prompt_length} + {self.new_tokens} new tokens exceed the model's "
+                            f"{limit} positions")
+        self.model.eval()
+
+    @property
+    def prompt_length(self) -> int:
+        return int(self.prompts.shape[1])
+
+    def options(self, format_name: str) -> Mapping[str, Any]:
+        return self.format_options.get(format_name, {})
