@@ -57,5 +57,5 @@ def test_nncf_smoothquant_moves_an_outlier_activation_into_the_weights(tmp_path)
     assert artifact.metadata["quantization"]["model_type"] == "transformer"
     refused = dataclasses.replace(spec, format_options={"openvino_int8": {"smooth_quant_alpha": 0.5,
                                                                           "model_type": None}})
-    with pytest.raises(ExportError, match="smooth_quant_alpha 0.5 needs model_type 'transformer'"):
+    with pytest.raises(ExportError, match=r"smooth_quant_alpha 0\.5 needs model_type 'transformer'"):
         deploycheck.export(refused, "openvino_int8", tmp_path / "refused")

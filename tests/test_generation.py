@@ -1,0 +1,124 @@
+"""Generative decoders gated token by token: a Llama-style model and GPT-2 exported with their KV cache (ONNX
+prefill + decode graphs), greedy continuations held to eager's exactly, each decode step to a full recompute of
+its prefix, weight-only forms judged by KL divergence on eager's stream, and a deliberately broken cache caught
+at its first wrong step."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+from models import llama_decoder, prompts
+
+from deploycheck.errors import ArtifactError, SpecError
+from deploycheck.generation.cache import Decode, dynamic_cache, flat_cache
+from deploycheck.generation.checks import token_quality
+from deploycheck.generation.decoders import EagerDecoder
+from deploycheck.generation.gate import gate_decoder
+from deploycheck.generation.onnx_decoder import export_decoder, load_decoder
+from deploycheck.generation.spec import GenerativeSpec
+from deploycheck.generation.streams import generate
+
+pytestmark = pytest.mark.slow
+
+
+def llama_spec(**overrides: object) -> GenerativeSpec:
+    settings: dict = {"name": "llama_tiny", "model": LLAMA, "prompts": prompts(), "new_tokens": 8,
+                      "batch_sizes": (1, 2), "formats": ("eager", "onnx"), **overrides}
+    return GenerativeSpec(**settings)
+
+
+LLAMA = llama_decoder()
+
+
+@pytest.fixture(scope="module")
+def llama_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Llama-style decoder's ONNX export, made once for the tests that only read it."""
+    return export_decoder(llama_spec(), "onnx", tmp_path_factory.mktemp("llama") / "onnx")
+
+
+class PositionsOffByOne(Decode):
+    """A decode step that places the new token one position too far (a wrong cache_position)."""
+
+    def forward(self, input_ids: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        positions = torch.zeros_like(input_ids) + past[0].shape[2] + 1
+        out = self.model(input_ids=input_ids, cache=dynamic_cache(past), position_ids=positions, use_cache=True)
+        return (out.logits, *flat_cache(out.cache))
+
+
+def test_a_llama_style_decoder_matches_eager_token_for_token_with_its_cache(tmp_path: Path,
+                                                                           llama_onnx: Path) -> None:
+    spec = llama_spec(formats=("eager", "onnx", "onnx_int8_weight"))
+    report = gate_decoder(spec, tmp_path, exported={"onnx": llama_onnx})
+    assert report.passed, str(report)
+    rows = {(row.format, row.batch_size): row for row in report.rows}
+    for batch in (1, 2):
+        onnx = rows[("onnx", batch)]
+        assert onnx.greedy.exact and onnx.consistency.passed and onnx.consistency.max_error < 1e-4
+        assert onnx.stream.tokens.shape == (batch, 8) and len(onnx.stream.step_s) == 7
+        int8 = rows[("onnx_int8_weight", batch)]
+        assert 0 < int8.quality.mean_kl < spec.max_kl and int8.quality.top1_agreement >= 0.9
+    assert rows[("onnx_int8_weight", 1)].size_bytes < rows[("onnx", 1)].size_bytes / 1.5
+    assert "greedy match" in str(report) and "TTFT ms" in str(report)
+
+
+def test_a_cache_with_positions_off_by_one_fails_at_its_first_decode_step(tmp_path: Path) -> None:
+    """The graph runs and its first token (from the prefill) is right; every decode step is then placed one
+    position too far, which only the comparison with a full recompute of the same prefix shows."""
+    spec = llama_spec(new_tokens=6, batch_sizes=(2,))
+    broken = export_decoder(spec, "onnx", tmp_path / "broken", decode=PositionsOffByOne)
+    report = gate_decoder(spec, tmp_path, exported={"onnx": broken})
+    row = next(row for row in report.rows if row.format == "onnx")
+    assert not report.passed and row.consistency.first_bad_step == 1, str(report)
+    assert any(p.startswith("llama_tiny/onnx at batch 2: decode step 1 (new token 1) differs from a full "
+                            "recompute") and "KV cache is wrong from that step" in p for p in row.problems)
+
+
+def test_the_cache_is_carried_bound_or_copied_with_the_same_result(llama_onnx: Path) -> None:
+    batch = prompts().numpy()
+    bound, copied = (generate(load_decoder(llama_onnx, bound=flag), batch, 5) for flag in (True, False))
+    assert np.array_equal(bound.tokens, copied.tokens) and np.allclose(bound.logits, copied.logits, atol=1e-6)
+    eager = generate(EagerDecoder(LLAMA, "eager"), batch, 5)
+    assert token_quality(eager, bound).top1_agreement == 1.0
+
+
+def test_gpt2_carries_its_cache_through_onnx(tmp_path: Path) -> None:
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=500, n_positions=64, n_embd=64, n_layer=2, n_head=2)
+    spec = GenerativeSpec("gpt2_tiny", transformers.GPT2LMHeadModel(config), prompts(vocab=500), new_tokens=6,
+                          batch_sizes=(2,), formats=("eager", "onnx"))
+    report = gate_decoder(spec, tmp_path)
+    assert report.passed, str(report)
+
+
+def test_an_altered_graph_is_refused_before_it_runs(tmp_path: Path, llama_onnx: Path) -> None:
+    path = Path(shutil.copytree(llama_onnx, tmp_path / "onnx"))
+    data = bytearray((path / "decode.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (path / "decode.onnx").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"decode.onnx: missing or altered since export"):
+        load_decoder(path)
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("keep me")
+    with pytest.raises(Exception, match="not empty and not a generative artifact"):
+        export_decoder(llama_spec(), "onnx", tmp_path / "theirs")
+    assert (tmp_path / "theirs" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"prompts": torch.zeros(2, 8)}, "prompts must be a 2-D tensor of token ids"),
+    ({"new_tokens": 1}, "new_tokens must be at least 2"),
+    ({"batch_sizes": (4,)}, r"batch_sizes \[4\] must each be between 1 and the 2 prompt rows"),
+    ({"formats": ("eager", "torchscript")}, "no generative form of torchscript"),
+    ({"new_tokens": 60}, "prompt 8 \\+ 60 new tokens exceed the model's 64 positions"),
+])
+def test_a_generative_spec_names_what_is_wrong(overrides: dict, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        llama_spec(**overrides)
