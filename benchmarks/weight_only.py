@@ -28,7 +28,7 @@ from deploycheck.parity import check_parity
 from deploycheck.table import format_table, human_size
 
 sys.path.insert(0, str(Path(__file__).parent))
-from real_models import CONFTEST  # noqa: E402  (the same model builders as the real-models benchmark)
+from real_models import CONFTEST  # the same model builders as the real-models benchmark
 
 FP32_OF = {"onnx_int8_weight": "onnx", "onnx_int4_weight": "onnx",
            "openvino_int8_weight": "openvino", "openvino_int4_weight": "openvino"}
