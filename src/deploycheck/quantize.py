@@ -11,9 +11,10 @@ int8. A configuration with fewer than `min_int8_fraction` of its weights in int8
 rule) is not an answer, however accurate: keeping every layer in float fits any budget. A calibrator that fails
 on a model (ONNX Runtime's Entropy histogram on a constant tensor) is a row of the table, not the end.
 
-Each candidate's speed is timed side by side with the fp32 ONNX model it was quantized from (interleaved calls on
-the same inputs, so a busy machine slows both alike): its batch-1 median as a multiple of fp32's, with a bootstrap
-interval. Timed one after another, a neighbour's burst during one candidate would read as that candidate's cost.
+Each candidate's speed is timed side by side with the fp32 model it was quantized from (ONNX, or the OpenVINO
+IR; interleaved calls on the same inputs, so a busy machine slows both alike): its batch-1 median as a multiple
+of fp32's, with a bootstrap interval. Timed one after another, a neighbour's burst during one candidate would
+read as that candidate's cost.
 
 For `openvino_int8` it tries NNCF's presets with and without SmoothQuant at a few alphas (SmoothQuant moves an
 outlier activation's range into the weights it multiplies). ONNX Runtime's own `SmoothQuant` option cannot be
@@ -38,6 +39,7 @@ from deploycheck.explain import explain_quantization
 from deploycheck.exporting import export
 from deploycheck.formats import get_format
 from deploycheck.formats.base import MIN_INT8_WEIGHT_FRACTION, int8_in_name_only
+from deploycheck.formats.openvino_int8 import PRESETS
 from deploycheck.latency import interleaved_times
 from deploycheck.stats import bootstrap_ratio_interval
 from deploycheck.table import format_table, human_size
@@ -60,7 +62,7 @@ CALIBRATIONS: tuple[dict[str, Any], ...] = (
 SMOOTH_QUANT_ALPHAS = (None, 0.5, 0.75, 0.95)  # None: no SmoothQuant
 NNCF_CANDIDATES: tuple[dict[str, Any], ...] = tuple(
     {"preset": preset} if alpha is None else {"preset": preset, "smooth_quant_alpha": alpha}
-    for alpha in SMOOTH_QUANT_ALPHAS for preset in ("performance", "mixed"))
+    for alpha in SMOOTH_QUANT_ALPHAS for preset in PRESETS)
 
 
 @dataclass

@@ -11,8 +11,10 @@ counters say how much was left.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -74,13 +76,32 @@ def quantize_matmul_weights(source: Path, target: Path, settings: dict[str, Any]
     """`source`'s MatMul weights in `settings["bits"]` bits (MatMulNBits, blocks of `block_size`), to `target`:
     the weight-only step shared by these formats and the generative ONNX exports (prefill and decode graphs)."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
+    with _root_logger_kept():
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
     config = DefaultWeightOnlyQuantConfig(block_size=settings["block_size"], is_symmetric=settings["symmetric"],
                                           accuracy_level=settings["accuracy_level"], bits=settings["bits"])
     quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), algo_config=config)
     quantizer.process()
     quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
+
+
+@contextlib.contextmanager
+def _root_logger_kept() -> Iterator[None]:
+    """Importing `matmul_nbits_quantizer` calls `logging.basicConfig(level=INFO)`, which would turn on every
+    library's INFO messages in the user's process (thousands of lines from the ONNX exporter's passes); the root
+    logger's level and handlers are put back as they were."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
 
 
 def low_bit_weight_fraction(model_path: Path) -> float:

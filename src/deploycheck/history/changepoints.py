@@ -11,11 +11,14 @@ at the old level and the first one at the new level (a least-squares fit of old 
 step names one commit and a creep over five commits names all five. Adjacent change points in the same direction
 whose transitions touch are one change.
 
-A busy neighbour slows or (by taking the reference workload's share) flatters a single run; those runs are
-replaced by the median of the five runs around them before the search (a Hampel filter: off the local median by
-more than `OUTLIER_SIGMAS` times the series' noise, which is estimated from how far runs are from their local
-medians, so a step or a creep does not count as noise). A median of five keeps a step's edge and a creep's slope,
-and without the filter one run 10% low beside a step stretched the step's transition into the creep next to it.
+A busy neighbour slows or (by taking the reference workload's share) flatters a single run. Before the search,
+such a run is replaced by the mean of its neighbours' levels: a run off, in the same direction, by more than
+`OUTLIER_SIGMAS` times the series' noise from both the median of the `OUTLIER_SIDE` runs before it and that of the
+runs after it (a Hampel-style filter whose two one-sided medians keep a step's edge: the first run at a new level
+agrees with the runs after it). The noise is estimated from how far runs lie from their neighbours' levels, so a
+step or a creep does not count as noise; the newest run is never replaced, having no runs after it. Each change
+point's transition is then fitted twice (see `_with_transitions`). Without both, 5 in 50 scripted histories with
+three runs 10% low merged a step at commit 12 and a creep over commits 20-24 into one change spanning both.
 
 Long histories are searched in overlapping windows (`WINDOW` runs), as Otava does, so the cost grows with the
 length of the history and not with its square; the significance pass then runs over the whole series.
