@@ -43,7 +43,7 @@ def models() -> dict[str, torch.nn.Module]:
         num_key_value_heads=2, max_position_embeddings=128))
     torch.manual_seed(0)
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=512, n_positions=128, n_embd=128,
-                                                                n_layer=2, n_head=4))
+                                                                n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0))
     return {"llama": llama.eval(), "gpt2": gpt2.eval()}
 
 

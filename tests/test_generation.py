@@ -87,15 +87,22 @@ def test_the_cache_is_carried_bound_or_copied_with_the_same_result(llama_onnx: P
     assert token_quality(eager, bound).top1_agreement == 1.0
 
 
-def test_gpt2_carries_its_cache_through_onnx(tmp_path: Path) -> None:
+def test_gpt2_carries_its_cache_through_onnx_and_its_int8_in_name_only_is_said(tmp_path: Path) -> None:
+    """GPT-2's Conv1D projections export as Gemm, which MatMulNBits leaves fp32: its "int8" form is the fp32 graph
+    (KL as fp32's) and fails as int8 in name only instead of passing as a perfect quantization."""
     import transformers
 
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=500, n_positions=64, n_embd=64, n_layer=2, n_head=2)
+    config = transformers.GPT2Config(vocab_size=500, n_positions=64, n_embd=64, n_layer=2, n_head=2, bos_token_id=0,
+                                     eos_token_id=0)
     spec = GenerativeSpec("gpt2_tiny", transformers.GPT2LMHeadModel(config), prompts(vocab=500), new_tokens=6,
-                          batch_sizes=(2,), formats=("eager", "onnx"))
+                          batch_sizes=(2,), formats=("eager", "onnx", "onnx_int8_weight"))
     report = gate_decoder(spec, tmp_path)
-    assert report.passed, str(report)
+    rows = {row.format: row for row in report.rows}
+    assert rows["eager"].passed and rows["onnx"].passed, str(report)
+    int8 = rows["onnx_int8_weight"]
+    assert int8.int8_fraction is not None and int8.int8_fraction < 0.5
+    assert any("int8 in name only" in problem and "GPT-2's Conv1D" in problem for problem in int8.problems)
 
 
 def test_an_altered_graph_is_refused_before_it_runs(tmp_path: Path, llama_onnx: Path) -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from deploycheck.formats.base import MIN_INT8_WEIGHT_FRACTION, int8_in_name_only
 from deploycheck.generation.checks import (
     Consistency,
     GreedyMatch,
@@ -31,6 +33,7 @@ class GenerationRow:
     format: str
     batch_size: int
     size_bytes: int | None
+    int8_fraction: float | None  # of a quantized format's weights, in 8 bits or fewer
     greedy: GreedyMatch
     consistency: Consistency
     quality: Quality
@@ -53,10 +56,11 @@ class GenerationReport:
 
     def __str__(self) -> str:
         table = format_table(
-            ["format", "batch", "greedy match", "cache", "mean KL", "p99 KL", "top-1", "delta-p RMS", "TTFT ms",
-             "TPOT ms", "decode tok/s", "size", "status"],
+            ["format", "batch", "greedy match", "cache", "low-bit weights", "mean KL", "p99 KL", "top-1",
+             "delta-p RMS", "TTFT ms", "TPOT ms", "decode tok/s", "size", "status"],
             [[row.format, str(row.batch_size), f"{row.greedy.rows_matching:.0%}",
               "ok" if row.consistency.passed else f"wrong from step {row.consistency.first_bad_step}",
+              "" if row.int8_fraction is None else f"{row.int8_fraction:.0%}",
               f"{row.quality.mean_kl:.2e}", f"{row.quality.p99_kl:.2e}", f"{row.quality.top1_agreement:.1%}",
               f"{row.quality.delta_p_rms:.2e}", f"{row.stream.ttft_s * 1e3:.2f}", f"{row.stream.tpot_s * 1e3:.2f}",
               f"{row.stream.decode_tokens_per_s():.0f}", "" if row.size_bytes is None else human_size(row.size_bytes),
@@ -70,22 +74,24 @@ def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Pat
     """Export each of `spec.formats` under `out_dir/<format>` (or load it from `exported`, by format), then hold
     every format and batch size to eager."""
     exported = dict(exported or {})
-    decoders: dict[str, tuple[Decoder, int | None]] = {}
+    decoders: dict[str, tuple[Decoder, dict[str, Any]]] = {}
     for name in spec.formats:
         if name == "eager":
-            decoders[name] = (EagerDecoder(spec.model, f"{spec.name}/eager"), None)
+            decoders[name] = (EagerDecoder(spec.model, f"{spec.name}/eager"), {})
             continue
         path = exported.get(name) or export_decoder(spec, name, Path(out_dir) / name)
-        decoders[name] = (load_decoder(path), int(read_sidecar(path)["size_bytes"]))
+        decoders[name] = (load_decoder(path), read_sidecar(path))
     reference = EagerDecoder(spec.model, f"{spec.name}/eager")
     rows = []
     for batch in spec.batch_sizes:
         prompts = spec.prompts[:batch].numpy().astype(np.int64)
         expected = generate(reference, prompts, spec.new_tokens)
-        for name, (decoder, size) in decoders.items():
+        for name, (decoder, sidecar) in decoders.items():
             free = generate(decoder, prompts, spec.new_tokens)
             forced = generate(decoder, prompts, spec.new_tokens, forced=expected.tokens)
-            row = GenerationRow(name, batch, size, greedy_match(expected, free),
+            row = GenerationRow(name, batch, sidecar.get("size_bytes"),
+                                (sidecar.get("quantization") or {}).get("int8_weight_fraction"),
+                                greedy_match(expected, free),
                                 cache_consistency(decoder, prompts, free), token_quality(expected, forced), free)
             row.problems = _problems(spec, decoder.label, row)
             rows.append(row)
@@ -102,6 +108,10 @@ def _problems(spec: GenerativeSpec, label: str, row: GenerationRow) -> list[str]
     if row.format in FP32_FORMATS and not row.greedy.exact:
         found.append(f"{where}: the greedy continuation leaves eager's at {row.greedy.detail}")
     if row.format not in FP32_FORMATS:
+        if int8_in_name_only(row.int8_fraction):
+            found.append(f"{where}: int8 in name only: {row.int8_fraction:.0%} of its weights are in 8 bits or "
+                         f"fewer (at least {MIN_INT8_WEIGHT_FRACTION:.0%} expected; MatMulNBits takes MatMul "
+                         "weights only, so a Gemm such as GPT-2's Conv1D stays fp32)")
         if row.quality.mean_kl > spec.max_kl:
             found.append(f"{where}: mean KL divergence from eager {row.quality.mean_kl:.3g} nats exceeds max_kl "
                          f"{spec.max_kl:.3g}")
