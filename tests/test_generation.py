@@ -19,8 +19,8 @@ from deploycheck.errors import ArtifactError, SpecError
 from deploycheck.generation.cache import Decode, dynamic_cache, flat_cache
 from deploycheck.generation.checks import token_quality
 from deploycheck.generation.decoders import EagerDecoder
+from deploycheck.generation.formats import export_decoder, load_decoder
 from deploycheck.generation.gate import gate_decoder
-from deploycheck.generation.onnx_decoder import export_decoder, load_decoder
 from deploycheck.generation.spec import GenerativeSpec
 from deploycheck.generation.streams import generate
 
@@ -53,13 +53,15 @@ class PositionsOffByOne(Decode):
 
 def test_a_llama_style_decoder_matches_eager_token_for_token_with_its_cache(tmp_path: Path,
                                                                            llama_onnx: Path) -> None:
-    spec = llama_spec(formats=("eager", "onnx", "onnx_int8_weight"))
+    spec = llama_spec(formats=("eager", "torch_export", "onnx", "onnx_int8_weight"))
     report = gate_decoder(spec, tmp_path, exported={"onnx": llama_onnx})
     assert report.passed, str(report)
     rows = {(row.format, row.batch_size): row for row in report.rows}
     for batch in (1, 2):
+        for fp32 in ("onnx", "torch_export"):
+            row = rows[(fp32, batch)]
+            assert row.greedy.exact and row.consistency.passed and row.consistency.max_error < 1e-4
         onnx = rows[("onnx", batch)]
-        assert onnx.greedy.exact and onnx.consistency.passed and onnx.consistency.max_error < 1e-4
         assert onnx.stream.tokens.shape == (batch, 8) and len(onnx.stream.step_s) == 7
         int8 = rows[("onnx_int8_weight", batch)]
         assert 0 < int8.quality.mean_kl < spec.max_kl and int8.quality.top1_agreement >= 0.9
@@ -117,6 +119,21 @@ def test_an_altered_graph_is_refused_before_it_runs(tmp_path: Path, llama_onnx: 
     with pytest.raises(Exception, match="not empty and not a generative artifact"):
         export_decoder(llama_spec(), "onnx", tmp_path / "theirs")
     assert (tmp_path / "theirs" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_pt2_decoder_loads_only_when_trusted(tmp_path: Path) -> None:
+    """`.pt2` archives unpickle: an artifact this process did not write (here: its sidecar edited, as one copied
+    from elsewhere would be unknown) is refused until the caller says it trusts it."""
+    import json
+
+    spec = llama_spec(new_tokens=3, batch_sizes=(2,), formats=("eager", "torch_export"))
+    path = export_decoder(spec, "torch_export", tmp_path / "pt2")
+    sidecar = path / "deploycheck-generative.json"
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "copied_from": "elsewhere"}))
+    with pytest.raises(ArtifactError, match=r"llama_tiny/torch_export: refusing to load .*unpickles"):
+        load_decoder(path)
+    trusted = generate(load_decoder(path, trust_code=True), prompts().numpy(), 3)
+    assert np.array_equal(trusted.tokens, generate(EagerDecoder(LLAMA, "eager"), prompts().numpy(), 3).tokens)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

@@ -55,3 +55,23 @@ class Decode(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(input_ids=input_ids, cache=dynamic_cache(past), use_cache=True)
         return (out.logits, *flat_cache(out.cache))
+
+
+def examples(model: torch.nn.Module,
+             prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Example arguments for exporting both graphs: two prompt rows (torch.export specialises a batch of 1), one
+    next token per row and the cache after the prompts."""
+    example = prompts[:2].to(torch.int64)
+    if len(example) < 2:
+        example = example.repeat(2, 1)
+    with torch.inference_mode():
+        out = model(input_ids=example, use_cache=True)
+    past = tuple(t.clone() for t in flat_cache(out.cache))
+    return example, out.logits[:, -1:].argmax(-1), past
+
+
+def dynamic_shapes(layers: int) -> tuple[tuple[dict[int, Any], ...], tuple[Any, ...]]:
+    """torch.export's dynamic shapes of the prefill graph (batch, prompt length) and of the decode graph (batch;
+    batch and cached length of every past tensor)."""
+    dynamic = torch.export.Dim.DYNAMIC
+    return ({0: dynamic, 1: dynamic},), ({0: dynamic}, tuple([{0: dynamic, 2: dynamic}] * (2 * layers)))

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from deploycheck.formats.base import MIN_INT8_WEIGHT_FRACTION, int8_in_name_only
+from deploycheck.generation.artifact import read_sidecar
 from deploycheck.generation.checks import (
     Consistency,
     GreedyMatch,
@@ -20,12 +21,12 @@ from deploycheck.generation.checks import (
     token_quality,
 )
 from deploycheck.generation.decoders import Decoder, EagerDecoder
-from deploycheck.generation.onnx_decoder import export_decoder, load_decoder, read_sidecar
+from deploycheck.generation.formats import export_decoder, load_decoder
 from deploycheck.generation.spec import GenerativeSpec
 from deploycheck.generation.streams import Stream, generate
 from deploycheck.table import format_table, human_size
 
-FP32_FORMATS = ("eager", "onnx")  # held to eager's greedy continuation exactly
+FP32_FORMATS = ("eager", "torch_export", "onnx")  # held to eager's greedy continuation exactly
 
 
 @dataclass
@@ -70,9 +71,10 @@ class GenerationReport:
                           *problems])
 
 
-def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Path] | None = None) -> GenerationReport:
-    """Export each of `spec.formats` under `out_dir/<format>` (or load it from `exported`, by format), then hold
-    every format and batch size to eager."""
+def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Path] | None = None,
+                 trust_code: bool = False) -> GenerationReport:
+    """Export each of `spec.formats` under `out_dir/<format>` (or load it from `exported`, by format; `trust_code`
+    for `.pt2` artifacts this process did not write), then hold every format and batch size to eager."""
     exported = dict(exported or {})
     decoders: dict[str, tuple[Decoder, dict[str, Any]]] = {}
     for name in spec.formats:
@@ -80,7 +82,7 @@ def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Pat
             decoders[name] = (EagerDecoder(spec.model, f"{spec.name}/eager"), {})
             continue
         path = exported.get(name) or export_decoder(spec, name, Path(out_dir) / name)
-        decoders[name] = (load_decoder(path), read_sidecar(path))
+        decoders[name] = (load_decoder(path, trust_code=trust_code), read_sidecar(path))
     reference = EagerDecoder(spec.model, f"{spec.name}/eager")
     rows = []
     for batch in spec.batch_sizes:
