@@ -16,11 +16,13 @@ pytest.importorskip("transformers")
 from models import llama_decoder, prompts
 
 from deploycheck.errors import ArtifactError, SpecError
+from deploycheck.generation.artifact import read_sidecar
 from deploycheck.generation.cache import Decode, dynamic_cache, flat_cache
 from deploycheck.generation.checks import token_quality
 from deploycheck.generation.decoders import EagerDecoder
 from deploycheck.generation.formats import export_decoder, load_decoder
 from deploycheck.generation.gate import gate_decoder
+from deploycheck.generation.openvino_decoder import OpenVinoStatefulDecoder
 from deploycheck.generation.spec import GenerativeSpec
 from deploycheck.generation.streams import generate
 
@@ -53,12 +55,12 @@ class PositionsOffByOne(Decode):
 
 def test_a_llama_style_decoder_matches_eager_token_for_token_with_its_cache(tmp_path: Path,
                                                                            llama_onnx: Path) -> None:
-    spec = llama_spec(formats=("eager", "torch_export", "onnx", "onnx_int8_weight"))
+    spec = llama_spec(formats=("eager", "torch_export", "onnx", "openvino", "onnx_int8_weight"))
     report = gate_decoder(spec, tmp_path, exported={"onnx": llama_onnx})
     assert report.passed, str(report)
     rows = {(row.format, row.batch_size): row for row in report.rows}
     for batch in (1, 2):
-        for fp32 in ("onnx", "torch_export"):
+        for fp32 in ("onnx", "torch_export", *(["openvino"] if "openvino" not in report.skipped else [])):
             row = rows[(fp32, batch)]
             assert row.greedy.exact and row.consistency.passed and row.consistency.max_error < 1e-4
         onnx = rows[("onnx", batch)]
@@ -79,6 +81,31 @@ def test_a_cache_with_positions_off_by_one_fails_at_its_first_decode_step(tmp_pa
     assert not report.passed and row.consistency.first_bad_step == 1, str(report)
     assert any(p.startswith("llama_tiny/onnx at batch 2: decode step 1 (new token 1) differs from a full "
                             "recompute") and "KV cache is wrong from that step" in p for p in row.problems)
+
+
+class NoResetRunner(OpenVinoStatefulDecoder):
+    """A stateful runner that forgets to reset its request between sequences (only the first starts empty)."""
+
+    started = False
+
+    def start_sequence(self, batch: int) -> None:
+        if not self.started:
+            super().start_sequence(batch)
+            self.started = True
+
+
+def test_a_stateful_runner_that_skips_its_reset_fails_at_the_first_step_it_answers_wrongly(tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="pip install 'deploycheck[openvino]'")
+    spec = llama_spec(new_tokens=4, batch_sizes=(2,), formats=("eager", "openvino"))
+    path = export_decoder(spec, "openvino", tmp_path / "openvino")
+    runner = NoResetRunner(path, read_sidecar(path), threads=1)
+    report = gate_decoder(spec, tmp_path, exported={"openvino": path}, runners={"openvino": runner})
+    row = next(row for row in report.rows if row.format == "openvino")
+    assert row.greedy.exact, "its first sequence starts from an empty cache"
+    assert not row.passed and row.consistency.first_bad_step == 0, str(report)
+    assert any(p.startswith("llama_tiny/openvino at batch 2: decode step 0") for p in row.problems)
+    fresh = gate_decoder(spec, tmp_path, exported={"openvino": path})
+    assert fresh.passed, str(fresh)
 
 
 def test_the_cache_is_carried_bound_or_copied_with_the_same_result(llama_onnx: Path) -> None:

@@ -9,6 +9,7 @@ from deploycheck.generation.cache import Decode
 from deploycheck.generation.decoders import Decoder
 from deploycheck.generation.onnx_decoder import FORMATS as ONNX_FORMATS
 from deploycheck.generation.onnx_decoder import export_onnx_decoder, load_onnx_decoder
+from deploycheck.generation.openvino_decoder import OpenVinoStatefulDecoder, export_openvino_decoder
 from deploycheck.generation.spec import GenerativeSpec
 from deploycheck.generation.torch_export_decoder import EXECUTES_CODE, TorchExportDecoder, export_torch_decoder
 
@@ -19,6 +20,8 @@ def export_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, decode
     per row subclasses `Decode`)."""
     if format_name == "torch_export":
         return export_torch_decoder(spec, Path(out_dir), decode)
+    if format_name == "openvino":
+        return export_openvino_decoder(spec, Path(out_dir), decode)
     if format_name in ONNX_FORMATS:
         return export_onnx_decoder(spec, format_name, Path(out_dir), decode)
     raise ValueError(f"{spec.name}: no generative exporter for {format_name!r}")
@@ -33,4 +36,6 @@ def load_decoder(path: Path, bound: bool = True, threads: int = 1, trust_code: b
     if details["format"] == "torch_export":
         check_trusted(Path(path), label, EXECUTES_CODE, trust_code, verify_key)
         return TorchExportDecoder(Path(path), label)
+    if details["format"] == "openvino":
+        return OpenVinoStatefulDecoder(Path(path), details, threads)
     return load_onnx_decoder(Path(path), details, bound, threads)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from deploycheck.errors import FormatUnavailable
 from deploycheck.formats.base import MIN_INT8_WEIGHT_FRACTION, int8_in_name_only
 from deploycheck.generation.artifact import read_sidecar
 from deploycheck.generation.checks import (
@@ -26,7 +27,7 @@ from deploycheck.generation.spec import GenerativeSpec
 from deploycheck.generation.streams import Stream, generate
 from deploycheck.table import format_table, human_size
 
-FP32_FORMATS = ("eager", "torch_export", "onnx")  # held to eager's greedy continuation exactly
+FP32_FORMATS = ("eager", "torch_export", "onnx", "openvino")  # held to eager's greedy continuation exactly
 
 
 @dataclass
@@ -50,6 +51,7 @@ class GenerationRow:
 class GenerationReport:
     model: str
     rows: list[GenerationRow]
+    skipped: dict[str, str] = field(default_factory=dict)  # format -> why it could not run here
 
     @property
     def passed(self) -> bool:
@@ -67,22 +69,31 @@ class GenerationReport:
               f"{row.stream.decode_tokens_per_s():.0f}", "" if row.size_bytes is None else human_size(row.size_bytes),
               "ok" if row.passed else "FAIL"] for row in self.rows])
         problems = [f"  {p}" for row in self.rows for p in row.problems]
+        skips = [f"  skipped {name}: {reason}" for name, reason in self.skipped.items()]
         return "\n".join([f"generation of {self.model} against eager (greedy, teacher-forced quality)", table,
-                          *problems])
+                          *problems, *skips])
 
 
 def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Path] | None = None,
-                 trust_code: bool = False) -> GenerationReport:
+                 trust_code: bool = False, runners: Mapping[str, Decoder] | None = None) -> GenerationReport:
     """Export each of `spec.formats` under `out_dir/<format>` (or load it from `exported`, by format; `trust_code`
-    for `.pt2` artifacts this process did not write), then hold every format and batch size to eager."""
-    exported = dict(exported or {})
+    for `.pt2` artifacts this process did not write; or take the caller's own loaded decoder from `runners`),
+    then hold every format and batch size to eager. A format that cannot run here is skipped with its reason."""
+    exported, runners = dict(exported or {}), dict(runners or {})
     decoders: dict[str, tuple[Decoder, dict[str, Any]]] = {}
+    skipped: dict[str, str] = {}
     for name in spec.formats:
-        if name == "eager":
+        if name in runners:
+            decoders[name] = (runners[name], read_sidecar(exported[name]) if name in exported else {})
+        elif name == "eager":
             decoders[name] = (EagerDecoder(spec.model, f"{spec.name}/eager"), {})
-            continue
-        path = exported.get(name) or export_decoder(spec, name, Path(out_dir) / name)
-        decoders[name] = (load_decoder(path, trust_code=trust_code), read_sidecar(path))
+        else:
+            try:
+                path = exported.get(name) or export_decoder(spec, name, Path(out_dir) / name)
+            except FormatUnavailable as exc:
+                skipped[name] = str(exc)
+                continue
+            decoders[name] = (load_decoder(path, trust_code=trust_code), read_sidecar(path))
     reference = EagerDecoder(spec.model, f"{spec.name}/eager")
     rows = []
     for batch in spec.batch_sizes:
@@ -97,7 +108,7 @@ def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Pat
                                 cache_consistency(decoder, prompts, free), token_quality(expected, forced), free)
             row.problems = _problems(spec, decoder.label, row)
             rows.append(row)
-    return GenerationReport(spec.name, rows)
+    return GenerationReport(spec.name, rows, skipped)
 
 
 def _problems(spec: GenerativeSpec, label: str, row: GenerationRow) -> list[str]:
