@@ -81,6 +81,7 @@ def test_the_openvino_search_finds_smoothquant_for_an_outlier_activation(tmp_pat
     written = deploycheck.load_artifact(tmp_path / "ov", spec=spec)
     assert written.metadata["quantization"]["smooth_quant_alpha"] == result.winner.settings["smooth_quant_alpha"]
     assert result.format_options() == {"openvino_int8": result.winner.settings}
+    assert "own max_accuracy_drop (1.00%) is tighter than the searched budget (5.00%)" in result.how_to_gate(spec)
     assert "SmoothQuant alpha" in str(result) and "<- chosen" in str(result)
     with pytest.raises(DeployCheckError, match="covers onnx_int8_static, openvino_int8"):
         search_quantization(spec, 0.05, tmp_path / "no", format_name="onnx_int8_dynamic")

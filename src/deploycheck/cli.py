@@ -174,7 +174,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     assert result.artifact is not None
     print()
     print(check_accuracy(result.artifact, spec))
-    print(f"\nto gate this configuration: ModelSpec(format_options={result.format_options()!r})")
+    print(f"\n{result.how_to_gate(spec)}")
     return 0
 
 

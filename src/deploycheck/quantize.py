@@ -125,6 +125,16 @@ class SearchResult:
         assert self.winner is not None
         return {self.format: dict(self.winner.settings)}
 
+    def how_to_gate(self, spec: ModelSpec) -> str:
+        """The line that gates the chosen configuration, and a warning when the spec's own budget is tighter
+        than the searched one (the gate would then fail what the search chose)."""
+        line = f"to gate this configuration: ModelSpec(format_options={self.format_options()!r})"
+        own = spec.max_accuracy_drop
+        if own is not None and own < self.budget:
+            line += (f"\nnote: {spec.name}'s own max_accuracy_drop ({own:.2%}) is tighter than the searched budget "
+                     f"({self.budget:.2%}): the gate fails this configuration until the spec's budget is raised")
+        return line
+
     def __str__(self) -> str:
         def note(t: Trial) -> str:
             if t is self.winner:
