@@ -125,13 +125,18 @@ def test_gpt2_carries_its_cache_through_onnx_and_its_int8_in_name_only_is_said(t
     config = transformers.GPT2Config(vocab_size=500, n_positions=64, n_embd=64, n_layer=2, n_head=2, bos_token_id=0,
                                      eos_token_id=0)
     spec = GenerativeSpec("gpt2_tiny", transformers.GPT2LMHeadModel(config), prompts(vocab=500), new_tokens=6,
-                          batch_sizes=(2,), formats=("eager", "onnx", "onnx_int8_weight"))
+                          batch_sizes=(2,), formats=("eager", "onnx", "onnx_int8_weight", "openvino_int8_weight"))
     report = gate_decoder(spec, tmp_path)
     rows = {row.format: row for row in report.rows}
     assert rows["eager"].passed and rows["onnx"].passed, str(report)
     int8 = rows["onnx_int8_weight"]
     assert int8.int8_fraction is not None and int8.int8_fraction < 0.5
     assert any("int8 in name only" in problem and "GPT-2's Conv1D" in problem for problem in int8.problems)
+    if "openvino_int8_weight" not in report.skipped:  # NNCF compresses the Conv1D projections of the IR
+        compressed = rows["openvino_int8_weight"]
+        assert compressed.passed and compressed.int8_fraction is not None and compressed.int8_fraction > 0.5, \
+            str(report)
+        assert 0 < compressed.quality.mean_kl < spec.max_kl
 
 
 def test_an_altered_graph_is_refused_before_it_runs(tmp_path: Path, llama_onnx: Path) -> None:

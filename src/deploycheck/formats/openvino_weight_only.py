@@ -23,6 +23,7 @@ An optional extra: `pip install 'deploycheck[openvino]'` (openvino and nncf).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -64,19 +65,23 @@ class OpenVinoWeightOnlyFormat(Format):
         require_packages(spec, self.name, ("openvino", "nncf"), "openvino")
 
     def settings(self, spec: ModelSpec) -> dict[str, Any]:
-        options = dict(spec.options(self.name))
+        return self.settings_from(spec.options(self.name), f"{spec.name}/{self.name}")
+
+    def settings_from(self, given: Mapping[str, Any], label: str) -> dict[str, Any]:
+        """NNCF's settings from a format's options (a `ModelSpec`'s or a generative spec's)."""
+        options = dict(given)
         mode = str(options.pop("mode", self.modes[0]))
         if mode not in self.modes:
-            raise ExportError(f"{spec.name}/{self.name}: mode {mode!r} is not one of {', '.join(self.modes)}")
+            raise ExportError(f"{label}: mode {mode!r} is not one of {', '.join(self.modes)}")
         settings: dict[str, Any] = {"mode": mode}
         if self.bits == 4:
             settings.update(group_size=int(options.pop("group_size", DEFAULT_GROUP_SIZE)),
                             ratio=float(options.pop("ratio", 1.0)), all_layers=bool(options.pop("all_layers", False)))
             if not 0 < settings["ratio"] <= 1 or settings["group_size"] < 1:
-                raise ExportError(f"{spec.name}/{self.name}: ratio must be in (0, 1] and group_size positive "
+                raise ExportError(f"{label}: ratio must be in (0, 1] and group_size positive "
                                   f"(given {settings['ratio']}, {settings['group_size']})")
         if options:
-            raise ExportError(f"{spec.name}/{self.name}: unknown setting(s) {', '.join(sorted(options))}; "
+            raise ExportError(f"{label}: unknown setting(s) {', '.join(sorted(options))}; "
                               f"{self.name} takes mode{', group_size, ratio, all_layers' if self.bits == 4 else ''}")
         return settings
 
@@ -84,26 +89,36 @@ class OpenVinoWeightOnlyFormat(Format):
         return [self.settings(spec)]
 
     def export(self, spec: ModelSpec, out_dir: Path, base: Artifact | None) -> dict[str, Any]:
-        import nncf
         import openvino as ov
-        from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
         assert base is not None
         settings = self.settings(spec)
-        model = ov.Core().read_model(str(base.path / IR_FILE))
-        arguments = {**settings, "mode": nncf.CompressWeightsMode[settings["mode"].upper()]}
-        if self.bits == 4:  # a layer whose width the group does not divide gets the largest group that does
-            arguments["advanced_parameters"] = AdvancedCompressionParameters(
-                group_size_fallback_mode=GroupSizeFallbackMode.ADJUST)
-        compressed = nncf.compress_weights(model, **arguments)
+        compressed = compress_ir_weights(ov.Core().read_model(str(base.path / IR_FILE)), settings)
         ov.save_model(compressed, str(out_dir / IR_FILE), compress_to_fp16=False)
-        return {"counters": openvino_costs(compressed), "quantization": {
-                "tool": "nncf.compress_weights", "weights_only": True, **settings,
-                "int8_weight_fraction": low_bit_weight_fraction(compressed),
-                "int4_weight_fraction": low_bit_weight_fraction(compressed, kinds=("i4", "u4"))}}
+        return {"counters": openvino_costs(compressed), "quantization": compression_record(compressed, settings)}
 
     def load(self, path: Path, metadata: dict[str, Any], spec: ModelSpec | None, **runtime: Any) -> Runner:
         return OpenVinoRunner(compile_ir(path, metadata, **runtime))
+
+
+def compress_ir_weights(model: Any, settings: dict[str, Any]) -> Any:
+    """`model` (an OpenVINO IR in memory) with its weights compressed by NNCF as `settings` say: the step these
+    formats and the generative OpenVINO decoder share."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+    arguments = {**settings, "mode": nncf.CompressWeightsMode[settings["mode"].upper()]}
+    if "group_size" in settings:  # int4: a layer whose width the group does not divide gets the largest that does
+        arguments["advanced_parameters"] = AdvancedCompressionParameters(
+            group_size_fallback_mode=GroupSizeFallbackMode.ADJUST)
+    return nncf.compress_weights(model, **arguments)
+
+
+def compression_record(model: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar's `quantization` section of a compressed IR."""
+    return {"tool": "nncf.compress_weights", "weights_only": True, **settings,
+            "int8_weight_fraction": low_bit_weight_fraction(model),
+            "int4_weight_fraction": low_bit_weight_fraction(model, kinds=("i4", "u4"))}
 
 
 def _precision(bits: int, layout: str) -> Precision:

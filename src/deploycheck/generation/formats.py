@@ -9,21 +9,24 @@ from deploycheck.generation.cache import Decode
 from deploycheck.generation.decoders import Decoder
 from deploycheck.generation.onnx_decoder import FORMATS as ONNX_FORMATS
 from deploycheck.generation.onnx_decoder import export_onnx_decoder, load_onnx_decoder
+from deploycheck.generation.openvino_decoder import FORMATS as OPENVINO_FORMATS
 from deploycheck.generation.openvino_decoder import OpenVinoStatefulDecoder, export_openvino_decoder
 from deploycheck.generation.spec import GenerativeSpec
 from deploycheck.generation.torch_export_decoder import EXECUTES_CODE, TorchExportDecoder, export_torch_decoder
 
 
-def export_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, decode: type[Decode] = Decode) -> Path:
+def export_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, decode: type[Decode] = Decode,
+                   fp32_onnx: Path | None = None) -> Path:
     """Export `spec`'s model as `format_name` into `out_dir` (new, or a generative artifact); returns the
     directory. `decode` wraps the model's decode step (a model whose step needs more than the cache and one token
-    per row subclasses `Decode`)."""
+    per row subclasses `Decode`); `fp32_onnx`, this model's `onnx` artifact, spares the ONNX weight-only formats
+    a second export."""
     if format_name == "torch_export":
         return export_torch_decoder(spec, Path(out_dir), decode)
-    if format_name == "openvino":
-        return export_openvino_decoder(spec, Path(out_dir), decode)
+    if format_name in OPENVINO_FORMATS:
+        return export_openvino_decoder(spec, format_name, Path(out_dir), decode)
     if format_name in ONNX_FORMATS:
-        return export_onnx_decoder(spec, format_name, Path(out_dir), decode)
+        return export_onnx_decoder(spec, format_name, Path(out_dir), decode, fp32_onnx)
     raise ValueError(f"{spec.name}: no generative exporter for {format_name!r}")
 
 
@@ -36,6 +39,6 @@ def load_decoder(path: Path, bound: bool = True, threads: int = 1, trust_code: b
     if details["format"] == "torch_export":
         check_trusted(Path(path), label, EXECUTES_CODE, trust_code, verify_key)
         return TorchExportDecoder(Path(path), label)
-    if details["format"] == "openvino":
+    if details["format"] in OPENVINO_FORMATS:
         return OpenVinoStatefulDecoder(Path(path), details, threads)
     return load_onnx_decoder(Path(path), details, bound, threads)

@@ -89,10 +89,12 @@ def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Pat
             decoders[name] = (EagerDecoder(spec.model, f"{spec.name}/eager"), {})
         else:
             try:
-                path = exported.get(name) or export_decoder(spec, name, Path(out_dir) / name)
+                path = exported.get(name) or export_decoder(spec, name, Path(out_dir) / name,
+                                                            fp32_onnx=exported.get("onnx"))
             except FormatUnavailable as exc:
                 skipped[name] = str(exc)
                 continue
+            exported[name] = path
             decoders[name] = (load_decoder(path, trust_code=trust_code), read_sidecar(path))
     reference = EagerDecoder(spec.model, f"{spec.name}/eager")
     rows = []

@@ -20,7 +20,7 @@ from deploycheck.errors import ExportError
 from deploycheck.formats import get_format
 from deploycheck.formats.onnx import create_session
 from deploycheck.formats.onnx_weight_only import OnnxWeightOnlyFormat, low_bit_weight_fraction, quantize_matmul_weights
-from deploycheck.generation.artifact import prepare_directory, write_sidecar
+from deploycheck.generation.artifact import prepare_directory, read_sidecar, write_sidecar
 from deploycheck.generation.cache import Decode, Prefill, cache_names, dynamic_shapes, examples
 from deploycheck.generation.decoders import OnnxDecoder
 from deploycheck.generation.spec import GenerativeSpec
@@ -30,8 +30,11 @@ PACKAGES = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime")
 FORMATS = ("onnx", "onnx_int8_weight", "onnx_int4_weight")
 
 
-def export_onnx_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, decode: type[Decode]) -> Path:
-    """`spec`'s model as `format_name` (one of `FORMATS`) in `out_dir`; `decode` wraps its decode step."""
+def export_onnx_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, decode: type[Decode],
+                        fp32: Path | None = None) -> Path:
+    """`spec`'s model as `format_name` (one of `FORMATS`) in `out_dir`; `decode` wraps its decode step. A weight-only
+    format quantizes the graphs of `fp32` (this model's verified `onnx` artifact) when given, instead of exporting
+    them again."""
     label = f"{spec.name}/{format_name}"
     out_dir = prepare_directory(out_dir, label)
     weight_only = None
@@ -40,12 +43,15 @@ def export_onnx_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, d
         assert isinstance(fmt, OnnxWeightOnlyFormat)
         weight_only = fmt.settings_from(spec.options(format_name), label)
     with tempfile.TemporaryDirectory(prefix="deploycheck-decoder-") as scratch:
-        layers = _export_fp32(spec, Path(scratch), decode)
+        if weight_only is not None and fp32 is not None:
+            source, layers = Path(fp32), int(read_sidecar(fp32)["layers"])
+        else:
+            source, layers = Path(scratch), _export_fp32(spec, Path(scratch), decode)
         for graph in GRAPHS:
             if weight_only is None:
-                (out_dir / graph).write_bytes((Path(scratch) / graph).read_bytes())
+                (out_dir / graph).write_bytes((source / graph).read_bytes())
             else:
-                quantize_matmul_weights(Path(scratch) / graph, out_dir / graph, weight_only)
+                quantize_matmul_weights(source / graph, out_dir / graph, weight_only)
     details: dict[str, Any] = {"format": format_name, "model": spec.name, "layers": layers}
     if weight_only is not None:
         details["quantization"] = {**weight_only, "weights_only": True,

@@ -2,7 +2,9 @@
 step graph (any number of new tokens per row, on top of a cache of any length, zero included) exported through
 ONNX, converted, and made stateful (`apply_make_stateful_transformation`: each `past.*` input and its `present.*`
 output become one internal state that the infer request keeps between calls). Weights stay f32
-(`compress_to_fp16=False`) and inference runs at f32 (`INFERENCE_PRECISION_HINT`), like the single-pass format.
+(`compress_to_fp16=False`) and inference runs at f32 (`INFERENCE_PRECISION_HINT`), like the single-pass format;
+`openvino_int8_weight` / `openvino_int4_weight` compress the stateful model's weights with NNCF exactly as the
+single-pass formats of those names do (activations f32, on-the-fly activation quantization off).
 
 The state belongs to the infer request, so a new sequence must start from an empty cache: `start_sequence` resets
 the request's state and sets each one to an empty cache of the batch's size. A runner that skipped the reset would
@@ -19,23 +21,39 @@ import numpy as np
 import torch
 
 from deploycheck.errors import ExportError, FormatUnavailable
+from deploycheck.formats import get_format
 from deploycheck.formats.base import installed
 from deploycheck.formats.openvino import PRECISION_HINT
+from deploycheck.formats.openvino_weight_only import (
+    NO_DYNAMIC_QUANTIZATION,
+    OpenVinoWeightOnlyFormat,
+    compress_ir_weights,
+    compression_record,
+)
 from deploycheck.generation.artifact import prepare_directory, write_sidecar
 from deploycheck.generation.cache import Decode, cache_names, examples
 from deploycheck.generation.spec import GenerativeSpec
 
 FILES = ("model.xml", "model.bin")
+FORMATS = ("openvino", "openvino_int8_weight", "openvino_int4_weight")
 PACKAGES = ("torch", "transformers", "onnx", "onnxscript", "openvino")
 
 
-def export_openvino_decoder(spec: GenerativeSpec, out_dir: Path, decode: type[Decode]) -> Path:
-    label = f"{spec.name}/openvino"
-    if not installed("openvino"):
-        raise FormatUnavailable(f"{label}: needs OpenVINO: pip install 'deploycheck[openvino]'")
+def export_openvino_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, decode: type[Decode]) -> Path:
+    """`spec`'s model as `format_name` (one of `FORMATS`: the weight-only ones compress the stateful model's
+    weights with NNCF, as the single-pass formats of the same names do)."""
+    label = f"{spec.name}/{format_name}"
+    packages = ("openvino",) if format_name == "openvino" else ("openvino", "nncf")
+    if not all(installed(package) for package in packages):
+        raise FormatUnavailable(f"{label}: needs {' and '.join(packages)}: pip install 'deploycheck[openvino]'")
     import openvino as ov
     from openvino._offline_transformations import apply_make_stateful_transformation
 
+    compression = None
+    if format_name != "openvino":
+        fmt = get_format(format_name)
+        assert isinstance(fmt, OpenVinoWeightOnlyFormat)
+        compression = fmt.settings_from(spec.options(format_name), label)
     out_dir = prepare_directory(out_dir, label)
     _, _, past = examples(spec.model, spec.prompts)
     layers = len(past) // 2
@@ -54,11 +72,15 @@ def export_openvino_decoder(spec: GenerativeSpec, out_dir: Path, decode: type[De
                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
         model = ov.convert_model(str(step))
     apply_make_stateful_transformation(model, dict(zip(cache_names(layers, "past"), cache_names(layers, "present"))))
+    details: dict[str, Any] = {"format": format_name, "model": spec.name, "layers": layers,
+                               "kv_heads": int(past[0].shape[1]), "head_size": int(past[0].shape[3]),
+                               "precision": dict([PRECISION_HINT])}
+    if compression is not None:
+        model = compress_ir_weights(model, compression)
+        details["quantization"] = compression_record(model, compression)
+        details["precision"] = dict([PRECISION_HINT, NO_DYNAMIC_QUANTIZATION])
     ov.save_model(model, str(out_dir / "model.xml"), compress_to_fp16=False)
-    kv_heads, head_size = int(past[0].shape[1]), int(past[0].shape[3])
-    write_sidecar(out_dir, FILES, PACKAGES, {"format": "openvino", "model": spec.name, "layers": layers,
-                                             "kv_heads": kv_heads, "head_size": head_size,
-                                             "precision": dict([PRECISION_HINT])})
+    write_sidecar(out_dir, FILES, (*PACKAGES, *(("nncf",) if compression else ())), details)
     return out_dir
 
 
@@ -68,12 +90,11 @@ class OpenVinoStatefulDecoder:
     def __init__(self, path: Path, details: dict[str, Any], threads: int) -> None:
         import openvino as ov
 
-        config = {PRECISION_HINT[0]: details.get("precision", {}).get(PRECISION_HINT[0], PRECISION_HINT[1]),
-                  "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+        config = {**details.get("precision", {}), "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
         self.request = ov.Core().compile_model(str(Path(path) / "model.xml"), "CPU", config).create_infer_request()
         self.tensor = ov.Tensor
         self.empty = (int(details["kv_heads"]), 0, int(details["head_size"]))
-        self.label = f"{details['model']}/openvino"
+        self.label = f"{details['model']}/{details['format']}"
 
     def start_sequence(self, batch: int) -> None:
         """An empty cache of `batch` rows in every state (a reset alone leaves a batch of 0)."""
