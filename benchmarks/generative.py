@@ -80,7 +80,7 @@ def main() -> None:
             prompts = torch.randint(0, 512, (4, PROMPT), generator=torch.Generator().manual_seed(1))
             spec = GenerativeSpec(name, model, prompts, new_tokens=NEW, batch_sizes=(1, 4),
                                   formats=("eager", "torch_export", "onnx", "openvino", "onnx_int8_weight",
-                                           "onnx_int4_weight"))
+                                           "onnx_int4_weight", "openvino_int8_weight", "openvino_int4_weight"))
             started = time.perf_counter()
             report = gate_decoder(spec, Path(scratch) / name)
             print(report, f"\n(gate wall {time.perf_counter() - started:.0f} s)\n", flush=True)
@@ -91,7 +91,8 @@ def main() -> None:
                            "" if r.size_bytes is None else f"{r.size_bytes / 2**20:.2f}",
                            "ok" if r.passed else "FAIL"] for r in report.rows]
             decoders: dict[str, Decoder] = {"eager": EagerDecoder(model, f"{name}/eager")}
-            for fmt in ("torch_export", "onnx", "openvino", "onnx_int8_weight", "onnx_int4_weight"):
+            for fmt in ("torch_export", "onnx", "openvino", "onnx_int8_weight", "onnx_int4_weight",
+                        "openvino_int8_weight", "openvino_int4_weight"):
                 decoders[fmt] = load_decoder(Path(scratch) / name / fmt)
             decoders["onnx (cache copied)"] = load_decoder(Path(scratch) / name / "onnx", bound=False)
             for batch in (1, 4):
