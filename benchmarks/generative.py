@@ -30,7 +30,7 @@ from deploycheck.generation.decoders import Decoder, EagerDecoder
 from deploycheck.generation.formats import load_decoder
 from deploycheck.generation.gate import gate_decoder
 from deploycheck.generation.spec import GenerativeSpec
-from deploycheck.generation.streams import Stream, generate
+from deploycheck.generation.streams import timed_rounds
 from deploycheck.table import format_table
 
 PROMPT, NEW = 32, 32
@@ -53,17 +53,6 @@ def kv_cache_bytes(decoder: Decoder, prompts: np.ndarray) -> int:
     per_position = sum(int(np.prod(t.shape)) // t.shape[2] for t in (
         [layer.keys for layer in state.layers] + [layer.values for layer in state.layers]))
     return per_position * (PROMPT + NEW) * 4
-
-
-def timed_rounds(decoders: dict[str, Decoder], prompts: np.ndarray, rounds: int) -> dict[str, list[Stream]]:
-    runs: dict[str, list[Stream]] = {name: [] for name in decoders}
-    names = list(decoders)
-    for name in names:  # warm-up
-        generate(decoders[name], prompts, 4)
-    for index in range(rounds):
-        for name in names[index % len(names):] + names[:index % len(names)]:
-            runs[name].append(generate(decoders[name], prompts, NEW))
-    return runs
 
 
 def main() -> None:
@@ -98,7 +87,7 @@ def main() -> None:
             for batch in (1, 4):
                 batch_prompts = prompts[:batch].numpy()
                 cache = kv_cache_bytes(decoders["eager"], batch_prompts)
-                runs = timed_rounds(decoders, batch_prompts, args.rounds)
+                runs = timed_rounds(decoders, batch_prompts, NEW, args.rounds)
                 eager_tpot = float(np.median([s.tpot_s for s in runs["eager"]]))
                 for fmt, streams in runs.items():
                     steps = np.concatenate([s.step_s for s in streams])

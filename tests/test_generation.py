@@ -5,6 +5,7 @@ at its first wrong step."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -69,6 +70,13 @@ def test_a_llama_style_decoder_matches_eager_token_for_token_with_its_cache(tmp_
         assert 0 < int8.quality.mean_kl < spec.max_kl and int8.quality.top1_agreement >= 0.9
     assert rows[("onnx_int8_weight", 1)].size_bytes < rows[("onnx", 1)].size_bytes / 1.5
     assert "greedy match" in str(report) and "TTFT ms" in str(report)
+    best = report.best()
+    assert set(best) == {1, 2} and all(row.passed and row.format != "eager" for row in best.values())
+    assert all(len(row.timed) == 3 for row in report.rows), "speed from side-by-side rounds"
+    assert "best format at batch 1: " in str(report) and "side-by-side rounds" in str(report)
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["passed"] and len(data["rows"]) == len(report.rows) and data["best"]["2"] == best[2].format
+    assert {"mean_kl", "tpot_ms", "cache_first_bad_step", "int8_weight_fraction"} <= set(data["rows"][0])
 
 
 def test_a_cache_with_positions_off_by_one_fails_at_its_first_decode_step(tmp_path: Path) -> None:
@@ -156,8 +164,6 @@ def test_an_altered_graph_is_refused_before_it_runs(tmp_path: Path, llama_onnx: 
 def test_a_pt2_decoder_loads_only_when_trusted(tmp_path: Path) -> None:
     """`.pt2` archives unpickle: an artifact this process did not write (here: its sidecar edited, as one copied
     from elsewhere would be unknown) is refused until the caller says it trusts it."""
-    import json
-
     spec = llama_spec(new_tokens=3, batch_sizes=(2,), formats=("eager", "torch_export"))
     path = export_decoder(spec, "torch_export", tmp_path / "pt2")
     sidecar = path / "deploycheck-generative.json"

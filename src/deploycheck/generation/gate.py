@@ -1,10 +1,12 @@
 """The generative gate: every format of a `GenerativeSpec` exported, run greedily per batch size and held to
-eager (see `deploycheck.generation.checks` for the rules), one row per format x batch size."""
+eager (see `deploycheck.generation.checks` for the rules), one row per format x batch size. The speed columns and
+the best-format line come from rounds in which every format generates once, side by side (a row's own checked
+run, alone, would let a neighbour's burst pick the winner)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,10 @@ from deploycheck.generation.checks import (
 from deploycheck.generation.decoders import Decoder, EagerDecoder
 from deploycheck.generation.formats import export_decoder, load_decoder
 from deploycheck.generation.spec import GenerativeSpec
-from deploycheck.generation.streams import Stream, generate
+from deploycheck.generation.streams import Stream, generate, median_tpot_s, timed_rounds
 from deploycheck.table import format_table, human_size
 
+TIMING_ROUNDS = 3  # side-by-side rounds per batch size behind the speed columns and the best format
 FP32_FORMATS = ("eager", "torch_export", "onnx", "openvino")  # held to eager's greedy continuation exactly
 
 
@@ -41,10 +44,25 @@ class GenerationRow:
     quality: Quality
     stream: Stream
     problems: list[str] = field(default_factory=list)
+    timed: list[Stream] = field(default_factory=list)  # the side-by-side rounds the speed figures come from
 
     @property
     def passed(self) -> bool:
         return not self.problems
+
+    def speed(self) -> dict[str, float]:
+        """Medians over the side-by-side rounds: TTFT and TPOT in ms, decode tokens/s."""
+        streams = self.timed or [self.stream]
+        return {"ttft_ms": float(np.median([s.ttft_s for s in streams])) * 1e3,
+                "tpot_ms": median_tpot_s(streams) * 1e3,
+                "decode_tokens_per_s": float(np.median([s.decode_tokens_per_s() for s in streams]))}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "batch_size": self.batch_size, "size_bytes": self.size_bytes,
+                "int8_weight_fraction": self.int8_fraction, "greedy_rows_matching": self.greedy.rows_matching,
+                "first_divergence": self.greedy.first_divergence, "cache_max_error": self.consistency.max_error,
+                "cache_first_bad_step": self.consistency.first_bad_step, **asdict(self.quality), **self.speed(),
+                "passed": self.passed, "problems": self.problems}
 
 
 @dataclass
@@ -57,6 +75,22 @@ class GenerationReport:
     def passed(self) -> bool:
         return all(row.passed for row in self.rows)
 
+    def best(self) -> dict[int, GenerationRow]:
+        """Per batch size, the passing format with the most decode tokens per second (eager aside)."""
+        found: dict[int, GenerationRow] = {}
+        for row in self.rows:
+            if row.passed and row.format != "eager":
+                current = found.get(row.batch_size)
+                if current is None or row.speed()["decode_tokens_per_s"] > current.speed()["decode_tokens_per_s"]:
+                    found[row.batch_size] = row
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON data, for CI artifacts."""
+        return {"model": self.model, "passed": self.passed, "skipped": self.skipped,
+                "rows": [row.to_dict() for row in self.rows],
+                "best": {str(batch): row.format for batch, row in self.best().items()}}
+
     def __str__(self) -> str:
         table = format_table(
             ["format", "batch", "greedy match", "cache", "low-bit weights", "mean KL", "p99 KL", "top-1",
@@ -65,13 +99,21 @@ class GenerationReport:
               "ok" if row.consistency.passed else f"wrong from step {row.consistency.first_bad_step}",
               "" if row.int8_fraction is None else f"{row.int8_fraction:.0%}",
               f"{row.quality.mean_kl:.2e}", f"{row.quality.p99_kl:.2e}", f"{row.quality.top1_agreement:.1%}",
-              f"{row.quality.delta_p_rms:.2e}", f"{row.stream.ttft_s * 1e3:.2f}", f"{row.stream.tpot_s * 1e3:.2f}",
-              f"{row.stream.decode_tokens_per_s():.0f}", "" if row.size_bytes is None else human_size(row.size_bytes),
-              "ok" if row.passed else "FAIL"] for row in self.rows])
+              f"{row.quality.delta_p_rms:.2e}", f"{row.speed()['ttft_ms']:.2f}", f"{row.speed()['tpot_ms']:.2f}",
+              f"{row.speed()['decode_tokens_per_s']:.0f}",
+              "" if row.size_bytes is None else human_size(row.size_bytes), "ok" if row.passed else "FAIL"]
+             for row in self.rows])
+        eager = {row.batch_size: row.speed()["tpot_ms"] for row in self.rows if row.format == "eager"}
+        best = []
+        for batch, row in sorted(self.best().items()):
+            tpot = row.speed()["tpot_ms"]
+            versus = f", TPOT {eager[batch] / tpot:.1f}x shorter than eager's" if batch in eager else ""
+            best.append(f"best format at batch {batch}: {row.format} ({row.speed()['decode_tokens_per_s']:.0f} "
+                        f"decode tokens/s{versus}; medians of {len(row.timed)} side-by-side rounds)")
         problems = [f"  {p}" for row in self.rows for p in row.problems]
         skips = [f"  skipped {name}: {reason}" for name, reason in self.skipped.items()]
         return "\n".join([f"generation of {self.model} against eager (greedy, teacher-forced quality)", table,
-                          *problems, *skips])
+                          *best, *problems, *skips])
 
 
 def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Path] | None = None,
@@ -110,6 +152,10 @@ def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Pat
                                 cache_consistency(decoder, prompts, free), token_quality(expected, forced), free)
             row.problems = _problems(spec, decoder.label, row)
             rows.append(row)
+        timed = timed_rounds({name: decoder for name, (decoder, _) in decoders.items()}, prompts, spec.new_tokens,
+                             TIMING_ROUNDS)
+        for row in rows[-len(decoders):]:
+            row.timed = timed[row.format]
     return GenerationReport(spec.name, rows, skipped)
 
 

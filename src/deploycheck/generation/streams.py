@@ -9,6 +9,7 @@ eager's at the same positions of the same stream (llama.cpp's KL-divergence meth
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,3 +55,21 @@ def generate(decoder: Decoder, prompts: np.ndarray, new_tokens: int, forced: np.
         steps.append(time.perf_counter() - started)
         kept.append(logits[:, -1])
     return Stream(np.stack(chosen, 1), np.stack(kept, 1).astype(np.float32), ttft, steps)
+
+
+def timed_rounds(decoders: Mapping[str, Decoder], prompts: np.ndarray, new_tokens: int,
+                 rounds: int) -> dict[str, list[Stream]]:
+    """Each decoder's streams over `rounds` rounds in which every decoder generates once, the order rotating per
+    round (after one short warm-up each), so a busy neighbour slows them alike: speed compared in one run."""
+    runs: dict[str, list[Stream]] = {name: [] for name in decoders}
+    names = list(decoders)
+    for name in names:
+        generate(decoders[name], prompts, min(new_tokens, 4))
+    for index in range(rounds):
+        for name in names[index % len(names):] + names[:index % len(names)]:
+            runs[name].append(generate(decoders[name], prompts, new_tokens))
+    return runs
+
+
+def median_tpot_s(streams: Sequence[Stream]) -> float:
+    return float(np.median([stream.tpot_s for stream in streams]))
