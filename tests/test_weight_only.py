@@ -87,16 +87,16 @@ def test_openvino_compresses_gpt2s_conv1d_weights_in_8_and_4_bits_at_parity(tmp_
     assert sizes == sorted(sizes, reverse=True) and sizes[1] < sizes[0] / 2
 
 
-def test_openvino_weight_only_settings_are_checked_by_name(tmp_path: Path) -> None:
+def test_openvino_weight_only_settings_are_checked_by_name() -> None:
     pytest.importorskip("nncf", reason="pip install 'deploycheck[openvino]'")
     from models import gpt2_spec
 
     from deploycheck.errors import ExportError
+    from deploycheck.formats import get_format
 
     for options, message in (({"openvino_int8_weight": {"group_size": 32}}, "unknown setting.*group_size"),
                              ({"openvino_int4_weight": {"mode": "int8_asym"}}, "mode 'int8_asym' is not one of"),
                              ({"openvino_int4_weight": {"ratio": 0}}, "ratio must be in")):
         name = next(iter(options))
-        with pytest.raises(ExportError, match=message):
-            deploycheck.export(gpt2_spec(formats=["onnx", "openvino", name], format_options=options), name,
-                               tmp_path / name)
+        with pytest.raises(ExportError, match=f"gpt2_tiny/{name}: {message}"):
+            get_format(name).settings(gpt2_spec(formats=["onnx", "openvino", name], format_options=options))
