@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from deploycheck.errors import ExportError
 from deploycheck.generation.artifact import check_trusted, read_sidecar
 from deploycheck.generation.cache import Decode
 from deploycheck.generation.decoders import Decoder
@@ -11,7 +12,7 @@ from deploycheck.generation.onnx_decoder import FORMATS as ONNX_FORMATS
 from deploycheck.generation.onnx_decoder import export_onnx_decoder, load_onnx_decoder
 from deploycheck.generation.openvino_decoder import FORMATS as OPENVINO_FORMATS
 from deploycheck.generation.openvino_decoder import OpenVinoStatefulDecoder, export_openvino_decoder
-from deploycheck.generation.spec import GenerativeSpec
+from deploycheck.generation.spec import GENERATIVE_FORMATS, GenerativeSpec
 from deploycheck.generation.torch_export_decoder import EXECUTES_CODE, TorchExportDecoder, export_torch_decoder
 
 
@@ -27,7 +28,8 @@ def export_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, decode
         return export_openvino_decoder(spec, format_name, Path(out_dir), decode)
     if format_name in ONNX_FORMATS:
         return export_onnx_decoder(spec, format_name, Path(out_dir), decode, fp32_onnx)
-    raise ValueError(f"{spec.name}: no generative exporter for {format_name!r}")
+    raise ExportError(f"{spec.name}: no generative exporter for {format_name!r} (eager needs none); known: "
+                      f"{', '.join(GENERATIVE_FORMATS)}")
 
 
 def load_decoder(path: Path, bound: bool = True, threads: int = 1, trust_code: bool = False,
