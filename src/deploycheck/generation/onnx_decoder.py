@@ -16,7 +16,7 @@ from typing import Any
 import onnx
 import torch
 
-from deploycheck.errors import ExportError
+from deploycheck.errors import ExportError, one_line
 from deploycheck.formats import get_format
 from deploycheck.formats.onnx import create_session
 from deploycheck.formats.onnx_weight_only import OnnxWeightOnlyFormat, low_bit_weight_fraction, quantize_matmul_weights
@@ -75,7 +75,7 @@ def _export_fp32(spec: GenerativeSpec, scratch: Path, decode: type[Decode]) -> i
                               input_names=inputs, output_names=present, external_data=False, verbose=False)
         except Exception as exc:  # the exporter's own error, named
             raise ExportError(f"{spec.name}/onnx: exporting the {graph.removesuffix('.onnx')} graph failed: "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+                              f"{one_line(exc)}") from exc
         outputs = [o.name for o in onnx.load(str(scratch / graph), load_external_data=False).graph.output]
         if outputs != present:
             raise ExportError(f"{spec.name}/onnx: the {graph} graph returns {outputs}, not logits and every "

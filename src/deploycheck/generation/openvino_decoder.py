@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deploycheck.errors import ExportError, FormatUnavailable
+from deploycheck.errors import ExportError, FormatUnavailable, one_line
 from deploycheck.formats import get_format
 from deploycheck.formats.base import installed
 from deploycheck.formats.openvino import PRECISION_HINT
@@ -68,8 +68,7 @@ def export_openvino_decoder(spec: GenerativeSpec, format_name: str, out_dir: Pat
                               output_names=["logits", *cache_names(layers, "present")], external_data=False,
                               verbose=False)
         except Exception as exc:
-            raise ExportError(f"{label}: exporting the step graph failed: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            raise ExportError(f"{label}: exporting the step graph failed: {one_line(exc)}") from exc
         model = ov.convert_model(str(step))
     apply_make_stateful_transformation(model, dict(zip(cache_names(layers, "past"), cache_names(layers, "present"))))
     details: dict[str, Any] = {"format": format_name, "model": spec.name, "layers": layers,

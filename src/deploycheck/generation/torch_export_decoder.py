@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deploycheck.errors import ExportError
+from deploycheck.errors import ExportError, one_line
 from deploycheck.generation.artifact import prepare_directory, write_sidecar
 from deploycheck.generation.cache import Decode, Prefill, dynamic_shapes, examples
 from deploycheck.generation.spec import GenerativeSpec
@@ -31,7 +31,7 @@ def export_torch_decoder(spec: GenerativeSpec, out_dir: Path, decode: type[Decod
             exported = torch.export.export(module, args, dynamic_shapes=shapes, strict=False)
         except Exception as exc:
             raise ExportError(f"{spec.name}/torch_export: exporting the {program.removesuffix('.pt2')} program "
-                              f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+                              f"failed: {one_line(exc)}") from exc
         torch.export.save(exported, str(out_dir / program))
     write_sidecar(out_dir, PROGRAMS, PACKAGES, {"format": "torch_export", "model": spec.name,
                                                 "layers": len(past) // 2})
