@@ -171,7 +171,7 @@ def test_a_new_format_from_one_file_is_exported_cached_served_and_explained_by_i
     expected = deploycheck.export(two_io_spec, "onnx", tmp_path / "onnx").run(inputs)
     np.testing.assert_allclose(artifact.run(inputs)[0], expected[0], rtol=1e-6)
     assert "renamed_onnx" in servable_formats()
-    assert discover(artifact.path)["two_io"].format == "renamed_onnx"
+    assert discover(artifact.path).artifacts["two_io"].format == "renamed_onnx"
     assert "renamed_onnx" not in explained_formats()
     with pytest.raises(DeployCheckError, match="no per-layer quantization explanation"):
         explain_quantization(artifact, two_io_spec)

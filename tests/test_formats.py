@@ -121,7 +121,7 @@ def test_an_optional_runtimes_corrupted_file_is_refused_by_hash_and_a_good_one_i
         format_name: str, file_name: str, digits_artifacts, tmp_path) -> None:
     if format_name not in INSTALLED:
         pytest.skip(f"{format_name}: its extra is not installed")
-    assert discover(digits_artifacts[format_name].path)["digits_cnn"].format == format_name
+    assert discover(digits_artifacts[format_name].path).artifacts["digits_cnn"].format == format_name
     copy = corrupted_copy(digits_artifacts[format_name].path, file_name, tmp_path / format_name)
     with pytest.raises(ArtifactError, match=rf"{file_name} does not match its recorded sha256"):
         deploycheck.load_artifact(copy)

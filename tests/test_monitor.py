@@ -250,3 +250,28 @@ def test_a_server_holds_latency_to_what_it_measured_for_itself_not_the_in_proces
     slow_release = Monitor("m", window_s=10, clock=Clock(), baseline={"p95_ms": 50.0}, learn_latency_requests=100)
     simulate(slow_release, slow_release.clock, 2, 100)  # type: ignore[arg-type]
     assert slow_release.latency_reference_ms == 50.0, "a release figure above the served one is kept"
+
+
+def test_generated_sequences_keep_their_ttft_as_latency_and_their_tpot_apart() -> None:
+    clock = Clock()
+    monitor = Monitor("llama", window_s=60, clock=clock)
+    for index in range(200):
+        monitor.record_generation(ttft_ms=20.0 + index % 10, tpot_ms=2.0 + (index % 4) / 2, tokens=32)
+        clock.now += 0.1
+    monitor.record_generation(ttft_ms=15.0, tpot_ms=None, tokens=1)
+    monitor.record_generation(ttft_ms=30.0, tpot_ms=None, tokens=3, error="RuntimeError")
+    figures = monitor.metrics()
+    assert figures["requests"] == 202 and figures["errors"] == 1 and figures["samples"] == 200 * 32 + 1 + 3
+    assert figures["latency_ms"]["p50"] == pytest.approx(np.median([20.0 + i % 10 for i in range(200)] + [15, 30]),
+                                                         rel=0.01)
+    generation = figures["generation"]
+    assert generation["sequences"] == 200, "TPOT counts the sequences that had a second token and no error"
+    assert generation["tpot_ms"]["p50"] == pytest.approx(2.75, rel=0.01), "numpy's median of 2, 2.5, 3, 3.5"
+    assert generation["tpot_ms"]["max"] == 3.5 and generation["tpot_ms"]["mean"] == pytest.approx(2.75)
+    assert generation["tokens_per_s"] == pytest.approx(figures["throughput_samples_per_s"])
+    clock.now += 120
+    assert "generation" not in monitor.metrics(), "an idle window has no generation figures"
+    assert monitor.metrics()["lifetime"]["generation"]["sequences"] == 200
+    with pytest.raises(ValueError, match="tpot_ms=nan"):
+        monitor.record_generation(ttft_ms=1.0, tpot_ms=float("nan"), tokens=2)
+    assert monitor.metrics()["lifetime"]["requests"] == 202, "a refused record counts nothing"

@@ -111,7 +111,7 @@ def test_the_same_artifacts_load_when_signed_by_the_trusted_key_and_only_then(di
     loaded = deploycheck.load_artifact(reader, verify_key=keys["trusted.pub"])
     assert loaded.run(torch.zeros(2, 1, 8, 8))[0][0].tolist() == list(b"key!")  # its owner vouched for this program
     assert deploycheck.load_artifact(reader, trust_code=True).format == "torchscript"
-    assert discover(reader, verify_key=keys["trusted.pub"])["digits_cnn"].format == "torchscript"
+    assert discover(reader, verify_key=keys["trusted.pub"]).artifacts["digits_cnn"].format == "torchscript"
 
 
 def test_a_signature_covers_every_file_and_the_sidecar(digits_artifacts, keys, tmp_path: Path) -> None:

@@ -3,7 +3,10 @@ each alert."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
 
 
 @dataclass
@@ -48,3 +51,13 @@ class Alert:
     state: str = "firing"
     message: str = ""
     model: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The alert as JSON, its monitor-clock readings (`time.monotonic`) also as UTC wall-clock timestamps
+        (ISO 8601)."""
+        offset = time.time() - time.monotonic()
+        data: dict[str, Any] = dict(vars(self))
+        for key in ("first_seen", "last_seen"):
+            moment = datetime.fromtimestamp(data[key] + offset, tz=timezone.utc)
+            data[f"{key}_utc"] = moment.isoformat(timespec="seconds")
+        return data

@@ -13,6 +13,7 @@ from typing import Any
 
 from deploycheck.errors import DeployCheckError
 from deploycheck.init_project import init_project
+from deploycheck.server.settings import ServeSettings
 
 
 def load_spec_function(reference: str) -> Any:
@@ -265,14 +266,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from deploycheck.server.launcher import serve
-    from deploycheck.server.settings import ServeSettings
 
-    settings = ServeSettings(
-        path=args.path, max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
-        max_body_mb=args.max_body_mb, max_rows=args.max_rows, baselines=args.baselines,
-        request_timeout_s=args.request_timeout, keep_alive_s=args.keep_alive, max_connections=args.max_connections,
-        limit_concurrency=args.limit_concurrency, drain_s=args.drain, threads=args.threads,
-        verify_key=args.verify_key, trust_code=args.trust_code)
+    settings = ServeSettings.from_arguments(args)
     serve(settings, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
     return 0
 
@@ -372,28 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="processes (metrics are aggregated across them)")
-    serve.add_argument("--max-batch-size", type=int, default=32, help="rows merged from concurrent requests")
-    serve.add_argument("--max-queue-delay-ms", type=float, default=0.0,
-                       help="how long a batch waits for more requests (0: it takes what queued up meanwhile)")
-    serve.add_argument("--max-body-mb", type=float, default=16.0, help="larger request bodies get 413")
-    serve.add_argument("--max-rows", type=int, default=4096, help="rows one request may carry (413 beyond)")
-    serve.add_argument("--threads", type=int, default=1,
-                       help="intra-op threads of each model's runtime, per worker process (idle threads do not "
-                            "spin); workers x threads should not exceed the cores")
-    serve.add_argument("--request-timeout", type=float, default=10.0,
-                       help="seconds a connection has to send a whole request before it is closed")
-    serve.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle keep-alive connection is kept")
-    serve.add_argument("--max-connections", type=int, default=10_000,
-                       help="open connections beyond which the oldest one not in a request is closed")
-    serve.add_argument("--limit-concurrency", type=int, default=None,
-                       help="requests in flight beyond which new ones get 503 (default: no limit)")
-    serve.add_argument("--drain", type=float, default=5.0,
-                       help="seconds readiness reports 503 after SIGTERM, while requests are still served")
-    serve.add_argument("--verify-key", metavar="PUBLIC_KEY",
-                       help="serve only artifacts signed by this key's owner (PEM; see export --sign-key)")
-    serve.add_argument("--trust-code", action="store_true",
-                       help="load formats whose loading runs code from the artifact (TorchScript, .pt2) unsigned")
-    serve.add_argument("--baselines", help="baselines directory: the release figures the monitor alerts against")
+    ServeSettings.add_arguments(serve)
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=cmd_serve)
     return parser

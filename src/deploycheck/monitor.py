@@ -53,6 +53,10 @@ class _Slice:
     correct: int = 0
     inputs_recorded: int = 0
     input_bins: dict[str, np.ndarray] = field(default_factory=dict)
+    sequences: int = 0  # generated sequences (their request latency is the time to first token)
+    tpot_sum: float = 0.0
+    tpot_max: float = 0.0
+    tpot_histogram: Counter[int] = field(default_factory=Counter)
 
 
 class Monitor:
@@ -126,6 +130,23 @@ class Monitor:
                 self._pending[request_id] = prediction
                 if len(self._pending) > self._max_pending:
                     self._pending.popitem(last=False)
+
+    def record_generation(self, ttft_ms: float, tpot_ms: float | None, tokens: int,
+                          error: str | BaseException | None = None, request_id: str | None = None) -> None:
+        """Count one generated sequence: a request whose latency is its time to first token (what a user of a
+        stream waits for, so the latency rule watches TTFT) and whose samples are its `tokens`, plus its time per
+        output token (None for a single token: TPOT needs a second one) in a histogram of its own."""
+        if tpot_ms is not None and not (isinstance(tpot_ms, (int, float)) and math.isfinite(tpot_ms) and tpot_ms >= 0):
+            raise ValueError(f"monitor {self.model_name}: tpot_ms={tpot_ms!r}; expected a finite number >= 0")
+        self.record(ttft_ms, tokens, error=error, request_id=request_id)
+        if tpot_ms is None or error is not None:
+            return
+        with self._lock:
+            for part in (self._current, self._lifetime):
+                part.sequences += 1
+                part.tpot_sum += tpot_ms
+                part.tpot_max = max(part.tpot_max, tpot_ms)
+                part.tpot_histogram[_bucket(tpot_ms)] += 1
 
     def _learn(self, latency_ms: float) -> None:
         """Collect the first successful latencies; at the last one, set the latency reference (under the lock)."""
@@ -250,6 +271,10 @@ class Monitor:
             merged.labelled += part.labelled
             merged.correct += part.correct
             merged.inputs_recorded += part.inputs_recorded
+            merged.sequences += part.sequences
+            merged.tpot_sum += part.tpot_sum
+            merged.tpot_max = max(merged.tpot_max, part.tpot_max)
+            merged.tpot_histogram.update(part.tpot_histogram)
             add_bins(merged.input_bins, part.input_bins)
         return merged
 
@@ -282,17 +307,26 @@ class Monitor:
     def _figures(self, part: _Slice, elapsed_s: float) -> dict[str, Any]:
         elapsed_s = max(elapsed_s, 1e-9)
         total = part.requests
+        generation = {"sequences": part.sequences, "tokens_per_s": part.samples / elapsed_s,
+                      "tpot_ms": self._summary(part.tpot_histogram, part.sequences, part.tpot_sum, part.tpot_max)
+                      } if part.sequences else {}
         return {
             "requests": total, "samples": part.samples, "errors": part.errors,
             "error_rate": part.errors / total if total else 0.0, "errors_by_type": dict(part.error_types),
             "throughput_rps": total / elapsed_s, "throughput_samples_per_s": part.samples / elapsed_s,
             "accuracy": part.correct / part.labelled if part.labelled else None, "labelled": part.labelled,
             "predictions": dict(part.predictions),
-            "latency_ms": {"mean": part.latency_sum / total, "p50": self._percentile(part.histogram, total, 50),
-                           "p95": self._percentile(part.histogram, total, 95),
-                           "p99": self._percentile(part.histogram, total, 99), "max": part.latency_max}
-            if total else dict.fromkeys(("mean", "p50", "p95", "p99", "max"), math.nan),  # idle: no latency, not 0
+            "latency_ms": self._summary(part.histogram, total, part.latency_sum, part.latency_max),
+            **({"generation": generation} if generation else {}),
         }
+
+    def _summary(self, histogram: Counter[int], total: int, total_ms: float, max_ms: float) -> dict[str, float]:
+        """Mean, p50, p95, p99 and max of `total` recorded milliseconds; NaN when idle (no latency, not 0)."""
+        if not total:
+            return dict.fromkeys(("mean", "p50", "p95", "p99", "max"), math.nan)
+        return {"mean": total_ms / total, "p50": self._percentile(histogram, total, 50),
+                "p95": self._percentile(histogram, total, 95), "p99": self._percentile(histogram, total, 99),
+                "max": max_ms}
 
     def _evaluate(self, window: _Slice, figures: dict[str, Any], now: float) -> None:
         for rule in self.rules:

@@ -68,6 +68,19 @@ class PrometheusMetrics:
                                        registry=self.registry, **gauge_mode)
         self.alerts = Gauge(f"{namespace}_alerts_firing", "Alerts firing", LABELS, registry=self.registry,
                             **gauge_mode)
+        self.ttft = Histogram(f"{namespace}_time_to_first_token_seconds", "Time from a generate request's arrival "
+                              "to its first token (a generated sequence's request latency)", LABELS,
+                              buckets=LATENCY_BUCKETS_S, registry=self.registry)
+        self.tpot = Histogram(f"{namespace}_time_per_output_token_seconds", "A generated sequence's (end to end - "
+                              "TTFT) / (tokens - 1)", LABELS, buckets=LATENCY_BUCKETS_S, registry=self.registry)
+        self.itl = Histogram(f"{namespace}_inter_token_latency_seconds", "Time between two tokens of a sequence",
+                             LABELS, buckets=LATENCY_BUCKETS_S, registry=self.registry)
+        self.tokens = Counter(f"{namespace}_generated_tokens", "Tokens generated", LABELS, registry=self.registry)
+        self.sequences = Gauge(f"{namespace}_active_sequences", "Sequences being generated now", LABELS,
+                               registry=self.registry, multiprocess_mode="livesum")
+        self.window_tpot = Gauge(f"{namespace}_window_time_per_output_token_seconds", "TPOT percentile over the "
+                                 "monitor's sliding window", [*LABELS, "quantile"], registry=self.registry,
+                                 **gauge_mode)
 
     def observe(self, labels: tuple[str, str], latency_ms: float, rows: int, error: str | None = None) -> None:
         self.requests.labels(*labels).inc()
@@ -76,6 +89,17 @@ class PrometheusMetrics:
             return
         self.samples.labels(*labels).inc(rows)
         self.latency.labels(*labels).observe(latency_ms / 1e3)
+
+    def observe_generation(self, labels: tuple[str, str], ttft_s: float, token_gaps_s: list[float]) -> None:
+        """One generated sequence: its TTFT, its TPOT (with a second token), each gap between two tokens."""
+        self.requests.labels(*labels).inc()
+        self.samples.labels(*labels).inc(len(token_gaps_s) + 1)
+        self.tokens.labels(*labels).inc(len(token_gaps_s) + 1)
+        self.ttft.labels(*labels).observe(ttft_s)
+        if token_gaps_s:
+            self.tpot.labels(*labels).observe(sum(token_gaps_s) / len(token_gaps_s))
+        for gap in token_gaps_s:
+            self.itl.labels(*labels).observe(gap)
 
     def observe_batch(self, labels: tuple[str, str], rows: int) -> None:
         self.batches.labels(*labels).inc()
@@ -96,6 +120,9 @@ class PrometheusMetrics:
         if "input_drift_requests" in figures:
             self.input_drift_requests.labels(*labels).set(figures["input_drift_requests"])
         self.alerts.labels(*labels).set(len(figures.get("alerts", [])))
+        tpot = figures.get("generation", {}).get("tpot_ms")
+        for quantile in ("p50", "p95", "p99") if tpot else ():
+            self.window_tpot.labels(*labels, quantile).set(tpot[quantile] / 1e3)
         if figures.get("latency_reference_ms") is not None:
             self.latency_reference.labels(*labels).set(figures["latency_reference_ms"] / 1e3)
 

@@ -23,6 +23,11 @@ class Decoder(Protocol):
     def decode(self, input_ids: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         """Logits (batch x 1 x vocabulary) for one new token per row (batch x 1), and the state after it."""
 
+    def sibling(self) -> Decoder:
+        """A decoder for a sequence run alongside this one's (a server interleaves sequences step by step): itself
+        when the cache lives in the state handed back, a new one sharing the weights when the runtime keeps the
+        cache inside (a stateful OpenVINO request)."""
+
 
 class EagerDecoder:
     """The model itself with transformers' `DynamicCache` (grown in place by each call)."""
@@ -41,6 +46,9 @@ class EagerDecoder:
             out = self.model(input_ids=torch.from_numpy(input_ids), cache=state, use_cache=True)
         return out.logits.float().numpy(), out.cache
 
+    def sibling(self) -> EagerDecoder:
+        return self
+
 
 class OnnxDecoder:
     """The prefill and decode graphs in two ONNX Runtime sessions; `bound`: the cache stays in ONNX Runtime's
@@ -57,6 +65,9 @@ class OnnxDecoder:
 
     def decode(self, input_ids: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         return self._run("decode", {"input_ids": input_ids}, state)
+
+    def sibling(self) -> OnnxDecoder:
+        return self
 
     def _run(self, graph: str, arrays: dict[str, np.ndarray], past: Any) -> tuple[np.ndarray, Any]:
         session = self.sessions[graph]

@@ -52,7 +52,7 @@ def export_onnx_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, d
                 (out_dir / graph).write_bytes((source / graph).read_bytes())
             else:
                 quantize_matmul_weights(source / graph, out_dir / graph, weight_only)
-    details: dict[str, Any] = {"format": format_name, "model": spec.name, "layers": layers}
+    details: dict[str, Any] = {"format": format_name, **spec.described(), "layers": layers}
     if weight_only is not None:
         details["quantization"] = {**weight_only, "weights_only": True,
                                    "int8_weight_fraction": low_bit_weight_fraction(out_dir / "decode.onnx")}

@@ -71,7 +71,7 @@ def export_openvino_decoder(spec: GenerativeSpec, format_name: str, out_dir: Pat
             raise ExportError(f"{label}: exporting the step graph failed: {one_line(exc)}") from exc
         model = ov.convert_model(str(step))
     apply_make_stateful_transformation(model, dict(zip(cache_names(layers, "past"), cache_names(layers, "present"))))
-    details: dict[str, Any] = {"format": format_name, "model": spec.name, "layers": layers,
+    details: dict[str, Any] = {"format": format_name, **spec.described(), "layers": layers,
                                "kv_heads": int(past[0].shape[1]), "head_size": int(past[0].shape[3]),
                                "precision": dict([PRECISION_HINT])}
     if compression is not None:
@@ -86,14 +86,20 @@ def export_openvino_decoder(spec: GenerativeSpec, format_name: str, out_dir: Pat
 class OpenVinoStatefulDecoder:
     """One infer request of the stateful model; the state object handed between steps is the request itself."""
 
-    def __init__(self, path: Path, details: dict[str, Any], threads: int) -> None:
+    def __init__(self, path: Path, details: dict[str, Any], threads: int, compiled: Any = None) -> None:
         import openvino as ov
 
         config = {**details.get("precision", {}), "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
-        self.request = ov.Core().compile_model(str(Path(path) / "model.xml"), "CPU", config).create_infer_request()
+        self.path, self.details, self.threads = Path(path), details, threads
+        self.compiled = compiled or ov.Core().compile_model(str(Path(path) / "model.xml"), "CPU", config)
+        self.request = self.compiled.create_infer_request()
         self.tensor = ov.Tensor
         self.empty = (int(details["kv_heads"]), 0, int(details["head_size"]))
         self.label = f"{details['model']}/{details['format']}"
+
+    def sibling(self) -> OpenVinoStatefulDecoder:
+        """Another infer request of the same compiled model: its own state, the weights shared."""
+        return type(self)(self.path, self.details, self.threads, self.compiled)
 
     def start_sequence(self, batch: int) -> None:
         """An empty cache of `batch` rows in every state (a reset alone leaves a batch of 0)."""

@@ -65,5 +65,18 @@ class GenerativeSpec:
     def prompt_length(self) -> int:
         return int(self.prompts.shape[1])
 
+    def described(self) -> dict[str, Any]:
+        """What an exported decoder's sidecar records of the model, for those that serve it without the model:
+        its name, the token ids it reads (`vocab_size`: the rows of its input embedding, else the width of its
+        logits) and the positions it has (`max_positions`, None when its config names no limit)."""
+        embeddings = getattr(self.model, "get_input_embeddings", lambda: None)()
+        if isinstance(embeddings, torch.nn.Embedding):
+            vocabulary = int(embeddings.num_embeddings)
+        else:
+            with torch.inference_mode():
+                vocabulary = int(self.model(input_ids=self.prompts[:1, :2].to(torch.int64)).logits.shape[-1])
+        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        return {"model": self.name, "vocab_size": vocabulary, "max_positions": limit}
+
     def options(self, format_name: str) -> Mapping[str, Any]:
         return self.format_options.get(format_name, {})

@@ -33,7 +33,7 @@ def export_torch_decoder(spec: GenerativeSpec, out_dir: Path, decode: type[Decod
             raise ExportError(f"{spec.name}/torch_export: exporting the {program.removesuffix('.pt2')} program "
                               f"failed: {one_line(exc)}") from exc
         torch.export.save(exported, str(out_dir / program))
-    write_sidecar(out_dir, PROGRAMS, PACKAGES, {"format": "torch_export", "model": spec.name,
+    write_sidecar(out_dir, PROGRAMS, PACKAGES, {"format": "torch_export", **spec.described(),
                                                 "layers": len(past) // 2})
     return out_dir
 
@@ -51,6 +51,9 @@ class TorchExportDecoder:
 
     def decode(self, input_ids: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         return self._run("decode", input_ids, state)
+
+    def sibling(self) -> TorchExportDecoder:
+        return self
 
     def _run(self, name: str, input_ids: np.ndarray, past: Any) -> tuple[np.ndarray, Any]:
         with torch.inference_mode():

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -41,6 +41,7 @@ from deploycheck.formats import get_format
 from deploycheck.monitor import Monitor
 from deploycheck.prometheus import CONTENT_TYPE, PrometheusMetrics
 from deploycheck.server.batcher import Batcher
+from deploycheck.server.generate import ServedDecoder, generate, generate_stream
 from deploycheck.server.limits import BodyLimit
 from deploycheck.server.openapi import openapi_document
 from deploycheck.server.protocol import (
@@ -54,7 +55,7 @@ from deploycheck.server.protocol import (
     softmax,
     top1,
 )
-from deploycheck.server.repository import ServedModel, discover, monitor_baselines, warmup_inputs
+from deploycheck.server.repository import Catalog, ServedModel, discover, monitor_baselines, warmup_inputs
 from deploycheck.server.settings import ServeSettings
 
 LOGGER = logging.getLogger("deploycheck.server")
@@ -65,15 +66,15 @@ UNKNOWN_MODEL = "(none)"  # the model label of refused requests that name no ser
 class InferenceServer:
     """The state behind the app: served models, their monitors and metrics, and the request handlers."""
 
-    def __init__(self, artifacts: Mapping[str, Artifact] | Callable[[], Mapping[str, Artifact]],
-                 settings: ServeSettings) -> None:
-        self._artifacts = artifacts
+    def __init__(self, catalog: Callable[[], Catalog], settings: ServeSettings) -> None:
+        self._catalog = catalog
         self.settings = settings
         self.max_batch_size = settings.max_batch_size
         self.max_delay_s = settings.max_queue_delay_ms / 1e3
         self.baselines = Path(settings.baselines) if settings.baselines else None
         self.window_s = settings.window_s
         self.models: dict[str, ServedModel] = {}
+        self.generators: dict[str, ServedDecoder] = {}
         self.metrics = PrometheusMetrics()
         self.started = time.time()
         self.draining = False
@@ -81,7 +82,8 @@ class InferenceServer:
 
     @property
     def ready(self) -> bool:
-        return not self.draining and bool(self.models) and all(m.ready for m in self.models.values())
+        served = self.all_served()
+        return not self.draining and bool(served) and all(m.ready for m in served.values())
 
     def drain(self) -> None:
         """Report not ready from now on (what SIGTERM does first), so load balancers stop sending requests while
@@ -114,7 +116,8 @@ class InferenceServer:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         """Load and warm up every model before readiness; stop the batchers after in-flight work drains."""
         loop = asyncio.get_running_loop()
-        artifacts = self._artifacts() if callable(self._artifacts) else self._artifacts
+        catalog = self._catalog()
+        artifacts = catalog.artifacts
         release = (monitor_baselines(self.baselines, artifacts, self.max_delay_s * 1e3)
                    if self.baselines is not None else {})
         for name, artifact in artifacts.items():
@@ -127,10 +130,19 @@ class InferenceServer:
                                          functools.partial(self.metrics.observe_batch, served.labels))
                 served.batcher.start()
             self.models[name] = served
+        for name, (decoder, details) in catalog.decoders.items():
+            self.generators[name] = ServedDecoder(
+                name, decoder, details, Monitor(name, window_s=self.window_s), ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix=f"deploycheck-{name}"), self.settings.max_sequences)
         for served in self.models.values():
             await loop.run_in_executor(served.executor, served.artifact.runner, warmup_inputs(served.artifact))
             served.ready = True
-        LOGGER.info("serving %s", ", ".join(f"{n} ({m.artifact.format})" for n, m in self.models.items()))
+        for generator in self.generators.values():
+            await loop.run_in_executor(generator.executor, generator.warm_up)
+            generator.ready = True
+        LOGGER.info("serving %s", ", ".join([*(f"{n} ({m.artifact.format})" for n, m in self.models.items()),
+                                             *(f"{n} ({g.details['format']}, generative)"
+                                               for n, g in self.generators.items())]))
         self._drain_on_sigterm()
         try:
             yield
@@ -142,6 +154,9 @@ class InferenceServer:
                 if served.batcher is not None:
                     await served.batcher.stop()
                 served.executor.shutdown(wait=True)
+            for generator in self.generators.values():
+                generator.ready = False
+                generator.executor.shutdown(wait=True)
 
     def model(self, name: Any, format_name: Any = None) -> ServedModel:
         """The served model a request names: by what it is served as (`digits_cnn`, `distil_clf-onnx`), or by the
@@ -158,6 +173,9 @@ class InferenceServer:
         matches = [m for key, m in self.models.items() if key == name or m.artifact.model_name == name]
         if format_name is not None and format_name != "1":  # "1": the version OIP clients send by default
             matches = [m for m in matches if m.artifact.format == format_name]
+        if not matches and name in self.generators:
+            raise RequestError(400, f"{name!r} is a generative model: POST /v2/models/{name}/generate or "
+                                    f"/v2/models/{name}/generate_stream")
         if not matches:
             wanted = f"{name!r} in format {format_name!r}" if format_name not in (None, "1") else repr(name)
             raise RequestError(404, f"unknown model {wanted}; served: {', '.join(self.models)}")
@@ -173,6 +191,29 @@ class InferenceServer:
         name = request.path_params.get("name", request.query_params.get("model", body.get("model")))
         return self.model(name, request.path_params.get("version", request.query_params.get("format",
                                                                                            body.get("format"))))
+
+    def generator(self, request: Request) -> ServedDecoder:
+        """The generative model a generate request names in its path."""
+        name = request.path_params["name"]
+        version = request.path_params.get("version", "1")
+        served = self.generators.get(name)
+        if served is None or version not in ("1", served.details["format"]):
+            if name in self.generators or any(m.artifact.model_name == name for m in self.models.values()):
+                raise RequestError(400, f"{name!r}{'' if version == '1' else f' in format {version!r}'} is not "
+                                        "a generative model: its endpoint is /v2/models/NAME/infer")
+            raise RequestError(404, f"unknown generative model {name!r}; generative models served: "
+                                    f"{', '.join(self.generators) or 'none'}")
+        return served
+
+    def all_served(self) -> dict[str, ServedModel | ServedDecoder]:
+        return {**self.models, **self.generators}
+
+    def served(self, request: Request) -> ServedModel | ServedDecoder:
+        """The model, generative or not, a request names."""
+        name = request.path_params.get("name")
+        if name in self.generators:
+            return self.generator(request)
+        return self.requested(request)
 
     async def run(self, served: ServedModel, inputs: list[np.ndarray], request_id: str
                   ) -> tuple[list[np.ndarray], float]:
@@ -199,7 +240,7 @@ class InferenceServer:
         self.metrics.observe(served.labels, latency_ms, rows)
         return outputs, latency_ms
 
-    def reject(self, served: ServedModel | None, status: int) -> None:
+    def reject(self, served: ServedModel | ServedDecoder | None, status: int) -> None:
         """Count a refused request (bad input) in the metrics, so /metrics shows every request received; one
         that names no served model is counted under `UNKNOWN_MODEL`."""
         self.metrics.observe(served.labels if served is not None else (UNKNOWN_MODEL, ""), 0.0, 0,
@@ -275,22 +316,23 @@ class InferenceServer:
 
     async def metrics_endpoint(self, request: Request) -> Response:
         """Prometheus text: the monitors' window figures copied into the gauges, then the registry."""
-        for served in self.models.values():
+        for served in self.all_served().values():
             self.metrics.refresh(served.labels, served.monitor.metrics())
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     def app(self) -> BodyLimit:
         def handle(method: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
             async def endpoint(request: Request) -> Response:
-                served = None
+                served: ServedModel | ServedDecoder | None = None
                 try:
                     with contextlib.suppress(RequestError):  # a refusal is counted under the model it names
-                        served = self.requested(request)
+                        served = self.served(request)
                     return await method(request)
                 except RequestError as exc:
                     if exc.status < 500:
                         self.reject(served, exc.status)
-                    return JSONResponse({"error": str(exc)}, status_code=exc.status)
+                    retry = {"Retry-After": "1"} if exc.status in (429, 503) else None
+                    return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=retry)
             return endpoint
 
         def sync(build: Callable[[Request], Any], status: Callable[[Request], int] = lambda r: 200
@@ -307,29 +349,35 @@ class InferenceServer:
             Route("/predict", handle(self.predict), methods=["POST"]),
             Route("/feedback", handle(self.feedback), methods=["POST"]),
             Route("/health", sync(lambda r: {"status": "ready" if self.ready else "loading",
-                                             "models": {n: m.ready for n, m in self.models.items()},
+                                             "models": {n: m.ready for n, m in self.all_served().items()},
                                              "uptime_s": round(time.time() - self.started, 1)}, ready_status)),
             Route("/health/live", sync(lambda r: {"live": True})),
             Route("/health/ready", sync(lambda r: {"ready": self.ready}, ready_status)),
             Route("/metrics", self.metrics_endpoint),
-            Route("/alerts", sync(lambda r: {n: [_alert_json(a) for a in m.monitor.alerts()]
-                                             for n, m in self.models.items()})),
-            Route("/v2", sync(lambda r: {"name": "deploycheck", "version": _version(), "extensions": [
-                "binary_tensor_data"]})),
+            Route("/alerts", sync(lambda r: {n: [a.to_json() for a in m.monitor.alerts()]
+                                             for n, m in self.all_served().items()})),
+            Route("/v2", sync(lambda r: {"name": "deploycheck", "version": version("deploycheck"), "extensions": [
+                "binary_tensor_data", "generate"]})),
             Route("/v2/health/live", sync(lambda r: {"live": True})),
             Route("/v2/health/ready", sync(lambda r: {"ready": self.ready}, ready_status)),
             Route("/v2/models", sync(lambda r: {"models": [
                 {"name": n, "versions": ["1"], "platform": get_format(m.artifact.format).platform,
-                 "state": "READY" if m.ready else "UNAVAILABLE"} for n, m in self.models.items()]})),
+                 "state": "READY" if m.ready else "UNAVAILABLE"} for n, m in self.models.items()] + [
+                {"name": n, "versions": ["1"], "platform": g.metadata()["platform"],
+                 "state": "READY" if g.ready else "UNAVAILABLE"} for n, g in self.generators.items()]})),
         ]
         for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):  # a version is a format
             routes += [
-                Route(prefix, sync(lambda r: self.requested(r).metadata())),
-                Route(f"{prefix}/ready", sync(lambda r: {"name": r.path_params["name"],
-                                                         "ready": self.requested(r).ready},
-                                              lambda r: 200 if self.requested(r).ready else 400)),
-                Route(f"{prefix}/infer", handle(self.infer_v2), methods=["POST"])]
-        routes.append(Route("/openapi.json", sync(lambda r: openapi_document(list(self.models)))))
+                Route(prefix, sync(lambda r: self.served(r).metadata())),
+                Route(f"{prefix}/ready", sync(lambda r: {"name": r.path_params["name"], "ready": self.served(r).ready},
+                                              lambda r: 200 if self.served(r).ready else 400)),
+                Route(f"{prefix}/infer", handle(self.infer_v2), methods=["POST"]),
+                Route(f"{prefix}/generate", handle(lambda r: generate(
+                    self.generator(r), r, self.metrics, self.settings.max_new_tokens)), methods=["POST"]),
+                Route(f"{prefix}/generate_stream", handle(lambda r: generate_stream(
+                    self.generator(r), r, self.metrics, self.settings.max_new_tokens)), methods=["POST"])]
+        routes.append(Route("/openapi.json", sync(lambda r: openapi_document(list(self.models),
+                                                                             list(self.generators)))))
 
         async def unrouted(request: Request, exc: Exception) -> Response:
             status = getattr(exc, "status_code", 404)
@@ -349,7 +397,8 @@ def create_app(source: str | os.PathLike[str] | Mapping[str, Artifact], **settin
     `settings` are `ServeSettings` fields. Paths are loaded in the app's startup, so readiness reports loading
     honestly."""
     if isinstance(source, Mapping):
-        return InferenceServer(dict(source), ServeSettings(path="<in memory>", **settings)).app()
+        artifacts = dict(source)
+        return InferenceServer(lambda: Catalog(artifacts), ServeSettings(path="<in memory>", **settings)).app()
     return app_from_settings(ServeSettings(path=str(source), **settings))
 
 
@@ -363,21 +412,3 @@ def app_from_environment() -> BodyLimit:
     """The app described by the `DEPLOYCHECK_SERVE_SETTINGS` variable: how `deploycheck serve --workers N` starts
     each worker process (uvicorn imports the app by name in every worker)."""
     return app_from_settings(ServeSettings.from_environment())
-
-
-def _alert_json(alert: Any) -> dict[str, Any]:
-    """An alert as JSON, with its monitor-clock readings also as UTC wall-clock timestamps (ISO 8601)."""
-    offset = time.time() - time.monotonic()
-    data = dict(vars(alert))
-    for key in ("first_seen", "last_seen"):
-        moment = datetime.fromtimestamp(data[key] + offset, tz=timezone.utc)
-        data[f"{key}_utc"] = moment.isoformat(timespec="seconds")
-    return data
-
-
-def _version() -> str:
-    from importlib.metadata import version
-
-    return version("deploycheck")
-
-

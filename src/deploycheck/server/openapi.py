@@ -39,11 +39,24 @@ def _post(summary: str, schema: dict[str, Any], *errors: int, parameters: list[d
                      "responses": _responses(*errors)}}
 
 
-def openapi_document(models: list[str]) -> dict[str, Any]:
-    """The OpenAPI 3.0 document of a server serving `models`."""
+_GENERATE = {"type": "object", "required": ["input_ids"],
+             "properties": {"input_ids": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                            "max_tokens": {"type": "integer", "minimum": 1}, "id": {"type": "string"},
+                            "parameters": {"type": "object", "properties": {
+                                "max_tokens": {"type": "integer", "minimum": 1}, "temperature": {"type": "number"},
+                                "stream": {"type": "boolean"}}}}}
+
+
+def openapi_document(models: list[str], generators: list[str]) -> dict[str, Any]:
+    """The OpenAPI 3.0 document of a server serving `models` (single pass) and `generators` (generative)."""
     name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": models or [""]}}]
+    generator = [{"name": "name", "in": "path", "required": True,
+                  "schema": {"type": "string", "enum": generators or [""]}}]
     model_query = [{"name": "model", "in": "query", "required": False, "schema": {"type": "string"}}]
     refused = (400, 404, 413, 503)
+    stream = _post("greedy generation, each token a server-sent event", _GENERATE, *refused, 429,
+                   parameters=generator)
+    stream["post"]["responses"]["200"]["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "deploycheck server", "version": "1"},
@@ -72,5 +85,8 @@ def openapi_document(models: list[str]) -> dict[str, Any]:
                                "inputs": {"type": "array", "items": _TENSOR},
                                "outputs": {"type": "array", "items": _OUTPUT}}},
                 *refused, parameters=name),
+            "/v2/models/{name}/generate": _post("greedy generation, answered once (the generate extension)",
+                                                _GENERATE, *refused, 429, parameters=generator),
+            "/v2/models/{name}/generate_stream": stream,
         },
     }

@@ -21,9 +21,14 @@ from deploycheck.baseline.store import BaselineStore
 from deploycheck.errors import DeployCheckError
 from deploycheck.exporting import load_artifact
 from deploycheck.formats import format_names, get_format
+from deploycheck.generation.artifact import SIDECAR, read_sidecar
+from deploycheck.generation.decoders import Decoder
+from deploycheck.generation.formats import load_decoder
+from deploycheck.generation.spec import GENERATIVE_FORMATS
 from deploycheck.monitor import Monitor
 from deploycheck.server.batcher import Batcher
 from deploycheck.server.protocol import datatype_of
+from deploycheck.signing import verify_artifact
 
 LOGGER = logging.getLogger("deploycheck.server")
 
@@ -33,8 +38,17 @@ def servable_formats() -> list[str]:
     return [name for name in format_names() if get_format(name).servable]
 
 
+@dataclass
+class Catalog:
+    """What a path holds to serve: single-pass artifacts and generative decoders (with their sidecars), each by
+    the name it is served as."""
+
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    decoders: dict[str, tuple[Decoder, dict[str, Any]]] = field(default_factory=dict)
+
+
 def discover(path: str | os.PathLike[str], verify_key: str | os.PathLike[str] | None = None,
-             trust_code: bool = False, threads: int | None = None) -> dict[str, Artifact]:
+             trust_code: bool = False, threads: int | None = None) -> Catalog:
     """The artifacts under `path` (one artifact directory, or a tree of them), named by model, or
     `model-format` when a model has several servable formats (its metrics keep the model's name, with the
     format in a label, and requests may also name the model and the format apart). The format is read from each
@@ -43,37 +57,64 @@ def discover(path: str | os.PathLike[str], verify_key: str | os.PathLike[str] | 
     `verify_key`'s owner or with `trust_code`; with `verify_key`, every artifact must verify. What cannot be
     served is refused when named directly and skipped, with a log line saying why, in a tree. `threads` fixes
     each runtime's intra-op thread count (ONNX Runtime's pool without spinning threads; torch's process-wide
-    count)."""
+    count). Generative artifacts (a `deploycheck-generative.json` sidecar) are loaded as decoders."""
     root = Path(path)
-    single = (root / METADATA_FILE).is_file()
-    directories = [root] if single else sorted(p.parent for p in root.rglob(METADATA_FILE))
+    single = (root / METADATA_FILE).is_file() or (root / SIDECAR).is_file()
+    directories = [root] if single else sorted({p.parent for name in (METADATA_FILE, SIDECAR)
+                                                for p in root.rglob(name)})
     if not directories:
-        raise DeployCheckError(f"{root}: no artifact (a directory with {METADATA_FILE}) found")
-    loaded = []
+        raise DeployCheckError(f"{root}: no artifact (a directory with {METADATA_FILE} or {SIDECAR}) found")
+    artifacts: list[Artifact] = []
+    decoders: list[tuple[Decoder, dict[str, Any]]] = []
     for directory in directories:
         try:
-            metadata = read_metadata(directory)
-            if metadata.get("format") not in servable_formats():
-                raise DeployCheckError(f"{directory}: format {metadata.get('format')!r} is not served (it needs "
-                                       f"model code); serve one of: {', '.join(servable_formats())}")
-            runtime: dict[str, Any] = {} if threads is None else {
-                "intra_op_threads": threads, "inter_op_threads": 1, "spinning": False}
-            loaded.append(load_artifact(directory, verify_key=verify_key, trust_code=trust_code, **runtime))
+            if (directory / SIDECAR).is_file():
+                decoders.append(_load_decoder(directory, verify_key, trust_code, threads))
+                LOGGER.info("loaded %s from %s", decoders[-1][0].label, directory)
+            else:
+                artifacts.append(_load_artifact(directory, verify_key, trust_code, threads))
+                LOGGER.info("loaded %s/%s from %s", artifacts[-1].model_name, artifacts[-1].format, directory)
         except DeployCheckError as exc:
             if single:
                 raise
             LOGGER.warning("skipped %s", exc)
-            continue
-        LOGGER.info("loaded %s/%s from %s", loaded[-1].model_name, loaded[-1].format, directory)
-    if not loaded:
+    if not artifacts and not decoders:
+        generative = ", ".join(f for f in GENERATIVE_FORMATS if f != "eager")
         raise DeployCheckError(f"{root}: nothing servable found (see the skipped lines above; servable formats: "
-                               f"{', '.join(servable_formats())})")
-    if threads is not None and any(not get_format(a.format).threads_fixed_at_load for a in loaded):
+                               f"{', '.join(servable_formats())}; generative: {generative})")
+    if threads is not None and (decoders or any(not get_format(a.format).threads_fixed_at_load for a in artifacts)):
         import torch  # only when a torch format is served: its thread count is a process setting
 
         torch.set_num_threads(threads)
-    names = [a.model_name for a in loaded]
-    return {(a.model_name if names.count(a.model_name) == 1 else f"{a.model_name}-{a.format}"): a for a in loaded}
+    named = [(a.model_name, a.format) for a in artifacts] + [(d["model"], d["format"]) for _, d in decoders]
+    models = [model for model, _ in named]
+
+    def served_as(model: str, format_name: str) -> str:
+        return model if models.count(model) == 1 else f"{model}-{format_name}"
+
+    return Catalog({served_as(a.model_name, a.format): a for a in artifacts},
+                   {served_as(d["model"], d["format"]): (decoder, d) for decoder, d in decoders})
+
+
+def _load_artifact(directory: Path, verify_key: str | os.PathLike[str] | None, trust_code: bool,
+                   threads: int | None) -> Artifact:
+    metadata = read_metadata(directory)
+    if metadata.get("format") not in servable_formats():
+        raise DeployCheckError(f"{directory}: format {metadata.get('format')!r} is not served (it needs "
+                               f"model code); serve one of: {', '.join(servable_formats())}")
+    runtime: dict[str, Any] = {} if threads is None else {
+        "intra_op_threads": threads, "inter_op_threads": 1, "spinning": False}
+    return load_artifact(directory, verify_key=verify_key, trust_code=trust_code, **runtime)
+
+
+def _load_decoder(directory: Path, verify_key: str | os.PathLike[str] | None, trust_code: bool,
+                  threads: int | None) -> tuple[Decoder, dict[str, Any]]:
+    """A generative artifact, its files checked against its sidecar and, with `verify_key`, its signature."""
+    details = read_sidecar(directory)
+    if verify_key is not None:
+        verify_artifact(directory, verify_key, f"{details['model']}/{details['format']}")
+    verified = trust_code or verify_key is not None  # a signature checked above is the trust a .pt2 needs
+    return load_decoder(directory, threads=threads or 1, trust_code=verified), details
 
 
 @dataclass
