@@ -23,6 +23,8 @@ _EXPORTS = {
     "export_all": "deploycheck.exporting",
     "format_names": "deploycheck.formats",
     "model": "deploycheck.model_registry",
+    "generative_model": "deploycheck.model_registry",
+    "GenerativeSpec": "deploycheck.generation.spec",
     "DeployCheckError": "deploycheck.errors",
     "SpecError": "deploycheck.errors",
     "ExportError": "deploycheck.errors",

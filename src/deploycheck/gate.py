@@ -6,6 +6,7 @@ measured through a callback (the plugin forwards it on the test report, so it su
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,13 +31,16 @@ from deploycheck.compression import OriginalReport, check_against_original, comp
 from deploycheck.errors import DeployCheckError
 from deploycheck.exporting import Progress, export, load_artifact, no_progress
 from deploycheck.formats import get_format
+from deploycheck.generation.check import GenerationCheck
 from deploycheck.latency import BenchResult, SpeedRatio, bench, compare_speed, interleaved_times
 from deploycheck.parity import check_parity
-from deploycheck.rows import ParityFigures, Row
+from deploycheck.rows import Row
 from deploycheck.spec import original_spec
 
 if TYPE_CHECKING:
     from deploycheck.accuracy import AccuracyReport
+    from deploycheck.generation.gate import GenerationReport
+    from deploycheck.generation.spec import GenerativeSpec
     from deploycheck.parity import ParityReport
     from deploycheck.spec import ModelSpec
 
@@ -130,8 +134,9 @@ class Gate:
                  resolve: Callable[[str], ModelSpec] | None = None, budget_s: float | None = None,
                  clock: Callable[[], float] = time.perf_counter, progress: Progress = no_progress,
                  spent: dict[tuple[str, str], float] | None = None,
-                 not_applicable: Callable[[str], Any] | None = None) -> None:
+                 not_applicable: Callable[[str], Any] | None = None, generation: GenerationCheck | None = None) -> None:
         self._record = record or (lambda payload: None)
+        self.generation = generation  # without one, a decoder's exports go to a new temporary directory
         self.not_applicable = not_applicable
         self.bench_time_s = bench_time_s
         self.bench_lock = bench_lock
@@ -172,7 +177,6 @@ class Gate:
             if id(model) not in self._facts:
                 self._facts[id(model)] = compression_facts(model)
             extra.update(self._facts[id(model)])
-        if artifact.spec is not None:
             budgets = [key for key in ORIGINAL_BUDGETS if getattr(artifact.spec, key) is not None]
             if budgets:
                 extra["budgets_vs_original"] = budgets
@@ -193,7 +197,7 @@ class Gate:
                      tolerance: Any = None) -> ParityReport:
         with self.progress(f"parity of {artifact.model_name}/{artifact.format}"):
             report = check_parity(artifact, batch_sizes=batch_sizes, tolerance=tolerance)
-        self.record(artifact, parity=parity_figures(report))
+        self.record(artifact, parity=report.figures())
         return report
 
     def assert_parity(self, artifact: Artifact, batch_sizes: Sequence[int] | None = None,
@@ -206,7 +210,7 @@ class Gate:
             raise AssertionError(
                 f"{report}\n\nTo accept a larger error for this format, set ModelSpec(tolerances="
                 f"{{{artifact.format!r}: Tolerance(...)}}) (per output: {{output_name: Tolerance(...)}}).")
-        self.assert_baseline(artifact, ("parity",), parity=parity_figures(report))
+        self.assert_baseline(artifact, ("parity",), parity=report.figures())
         return report
 
     def assert_size(self, artifact: Artifact) -> Comparison | None:
@@ -391,25 +395,20 @@ class Gate:
                                  "max_size_ratio_vs_original=...).")
         return report
 
+    def assert_generation(self, spec: GenerativeSpec) -> GenerationReport:
+        """The generative gate of a decoder (`deploycheck.generation.check`), its report in the run's summary."""
+        __tracebackhide__ = True
+        check = self.generation or GenerationCheck(Path(tempfile.mkdtemp(prefix="deploycheck-generative-")))
+        return check.assert_generation(spec)
+
     def _export(self, spec: ModelSpec, format_name: str) -> Artifact:
         if self.exporter is not None:
             return self.exporter(spec, format_name)
-        import tempfile
-
         return export(spec, format_name, Path(tempfile.mkdtemp(prefix="deploycheck-original-")) / format_name)
 
-    @contextlib.contextmanager
-    def _bench_lock(self) -> Iterator[None]:
-        if self.bench_lock is None:
-            yield
-            return
-        with FileLock(str(self.bench_lock)):
-            yield
-
-
-def parity_figures(report: ParityReport) -> ParityFigures:
-    """What a parity check contributes to the report and the baseline."""
-    return {"max_abs": report.max_abs, "top1_agreement": report.min_top1_agreement, "passed": report.passed}
+    def _bench_lock(self) -> contextlib.AbstractContextManager[Any]:
+        """One benchmark at a time across the run's xdist workers."""
+        return contextlib.nullcontext() if self.bench_lock is None else FileLock(str(self.bench_lock))
 
 
 def latency_payload(result: BenchResult) -> dict[str, Any]:

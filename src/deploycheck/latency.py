@@ -19,11 +19,10 @@ every result, and the kept reference times go with it, so a baseline can be norm
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,7 +32,7 @@ from deploycheck.artifact import Artifact
 from deploycheck.errors import FormatUnavailable
 from deploycheck.exporting import load_artifact
 from deploycheck.formats import get_format
-from deploycheck.machine import ReferenceWorkload, environment, reference_workload
+from deploycheck.machine import ReferenceWorkload, environment, reference_workload, torch_threads
 from deploycheck.stats import bootstrap_ratio_interval, compact_quantiles
 from deploycheck.table import format_table
 
@@ -162,20 +161,6 @@ class SpeedRatio:
         return (f"{self.a} / {self.b} median time ratio {self.ratio:.3f} "
                 f"[{self.low:.3f}, {self.high:.3f}] ({self.confidence:.0%} CI, {self.pairs} interleaved pairs; "
                 f"p50 {self.a_p50_ms:.3f} ms vs {self.b_p50_ms:.3f} ms)")
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """torch's intra-op thread count set for a measurement and restored after it, so a benchmark does not leave
-    the rest of the process (parity, accuracy, the user's own code) on one thread."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def timed_runner(artifact: Artifact, threads: int, device: str) -> Artifact:

@@ -4,10 +4,12 @@ slower model."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -95,3 +97,17 @@ class ReferenceWorkload:
 def reference_workload() -> ReferenceWorkload:
     """One reference workload per process, so the fastest speed it has shown is remembered across benchmarks."""
     return ReferenceWorkload()
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set for a measurement and restored after it, so a benchmark does not leave
+    the rest of the process (parity, accuracy, the user's own code) on one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

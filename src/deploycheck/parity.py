@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deploycheck.formats import get_format
+from deploycheck.rows import ParityFigures
 from deploycheck.table import format_table
 from deploycheck.tolerance import FP32_TOLERANCE, Tolerance
 
@@ -71,6 +72,10 @@ class ParityReport:
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "passed": self.passed, "problems": self.problems,
                 "outputs": [{**asdict(o), "tolerance": asdict(o.tolerance)} for o in self.outputs]}
+
+    def figures(self) -> ParityFigures:
+        """What a parity check contributes to the gate's row, the report and the baseline."""
+        return {"max_abs": self.max_abs, "top1_agreement": self.min_top1_agreement, "passed": self.passed}
 
     def __str__(self) -> str:
         header = ["output", "shape", "max abs", "mean abs", "p99 abs", "max rel", "cosine", "SQNR dB", "top-1",

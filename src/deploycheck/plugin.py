@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from deploycheck.model_registry import model_functions
+from deploycheck.model_registry import GENERATIVE_MARK, MODEL_MARK, model_functions
 from deploycheck.plugin_options import (
     AGAINST,
     BASELINE_SETTINGS,
     EXPORTS,
+    GENERATION_PROPERTY,
     LAST_USE,
     OPTIONS,
     PAIRS,
@@ -167,20 +168,25 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "artifact" not in metafunc.fixturenames:
-        return
+    if "artifact" in metafunc.fixturenames:
+        formats = selected_formats(metafunc.config)
+        params = [(model, fmt) for model in _registered(metafunc, MODEL_MARK) for fmt in formats]
+        metafunc.parametrize("artifact", params, indirect=True, ids=[f"{m}/{f}" for m, f in params])
+    if "generative" in metafunc.fixturenames:
+        models = _registered(metafunc, GENERATIVE_MARK)
+        metafunc.parametrize("generative", models, indirect=True, ids=models)
+
+
+def _registered(metafunc: pytest.Metafunc, mark: str) -> list[str]:
+    """The models marked `mark` in the conftest files and the test module, by name (`--deploycheck-models`)."""
     models: dict[str, Any] = {}
     for plugin in metafunc.config.pluginmanager.get_plugins():
         if getattr(plugin, "__file__", "").endswith("conftest.py"):
-            models.update(model_functions(plugin))
-    models.update(model_functions(metafunc.module))
+            models.update(model_functions(plugin, mark))
+    models.update(model_functions(metafunc.module, mark))
     wanted = option(metafunc.config, "models")
-    if wanted:
-        names = {name.strip() for name in wanted.split(",") if name.strip()}
-        models = {name: function for name, function in models.items() if name in names}
-    formats = selected_formats(metafunc.config)
-    params = [(model, fmt) for model in sorted(models) for fmt in formats]
-    metafunc.parametrize("artifact", params, indirect=True, ids=[f"{m}/{f}" for m, f in params])
+    names = {name.strip() for name in wanted.split(",") if name.strip()} if wanted else set(models)
+    return sorted(name for name in models if name in names)
 
 
 @pytest.fixture(scope="session")
@@ -228,10 +234,18 @@ def artifact(request: pytest.FixtureRequest, _deploycheck_exports: Any) -> Any:
 
 
 @pytest.fixture
+def generative(request: pytest.FixtureRequest) -> Any:
+    """One generative model's `GenerativeSpec` (parametrized over those registered with
+    `@deploycheck.generative_model`), for `deploycheck.assert_generation`."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
 def deploycheck(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                 _deploycheck_exports: Any) -> Any:
     """The gate's checks (`assert_parity`, ...); what they measure goes into the end-of-run summary."""
     from deploycheck.gate import Gate
+    from deploycheck.generation.check import GenerationCheck
 
     def record(payload: Row) -> None:
         request.node.user_properties.append((PROPERTY, payload))
@@ -247,6 +261,9 @@ def deploycheck(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         baselines = BaselineCheck(BaselineStore(directory), mode, layers, accepted_store(config),
                                   against=config.stash.get(AGAINST, None),
                                   strict_latency=bool(option(config, "strict-latency")))
+    generation = GenerationCheck(
+        _deploycheck_exports.artifacts_dir / "generative", lambda data: request.node.user_properties.append(
+            (GENERATION_PROPERTY, data)), baseline_settings(config)[0] if mode is not None else None, mode)
     budget = option(config, "budget")
     pairs = config.stash.get(PAIRS, 0) or 1
     return Gate(record, bench_time_s=float(option(config, "bench-time")),
@@ -254,6 +271,6 @@ def deploycheck(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
                 skip_bench=pytest.skip if option(config, "no-bench") else None, baselines=baselines,
                 exporter=_deploycheck_exports.artifact, resolve=request.getfixturevalue,
                 budget_s=float(budget) / pairs if budget else None, progress=terminal_progress(config),
-                spent=config.stash.setdefault(TIMING_SPENT, {}), not_applicable=pytest.skip)
+                spent=config.stash.setdefault(TIMING_SPENT, {}), not_applicable=pytest.skip, generation=generation)
 
 

@@ -14,6 +14,7 @@ import pytest
 from deploycheck.rows import BaselineMode
 
 PROPERTY = "deploycheck"
+GENERATION_PROPERTY = "deploycheck-generation"  # a generative report, on the test report of its check
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import pytest
 
 from deploycheck.model_registry import MODEL_FUNCTION, model_functions
 from deploycheck.plugin_options import (
+    GENERATION_PROPERTY,
     PROPERTY,
     accepted_store,
     baseline_mode,
@@ -84,12 +85,15 @@ class RunSummary:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.results: dict[tuple[str, str], dict[str, Any]] = {}
+        self.generation: dict[str, dict[str, Any]] = {}  # generative reports, by model
         self.collected: set[tuple[str, str]] = set()
         self.checked_missing = False
         self.written: list[str] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for name, payload in report.user_properties:
+            if name == GENERATION_PROPERTY and isinstance(payload, dict):
+                self.generation[payload["model"]] = payload
             if name == PROPERTY and isinstance(payload, dict):
                 row = self.results.setdefault((payload["model"], payload["format"]), {})
                 for key, value in payload.items():
@@ -141,7 +145,7 @@ class RunSummary:
         return sort_rows(self.results.values())
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.results and not self.written:  # nothing of the gate's to show: import nothing
+        if not self.results and not self.written and not self.generation:  # nothing of the gate's: import nothing
             return
         from deploycheck.report import (
             best_formats,
@@ -169,6 +173,9 @@ class RunSummary:
                       if isinstance(r.get("original"), dict) and r["original"].get("statement")]
         if statements:
             lines += ["deploycheck: speed against the original, as measured:", *statements]
+        for data in self.generation.values():
+            lines += [data["text"], *(f"  inconclusive: {note}" for note in
+                                      (data.get("baseline") or {}).get("inconclusive", []))]
         lines += self.written
         if rows:
             lines.append(verdict(rows))
@@ -189,8 +196,8 @@ class RunSummary:
         rows = self.rows()
         run = self._run(rows) if rows else None  # each step below imports its modules only when it has work
         history = self._record_history(rows, run)
-        self.written = (self._write_baselines(rows) + self._stale_baselines() + self._write_reports(rows, run)
-                        + history)
+        self.written = (self._write_baselines(rows) + self._write_generation_baselines() + self._stale_baselines()
+                        + self._write_reports(rows, run) + history)
         if any(nested(row, "history", "passed") is False for row in rows) and session.exitstatus == 0:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         self._github_step_summary(rows, run)
@@ -236,6 +243,22 @@ class RunSummary:
                                keep_artifacts=bool(option(self.config, "keep-baseline-artifacts")),
                                root=self.config.rootpath, accepted=accepted_store(self.config))
 
+    def _write_generation_baselines(self) -> list[str]:
+        """Passing generative reports become their models' baselines (`update`), or only where none exists yet
+        (`update-new`)."""
+        mode = baseline_mode(self.config)
+        if mode not in ("update", "update-new") or not self.generation:
+            return []
+        from deploycheck.generation.regression import baseline_path, write_generation_baseline
+
+        directory, _ = baseline_settings(self.config)
+        written = []
+        for model, data in self.generation.items():
+            if data["passed"] and (mode == "update" or not baseline_path(directory, model).is_file()):
+                written.append(f"deploycheck: generation baseline written to "
+                               f"{write_generation_baseline(directory, data)}")
+        return written
+
     def _stale_baselines(self) -> list[str]:
         filtered = (self.config.getoption("keyword", "") or self.config.getoption("markexpr", "")
                     or option(self.config, "models"))
@@ -258,7 +281,8 @@ class RunSummary:
         from deploycheck import report
 
         writers: dict[str, Callable[[Path, list[dict[str, Any]], Any], None]] = {
-            "report": report.write_json_report, "markdown": report.write_markdown,
+            "report": partial(report.write_json_report, generation=list(self.generation.values())),
+            "markdown": report.write_markdown,
             "html": partial(report.write_html,
                             trends_html=self._trend_pictures(rows) if option(self.config, "html") else ""),
             "benchmark-json": report.write_benchmark_json}

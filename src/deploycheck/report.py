@@ -361,10 +361,11 @@ svg { max-width: 100%; height: auto; }
 """
 
 
-def write_json_report(path: Path, rows: Sequence[dict[str, Any]], run: RunInfo | None = None) -> None:
-    """The rows, and the run they came from (commit, branch, time, machine: what `deploycheck report merge`
-    checks shards against each other by)."""
-    write_json(path, {"run": run.to_dict() if run else None, "results": with_size_ratios(rows)})
+def write_json_report(path: Path, rows: Sequence[dict[str, Any]], run: RunInfo | None = None,
+                      generation: Sequence[dict[str, Any]] = ()) -> None:
+    """The rows, the run they came from (what `deploycheck report merge` checks shards by), generative reports."""
+    write_json(path, {"run": run.to_dict() if run else None, "results": with_size_ratios(rows),
+                      **({"generation": list(generation)} if generation else {})})
 
 
 def write_markdown(path: Path, rows: Sequence[dict[str, Any]], run: RunInfo | None = None) -> None:

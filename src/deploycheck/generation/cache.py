@@ -39,6 +39,7 @@ class Prefill(torch.nn.Module):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.eval()  # a new module is in training mode, which the exporter warns of
 
     def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(input_ids=input_ids, use_cache=True)
@@ -51,6 +52,7 @@ class Decode(torch.nn.Module):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.eval()  # a new module is in training mode, which the exporter warns of
 
     def forward(self, input_ids: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(input_ids=input_ids, cache=dynamic_cache(past), use_cache=True)

@@ -27,9 +27,11 @@ from deploycheck.generation.decoders import Decoder, EagerDecoder
 from deploycheck.generation.formats import export_decoder, load_decoder
 from deploycheck.generation.spec import GenerativeSpec
 from deploycheck.generation.streams import Stream, generate, median_tpot_s, timed_rounds
+from deploycheck.machine import torch_threads
 from deploycheck.table import format_table, human_size
 
 TIMING_ROUNDS = 3  # side-by-side rounds per batch size behind the speed columns and the best format
+TIMING_THREADS = 1  # torch's intra-op threads while timing, as every runtime's: formats compared on equal terms
 FP32_FORMATS = ("eager", "torch_export", "onnx", "openvino")  # held to eager's greedy continuation exactly
 
 
@@ -62,6 +64,8 @@ class GenerationRow:
                 "int8_weight_fraction": self.int8_fraction, "greedy_rows_matching": self.greedy.rows_matching,
                 "first_divergence": self.greedy.first_divergence, "cache_max_error": self.consistency.max_error,
                 "cache_first_bad_step": self.consistency.first_bad_step, **asdict(self.quality), **self.speed(),
+                "rounds": {"ttft_ms": [s.ttft_s * 1e3 for s in self.timed],
+                           "tpot_ms": [s.tpot_s * 1e3 for s in self.timed]},
                 "passed": self.passed, "problems": self.problems}
 
 
@@ -152,8 +156,9 @@ def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Pat
                                 cache_consistency(decoder, prompts, free), token_quality(expected, forced), free)
             row.problems = _problems(spec, decoder.label, row)
             rows.append(row)
-        timed = timed_rounds({name: decoder for name, (decoder, _) in decoders.items()}, prompts, spec.new_tokens,
-                             TIMING_ROUNDS)
+        with torch_threads(TIMING_THREADS):
+            timed = timed_rounds({name: decoder for name, (decoder, _) in decoders.items()}, prompts,
+                                 spec.new_tokens, TIMING_ROUNDS)
         for row in rows[-len(decoders):]:
             row.timed = timed[row.format]
     return GenerationReport(spec.name, rows, skipped)

@@ -50,8 +50,7 @@ _GENERATE = {"type": "object", "required": ["input_ids"],
 def openapi_document(models: list[str], generators: list[str]) -> dict[str, Any]:
     """The OpenAPI 3.0 document of a server serving `models` (single pass) and `generators` (generative)."""
     name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": models or [""]}}]
-    generator = [{"name": "name", "in": "path", "required": True,
-                  "schema": {"type": "string", "enum": generators or [""]}}]
+    generator = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": generators}}]
     model_query = [{"name": "model", "in": "query", "required": False, "schema": {"type": "string"}}]
     refused = (400, 404, 413, 503)
     stream = _post("greedy generation, each token a server-sent event", _GENERATE, *refused, 429,
@@ -85,8 +84,8 @@ def openapi_document(models: list[str], generators: list[str]) -> dict[str, Any]
                                "inputs": {"type": "array", "items": _TENSOR},
                                "outputs": {"type": "array", "items": _OUTPUT}}},
                 *refused, parameters=name),
-            "/v2/models/{name}/generate": _post("greedy generation, answered once (the generate extension)",
-                                                _GENERATE, *refused, 429, parameters=generator),
-            "/v2/models/{name}/generate_stream": stream,
+            **({"/v2/models/{name}/generate": _post("greedy generation, answered once (the generate extension)",
+                                                    _GENERATE, *refused, 429, parameters=generator),
+                "/v2/models/{name}/generate_stream": stream} if generators else {}),
         },
     }

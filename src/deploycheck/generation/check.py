@@ -1,0 +1,53 @@
+"""The generative gate as a test runs it (`deploycheck.assert_generation(spec)` in the pytest plugin, or directly):
+every format exported under one directory per model, the report recorded for the end-of-run summary, held to the
+model's stored baseline (see `deploycheck.generation.regression`), and a failure that lists every problem and
+says how to accept new figures. Pytest-free: the plugin hands it a `record` callback and the baseline mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from deploycheck.generation.gate import GenerationReport, gate_decoder
+from deploycheck.generation.regression import baseline_path, compare_generation, read_generation_baseline
+from deploycheck.generation.spec import GenerativeSpec
+
+
+class GenerationCheck:
+    """`artifacts_dir/<model>/<format>` holds the exports; `record(data)` receives the report as JSON data (with
+    its printed table under "text" and the baseline comparison under "baseline"); `baselines_dir` and `mode`
+    ("compare", "update", "update-new"; None: baselines off) as for single-pass models: in "update" modes the
+    caller writes the baselines of passing reports (in the plugin, the controller at the end of the run)."""
+
+    def __init__(self, artifacts_dir: Path, record: Callable[[dict[str, Any]], None] | None = None,
+                 baselines_dir: Path | None = None, mode: str | None = None) -> None:
+        self.artifacts_dir = Path(artifacts_dir)
+        self.record = record or (lambda data: None)
+        self.baselines_dir = baselines_dir
+        self.mode = mode if baselines_dir is not None else None
+
+    def assert_generation(self, spec: GenerativeSpec) -> GenerationReport:
+        __tracebackhide__ = True
+        stored = None
+        if self.mode in ("compare", "update-new") and self.baselines_dir is not None:
+            where = baseline_path(self.baselines_dir, spec.name)
+            stored = read_generation_baseline(self.baselines_dir, spec.name)
+            if stored is None and self.mode == "compare":  # said before anything is exported or timed
+                raise AssertionError(f"{spec.name}: no generation baseline at {where}; record it with `pytest "
+                                     "--deploycheck-update-new` (or run without the regression gate: "
+                                     "--deploycheck-no-baselines)")
+        report = gate_decoder(spec, self.artifacts_dir / spec.name)
+        data: dict[str, Any] = {**report.to_dict(), "text": str(report)}
+        problems = [problem for row in report.rows for problem in row.problems]
+        if stored is not None:
+            comparison = compare_generation(data, stored, str(where))
+            data["baseline"] = comparison.to_dict()
+            problems += comparison.regressions
+        self.record(data)
+        if problems:
+            listed = "\n".join(f"  {problem}" for problem in problems)
+            raise AssertionError(f"{report}\n\n{spec.name} failed the generative gate:\n{listed}\n\nTo accept a "
+                                 "larger quantization error, raise GenerativeSpec(max_kl=..., min_top1_agreement="
+                                 "...); to accept new figures as the baseline, run `pytest --deploycheck-update`.")
+        return report

@@ -1,0 +1,70 @@
+"""The generative gate as users run it in pytest: `@deploycheck.generative_model` and `assert_generation` through
+real `pytester` runs, a missing baseline failing visibly, `--deploycheck-update` writing it from the controller
+under pytest-xdist, the generation table in the summary and the JSON report, and a quality regression failing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.slow
+
+CONFTEST = '''
+import sys
+
+import deploycheck
+
+sys.path.insert(0, {tests!r})
+from models import llama_decoder, prompts
+
+
+@deploycheck.generative_model
+def llama_tiny():
+    return deploycheck.GenerativeSpec("llama_tiny", llama_decoder(), prompts(), new_tokens=6, batch_sizes=(2,),
+                                      formats=("eager", "onnx", "onnx_int8_weight"))
+'''
+
+TESTS = '''
+def test_generation(generative, deploycheck):
+    deploycheck.assert_generation(generative)
+'''
+
+
+def test_generation_lifecycle(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    pytester.makeconftest(CONFTEST.format(tests=str(Path(__file__).parent)))
+    pytester.makepyfile(test_decoder=TESTS)
+    common = ["-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path / 'artifacts'}"]
+    baseline = pytester.path / "baselines" / "llama_tiny" / "generative.json"
+
+    missing = pytester.runpytest_subprocess(*common)
+    missing.assert_outcomes(failed=1)
+    missing.stdout.fnmatch_lines([f"*llama_tiny: no generation baseline at {baseline}; record it with `pytest "
+                                  "--deploycheck-update-new`*"])
+
+    update = pytester.runpytest_subprocess(*common, "-n", "2", "--deploycheck-update")
+    update.assert_outcomes(passed=1)
+    update.stdout.fnmatch_lines(["*generation of llama_tiny against eager*", "*onnx_int8_weight*2*ok*",
+                                 "*best format at batch 2:*", f"*generation baseline written to {baseline}"])
+    stored = json.loads(baseline.read_text())
+    assert {(row["format"], row["batch_size"]) for row in stored["rows"]} == {
+        ("eager", 2), ("onnx", 2), ("onnx_int8_weight", 2)}
+    assert all(len(row["rounds"]["tpot_ms"]) == 3 for row in stored["rows"])
+
+    for row in stored["rows"]:  # a baseline whose int8 weights were ten times closer to eager's
+        if row["format"] == "onnx_int8_weight":
+            row["mean_kl"] /= 10
+    baseline.write_text(json.dumps(stored))
+    report = tmp_path / "report.json"
+    regressed = pytester.runpytest_subprocess(*common, f"--deploycheck-report={report}")
+    regressed.assert_outcomes(failed=1)
+    regressed.stdout.fnmatch_lines(["*llama_tiny failed the generative gate:",
+                                    "*llama_tiny/onnx_int8_weight at batch 2: mean KL divergence from eager * nats, "
+                                    "baseline * (at most *)", "*pytest --deploycheck-update*"])
+    written = json.loads(report.read_text())["generation"]
+    assert [data["model"] for data in written] == ["llama_tiny"]
+    assert written[0]["passed"], "every format passed its own checks: the baseline is what failed"
+    assert not written[0]["baseline"]["passed"] and len(written[0]["baseline"]["regressions"]) == 1, written[0]
