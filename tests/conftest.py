@@ -26,9 +26,17 @@ def digits_spec():
 
 @pytest.fixture(scope="session")
 def digits_artifacts(digits_spec, tmp_path_factory):
+    """Every format of the digits CNN, exported once per test run: the pytest-xdist workers share one directory
+    (the run's, above each worker's own), the first exports under a lock and the others reuse its files through
+    the export cache, as the plugin's workers do. No test writes into these; those that alter one copy it."""
+    from filelock import FileLock
+
     import deploycheck
 
-    return deploycheck.export_all(digits_spec, tmp_path_factory.mktemp("digits-artifacts"))
+    shared = tmp_path_factory.getbasetemp().parent if os.environ.get("PYTEST_XDIST_WORKER") else \
+        tmp_path_factory.getbasetemp()
+    with FileLock(str(shared / "digits-artifacts.lock")):
+        return deploycheck.export_all(digits_spec, shared / "digits-artifacts")
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from deploycheck.generation.openvino_decoder import OpenVinoStatefulDecoder
 from deploycheck.generation.spec import GenerativeSpec
 from deploycheck.generation.streams import generate
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("llama")]
 
 
 def llama_spec(**overrides: object) -> GenerativeSpec:

@@ -19,7 +19,7 @@ import pytest
 import torch
 from serving import Server, start_server, stop_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("digits_served")]
 
 
 class Lookup(torch.nn.Module):
