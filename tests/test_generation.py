@@ -174,6 +174,23 @@ def test_a_pt2_decoder_loads_only_when_trusted(tmp_path: Path) -> None:
     assert np.array_equal(trusted.tokens, generate(EagerDecoder(LLAMA, "eager"), prompts().numpy(), 3).tokens)
 
 
+def test_an_unchanged_decoder_is_not_exported_again_and_a_changed_one_is(tmp_path: Path) -> None:
+    spec = llama_spec(new_tokens=3, batch_sizes=(2,), formats=("eager", "torch_export"))
+    path = export_decoder(spec, "torch_export", tmp_path / "pt2")
+    written = {p.name: p.stat().st_mtime_ns for p in path.iterdir()}
+    assert export_decoder(spec, "torch_export", path) == path
+    assert {p.name: p.stat().st_mtime_ns for p in path.iterdir()} == written, "reused: nothing rewritten"
+    (path / "decode.pt2").write_bytes((path / "decode.pt2").read_bytes() + b"\0")  # an altered file is not reused
+    export_decoder(spec, "torch_export", path)
+    assert read_sidecar(path)["cache_key"], "exported again: every file matches its hash"
+    changed = llama_decoder()
+    with torch.no_grad():
+        changed.lm_head.weight.mul_(1.01)
+    before = read_sidecar(path)["cache_key"]
+    export_decoder(llama_spec(model=changed, formats=("eager", "torch_export")), "torch_export", path)
+    assert read_sidecar(path)["cache_key"] != before, "new weights: exported again"
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"prompts": torch.zeros(2, 8)}, "prompts must be a 2-D tensor of token ids"),
     ({"new_tokens": 1}, "new_tokens must be at least 2"),

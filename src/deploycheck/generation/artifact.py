@@ -37,6 +37,28 @@ def write_sidecar(out_dir: Path, files: Sequence[str], packages: Sequence[str], 
     _WRITTEN_HERE.add(file_digest(out_dir / SIDECAR))
 
 
+def stamp_cache_key(out_dir: Path, key: str) -> None:
+    """Record in a sidecar this process just wrote the digest of everything its export depended on."""
+    details = json.loads((out_dir / SIDECAR).read_text())
+    write_json(out_dir / SIDECAR, {**details, "cache_key": key})
+    _WRITTEN_HERE.add(file_digest(out_dir / SIDECAR))
+
+
+def reusable(out_dir: Path, key: str) -> bool:
+    """Whether `out_dir` holds an intact export made with the same `key` (its files verified against their hashes):
+    what it would export again. Such an export is this process's own from then on, as a reused single-pass export
+    is (`deploycheck.exporting`)."""
+    if not (Path(out_dir) / SIDECAR).is_file():
+        return False
+    try:
+        if read_sidecar(out_dir).get("cache_key") != key:
+            return False
+    except (ArtifactError, KeyError, TypeError):
+        return False
+    _WRITTEN_HERE.add(file_digest(Path(out_dir) / SIDECAR))
+    return True
+
+
 def read_sidecar(path: Path) -> dict[str, Any]:
     """A generative artifact's sidecar, with each file verified against its recorded hash."""
     sidecar = Path(path) / SIDECAR

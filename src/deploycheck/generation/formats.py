@@ -1,11 +1,17 @@
-"""The generative formats: which exporter and loader each uses, by name, and the trust check before loading."""
+"""The generative formats: which exporter and loader each uses, by name, the export cache, and the trust check
+before loading."""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 from pathlib import Path
 
+from deploycheck.artifact import package_versions
 from deploycheck.errors import ExportError
-from deploycheck.generation.artifact import check_trusted, read_sidecar
+from deploycheck.exporting import model_fingerprint
+from deploycheck.generation.artifact import check_trusted, read_sidecar, reusable, stamp_cache_key
 from deploycheck.generation.cache import Decode
 from deploycheck.generation.decoders import Decoder
 from deploycheck.generation.onnx_decoder import FORMATS as ONNX_FORMATS
@@ -15,21 +21,45 @@ from deploycheck.generation.openvino_decoder import OpenVinoStatefulDecoder, exp
 from deploycheck.generation.spec import GENERATIVE_FORMATS, GenerativeSpec
 from deploycheck.generation.torch_export_decoder import EXECUTES_CODE, TorchExportDecoder, export_torch_decoder
 
+EXPORT_VERSION = 1  # raised when what deploycheck writes for a generative format changes: older exports are redone
+
 
 def export_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, decode: type[Decode] = Decode,
                    fp32_onnx: Path | None = None) -> Path:
     """Export `spec`'s model as `format_name` into `out_dir` (new, or a generative artifact); returns the
-    directory. `decode` wraps the model's decode step (a model whose step needs more than the cache and one token
-    per row subclasses `Decode`); `fp32_onnx`, this model's `onnx` artifact, spares the ONNX weight-only formats
-    a second export."""
+    directory. An intact export there made from the same weights, code, options and library versions is reused
+    (`cache_key`). `decode` wraps the model's decode step (a model whose step needs more than the cache and one
+    token per row subclasses `Decode`); `fp32_onnx`, this model's `onnx` artifact, spares the ONNX weight-only
+    formats a second export."""
+    out_dir = Path(out_dir)
+    if format_name not in ("torch_export", *OPENVINO_FORMATS, *ONNX_FORMATS):
+        raise ExportError(f"{spec.name}: no generative exporter for {format_name!r} (eager needs none); known: "
+                          f"{', '.join(GENERATIVE_FORMATS)}")
+    key = cache_key(spec, format_name, decode)
+    if reusable(out_dir, key):
+        return out_dir
     if format_name == "torch_export":
-        return export_torch_decoder(spec, Path(out_dir), decode)
-    if format_name in OPENVINO_FORMATS:
-        return export_openvino_decoder(spec, format_name, Path(out_dir), decode)
-    if format_name in ONNX_FORMATS:
-        return export_onnx_decoder(spec, format_name, Path(out_dir), decode, fp32_onnx)
-    raise ExportError(f"{spec.name}: no generative exporter for {format_name!r} (eager needs none); known: "
-                      f"{', '.join(GENERATIVE_FORMATS)}")
+        export_torch_decoder(spec, out_dir, decode)
+    elif format_name in OPENVINO_FORMATS:
+        export_openvino_decoder(spec, format_name, out_dir, decode)
+    else:
+        export_onnx_decoder(spec, format_name, out_dir, decode, fp32_onnx)
+    stamp_cache_key(out_dir, key)
+    return out_dir
+
+
+def cache_key(spec: GenerativeSpec, format_name: str, decode: type[Decode]) -> str:
+    """A digest of everything a generative export depends on: the weights and module code, the decode step's code,
+    the format and its options, the versions of the libraries that write it, and `EXPORT_VERSION`."""
+    try:
+        step = inspect.getsource(decode)
+    except (OSError, TypeError):
+        step = f"{decode.__module__}.{decode.__qualname__}"
+    description = {"model": model_fingerprint(spec.model), "decode": step, "format": format_name,
+                   "options": dict(spec.options(format_name)), "export_version": EXPORT_VERSION,
+                   "versions": package_versions(("torch", "transformers", "onnx", "onnxscript", "onnxruntime",
+                                                 "openvino", "nncf"))}
+    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def load_decoder(path: Path, bound: bool = True, threads: int = 1, trust_code: bool = False,
