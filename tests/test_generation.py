@@ -27,7 +27,7 @@ from deploycheck.generation.openvino_decoder import OpenVinoStatefulDecoder
 from deploycheck.generation.spec import GenerativeSpec
 from deploycheck.generation.streams import generate
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("llama")]
+pytestmark = pytest.mark.slow
 
 
 def llama_spec(**overrides: object) -> GenerativeSpec:
@@ -56,7 +56,7 @@ class PositionsOffByOne(Decode):
 
 def test_a_llama_style_decoder_matches_eager_token_for_token_with_its_cache(tmp_path: Path,
                                                                            llama_onnx: Path) -> None:
-    spec = llama_spec(formats=("eager", "torch_export", "onnx", "openvino", "onnx_int8_weight"))
+    spec = llama_spec(formats=("eager", "torch_export", "onnx", "openvino", "onnx_int8_weight", "torchao_int8_weight"))
     report = gate_decoder(spec, tmp_path, exported={"onnx": llama_onnx})
     assert report.passed, str(report)
     rows = {(row.format, row.batch_size): row for row in report.rows}
@@ -66,8 +66,10 @@ def test_a_llama_style_decoder_matches_eager_token_for_token_with_its_cache(tmp_
             assert row.greedy.exact and row.consistency.passed and row.consistency.max_error < 1e-4
         onnx = rows[("onnx", batch)]
         assert onnx.stream.tokens.shape == (batch, 8) and len(onnx.stream.step_s) == 7
-        int8 = rows[("onnx_int8_weight", batch)]
-        assert 0 < int8.quality.mean_kl < spec.max_kl and int8.quality.top1_agreement >= 0.9
+        for weight_only in ("onnx_int8_weight", "torchao_int8_weight"):
+            int8 = rows[(weight_only, batch)]
+            assert 0 < int8.quality.mean_kl < spec.max_kl and int8.quality.top1_agreement >= 0.9, weight_only
+            assert 0.5 < int8.int8_fraction < 1, "the Linear weights, not the embedding"
     assert rows[("onnx_int8_weight", 1)].size_bytes < rows[("onnx", 1)].size_bytes / 1.5
     assert "greedy match" in str(report) and "TTFT ms" in str(report)
     best = report.best()

@@ -24,7 +24,7 @@ from deploycheck.generation.spec import GenerativeSpec
 from deploycheck.generation.streams import generate
 from deploycheck.server.app import create_app
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("llama_served")]
+pytestmark = pytest.mark.slow
 
 LLAMA = llama_decoder()
 PROMPTS = prompts(rows=8, length=6)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from serving import Server, start_server, stop_server
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("digits_served")]
+pytestmark = pytest.mark.slow
 
 
 class Lookup(torch.nn.Module):

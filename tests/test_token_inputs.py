@@ -18,7 +18,7 @@ import deploycheck
 from deploycheck.errors import InputError, SpecError
 from deploycheck.formats.base import io_specs
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distil")]
+pytestmark = pytest.mark.slow
 pytest.importorskip("transformers")
 
 ONES = [[1, 1, 1]]

@@ -20,6 +20,7 @@ from deploycheck.generation.openvino_decoder import FORMATS as OPENVINO_FORMATS
 from deploycheck.generation.openvino_decoder import OpenVinoStatefulDecoder, export_openvino_decoder
 from deploycheck.generation.spec import GENERATIVE_FORMATS, GenerativeSpec
 from deploycheck.generation.torch_export_decoder import EXECUTES_CODE, TorchExportDecoder, export_torch_decoder
+from deploycheck.generation.torch_export_decoder import FORMATS as TORCH_FORMATS
 
 EXPORT_VERSION = 1  # raised when what deploycheck writes for a generative format changes: older exports are redone
 
@@ -32,14 +33,14 @@ def export_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, decode
     token per row subclasses `Decode`); `fp32_onnx`, this model's `onnx` artifact, spares the ONNX weight-only
     formats a second export."""
     out_dir = Path(out_dir)
-    if format_name not in ("torch_export", *OPENVINO_FORMATS, *ONNX_FORMATS):
+    if format_name not in (*TORCH_FORMATS, *OPENVINO_FORMATS, *ONNX_FORMATS):
         raise ExportError(f"{spec.name}: no generative exporter for {format_name!r} (eager needs none); known: "
                           f"{', '.join(GENERATIVE_FORMATS)}")
     key = cache_key(spec, format_name, decode)
     if reusable(out_dir, key):
         return out_dir
-    if format_name == "torch_export":
-        export_torch_decoder(spec, out_dir, decode)
+    if format_name in TORCH_FORMATS:
+        export_torch_decoder(spec, format_name, out_dir, decode)
     elif format_name in OPENVINO_FORMATS:
         export_openvino_decoder(spec, format_name, out_dir, decode)
     else:
@@ -58,7 +59,7 @@ def cache_key(spec: GenerativeSpec, format_name: str, decode: type[Decode]) -> s
     description = {"model": model_fingerprint(spec.model), "decode": step, "format": format_name,
                    "options": dict(spec.options(format_name)), "export_version": EXPORT_VERSION,
                    "versions": package_versions(("torch", "transformers", "onnx", "onnxscript", "onnxruntime",
-                                                 "openvino", "nncf"))}
+                                                 "openvino", "nncf", "torchao"))}
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -68,9 +69,9 @@ def load_decoder(path: Path, bound: bool = True, threads: int = 1, trust_code: b
     IOBinding). A `.pt2` artifact loads only when trusted (see `deploycheck.generation.artifact`)."""
     details = read_sidecar(path)
     label = f"{details['model']}/{details['format']}"
-    if details["format"] == "torch_export":
+    if details["format"] in TORCH_FORMATS:
         check_trusted(Path(path), label, EXECUTES_CODE, trust_code, verify_key)
-        return TorchExportDecoder(Path(path), label)
+        return TorchExportDecoder(Path(path), label, (details.get("quantization") or {}).get("backend"))
     if details["format"] in OPENVINO_FORMATS:
         return OpenVinoStatefulDecoder(Path(path), details, threads)
     return load_onnx_decoder(Path(path), details, bound, threads)

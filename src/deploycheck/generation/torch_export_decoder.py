@@ -1,47 +1,76 @@
 """A decoder as two `torch.export` programs, `prefill.pt2` and `decode.pt2` (batch, prompt and cached lengths
-dynamic), run by their `module()`. A `.pt2` archive stores entries with pickle, so it loads only when trusted
-(a signature, `trust_code=True`, or this process having exported it), as the single-pass `torch_export` does.
-TorchScript has no route for a cache and is not a generative format."""
+dynamic), run by their `module()`. `torchao_int8_weight` exports the same programs from a copy of the model whose
+`nn.Linear` weights torchao quantized to int8 per output channel (`Int8WeightOnlyConfig`; activations stay float).
+torchao's int4 weight-only layouts need bfloat16 or CUDA kernels in torchao 0.18, so there is no CPU fp32 int4
+form here. A `.pt2` archive stores entries with pickle, so it loads only when trusted (a signature,
+`trust_code=True`, or this process having exported it), as the single-pass `torch_export` does. TorchScript has no
+route for a cache and is not a generative format."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from deploycheck.errors import ExportError, one_line
+from deploycheck.errors import ExportError, FormatUnavailable, one_line
+from deploycheck.formats.base import installed
 from deploycheck.generation.artifact import prepare_directory, write_sidecar
 from deploycheck.generation.cache import Decode, Prefill, dynamic_shapes, examples
 from deploycheck.generation.spec import GenerativeSpec
 
 PROGRAMS = ("prefill.pt2", "decode.pt2")
 PACKAGES = ("torch", "transformers")
+FORMATS = ("torch_export", "torchao_int8_weight")
 EXECUTES_CODE = "torch.export.load unpickles the entries a .pt2 archive stores with pickle"
 
 
-def export_torch_decoder(spec: GenerativeSpec, out_dir: Path, decode: type[Decode]) -> Path:
-    out_dir = prepare_directory(out_dir, f"{spec.name}/torch_export")
-    example, step, past = examples(spec.model, spec.prompts)
+def export_torch_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, decode: type[Decode]) -> Path:
+    """`spec`'s model as `format_name` (one of `FORMATS`) in `out_dir`."""
+    label = f"{spec.name}/{format_name}"
+    model, details = spec.model, {"format": format_name, **spec.described()}
+    if format_name == "torchao_int8_weight":
+        model, details["quantization"] = _int8_weights(spec.model, label)
+    out_dir = prepare_directory(out_dir, label)
+    example, step, past = examples(model, spec.prompts)
     prefill_shapes, decode_shapes = dynamic_shapes(len(past) // 2)
-    for program, module, args, shapes in (("prefill.pt2", Prefill(spec.model), (example,), prefill_shapes),
-                                          ("decode.pt2", decode(spec.model), (step, *past), decode_shapes)):
+    for program, module, args, shapes in (("prefill.pt2", Prefill(model), (example,), prefill_shapes),
+                                          ("decode.pt2", decode(model), (step, *past), decode_shapes)):
         try:
             exported = torch.export.export(module, args, dynamic_shapes=shapes, strict=False)
         except Exception as exc:
-            raise ExportError(f"{spec.name}/torch_export: exporting the {program.removesuffix('.pt2')} program "
-                              f"failed: {one_line(exc)}") from exc
+            raise ExportError(f"{label}: exporting the {program.removesuffix('.pt2')} program failed: "
+                              f"{one_line(exc)}") from exc
         torch.export.save(exported, str(out_dir / program))
-    write_sidecar(out_dir, PROGRAMS, PACKAGES, {"format": "torch_export", **spec.described(),
-                                                "layers": len(past) // 2})
+    packages = (*PACKAGES, "torchao") if "quantization" in details else PACKAGES
+    write_sidecar(out_dir, PROGRAMS, packages, {**details, "layers": len(past) // 2})
     return out_dir
+
+
+def _int8_weights(model: torch.nn.Module, label: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A copy of `model` with torchao's int8 weight-only `nn.Linear` layers, and what was quantized."""
+    if not installed("torchao"):
+        raise FormatUnavailable(f"{label}: needs torchao: pip install 'deploycheck[torchao]'")
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    in_linear = sum(p.numel() for m in linear for p in m.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    quantized = copy.deepcopy(model).eval()
+    quantize_(quantized, Int8WeightOnlyConfig())
+    return quantized, {"backend": "torchao", "scheme": "int8 weights per output channel, float activations",
+                       "modules": "nn.Linear", "weights_only": True,
+                       "int8_weight_fraction": in_linear / total if total else 0.0}
 
 
 class TorchExportDecoder:
     """The two programs' modules; the cache is their tuple of tensors."""
 
-    def __init__(self, path: Path, label: str) -> None:
+    def __init__(self, path: Path, label: str, quantized_by: str | None = None) -> None:
+        if quantized_by == "torchao":
+            import torchao  # noqa: F401  (registers the quantized tensor types the programs refer to)
         self.modules = {name: torch.export.load(str(Path(path) / f"{name}.pt2")).module()
                         for name in ("prefill", "decode")}
         self.label = label
