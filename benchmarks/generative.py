@@ -69,7 +69,8 @@ def main() -> None:
             prompts = torch.randint(0, 512, (4, PROMPT), generator=torch.Generator().manual_seed(1))
             spec = GenerativeSpec(name, model, prompts, new_tokens=NEW, batch_sizes=(1, 4),
                                   formats=("eager", "torch_export", "onnx", "openvino", "onnx_int8_weight",
-                                           "onnx_int4_weight", "openvino_int8_weight", "openvino_int4_weight"))
+                                           "onnx_int4_weight", "openvino_int8_weight", "openvino_int4_weight",
+                                           "torchao_int8_weight"))
             started = time.perf_counter()
             report = gate_decoder(spec, Path(scratch) / name)
             print(report, f"\n(gate wall {time.perf_counter() - started:.0f} s)\n", flush=True)
