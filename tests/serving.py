@@ -89,3 +89,38 @@ def stop_server(server: Server) -> None:
         server.process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         server.process.kill()
+
+
+def fuzz(server: Server, max_examples: int, paths: tuple[str, ...] = ()) -> tuple[list[tuple[str, int, str]],
+                                                                                  dict[str, int]]:
+    """Schemathesis requests generated from the server's own /openapi.json (valid ones, and invalid ones for each
+    POST), `max_examples` each, for the operations whose path ends with one of `paths` (all when none): the
+    answers at or above 500, or refused without a JSON `{"error": ...}`, and how many each operation was sent."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+
+    base_url = f"http://127.0.0.1:{server.port}"
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+    problems: list[tuple[str, int, str]] = []
+    sent: dict[str, int] = {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if paths and not operation.path.endswith(paths):
+            continue
+        modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE] if operation.method.upper() == "POST" else [
+            GenerationMode.POSITIVE]
+        for mode in modes:
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck),
+                      database=None)
+            def check(case: object) -> None:
+                label = case.operation.label  # type: ignore[attr-defined]
+                response = case.call(base_url=base_url)  # type: ignore[attr-defined]
+                sent[label] = sent.get(label, 0) + 1
+                refused_without_error = response.status_code >= 400 and "error" not in json.loads(response.content)
+                if response.status_code >= 500 or refused_without_error:
+                    problems.append((label, response.status_code, response.text[:200]))
+
+            check()
+    return problems, sent

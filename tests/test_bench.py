@@ -3,6 +3,7 @@ ratios separate different speeds and not identical ones. Speed goals themselves 
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -138,5 +139,7 @@ def test_a_call_longer_than_the_window_is_one_call_per_window(digits_artifacts) 
     stats = deploycheck.bench(slow, batch_sizes=(1,), max_time_s=0.2, warmup_s=0.0).stats[1]
     assert stats.calls == stats.rounds
     assert len(seen) == 1 + stats.rounds + stats.disturbed_rounds
-    if not stats.all_disturbed:
+    if not stats.disturbed_rounds:
         assert 2 <= stats.calls <= 4
+    else:  # a busy machine: disturbed windows are made up for, within patience (5) x max_time_s of wall time
+        assert stats.rounds + stats.disturbed_rounds <= math.ceil(5 * 0.2 / 0.064) + 1

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("transformers")
 from models import llama_decoder, prompts
-from serving import Server, start_server, stop_server
+from serving import Server, fuzz, start_server, stop_server
 
 from deploycheck.generation.decoders import EagerDecoder
 from deploycheck.generation.formats import export_decoder
@@ -220,29 +220,7 @@ async def _call(app: Any, path: str, body: bytes) -> dict[str, Any]:
 def test_schema_driven_fuzzing_of_the_generate_endpoints_finds_no_server_error(server: Server) -> None:
     """Schemathesis generates generate requests, valid and invalid, from the server's /openapi.json: every answer
     is below 500 and every refusal a JSON `{"error": ...}`."""
-    import schemathesis
-    from hypothesis import HealthCheck, given, settings
-    from schemathesis import GenerationMode
-
-    base_url = f"http://127.0.0.1:{server.port}"
-    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
-    problems: list[tuple[str, int, str]] = []
-    sent: dict[str, int] = {}
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        if not operation.path.endswith(("/generate", "/generate_stream")):
-            continue
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-            def check(case: Any) -> None:
-                response = case.call(base_url=base_url)
-                sent[case.operation.label] = sent.get(case.operation.label, 0) + 1
-                refused_without_error = response.status_code >= 400 and "error" not in json.loads(response.content)
-                if response.status_code >= 500 or refused_without_error:
-                    problems.append((case.operation.label, response.status_code, response.text[:200]))
-
-            check()
+    problems, sent = fuzz(server, 60, ("/generate", "/generate_stream"))
     assert not problems, problems[:5]
     assert sent.get("POST /v2/models/{name}/generate", 0) >= 100 and sent.get(
         "POST /v2/models/{name}/generate_stream", 0) >= 100, sent

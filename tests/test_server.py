@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from serving import Server, start_server, stop_server
+from serving import Server, fuzz, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -372,31 +372,8 @@ def test_schema_driven_fuzzing_finds_no_server_error(served) -> None:
     """Schemathesis generates requests from the server's own /openapi.json, valid and invalid (100 of each per
     POST endpoint here; `benchmarks/fuzz_server.py` runs 1,000): every answer is below 500, and every refusal is
     a JSON `{"error": ...}`."""
-    import schemathesis
-    from hypothesis import HealthCheck, given, settings
-    from schemathesis import GenerationMode
-
     server, _ = served
-    base_url = f"http://127.0.0.1:{server.port}"
-    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
-    problems: list[tuple[str, int, str]] = []
-    sent: dict[str, int] = {}
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE] if operation.method.upper() == "POST" else [
-            GenerationMode.POSITIVE]
-        for mode in modes:
-            @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-            def check(case) -> None:
-                label = case.operation.label
-                response = case.call(base_url=base_url)
-                sent[label] = sent.get(label, 0) + 1
-                refused_without_error = response.status_code >= 400 and "error" not in json.loads(response.content)
-                if response.status_code >= 500 or refused_without_error:
-                    problems.append((label, response.status_code, response.text[:200]))
-
-            check()
+    problems, sent = fuzz(server, 100)
     assert not problems, problems[:5]
     assert sent["POST /v2/models/{name}/infer"] >= 150 and sent["POST /predict"] >= 150
 
