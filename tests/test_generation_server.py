@@ -141,6 +141,8 @@ def test_generative_and_single_pass_endpoints_point_to_each_other(server: Server
     assert status == 400 and "is a generative model: POST /v2/models/llama_tiny-onnx/generate" in body["error"]
     status, body = server.post("/v2/models/nothing/generate", {"input_ids": [1]})
     assert status == 404 and "generative models served: llama_tiny-onnx" in body["error"]
+    status, body = server.post("/v2/models/llama_tiny-onnx/versions/openvino/generate", {"input_ids": [1]})
+    assert status == 404 and "'llama_tiny-onnx' is served in format 'onnx', not 'openvino'" in body["error"]
     status, body = server.request("GET", "/v2/models/llama_tiny-onnx")
     assert status == 200 and body["parameters"]["vocab_size"] == 512 and body["parameters"]["generative"]
     assert server.request("GET", "/v2/models/llama_tiny-onnx/ready") == (200, {"name": "llama_tiny-onnx",

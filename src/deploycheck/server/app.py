@@ -197,10 +197,12 @@ class InferenceServer:
         name = request.path_params["name"]
         version = request.path_params.get("version", "1")
         served = self.generators.get(name)
-        if served is None or version not in ("1", served.details["format"]):
-            if name in self.generators or any(m.artifact.model_name == name for m in self.models.values()):
-                raise RequestError(400, f"{name!r}{'' if version == '1' else f' in format {version!r}'} is not "
-                                        "a generative model: its endpoint is /v2/models/NAME/infer")
+        if served is not None and version not in ("1", served.details["format"]):
+            raise RequestError(404, f"{name!r} is served in format {served.details['format']!r}, not {version!r}")
+        if served is None:
+            if any(key == name or m.artifact.model_name == name for key, m in self.models.items()):
+                raise RequestError(400, f"{name!r} is not a generative model: its endpoint is "
+                                        f"/v2/models/{name}/infer")
             raise RequestError(404, f"unknown generative model {name!r}; generative models served: "
                                     f"{', '.join(self.generators) or 'none'}")
         return served

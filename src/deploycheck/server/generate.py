@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,25 +205,23 @@ def answer(served: ServedDecoder, generated: Generated) -> dict[str, Any]:
             "prompt_tokens": int(generated.request.input_ids.shape[1]), **generated.timings_ms()}
 
 
-def events(served: ServedDecoder, generated: Generated) -> Iterator[bytes]:
+def event(served: ServedDecoder, generated: Generated) -> bytes:
     """The server-sent event of the newest token; the last one says why the sequence ended and its timings."""
-    event: dict[str, Any] = {"model_name": served.name, "model_version": "1", "id": generated.request.request_id,
-                             "index": len(generated.tokens) - 1, "output_ids": generated.tokens[-1:]}
+    payload: dict[str, Any] = {"model_name": served.name, "model_version": "1", "id": generated.request.request_id,
+                               "index": len(generated.tokens) - 1, "output_ids": generated.tokens[-1:]}
     if len(generated.tokens) == generated.request.max_tokens:
-        event.update({"finish_reason": "length", **generated.timings_ms()})
-    yield b"data: " + orjson.dumps(event) + b"\n\n"
+        payload.update({"finish_reason": "length", **generated.timings_ms()})
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 async def stream_events(first: Generated, rest: AsyncGenerator[Generated, None], served: ServedDecoder
                         ) -> AsyncIterator[bytes]:
     """Every token's event, starting from the one already generated (so that refusals and a failing prefill
     were answered with their status before the stream began); a failure later is one `error` event."""
-    for chunk in events(served, first):
-        yield chunk
+    yield event(served, first)
     try:
         async for generated in rest:
-            for chunk in events(served, generated):
-                yield chunk
+            yield event(served, generated)
     except RequestError as exc:
         yield b"data: " + orjson.dumps({"id": first.request.request_id, "error": str(exc)}) + b"\n\n"
     finally:
