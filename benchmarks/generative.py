@@ -31,6 +31,7 @@ from deploycheck.generation.formats import load_decoder
 from deploycheck.generation.gate import gate_decoder
 from deploycheck.generation.spec import GenerativeSpec
 from deploycheck.generation.streams import timed_rounds
+from deploycheck.machine import torch_threads
 from deploycheck.table import format_table
 
 PROMPT, NEW = 32, 32
@@ -82,13 +83,14 @@ def main() -> None:
                            "ok" if r.passed else "FAIL"] for r in report.rows]
             decoders: dict[str, Decoder] = {"eager": EagerDecoder(model, f"{name}/eager")}
             for fmt in ("torch_export", "onnx", "openvino", "onnx_int8_weight", "onnx_int4_weight",
-                        "openvino_int8_weight", "openvino_int4_weight"):
+                        "openvino_int8_weight", "openvino_int4_weight", "torchao_int8_weight"):
                 decoders[fmt] = load_decoder(Path(scratch) / name / fmt)
             decoders["onnx (cache copied)"] = load_decoder(Path(scratch) / name / "onnx", bound=False)
             for batch in (1, 4):
                 batch_prompts = prompts[:batch].numpy()
                 cache = kv_cache_bytes(decoders["eager"], batch_prompts)
-                runs = timed_rounds(decoders, batch_prompts, NEW, args.rounds)
+                with torch_threads(1):  # eager and the .pt2 programs on one thread, as every other runtime
+                    runs = timed_rounds(decoders, batch_prompts, NEW, args.rounds)
                 eager_tpot = float(np.median([s.tpot_s for s in runs["eager"]]))
                 for fmt, streams in runs.items():
                     steps = np.concatenate([s.step_s for s in streams])
