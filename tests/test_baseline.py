@@ -374,3 +374,19 @@ def test_reports_carry_the_latency_triage_in_the_finding_note() -> None:
     assert name == "m/onnx" and finding["metric"] == "p50 @ batch 1" and finding["status"] == REGRESSED
     assert finding["note"].endswith("cost counters unchanged: the machine or the runtime, not the model")
     assert "the machine or the runtime, not the model" in markdown_report([row])
+
+
+def test_a_models_generative_baseline_is_not_taken_for_a_format_record(tmp_path: Path) -> None:
+    """`baselines/<model>/generative.json` (the generative gate's) sits beside the formats' records: it is never
+    listed as a (model, format) record, so it is neither called stale nor read by `deploycheck compare`."""
+    from deploycheck.baseline.store import stale_entries
+    from deploycheck.generation.regression import baseline_path, write_generation_baseline
+
+    store = BaselineStore(tmp_path)
+    store.write({"model": "llm", "format": "onnx", "size": {"bytes": 10}})
+    write_generation_baseline(tmp_path, {"model": "llm", "rows": [{"format": "onnx", "batch_size": 1,
+                                                                   "mean_kl": 0.0, "top1_agreement": 1.0}]})
+    assert baseline_path(tmp_path, "llm").is_file()
+    assert store.entries() == [("llm", "onnx")]
+    assert stale_entries(store, ["llm"], ["onnx"]) == []
+    assert list(load_records(tmp_path)) == [("llm", "onnx")]

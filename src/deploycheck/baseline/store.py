@@ -18,6 +18,7 @@ SCHEMA = 1
 
 
 SECTIONS = ("size", "parity", "accuracy", "latency", "speedup")
+GENERATIVE_FILE = "generative.json"  # a model's generative-gate baseline beside its formats' (deploycheck.generation)
 
 
 class BaselineStore:
@@ -48,7 +49,7 @@ class BaselineStore:
         """Every (model, format) with a stored record."""
         if not self.root.is_dir():
             return []
-        return sorted((p.parent.name, p.stem) for p in self.root.glob("*/*.json"))
+        return sorted((p.parent.name, p.stem) for p in self.root.glob("*/*.json") if p.name != GENERATIVE_FILE)
 
 
 def read_record(path: Path) -> Record:

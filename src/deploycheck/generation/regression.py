@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from deploycheck.baseline.store import GENERATIVE_FILE
 from deploycheck.errors import BaselineError
 from deploycheck.jsonio import write_json
 
-BASELINE_FILE = "generative.json"
 MAX_KL_GROWTH = 1.5
 KL_FLOOR = 1e-9  # nats: fp32 formats' KL is rounding (1e-15); int8 weight-only is 1e-7 and up
 MAX_TOP1_DROP = 0.02
@@ -35,7 +35,7 @@ JUDGED_SPEED = "tpot_ms"  # the figure a speed regression fails on; TTFT's are o
 
 
 def baseline_path(directory: Path, model: str) -> Path:
-    return Path(directory) / model / BASELINE_FILE
+    return Path(directory) / model / GENERATIVE_FILE
 
 
 def read_generation_baseline(directory: Path, model: str) -> dict[str, Any] | None:
