@@ -114,16 +114,28 @@ def _quiet_native_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _method(path: Path) -> Any:
+def load_program(path: Path) -> Any:
+    """ExecuTorch's program in the `.pte` at `path`, its methods loaded by name (`load_method`)."""
     with _quiet_native_stderr():
         from executorch.runtime import Runtime
 
-        return Runtime.get().load_program(path).load_method("forward")
+        return Runtime.get().load_program(path)
+
+
+def _method(path: Path) -> Any:
+    with _quiet_native_stderr():
+        return load_program(path).load_method("forward")
 
 
 # how many times this process resized ExecuTorch's thread pool: a program loaded before a resize must be loaded
 # again before it runs (its XNNPACK runtime keeps the old pool: executing it hung or aborted the process)
 _pool_resizes = 0
+
+
+def pool_resizes() -> int:
+    """How many times this process resized ExecuTorch's thread pool: a method loaded at an earlier count must be
+    loaded again before it runs."""
+    return _pool_resizes
 
 
 def set_threads(threads: int) -> None:

@@ -72,8 +72,12 @@ def examples(model: torch.nn.Module,
     return example, out.logits[:, -1:].argmax(-1), past
 
 
-def dynamic_shapes(layers: int) -> tuple[tuple[dict[int, Any], ...], tuple[Any, ...]]:
+def dynamic_shapes(layers: int, max_batch: int | None = None,
+                   max_length: int | None = None) -> tuple[tuple[dict[int, Any], ...], tuple[Any, ...]]:
     """torch.export's dynamic shapes of the prefill graph (batch, prompt length) and of the decode graph (batch;
-    batch and cached length of every past tensor)."""
+    batch and cached length of every past tensor), unbounded unless bounds are given (a runtime that plans its
+    memory ahead needs them): at most `max_batch` rows, prompts and caches of at most `max_length` positions."""
     dynamic = torch.export.Dim.DYNAMIC
-    return ({0: dynamic, 1: dynamic},), ({0: dynamic}, tuple([{0: dynamic, 2: dynamic}] * (2 * layers)))
+    batch = dynamic if max_batch is None else dynamic(min=1, max=max_batch)
+    length = dynamic if max_length is None else dynamic(min=2, max=max_length)
+    return ({0: batch, 1: length},), ({0: batch}, tuple([{0: batch, 2: length}] * (2 * layers)))

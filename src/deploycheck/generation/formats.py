@@ -14,6 +14,8 @@ from deploycheck.exporting import model_fingerprint
 from deploycheck.generation.artifact import check_trusted, read_sidecar, reusable, stamp_cache_key
 from deploycheck.generation.cache import Decode
 from deploycheck.generation.decoders import Decoder
+from deploycheck.generation.executorch_decoder import FORMATS as EXECUTORCH_FORMATS
+from deploycheck.generation.executorch_decoder import ExecuTorchDecoder, export_executorch_decoder
 from deploycheck.generation.onnx_decoder import FORMATS as ONNX_FORMATS
 from deploycheck.generation.onnx_decoder import export_onnx_decoder, load_onnx_decoder
 from deploycheck.generation.openvino_decoder import FORMATS as OPENVINO_FORMATS
@@ -33,7 +35,7 @@ def export_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, decode
     token per row subclasses `Decode`); `fp32_onnx`, this model's `onnx` artifact, spares the ONNX weight-only
     formats a second export."""
     out_dir = Path(out_dir)
-    if format_name not in (*TORCH_FORMATS, *OPENVINO_FORMATS, *ONNX_FORMATS):
+    if format_name not in (*TORCH_FORMATS, *OPENVINO_FORMATS, *ONNX_FORMATS, *EXECUTORCH_FORMATS):
         raise ExportError(f"{spec.name}: no generative exporter for {format_name!r} (eager needs none); known: "
                           f"{', '.join(GENERATIVE_FORMATS)}")
     key = cache_key(spec, format_name, decode)
@@ -43,6 +45,8 @@ def export_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, decode
         export_torch_decoder(spec, format_name, out_dir, decode)
     elif format_name in OPENVINO_FORMATS:
         export_openvino_decoder(spec, format_name, out_dir, decode)
+    elif format_name in EXECUTORCH_FORMATS:
+        export_executorch_decoder(spec, format_name, out_dir, decode)
     else:
         export_onnx_decoder(spec, format_name, out_dir, decode, fp32_onnx)
     stamp_cache_key(out_dir, key)
@@ -59,7 +63,7 @@ def cache_key(spec: GenerativeSpec, format_name: str, decode: type[Decode]) -> s
     description = {"model": model_fingerprint(spec.model), "decode": step, "format": format_name,
                    "options": dict(spec.options(format_name)), "export_version": EXPORT_VERSION,
                    "versions": package_versions(("torch", "transformers", "onnx", "onnxscript", "onnxruntime",
-                                                 "openvino", "nncf", "torchao"))}
+                                                 "openvino", "nncf", "torchao", "executorch"))}
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -74,4 +78,6 @@ def load_decoder(path: Path, bound: bool = True, threads: int = 1, trust_code: b
         return TorchExportDecoder(Path(path), label, (details.get("quantization") or {}).get("backend"))
     if details["format"] in OPENVINO_FORMATS:
         return OpenVinoStatefulDecoder(Path(path), details, threads)
+    if details["format"] in EXECUTORCH_FORMATS:
+        return ExecuTorchDecoder(Path(path), details, threads)
     return load_onnx_decoder(Path(path), details, bound, threads)

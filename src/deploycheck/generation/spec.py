@@ -17,7 +17,8 @@ import torch
 from deploycheck.errors import SpecError
 
 GENERATIVE_FORMATS = ("eager", "torch_export", "onnx", "openvino", "onnx_int8_weight", "onnx_int4_weight",
-                      "openvino_int8_weight", "openvino_int4_weight", "torchao_int8_weight")
+                      "openvino_int8_weight", "openvino_int4_weight", "torchao_int8_weight", "executorch",
+                      "executorch_8da4w")
 
 
 @dataclass

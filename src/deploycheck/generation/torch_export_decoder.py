@@ -9,6 +9,7 @@ route for a cache and is not a generative format."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,35 +35,55 @@ def export_torch_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, 
     if format_name == "torchao_int8_weight":
         model, details["quantization"] = _int8_weights(spec.model, label)
     out_dir = prepare_directory(out_dir, label)
-    example, step, past = examples(model, spec.prompts)
-    prefill_shapes, decode_shapes = dynamic_shapes(len(past) // 2)
-    for program, module, args, shapes in (("prefill.pt2", Prefill(model), (example,), prefill_shapes),
-                                          ("decode.pt2", decode(model), (step, *past), decode_shapes)):
-        try:
-            exported = torch.export.export(module, args, dynamic_shapes=shapes, strict=False)
-        except Exception as exc:
-            raise ExportError(f"{label}: exporting the {program.removesuffix('.pt2')} program failed: "
-                              f"{one_line(exc)}") from exc
-        torch.export.save(exported, str(out_dir / program))
+    programs, layers = export_programs(model, spec.prompts, decode, label)
+    for name, exported in programs.items():
+        torch.export.save(exported, str(out_dir / f"{name}.pt2"))
     packages = (*PACKAGES, "torchao") if "quantization" in details else PACKAGES
-    write_sidecar(out_dir, PROGRAMS, packages, {**details, "layers": len(past) // 2})
+    write_sidecar(out_dir, PROGRAMS, packages, {**details, "layers": layers})
     return out_dir
+
+
+def export_programs(model: torch.nn.Module, prompts: torch.Tensor, decode: type[Decode], label: str,
+                    max_batch: int | None = None, max_length: int | None = None) -> tuple[dict[str, Any], int]:
+    """The `prefill` and `decode` graphs of `model` as `torch.export` programs, by name (their dynamic axes
+    bounded as `deploycheck.generation.cache.dynamic_shapes` says), and the number of layers of the cache."""
+    example, step, past = examples(model, prompts)
+    prefill_shapes, decode_shapes = dynamic_shapes(len(past) // 2, max_batch, max_length)
+    programs = {}
+    for name, module, args, shapes in (("prefill", Prefill(model), (example,), prefill_shapes),
+                                       ("decode", decode(model), (step, *past), decode_shapes)):
+        try:
+            programs[name] = torch.export.export(module, args, dynamic_shapes=shapes, strict=False)
+        except Exception as exc:
+            raise ExportError(f"{label}: exporting the {name} program failed: {one_line(exc)}") from exc
+    return programs, len(past) // 2
+
+
+def torchao_quantized(model: torch.nn.Module, config: Any,
+                      accepts: Callable[[torch.nn.Linear], bool] = lambda _: True) -> tuple[torch.nn.Module, float]:
+    """A copy of `model` whose `nn.Linear` layers that `accepts` takes torchao quantized with `config`, and the
+    share of the model's weights those layers hold (torchao must be installed)."""
+    from torchao.quantization import quantize_
+
+    def chosen(module: torch.nn.Module, *_: Any) -> bool:
+        return isinstance(module, torch.nn.Linear) and accepts(module)
+
+    in_chosen = sum(p.numel() for m in model.modules() if chosen(m) for p in m.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    quantized = copy.deepcopy(model).eval()
+    quantize_(quantized, config, filter_fn=chosen)
+    return quantized, in_chosen / total if total else 0.0
 
 
 def _int8_weights(model: torch.nn.Module, label: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A copy of `model` with torchao's int8 weight-only `nn.Linear` layers, and what was quantized."""
     if not installed("torchao"):
         raise FormatUnavailable(f"{label}: needs torchao: pip install 'deploycheck[torchao]'")
-    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    from torchao.quantization import Int8WeightOnlyConfig
 
-    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    in_linear = sum(p.numel() for m in linear for p in m.parameters())
-    total = sum(p.numel() for p in model.parameters())
-    quantized = copy.deepcopy(model).eval()
-    quantize_(quantized, Int8WeightOnlyConfig())
+    quantized, fraction = torchao_quantized(model, Int8WeightOnlyConfig())
     return quantized, {"backend": "torchao", "scheme": "int8 weights per output channel, float activations",
-                       "modules": "nn.Linear", "weights_only": True,
-                       "int8_weight_fraction": in_linear / total if total else 0.0}
+                       "modules": "nn.Linear", "weights_only": True, "int8_weight_fraction": fraction}
 
 
 class TorchExportDecoder:

@@ -1,0 +1,62 @@
+"""A decoder lowered to ExecuTorch: one `.pte` with a prefill and a decode method (XNNPACK), its axes bounded
+for ExecuTorch's planned memory, held to eager token for token; its 8da4w form judged by KL divergence. Its own
+module, so that pytest-xdist's `--dist loadscope` runs these slow lowerings beside the other generation tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("executorch", reason="pip install 'deploycheck[executorch]'")
+from models import llama_decoder, prompts
+
+from deploycheck.errors import ExportError, InputError
+from deploycheck.generation.artifact import read_sidecar
+from deploycheck.generation.executorch_decoder import bounds
+from deploycheck.generation.formats import load_decoder
+from deploycheck.generation.gate import gate_decoder
+from deploycheck.generation.spec import GenerativeSpec
+
+pytestmark = pytest.mark.slow
+
+
+def llama_spec(**overrides: object) -> GenerativeSpec:
+    settings: dict = {"name": "llama_tiny", "model": LLAMA, "prompts": prompts(), "new_tokens": 8,
+                      "batch_sizes": (2,), "formats": ("eager", "executorch"), **overrides}
+    return GenerativeSpec(**settings)
+
+
+LLAMA = llama_decoder()
+
+
+def test_executorch_carries_the_cache_exactly_and_its_8da4w_form_is_judged_by_kl(tmp_path: Path) -> None:
+    """One `.pte` with a prefill and a decode method, lowered through XNNPACK with its axes bounded; 8da4w (int4
+    weights in groups, int8 activations) is held to the KL / top-1 budget like any quantized form, and a batch
+    above the planned bound is refused by name rather than run out of planned memory."""
+    spec = llama_spec(new_tokens=4, batch_sizes=(2,), formats=("eager", "executorch", "executorch_8da4w"),
+                      format_options={"executorch": {"max_batch": 3}}, max_kl=1.0, min_top1_agreement=0.0)
+    report = gate_decoder(spec, tmp_path)
+    assert report.passed, str(report)
+    rows = {row.format: row for row in report.rows}
+    fp32, low = rows["executorch"], rows["executorch_8da4w"]
+    assert fp32.greedy.exact and fp32.consistency.passed and fp32.consistency.max_error < 1e-4
+    assert 0 < low.quality.mean_kl < 0.01 and low.int8_fraction is not None and low.int8_fraction > 0.5
+    assert low.size_bytes is not None and fp32.size_bytes is not None and low.size_bytes < fp32.size_bytes / 1.5
+    assert read_sidecar(tmp_path / "executorch")["planned"] == {"max_batch": 3, "max_length": 63}
+    decoder = load_decoder(tmp_path / "executorch")
+    with pytest.raises(InputError, match=r"llama_tiny/executorch: 4 rows of 8 positions; this program was planned "
+                                         r"for at most 3 rows and 63 cached positions"):
+        decoder.prefill(prompts(rows=4).numpy())
+
+
+@pytest.mark.parametrize(("options", "rows", "message"), [
+    ({"max_length": 10}, 2, r"max_length 10 is shorter than the spec's prompt 8 \+ 8 new tokens need \(15\)"),
+    ({"max_batch": 3}, 4, "max_batch 3 is smaller than the spec's batch size 4"),
+    ({"max_batch": "8"}, 2, "max_batch must be an integer of at least 3 .*, got '8'"),
+])
+def test_executorch_bounds_are_checked_before_exporting(options: dict, rows: int, message: str) -> None:
+    spec = llama_spec(prompts=prompts(rows=rows), batch_sizes=(rows,), format_options={"executorch": options})
+    with pytest.raises(ExportError, match=message):
+        bounds(spec, "executorch")
