@@ -11,6 +11,9 @@ from pathlib import Path
 from deploycheck.artifact import package_versions
 from deploycheck.errors import ExportError
 from deploycheck.exporting import model_fingerprint
+from deploycheck.generation.aot_inductor_decoder import EXECUTES_CODE as COMPILED_CODE
+from deploycheck.generation.aot_inductor_decoder import FORMATS as AOT_INDUCTOR_FORMATS
+from deploycheck.generation.aot_inductor_decoder import AotInductorDecoder, export_aot_inductor_decoder
 from deploycheck.generation.artifact import check_trusted, read_sidecar, reusable, stamp_cache_key
 from deploycheck.generation.cache import Decode
 from deploycheck.generation.decoders import Decoder
@@ -35,7 +38,8 @@ def export_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, decode
     token per row subclasses `Decode`); `fp32_onnx`, this model's `onnx` artifact, spares the ONNX weight-only
     formats a second export."""
     out_dir = Path(out_dir)
-    if format_name not in (*TORCH_FORMATS, *OPENVINO_FORMATS, *ONNX_FORMATS, *EXECUTORCH_FORMATS):
+    if format_name not in (*TORCH_FORMATS, *OPENVINO_FORMATS, *ONNX_FORMATS, *EXECUTORCH_FORMATS,
+                           *AOT_INDUCTOR_FORMATS):
         raise ExportError(f"{spec.name}: no generative exporter for {format_name!r} (eager needs none); known: "
                           f"{', '.join(GENERATIVE_FORMATS)}")
     key = cache_key(spec, format_name, decode)
@@ -47,6 +51,8 @@ def export_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, decode
         export_openvino_decoder(spec, format_name, out_dir, decode)
     elif format_name in EXECUTORCH_FORMATS:
         export_executorch_decoder(spec, format_name, out_dir, decode)
+    elif format_name in AOT_INDUCTOR_FORMATS:
+        export_aot_inductor_decoder(spec, format_name, out_dir, decode)
     else:
         export_onnx_decoder(spec, format_name, out_dir, decode, fp32_onnx)
     stamp_cache_key(out_dir, key)
@@ -70,12 +76,16 @@ def cache_key(spec: GenerativeSpec, format_name: str, decode: type[Decode]) -> s
 def load_decoder(path: Path, bound: bool = True, threads: int = 1, trust_code: bool = False,
                  verify_key: Path | None = None) -> Decoder:
     """The verified artifact at `path` as a decoder (`bound`: ONNX Runtime passes the cache between steps with
-    IOBinding). A `.pt2` artifact loads only when trusted (see `deploycheck.generation.artifact`)."""
+    IOBinding). A `.pt2` artifact (an archive or a compiled package) loads only when trusted (see
+    `deploycheck.generation.artifact`)."""
     details = read_sidecar(path)
     label = f"{details['model']}/{details['format']}"
     if details["format"] in TORCH_FORMATS:
         check_trusted(Path(path), label, EXECUTES_CODE, trust_code, verify_key)
         return TorchExportDecoder(Path(path), label, (details.get("quantization") or {}).get("backend"))
+    if details["format"] in AOT_INDUCTOR_FORMATS:
+        check_trusted(Path(path), label, COMPILED_CODE, trust_code, verify_key)
+        return AotInductorDecoder(Path(path), label)
     if details["format"] in OPENVINO_FORMATS:
         return OpenVinoStatefulDecoder(Path(path), details, threads)
     if details["format"] in EXECUTORCH_FORMATS:

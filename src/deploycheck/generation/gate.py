@@ -32,7 +32,7 @@ from deploycheck.table import format_table, human_size
 
 TIMING_ROUNDS = 3  # side-by-side rounds per batch size behind the speed columns and the best format
 TIMING_THREADS = 1  # torch's intra-op threads while timing, as every runtime's: formats compared on equal terms
-FP32_FORMATS = ("eager", "torch_export", "onnx", "openvino", "executorch")  # held to eager's greedy tokens exactly
+FP32_FORMATS = ("eager", "torch_export", "onnx", "openvino", "executorch", "aot_inductor")  # held to eager exactly
 
 
 @dataclass

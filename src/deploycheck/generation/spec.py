@@ -18,7 +18,9 @@ from deploycheck.errors import SpecError
 
 GENERATIVE_FORMATS = ("eager", "torch_export", "onnx", "openvino", "onnx_int8_weight", "onnx_int4_weight",
                       "openvino_int8_weight", "openvino_int4_weight", "torchao_int8_weight", "executorch",
-                      "executorch_8da4w")
+                      "executorch_8da4w", "aot_inductor")
+OPT_IN_FORMATS = ("aot_inductor",)  # gated only where named: compiling takes tens of seconds
+DEFAULT_GENERATIVE_FORMATS = tuple(name for name in GENERATIVE_FORMATS if name not in OPT_IN_FORMATS)
 
 
 @dataclass
@@ -33,7 +35,7 @@ class GenerativeSpec:
     prompts: torch.Tensor
     new_tokens: int = 32
     batch_sizes: Sequence[int] = (1, 4)
-    formats: Sequence[str] = GENERATIVE_FORMATS
+    formats: Sequence[str] = DEFAULT_GENERATIVE_FORMATS
     max_kl: float = 0.05
     min_top1_agreement: float = 0.9
     format_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
