@@ -3,7 +3,7 @@ attention: 4 heads over 2 KV heads) and a 2-layer GPT-2, from transformers confi
 32 tokens, 32 new tokens, batches of 1 and 4.
 
 1. The gate (`deploycheck.generation.gate.gate_decoder`): greedy match and cache consistency per format, and the
-   weight-only formats' KL divergence, top-1 agreement and size.
+   weight-only formats' KL divergence, top-1 agreement and size; each format's export and load seconds.
 2. Speed, side by side with eager in one run: for each batch size, rounds in which every decoder generates once
    (the order rotating per round), so a busy neighbour hits all alike; medians over the rounds of TTFT, TPOT,
    inter-token latency p50/p99, decode and prefill tokens/s; the analytic KV-cache size. ONNX Runtime runs with
@@ -17,6 +17,7 @@ Prints; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import tempfile
 import time
@@ -26,8 +27,9 @@ import numpy as np
 import torch
 import transformers
 
+from deploycheck.errors import FormatUnavailable
 from deploycheck.generation.decoders import Decoder, EagerDecoder
-from deploycheck.generation.formats import load_decoder
+from deploycheck.generation.formats import export_decoder, load_decoder
 from deploycheck.generation.gate import gate_decoder
 from deploycheck.generation.spec import GenerativeSpec
 from deploycheck.generation.streams import timed_rounds
@@ -35,6 +37,8 @@ from deploycheck.machine import torch_threads
 from deploycheck.table import format_table
 
 PROMPT, NEW = 32, 32
+FORMATS = ("torch_export", "onnx", "openvino", "executorch", "aot_inductor", "onnx_int8_weight", "onnx_int4_weight",
+           "openvino_int8_weight", "openvino_int4_weight", "torchao_int8_weight", "executorch_8da4w")
 
 
 def models() -> dict[str, torch.nn.Module]:
@@ -68,23 +72,34 @@ def main() -> None:
             if name not in args.models.split(","):
                 continue
             prompts = torch.randint(0, 512, (4, PROMPT), generator=torch.Generator().manual_seed(1))
-            spec = GenerativeSpec(name, model, prompts, new_tokens=NEW, batch_sizes=(1, 4),
-                                  formats=("eager", "torch_export", "onnx", "openvino", "onnx_int8_weight",
-                                           "onnx_int4_weight", "openvino_int8_weight", "openvino_int4_weight",
-                                           "torchao_int8_weight"))
+            spec = GenerativeSpec(name, model, prompts, new_tokens=NEW, batch_sizes=(1, 4), formats=("eager", *FORMATS))
+            exported, seconds = {}, {}
+            for fmt in FORMATS:
+                started = time.perf_counter()
+                try:
+                    exported[fmt] = export_decoder(spec, fmt, Path(scratch) / name / fmt,
+                                                   fp32_onnx=exported.get("onnx"))
+                except FormatUnavailable as exc:
+                    print(f"{name}/{fmt} skipped: {exc}", flush=True)
+                    continue
+                seconds[fmt] = {"export": time.perf_counter() - started}
             started = time.perf_counter()
-            report = gate_decoder(spec, Path(scratch) / name)
+            report = gate_decoder(dataclasses.replace(spec, formats=("eager", *exported)), Path(scratch) / name,
+                                  exported=exported)
             print(report, f"\n(gate wall {time.perf_counter() - started:.0f} s)\n", flush=True)
+            decoders: dict[str, Decoder] = {"eager": EagerDecoder(model, f"{name}/eager")}
+            for fmt, path in exported.items():
+                started = time.perf_counter()
+                decoders[fmt] = load_decoder(path)
+                seconds[fmt]["load"] = time.perf_counter() - started
             gate_rows += [[name, r.format, str(r.batch_size), f"{r.greedy.rows_matching:.0%}",
                            "ok" if r.consistency.passed else f"step {r.consistency.first_bad_step}",
                            f"{r.quality.mean_kl:.2e}", f"{r.quality.p99_kl:.2e}", f"{r.quality.top1_agreement:.1%}",
                            f"{r.quality.delta_p_rms:.2e}",
                            "" if r.size_bytes is None else f"{r.size_bytes / 2**20:.2f}",
+                           f"{seconds[r.format]['export']:.1f}" if r.format in seconds else "",
+                           f"{seconds[r.format]['load']:.2f}" if r.format in seconds else "",
                            "ok" if r.passed else "FAIL"] for r in report.rows]
-            decoders: dict[str, Decoder] = {"eager": EagerDecoder(model, f"{name}/eager")}
-            for fmt in ("torch_export", "onnx", "openvino", "onnx_int8_weight", "onnx_int4_weight",
-                        "openvino_int8_weight", "openvino_int4_weight", "torchao_int8_weight"):
-                decoders[fmt] = load_decoder(Path(scratch) / name / fmt)
             decoders["onnx (cache copied)"] = load_decoder(Path(scratch) / name / "onnx", bound=False)
             for batch in (1, 4):
                 batch_prompts = prompts[:batch].numpy()
@@ -105,7 +120,7 @@ def main() -> None:
                                        f"{eager_tpot / tpot:.2f}x", f"{cache / 1024:.0f} KiB"])
                 print(f"{name} batch {batch}: timed", flush=True)
     print(format_table(["model", "format", "batch", "greedy match", "cache", "mean KL", "p99 KL", "top-1",
-                        "delta-p RMS", "MiB", "status"], gate_rows))
+                        "delta-p RMS", "MiB", "export s", "load s", "status"], gate_rows))
     print()
     print(format_table(["model", "format", "batch", "TTFT ms", "TTFT p90", "TPOT ms", "ITL p50", "ITL p99",
                         "decode tok/s", "prefill tok/s", "TPOT vs eager", "KV cache"], speed_rows))

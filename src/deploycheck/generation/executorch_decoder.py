@@ -78,7 +78,9 @@ def export_executorch_decoder(spec: GenerativeSpec, format_name: str, out_dir: P
     from executorch.exir import to_edge_transform_and_lower
 
     planned = bounds(spec, format_name)
-    model, details = spec.model, {"format": format_name, **spec.described(), "planned": planned}
+    # the positions the artifact holds, which the server's max_tokens check reads: no more than were planned
+    model, details = spec.model, {"format": format_name, **spec.described(), "planned": planned,
+                                  "max_positions": planned["max_length"] + 1}
     if format_name == "executorch_8da4w":
         model, details["quantization"] = _8da4w(spec, format_name)
     out_dir = prepare_directory(out_dir, label)
@@ -107,7 +109,8 @@ def _8da4w(spec: GenerativeSpec, format_name: str) -> tuple[torch.nn.Module, dic
     skipped = sum(isinstance(m, torch.nn.Linear) and m.in_features % group != 0 for m in spec.model.modules())
     quantized, fraction = torchao_quantized(spec.model, config, lambda m: m.in_features % group == 0)
     return quantized, {"backend": "torchao", "scheme": f"int4 weights in groups of {group}, int8 activations "
-                       "quantized per token at run time (8da4w)", "modules": "nn.Linear", "group_size": group,
+                       "quantized per token at run time (8da4w)", "group_size": group,
+                       "modules": f"nn.Linear layers whose input width {group} divides",
                        "linears_left_float": skipped, "weights_only": False, "int8_weight_fraction": fraction}
 
 

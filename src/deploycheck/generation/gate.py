@@ -41,6 +41,7 @@ class GenerationRow:
     batch_size: int
     size_bytes: int | None
     int8_fraction: float | None  # of a quantized format's weights, in 8 bits or fewer
+    quantized_modules: str | None  # which layers its quantizer takes, as its sidecar says
     greedy: GreedyMatch
     consistency: Consistency
     quality: Quality
@@ -61,7 +62,8 @@ class GenerationRow:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": self.format, "batch_size": self.batch_size, "size_bytes": self.size_bytes,
-                "int8_weight_fraction": self.int8_fraction, "greedy_rows_matching": self.greedy.rows_matching,
+                "int8_weight_fraction": self.int8_fraction, "quantized_modules": self.quantized_modules,
+                "greedy_rows_matching": self.greedy.rows_matching,
                 "first_divergence": self.greedy.first_divergence, "cache_max_error": self.consistency.max_error,
                 "cache_first_bad_step": self.consistency.first_bad_step, **asdict(self.quality), **self.speed(),
                 "rounds": {"ttft_ms": [s.ttft_s * 1e3 for s in self.timed],
@@ -150,8 +152,9 @@ def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Pat
         for name, (decoder, sidecar) in decoders.items():
             free = generate(decoder, prompts, spec.new_tokens)
             forced = generate(decoder, prompts, spec.new_tokens, forced=expected.tokens)
-            row = GenerationRow(name, batch, sidecar.get("size_bytes"),
-                                (sidecar.get("quantization") or {}).get("int8_weight_fraction"),
+            quantization = sidecar.get("quantization") or {}
+            row = GenerationRow(name, batch, sidecar.get("size_bytes"), quantization.get("int8_weight_fraction"),
+                                quantization.get("modules"),
                                 greedy_match(expected, free),
                                 cache_consistency(decoder, prompts, free), token_quality(expected, forced), free)
             row.problems = _problems(spec, decoder.label, row)
@@ -175,9 +178,9 @@ def _problems(spec: GenerativeSpec, label: str, row: GenerationRow) -> list[str]
         found.append(f"{where}: the greedy continuation leaves eager's at {row.greedy.detail}")
     if row.format not in FP32_FORMATS:
         if int8_in_name_only(row.int8_fraction):
+            takes = f"; its quantizer takes {row.quantized_modules} only" if row.quantized_modules else ""
             found.append(f"{where}: int8 in name only: {row.int8_fraction:.0%} of its weights are in 8 bits or "
-                         f"fewer (at least {MIN_INT8_WEIGHT_FRACTION:.0%} expected; MatMulNBits takes MatMul "
-                         "weights only, so a Gemm such as GPT-2's Conv1D stays fp32)")
+                         f"fewer (at least {MIN_INT8_WEIGHT_FRACTION:.0%} expected{takes})")
         if row.quality.mean_kl > spec.max_kl:
             found.append(f"{where}: mean KL divergence from eager {row.quality.mean_kl:.3g} nats exceeds max_kl "
                          f"{spec.max_kl:.3g}")

@@ -55,6 +55,7 @@ def export_onnx_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, d
     details: dict[str, Any] = {"format": format_name, **spec.described(), "layers": layers}
     if weight_only is not None:
         details["quantization"] = {**weight_only, "weights_only": True,
+                                   "modules": "MatMul weights (MatMulNBits; a Gemm such as GPT-2's Conv1D stays fp32)",
                                    "int8_weight_fraction": low_bit_weight_fraction(out_dir / "decode.onnx")}
     write_sidecar(out_dir, GRAPHS, PACKAGES, details)
     return out_dir
