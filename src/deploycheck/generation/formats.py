@@ -11,6 +11,7 @@ from pathlib import Path
 from deploycheck.artifact import package_versions
 from deploycheck.errors import ExportError
 from deploycheck.exporting import model_fingerprint
+from deploycheck.formats.base import quiet_exporters
 from deploycheck.generation.aot_inductor_decoder import EXECUTES_CODE as COMPILED_CODE
 from deploycheck.generation.aot_inductor_decoder import FORMATS as AOT_INDUCTOR_FORMATS
 from deploycheck.generation.aot_inductor_decoder import AotInductorDecoder, export_aot_inductor_decoder
@@ -45,16 +46,17 @@ def export_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, decode
     key = cache_key(spec, format_name, decode)
     if reusable(out_dir, key):
         return out_dir
-    if format_name in TORCH_FORMATS:
-        export_torch_decoder(spec, format_name, out_dir, decode)
-    elif format_name in OPENVINO_FORMATS:
-        export_openvino_decoder(spec, format_name, out_dir, decode)
-    elif format_name in EXECUTORCH_FORMATS:
-        export_executorch_decoder(spec, format_name, out_dir, decode)
-    elif format_name in AOT_INDUCTOR_FORMATS:
-        export_aot_inductor_decoder(spec, format_name, out_dir, decode)
-    else:
-        export_onnx_decoder(spec, format_name, out_dir, decode, fp32_onnx)
+    with quiet_exporters():  # their progress lines and deprecation warnings; errors still raise
+        if format_name in TORCH_FORMATS:
+            export_torch_decoder(spec, format_name, out_dir, decode)
+        elif format_name in OPENVINO_FORMATS:
+            export_openvino_decoder(spec, format_name, out_dir, decode)
+        elif format_name in EXECUTORCH_FORMATS:
+            export_executorch_decoder(spec, format_name, out_dir, decode)
+        elif format_name in AOT_INDUCTOR_FORMATS:
+            export_aot_inductor_decoder(spec, format_name, out_dir, decode)
+        else:
+            export_onnx_decoder(spec, format_name, out_dir, decode, fp32_onnx)
     stamp_cache_key(out_dir, key)
     return out_dir
 
