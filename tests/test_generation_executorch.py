@@ -4,6 +4,7 @@ module, so that pytest-xdist's `--dist loadscope` runs these slow lowerings besi
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,16 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("executorch", reason="pip install 'deploycheck[executorch]'")
 from models import llama_decoder, prompts
+from serving import start_server, stop_server
 
 from deploycheck.errors import ExportError, InputError
 from deploycheck.generation.artifact import read_sidecar
+from deploycheck.generation.decoders import EagerDecoder
 from deploycheck.generation.executorch_decoder import bounds
 from deploycheck.generation.formats import load_decoder
 from deploycheck.generation.gate import gate_decoder
 from deploycheck.generation.spec import GenerativeSpec
+from deploycheck.generation.streams import generate
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +37,12 @@ LLAMA = llama_decoder(layers=1)  # one layer: ExecuTorch's lowering passes take 
 
 def test_executorch_carries_the_cache_exactly_and_its_8da4w_form_is_judged_by_kl(tmp_path: Path) -> None:
     """One `.pte` with a prefill and a decode method, lowered through XNNPACK with its axes bounded; 8da4w (int4
-    weights in groups, int8 activations) is held to the KL / top-1 budget like any quantized form, and a batch
-    above the planned bound is refused by name rather than run out of planned memory."""
+    weights in groups, int8 activations) is held to the KL / top-1 budget like any quantized form; a batch above
+    the planned bound is refused by name rather than run out of planned memory, and the server, interleaving
+    sequences on one program, answers eager's tokens and holds requests to the planned length."""
     spec = llama_spec(new_tokens=4, batch_sizes=(2,), formats=("eager", "executorch", "executorch_8da4w"),
-                      format_options={"executorch": {"max_batch": 3}}, max_kl=1.0, min_top1_agreement=0.0)
+                      format_options={"executorch": {"max_batch": 3, "max_length": 20}}, max_kl=1.0,
+                      min_top1_agreement=0.0)  # random weights: top-1 flips on near ties; judged by KL below
     report = gate_decoder(spec, tmp_path)
     assert report.passed, str(report)
     rows = {row.format: row for row in report.rows}
@@ -44,11 +50,25 @@ def test_executorch_carries_the_cache_exactly_and_its_8da4w_form_is_judged_by_kl
     assert fp32.greedy.exact and fp32.consistency.passed and fp32.consistency.max_error < 1e-4
     assert 0 < low.quality.mean_kl < 0.01 and low.int8_fraction is not None and low.int8_fraction > 0.5
     assert low.size_bytes is not None and fp32.size_bytes is not None and low.size_bytes < fp32.size_bytes / 1.5
-    assert read_sidecar(tmp_path / "executorch")["planned"] == {"max_batch": 3, "max_length": 63}
+    assert read_sidecar(tmp_path / "executorch")["planned"] == {"max_batch": 3, "max_length": 20}
     decoder = load_decoder(tmp_path / "executorch")
     with pytest.raises(InputError, match=r"llama_tiny/executorch: 4 rows of 8 positions; this program was planned "
-                                         r"for at most 3 rows and 63 cached positions"):
+                                         r"for at most 3 rows and 20 cached positions"):
         decoder.prefill(prompts(rows=4).numpy())
+    served = start_server(tmp_path, "--drain", "0")
+    try:
+        rows = [0, 1, 0, 1]
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda row: served.post("/v2/models/llama_tiny-executorch/generate", {
+                "input_ids": spec.prompts[row].tolist(), "max_tokens": 12}), rows))
+        wanted = generate(EagerDecoder(LLAMA, "eager"), spec.prompts.numpy(), 12).tokens
+        assert [answer for _, answer in answers] and all(status == 200 for status, _ in answers), answers
+        assert [answer["output_ids"] for _, answer in answers] == [wanted[row].tolist() for row in rows]
+        status, refused = served.post("/v2/models/llama_tiny-executorch/generate",
+                                      {"input_ids": spec.prompts[0].tolist(), "max_tokens": 14})
+        assert status == 400 and "from 1 to 13 (the model's 21 positions less the prompt's 8)" in refused["error"]
+    finally:
+        stop_server(served)
 
 
 @pytest.mark.parametrize(("options", "rows", "message"), [
