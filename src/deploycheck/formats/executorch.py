@@ -114,17 +114,17 @@ def _quiet_native_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def load_program(path: Path) -> Any:
-    """ExecuTorch's program in the `.pte` at `path`, its methods loaded by name (`load_method`)."""
+def load_methods(path: Path, names: tuple[str, ...]) -> dict[str, Any]:
+    """The methods `names` of the ExecuTorch program in the `.pte` at `path`, by name."""
     with _quiet_native_stderr():
         from executorch.runtime import Runtime
 
-        return Runtime.get().load_program(path)
+        program = Runtime.get().load_program(path)
+        return {name: program.load_method(name) for name in names}
 
 
 def _method(path: Path) -> Any:
-    with _quiet_native_stderr():
-        return load_program(path).load_method("forward")
+    return load_methods(path, ("forward",))["forward"]
 
 
 # how many times this process resized ExecuTorch's thread pool: a program loaded before a resize must be loaded

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from deploycheck.spec import ModelSpec
 
 DEFAULT_BLOCK_SIZE = 32
+QUANTIZED_LAYERS = "MatMul weights only (MatMulNBits; a Gemm such as GPT-2's Conv1D stays fp32)"
 
 
 class OnnxWeightOnlyFormat(Format):

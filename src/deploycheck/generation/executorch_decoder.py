@@ -31,7 +31,7 @@ import torch
 
 from deploycheck.errors import ExportError, FormatUnavailable, InputError, one_line
 from deploycheck.formats.base import installed
-from deploycheck.formats.executorch import load_program, pool_resizes, set_threads
+from deploycheck.formats.executorch import load_methods, pool_resizes, set_threads
 from deploycheck.generation.artifact import prepare_directory, write_sidecar
 from deploycheck.generation.cache import Decode
 from deploycheck.generation.spec import GenerativeSpec
@@ -110,7 +110,7 @@ def _8da4w(spec: GenerativeSpec, format_name: str) -> tuple[torch.nn.Module, dic
     quantized, fraction = torchao_quantized(spec.model, config, lambda m: m.in_features % group == 0)
     return quantized, {"backend": "torchao", "scheme": f"int4 weights in groups of {group}, int8 activations "
                        "quantized per token at run time (8da4w)", "group_size": group,
-                       "modules": f"nn.Linear layers whose input width {group} divides",
+                       "modules": f"only the nn.Linear layers whose input width {group} divides",
                        "linears_left_float": skipped, "weights_only": False, "int8_weight_fraction": fraction}
 
 
@@ -125,8 +125,7 @@ class ExecuTorchDecoder:
         self._load()
 
     def _load(self) -> None:
-        program = load_program(self.path)
-        self.methods = {name: program.load_method(name) for name in ("prefill", "decode")}
+        self.methods = load_methods(self.path, ("prefill", "decode"))
         self.pool = pool_resizes()
 
     def prefill(self, input_ids: np.ndarray) -> tuple[np.ndarray, Any]:

@@ -178,7 +178,7 @@ def _problems(spec: GenerativeSpec, label: str, row: GenerationRow) -> list[str]
         found.append(f"{where}: the greedy continuation leaves eager's at {row.greedy.detail}")
     if row.format not in FP32_FORMATS:
         if int8_in_name_only(row.int8_fraction):
-            takes = f"; its quantizer takes {row.quantized_modules} only" if row.quantized_modules else ""
+            takes = f"; its quantizer takes {row.quantized_modules}" if row.quantized_modules else ""
             found.append(f"{where}: int8 in name only: {row.int8_fraction:.0%} of its weights are in 8 bits or "
                          f"fewer (at least {MIN_INT8_WEIGHT_FRACTION:.0%} expected{takes})")
         if row.quality.mean_kl > spec.max_kl:

@@ -19,7 +19,12 @@ import torch
 from deploycheck.errors import ExportError, one_line
 from deploycheck.formats import get_format
 from deploycheck.formats.onnx import create_session
-from deploycheck.formats.onnx_weight_only import OnnxWeightOnlyFormat, low_bit_weight_fraction, quantize_matmul_weights
+from deploycheck.formats.onnx_weight_only import (
+    QUANTIZED_LAYERS,
+    OnnxWeightOnlyFormat,
+    low_bit_weight_fraction,
+    quantize_matmul_weights,
+)
 from deploycheck.generation.artifact import prepare_directory, read_sidecar, write_sidecar
 from deploycheck.generation.cache import Decode, Prefill, cache_names, dynamic_shapes, examples
 from deploycheck.generation.decoders import OnnxDecoder
@@ -55,7 +60,7 @@ def export_onnx_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, d
     details: dict[str, Any] = {"format": format_name, **spec.described(), "layers": layers}
     if weight_only is not None:
         details["quantization"] = {**weight_only, "weights_only": True,
-                                   "modules": "MatMul weights (MatMulNBits; a Gemm such as GPT-2's Conv1D stays fp32)",
+                                   "modules": QUANTIZED_LAYERS,
                                    "int8_weight_fraction": low_bit_weight_fraction(out_dir / "decode.onnx")}
     write_sidecar(out_dir, GRAPHS, PACKAGES, details)
     return out_dir

@@ -83,7 +83,7 @@ def _int8_weights(model: torch.nn.Module, label: str) -> tuple[torch.nn.Module, 
 
     quantized, fraction = torchao_quantized(model, Int8WeightOnlyConfig())
     return quantized, {"backend": "torchao", "scheme": "int8 weights per output channel, float activations",
-                       "modules": "nn.Linear layers (GPT-2's Conv1D is not one)", "weights_only": True,
+                       "modules": "nn.Linear layers only (GPT-2's Conv1D is not one)", "weights_only": True,
                        "int8_weight_fraction": fraction}
 
 
