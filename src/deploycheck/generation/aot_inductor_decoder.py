@@ -20,7 +20,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from deploycheck.errors import ExportError, FormatUnavailable, one_line
@@ -28,7 +27,7 @@ from deploycheck.formats.aot_inductor import COMPILERS, AotInductorFormat
 from deploycheck.generation.artifact import prepare_directory, write_sidecar
 from deploycheck.generation.cache import Decode
 from deploycheck.generation.spec import GenerativeSpec
-from deploycheck.generation.torch_export_decoder import PROGRAMS, export_programs
+from deploycheck.generation.torch_export_decoder import PROGRAMS, TorchExportDecoder, export_programs
 
 FORMATS = ("aot_inductor",)
 PACKAGES = ("torch", "transformers")
@@ -54,25 +53,11 @@ def export_aot_inductor_decoder(spec: GenerativeSpec, format_name: str, out_dir:
     return out_dir
 
 
-class AotInductorDecoder:
+class AotInductorDecoder(TorchExportDecoder):
     """The two compiled packages; the cache is their tuple of tensors, made contiguous before each step."""
 
-    def __init__(self, path: Path, label: str) -> None:
-        self.packages = {name: torch._inductor.aoti_load_package(str(Path(path) / f"{name}.pt2"))
-                         for name in ("prefill", "decode")}
-        self.label = label
+    def load(self, path: Path) -> dict[str, Any]:
+        return {name: torch._inductor.aoti_load_package(str(path / f"{name}.pt2")) for name in ("prefill", "decode")}
 
-    def prefill(self, input_ids: np.ndarray) -> tuple[np.ndarray, Any]:
-        return self._run("prefill", input_ids, ())
-
-    def decode(self, input_ids: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
-        return self._run("decode", input_ids, state)
-
-    def sibling(self) -> AotInductorDecoder:
-        return self
-
-    def _run(self, name: str, input_ids: np.ndarray, past: tuple[torch.Tensor, ...]) -> tuple[np.ndarray, Any]:
-        with torch.inference_mode():
-            outputs = self.packages[name](torch.from_numpy(np.ascontiguousarray(input_ids)),
-                                          *(tensor.contiguous() for tensor in past))
-        return outputs[0].float().numpy(), tuple(outputs[1:])
+    def cache_in(self, past: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return tuple(tensor.contiguous() for tensor in past)  # a compiled step assumes the strides it was traced with

@@ -88,14 +88,18 @@ def _int8_weights(model: torch.nn.Module, label: str) -> tuple[torch.nn.Module, 
 
 
 class TorchExportDecoder:
-    """The two programs' modules; the cache is their tuple of tensors."""
+    """The two programs' modules (or any two callables on tensors, as AOTInductor's packages are); the cache is
+    their tuple of tensors."""
 
     def __init__(self, path: Path, label: str, quantized_by: str | None = None) -> None:
         if quantized_by == "torchao":
             import torchao  # noqa: F401  (registers the quantized tensor types the programs refer to)
-        self.modules = {name: torch.export.load(str(Path(path) / f"{name}.pt2")).module()
-                        for name in ("prefill", "decode")}
+        self.modules = self.load(Path(path))
         self.label = label
+
+    def load(self, path: Path) -> dict[str, Any]:
+        """The `prefill` and `decode` programs in `path`, by name."""
+        return {name: torch.export.load(str(path / f"{name}.pt2")).module() for name in ("prefill", "decode")}
 
     def prefill(self, input_ids: np.ndarray) -> tuple[np.ndarray, Any]:
         return self._run("prefill", input_ids, ())
@@ -106,7 +110,12 @@ class TorchExportDecoder:
     def sibling(self) -> TorchExportDecoder:
         return self
 
+    def cache_in(self, past: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The cache as the next step is given it: as the last step returned it (an exported program runs on any
+        strides)."""
+        return past
+
     def _run(self, name: str, input_ids: np.ndarray, past: Any) -> tuple[np.ndarray, Any]:
         with torch.inference_mode():
-            outputs = self.modules[name](torch.from_numpy(input_ids), *past)
+            outputs = self.modules[name](torch.from_numpy(np.ascontiguousarray(input_ids)), *self.cache_in(past))
         return outputs[0].float().numpy(), tuple(outputs[1:])
