@@ -32,7 +32,6 @@ from deploycheck.table import format_table, human_size
 
 TIMING_ROUNDS = 3  # side-by-side rounds per batch size behind the speed columns and the best format
 TIMING_THREADS = 1  # torch's intra-op threads while timing, as every runtime's: formats compared on equal terms
-FP32_FORMATS = ("eager", "torch_export", "onnx", "openvino", "executorch", "aot_inductor")  # held to eager exactly
 
 
 @dataclass
@@ -42,6 +41,7 @@ class GenerationRow:
     size_bytes: int | None
     int8_fraction: float | None  # of a quantized format's weights, in 8 bits or fewer
     quantized_modules: str | None  # which layers its quantizer takes, as its sidecar says
+    quantized: bool  # its sidecar records a quantization: judged by KL and top-1, else held to eager's tokens exactly
     greedy: GreedyMatch
     consistency: Consistency
     quality: Quality
@@ -154,7 +154,7 @@ def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Pat
             forced = generate(decoder, prompts, spec.new_tokens, forced=expected.tokens)
             quantization = sidecar.get("quantization") or {}
             row = GenerationRow(name, batch, sidecar.get("size_bytes"), quantization.get("int8_weight_fraction"),
-                                quantization.get("modules"),
+                                quantization.get("modules"), bool(quantization),
                                 greedy_match(expected, free),
                                 cache_consistency(decoder, prompts, free), token_quality(expected, forced), free)
             row.problems = _problems(spec, decoder.label, row)
@@ -174,9 +174,9 @@ def _problems(spec: GenerativeSpec, label: str, row: GenerationRow) -> list[str]
         found.append(f"{where}: decode step {row.consistency.first_bad_step} (new token "
                      f"{row.consistency.first_bad_step}) differs from a full recompute of the same prefix by "
                      f"{row.consistency.max_error:.2e} of the largest logit: the KV cache is wrong from that step")
-    if row.format in FP32_FORMATS and not row.greedy.exact:
+    if not row.quantized and not row.greedy.exact:
         found.append(f"{where}: the greedy continuation leaves eager's at {row.greedy.detail}")
-    if row.format not in FP32_FORMATS:
+    if row.quantized:
         if int8_in_name_only(row.int8_fraction):
             takes = f"; its quantizer takes {row.quantized_modules}" if row.quantized_modules else ""
             found.append(f"{where}: int8 in name only: {row.int8_fraction:.0%} of its weights are in 8 bits or "
