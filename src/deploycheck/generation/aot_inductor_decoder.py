@@ -2,8 +2,9 @@
 `deploycheck.generation.torch_export_decoder` (batch, prompt and cached lengths dynamic) compiled ahead of time
 into shared libraries, as a C++ service would load them.
 
-Opt-in, as the single-pass `aot_inductor` is: compiling takes tens of seconds even for a tiny model (about 30 s
-for a 2-layer Llama-style one on 2 cores), so it is gated only where named in `GenerativeSpec(formats=...)`.
+Opt-in, as the single-pass `aot_inductor` is: compiling takes tens of seconds even for a tiny model (19 s for the
+benchmark's 2-layer Llama-style one on 2 quiet cores, twice that on busy ones), so it is gated only where named in
+`GenerativeSpec(formats=...)`.
 Compiling needs a C++ compiler; without one the format is skipped with that reason. Loading runs the packages'
 native code, so the trust rule of `.pt2` archives applies (a signature, `trust_code`, or this process having
 compiled them).
