@@ -57,13 +57,13 @@ def test_executorch_carries_the_cache_exactly_and_its_8da4w_form_is_judged_by_kl
         decoder.prefill(prompts(rows=4).numpy())
     served = start_server(tmp_path, "--drain", "0")
     try:
-        rows = [0, 1, 0, 1]
+        prompt_rows = [0, 1, 0, 1]
         with ThreadPoolExecutor(4) as pool:
             answers = list(pool.map(lambda row: served.post("/v2/models/llama_tiny-executorch/generate", {
-                "input_ids": spec.prompts[row].tolist(), "max_tokens": 12}), rows))
+                "input_ids": spec.prompts[row].tolist(), "max_tokens": 12}), prompt_rows))
         wanted = generate(EagerDecoder(LLAMA, "eager"), spec.prompts.numpy(), 12).tokens
-        assert [answer for _, answer in answers] and all(status == 200 for status, _ in answers), answers
-        assert [answer["output_ids"] for _, answer in answers] == [wanted[row].tolist() for row in rows]
+        assert all(status == 200 for status, _ in answers), answers
+        assert [answer["output_ids"] for _, answer in answers] == [wanted[row].tolist() for row in prompt_rows]
         status, refused = served.post("/v2/models/llama_tiny-executorch/generate",
                                       {"input_ids": spec.prompts[0].tolist(), "max_tokens": 14})
         assert status == 400 and "from 1 to 13 (the model's 21 positions less the prompt's 8)" in refused["error"]
