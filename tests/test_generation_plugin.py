@@ -53,6 +53,8 @@ def test_generation_lifecycle(pytester: pytest.Pytester, tmp_path: Path) -> None
     assert {(row["format"], row["batch_size"]) for row in stored["rows"]} == {
         ("eager", 2), ("onnx", 2), ("onnx_int8_weight", 2)}
     assert all(len(row["rounds"]["tpot_ms"]) == 3 for row in stored["rows"])
+    unchanged = pytester.runpytest_subprocess(*common)  # the same model against its own baseline: no false alarm
+    unchanged.assert_outcomes(passed=1)
 
     for row in stored["rows"]:  # a baseline whose int8 weights were ten times closer to eager's
         if row["format"] == "onnx_int8_weight":
