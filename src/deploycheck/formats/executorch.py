@@ -132,10 +132,21 @@ def _method(path: Path) -> Any:
 _pool_resizes = 0
 
 
-def pool_resizes() -> int:
-    """How many times this process resized ExecuTorch's thread pool: a method loaded at an earlier count must be
-    loaded again before it runs."""
-    return _pool_resizes
+class ProgramMethods:
+    """The methods `names` of the `.pte` at `path`, by name, loaded again on first use after the thread pool was
+    resized since they were loaded (a method keeps the pool it was loaded with)."""
+
+    def __init__(self, path: Path, names: tuple[str, ...]) -> None:
+        self.path, self.names = path, names
+        self._load()
+
+    def _load(self) -> None:
+        self.methods, self.pool = load_methods(self.path, self.names), _pool_resizes
+
+    def __getitem__(self, name: str) -> Any:
+        if self.pool != _pool_resizes:
+            self._load()
+        return self.methods[name]
 
 
 def set_threads(threads: int) -> None:
@@ -157,8 +168,7 @@ class ExecuTorchRunner:
 
     def __init__(self, path: Path, metadata: dict[str, Any]) -> None:
         self.program_path = path / PROGRAM_FILE
-        self.method = _method(self.program_path)
-        self.pool = _pool_resizes
+        self.methods = ProgramMethods(self.program_path, ("forward",))
         settings = metadata.get("settings", {})
         self.capacity: int | None = settings.get("planned_batch")
         self.planned = [list(shape) for shape in settings.get("planned_input_shapes", [])]
@@ -168,14 +178,12 @@ class ExecuTorchRunner:
         import torch
 
         self._check_shapes(inputs)
-        if self.pool != _pool_resizes:  # the thread pool was resized since this program was loaded
-            self.method, self.pool = _method(self.program_path), _pool_resizes
         rows = inputs[0].shape[0] if inputs and inputs[0].ndim else 0
         step = self.capacity if self.capacity is not None and rows > self.capacity else rows or 1
         chunks = []
         for start in range(0, max(rows, 1), step):
             tensors = [torch.from_numpy(np.ascontiguousarray(a[start:start + step] if rows else a)) for a in inputs]
-            chunks.append([output.numpy().copy() for output in self.method.execute(tensors)])
+            chunks.append([output.numpy().copy() for output in self.methods["forward"].execute(tensors)])
         return chunks[0] if len(chunks) == 1 else [np.concatenate(parts) for parts in zip(*chunks)]
 
     def _check_shapes(self, inputs: list[np.ndarray]) -> None:

@@ -31,7 +31,7 @@ import torch
 
 from deploycheck.errors import ExportError, FormatUnavailable, InputError, one_line
 from deploycheck.formats.base import installed
-from deploycheck.formats.executorch import load_methods, pool_resizes, set_threads
+from deploycheck.formats.executorch import ProgramMethods, set_threads
 from deploycheck.generation.artifact import prepare_directory, write_sidecar
 from deploycheck.generation.cache import Decode
 from deploycheck.generation.spec import GenerativeSpec
@@ -106,8 +106,11 @@ def _8da4w(spec: GenerativeSpec, format_name: str) -> tuple[torch.nn.Module, dic
         raise ExportError(f"{spec.name}/{format_name}: group_size must be a positive integer, got {group!r}")
     config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,  # type: ignore[attr-defined]
                                                     weight_granularity=PerGroup(group))
-    skipped = sum(isinstance(m, torch.nn.Linear) and m.in_features % group != 0 for m in spec.model.modules())
-    quantized, fraction = torchao_quantized(spec.model, config, lambda m: m.in_features % group == 0)
+    def whole_groups(linear: torch.nn.Linear) -> bool:
+        return linear.in_features % group == 0
+
+    skipped = sum(isinstance(m, torch.nn.Linear) and not whole_groups(m) for m in spec.model.modules())
+    quantized, fraction = torchao_quantized(spec.model, config, whole_groups)
     return quantized, {"backend": "torchao", "scheme": f"int4 weights in groups of {group}, int8 activations "
                        "quantized per token at run time (8da4w)", "group_size": group,
                        "modules": f"only the nn.Linear layers whose input width {group} divides",
@@ -122,11 +125,7 @@ class ExecuTorchDecoder:
         self.label = f"{details['model']}/{details['format']}"
         self.planned = details["planned"]
         set_threads(threads)
-        self._load()
-
-    def _load(self) -> None:
-        self.methods = load_methods(self.path, ("prefill", "decode"))
-        self.pool = pool_resizes()
+        self.methods = ProgramMethods(self.path, ("prefill", "decode"))
 
     def prefill(self, input_ids: np.ndarray) -> tuple[np.ndarray, Any]:
         return self._run("prefill", input_ids, ())
@@ -143,8 +142,6 @@ class ExecuTorchDecoder:
             raise InputError(f"{self.label}: {rows} rows of {length} positions; this program was planned for at "
                              f"most {self.planned['max_batch']} rows and {self.planned['max_length']} cached "
                              "positions (format option max_batch / max_length)")
-        if self.pool != pool_resizes():  # the thread pool was resized since the program was loaded
-            self._load()
         outputs = self.methods[name].execute([torch.from_numpy(np.ascontiguousarray(input_ids)), *past])
         copied = [output.clone() for output in outputs]
         return copied[0].numpy(), tuple(copied[1:])
