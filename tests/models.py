@@ -164,14 +164,15 @@ def gpt2_spec(**overrides: object) -> deploycheck.ModelSpec:
     return deploycheck.ModelSpec(**settings)  # type: ignore[arg-type]
 
 
-def llama_decoder(vocab: int = 512, layers: int = 2) -> nn.Module:
-    """A Llama-style causal LM of 2 layers (all `nn.Linear`, grouped-query attention: 4 heads over 2 KV heads),
-    random weights from a config."""
+def llama_decoder(vocab: int = 512, layers: int = 2, hidden: int = 64) -> nn.Module:
+    """A Llama-style causal LM, by default of 2 layers 64 wide (all `nn.Linear`, grouped-query attention: 4 heads
+    over 2 KV heads), random weights from a config."""
     import transformers
 
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=64)
     return transformers.LlamaForCausalLM(config).eval()
 
 

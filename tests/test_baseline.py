@@ -390,3 +390,35 @@ def test_a_models_generative_baseline_is_not_taken_for_a_format_record(tmp_path:
     assert store.entries() == [("llm", "onnx")]
     assert stale_entries(store, ["llm"], ["onnx"]) == []
     assert list(load_records(tmp_path)) == [("llm", "onnx")]
+
+
+def _generation_rows(tpot: dict[str, list[float]], accepted: dict[str, list[float]] | None = None) -> dict:
+    """A generative report (or baseline) of eager and onnx at batch 1 with these TPOT rounds, in ms."""
+    rows = [{"format": name, "batch_size": 1, "mean_kl": 0.0, "top1_agreement": 1.0,
+             "rounds": {"tpot_ms": rounds, "ttft_ms": [1.0] * len(rounds)},
+             "accepted_rounds": ({"tpot_ms": accepted[name], "ttft_ms": [1.0] * len(rounds)}
+                                 if accepted and name in accepted else None)} for name, rounds in tpot.items()]
+    return {"model": "llm", "rows": rows}
+
+
+def test_generation_speed_fails_only_beside_the_accepted_artifact() -> None:
+    """TPOT is failed only on rounds timed beside the accepted artifact, when every round is slower; the ratio to
+    eager's (the fallback without the accepted artifact) moved 0.14x -> 0.23x between two runs of one unchanged
+    artifact on a busy runner, so it is only ever said."""
+    from deploycheck.generation.regression import compare_generation
+
+    stored = _generation_rows({"eager": [0.60, 0.62, 0.61], "onnx": [0.084, 0.087, 0.085]})
+    slower = compare_generation(_generation_rows({"eager": [0.6] * 3, "onnx": [0.30, 0.31, 0.29]},
+                                                 {"onnx": [0.10, 0.10, 0.11]}), stored, "b.json")
+    assert slower.regressions == ["llm/onnx at batch 1: TPOT 3.00x the accepted artifact's, side by side in this "
+                                  "run's rounds (each round: 3.00, 3.10, 2.64; allowed 1.25x)"]
+    burst = compare_generation(_generation_rows({"eager": [0.6] * 3, "onnx": [0.30, 0.31, 0.11]},
+                                                {"onnx": [0.10, 0.10, 0.11]}), stored, "b.json")
+    assert burst.passed and burst.inconclusive[0].endswith("not every round is slower")
+    level = compare_generation(_generation_rows({"eager": [0.6] * 3, "onnx": [0.1] * 3}, {"onnx": [0.1] * 3}),
+                               stored, "b.json")
+    assert level.passed and not level.inconclusive
+    busy = compare_generation(_generation_rows({"eager": [0.60, 0.61, 0.59], "onnx": [0.13, 0.14, 0.15]}), stored,
+                              "b.json")
+    assert busy.passed and len(busy.inconclusive) == 1
+    assert "0.23x eager's" in busy.inconclusive[0] and "the accepted artifact was not at hand" in busy.inconclusive[0]

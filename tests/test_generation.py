@@ -6,6 +6,7 @@ at its first wrong step."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 pytest.importorskip("transformers")
 from models import llama_decoder, prompts
 
+from deploycheck.accepted import AcceptedStore
 from deploycheck.errors import ArtifactError, SpecError
 from deploycheck.generation.artifact import read_sidecar
 from deploycheck.generation.cache import Decode, dynamic_cache, flat_cache
@@ -24,6 +26,12 @@ from deploycheck.generation.decoders import EagerDecoder
 from deploycheck.generation.formats import export_decoder, load_decoder
 from deploycheck.generation.gate import gate_decoder
 from deploycheck.generation.openvino_decoder import OpenVinoStatefulDecoder
+from deploycheck.generation.regression import (
+    accepted_artifacts,
+    compare_generation,
+    read_generation_baseline,
+    write_generation_baseline,
+)
 from deploycheck.generation.spec import GenerativeSpec
 from deploycheck.generation.streams import generate
 
@@ -191,6 +199,30 @@ def test_an_unchanged_decoder_is_not_exported_again_and_a_changed_one_is(tmp_pat
     before = read_sidecar(path)["cache_key"]
     export_decoder(llama_spec(model=changed, formats=("eager", "torch_export")), "torch_export", path)
     assert read_sidecar(path)["cache_key"] != before, "new weights: exported again"
+
+
+def test_a_slower_export_fails_beside_its_accepted_artifact_and_the_accepted_one_passes(tmp_path: Path) -> None:
+    """The baseline's artifacts go into the accepted store; a later run generates with them in the same timing
+    rounds. Under the same model name, an export 16 times as wide is slower in every round; the accepted
+    artifact's own export timed beside it is not a regression."""
+    fast = llama_spec(model=llama_decoder(layers=1), batch_sizes=(2,), formats=("eager", "torch_export"))
+    store = AcceptedStore(tmp_path / "accepted")
+    write_generation_baseline(tmp_path / "baselines", gate_decoder(fast, tmp_path / "fast").to_dict(), store)
+    stored = read_generation_baseline(tmp_path / "baselines", "llama_tiny")
+    assert stored is not None and set(stored["accepted_artifacts"]) == {"torch_export"}
+    kept = accepted_artifacts(stored, store)["torch_export"]
+    assert kept.parent == store.root and read_sidecar(kept)["model"] == "llama_tiny"
+
+    slow = llama_spec(model=llama_decoder(layers=1, hidden=1024), batch_sizes=(2,), formats=("eager", "torch_export"))
+    report = gate_decoder(slow, tmp_path / "slow", accepted={"torch_export": load_decoder(kept)})
+    assert report.passed, "the slower export is correct: only its speed regressed"
+    regressed = compare_generation(report.to_dict(), stored, "baseline")
+    (line,) = regressed.regressions
+    found = re.match(r"llama_tiny/torch_export at batch 2: TPOT ([0-9.]+)x the accepted artifact's, side by side "
+                     r"in this run's rounds \(each round: [0-9., ]+; allowed 1.25x\)$", line)
+    assert found and float(found[1]) > 2, line
+    again = gate_decoder(fast, tmp_path / "fast", accepted={"torch_export": load_decoder(kept)})
+    assert compare_generation(again.to_dict(), stored, "baseline").passed
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

@@ -37,7 +37,8 @@ def test_generation(generative, deploycheck):
 def test_generation_lifecycle(pytester: pytest.Pytester, tmp_path: Path) -> None:
     pytester.makeconftest(CONFTEST.format(tests=str(Path(__file__).parent)))
     pytester.makepyfile(test_decoder=TESTS)
-    common = ["-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path / 'artifacts'}"]
+    common = ["-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path / 'artifacts'}",
+              f"--deploycheck-accepted={tmp_path / 'accepted'}"]
     baseline = pytester.path / "baselines" / "llama_tiny" / "generative.json"
 
     missing = pytester.runpytest_subprocess(*common)
@@ -53,6 +54,8 @@ def test_generation_lifecycle(pytester: pytest.Pytester, tmp_path: Path) -> None
     assert {(row["format"], row["batch_size"]) for row in stored["rows"]} == {
         ("eager", 2), ("onnx", 2), ("onnx_int8_weight", 2)}
     assert all(len(row["rounds"]["tpot_ms"]) == 3 for row in stored["rows"])
+    assert sorted(stored["accepted_artifacts"]) == ["onnx", "onnx_int8_weight"], "speed is judged beside these"
+    assert all((tmp_path / "accepted" / digest).is_dir() for digest in stored["accepted_artifacts"].values())
     unchanged = pytester.runpytest_subprocess(*common)  # the same model against its own baseline: no false alarm
     unchanged.assert_outcomes(passed=1)
 
@@ -69,4 +72,5 @@ def test_generation_lifecycle(pytester: pytest.Pytester, tmp_path: Path) -> None
     written = json.loads(report.read_text())["generation"]
     assert [data["model"] for data in written] == ["llama_tiny"]
     assert written[0]["passed"], "every format passed its own checks: the baseline is what failed"
+    assert all(len(row["accepted_rounds"]["tpot_ms"]) == 3 for row in written[0]["rows"] if row["format"] != "eager")
     assert not written[0]["baseline"]["passed"] and len(written[0]["baseline"]["regressions"]) == 1, written[0]

@@ -21,16 +21,22 @@ from pathlib import Path
 from deploycheck.artifact import METADATA_FILE
 
 
-def artifact_digest(directory: Path) -> str:
+def artifact_digest(directory: Path, sidecar: str = METADATA_FILE) -> str:
     """The content address of an artifact directory: the sha256 of its sidecar, which lists every file's hash."""
-    return hashlib.sha256((Path(directory) / METADATA_FILE).read_bytes()).hexdigest()
+    return hashlib.sha256((Path(directory) / sidecar).read_bytes()).hexdigest()
 
 
 class AcceptedStore:
-    """`root/<digest>/`: accepted artifacts by content."""
+    """`root/<digest>/`: accepted artifacts by content, addressed by their `sidecar` (a single-pass artifact's
+    `deploycheck.json`; a generative artifact has its own sidecar, and shares the store)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, sidecar: str = METADATA_FILE) -> None:
         self.root = Path(root)
+        self.sidecar = sidecar
+
+    def of_sidecar(self, sidecar: str) -> AcceptedStore:
+        """The same store, addressing artifacts by another sidecar."""
+        return AcceptedStore(self.root, sidecar)
 
     def path(self, digest: str) -> Path:
         return self.root / digest
@@ -38,14 +44,14 @@ class AcceptedStore:
     def get(self, digest: str) -> Path | None:
         """The stored artifact with this digest, None when this store does not have it (or it was altered)."""
         path = self.path(digest)
-        if not (path / METADATA_FILE).is_file() or artifact_digest(path) != digest:
+        if not (path / self.sidecar).is_file() or artifact_digest(path, self.sidecar) != digest:
             return None
         return path
 
     def put(self, directory: Path) -> str:
         """Copy an artifact directory into the store (once: an entry with the same digest is already the same
         content) and return its digest. The copy is staged beside its place and renamed in one step."""
-        digest = artifact_digest(directory)
+        digest = artifact_digest(directory, self.sidecar)
         if self.get(digest) is not None:
             return digest
         self.root.mkdir(parents=True, exist_ok=True)

@@ -256,7 +256,7 @@ class RunSummary:
         for model, data in self.generation.items():
             if data["passed"] and (mode == "update" or not baseline_path(directory, model).is_file()):
                 written.append(f"deploycheck: generation baseline written to "
-                               f"{write_generation_baseline(directory, data)}")
+                               f"{write_generation_baseline(directory, data, accepted_store(self.config))}")
         return written
 
     def _stale_baselines(self) -> list[str]:

@@ -5,12 +5,21 @@ says how to accept new figures. Pytest-free: the plugin hands it a `record` call
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from deploycheck.accepted import AcceptedStore
+from deploycheck.generation.decoders import Decoder
+from deploycheck.generation.formats import load_decoder
 from deploycheck.generation.gate import GenerationReport, gate_decoder
-from deploycheck.generation.regression import baseline_path, compare_generation, read_generation_baseline
+from deploycheck.generation.regression import (
+    accepted_artifacts,
+    baseline_path,
+    compare_generation,
+    read_generation_baseline,
+)
 from deploycheck.generation.spec import GenerativeSpec
 
 
@@ -18,14 +27,17 @@ class GenerationCheck:
     """`artifacts_dir/<model>/<format>` holds the exports; `record(data)` receives the report as JSON data (with
     its printed table under "text" and the baseline comparison under "baseline"); `baselines_dir` and `mode`
     ("compare", "update", "update-new"; None: baselines off) as for single-pass models: in "update" modes the
-    caller writes the baselines of passing reports (in the plugin, the controller at the end of the run)."""
+    caller writes the baselines of passing reports (in the plugin, the controller at the end of the run); the
+    `accepted` store holds the artifacts a baseline accepted, timed beside the new ones."""
 
     def __init__(self, artifacts_dir: Path, record: Callable[[dict[str, Any]], None] | None = None,
-                 baselines_dir: Path | None = None, mode: str | None = None) -> None:
+                 baselines_dir: Path | None = None, mode: str | None = None,
+                 accepted: AcceptedStore | None = None) -> None:
         self.artifacts_dir = Path(artifacts_dir)
         self.record = record or (lambda data: None)
         self.baselines_dir = baselines_dir
         self.mode = mode if baselines_dir is not None else None
+        self.accepted = accepted
 
     def assert_generation(self, spec: GenerativeSpec) -> GenerationReport:
         __tracebackhide__ = True
@@ -37,7 +49,7 @@ class GenerationCheck:
                 raise AssertionError(f"{spec.name}: no generation baseline at {where}; record it with `pytest "
                                      "--deploycheck-update-new` (or run without the regression gate: "
                                      "--deploycheck-no-baselines)")
-        report = gate_decoder(spec, self.artifacts_dir / spec.name)
+        report = gate_decoder(spec, self.artifacts_dir / spec.name, accepted=self._accepted_decoders(stored))
         data: dict[str, Any] = {**report.to_dict(), "text": str(report)}
         problems = [problem for row in report.rows for problem in row.problems]
         if stored is not None:
@@ -51,3 +63,17 @@ class GenerationCheck:
                                  "larger quantization error, raise GenerativeSpec(max_kl=..., min_top1_agreement="
                                  "...); to accept new figures as the baseline, run `pytest --deploycheck-update`.")
         return report
+
+    def _accepted_decoders(self, stored: dict[str, Any] | None) -> dict[str, Decoder]:
+        """The decoders of the artifacts the baseline accepted, by format; one that no longer loads (a library
+        upgrade) is said, and its format's speed falls back to the ratio to eager."""
+        if stored is None or self.accepted is None:
+            return {}
+        found = {}
+        for name, path in accepted_artifacts(stored, self.accepted).items():
+            try:
+                found[name] = load_decoder(path, trust_code=True)  # our own export, copied into the store
+            except Exception as exc:
+                warnings.warn(f"deploycheck: the accepted {name} artifact {path} does not load ({exc}); its speed "
+                              "is compared with eager's instead", stacklevel=3)
+        return found

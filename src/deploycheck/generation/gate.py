@@ -48,6 +48,7 @@ class GenerationRow:
     stream: Stream
     problems: list[str] = field(default_factory=list)
     timed: list[Stream] = field(default_factory=list)  # the side-by-side rounds the speed figures come from
+    accepted_timed: list[Stream] = field(default_factory=list)  # the accepted artifact's, in the same rounds
 
     @property
     def passed(self) -> bool:
@@ -66,9 +67,13 @@ class GenerationRow:
                 "greedy_rows_matching": self.greedy.rows_matching,
                 "first_divergence": self.greedy.first_divergence, "cache_max_error": self.consistency.max_error,
                 "cache_first_bad_step": self.consistency.first_bad_step, **asdict(self.quality), **self.speed(),
-                "rounds": {"ttft_ms": [s.ttft_s * 1e3 for s in self.timed],
-                           "tpot_ms": [s.tpot_s * 1e3 for s in self.timed]},
+                "rounds": _rounds(self.timed), "accepted_rounds": _rounds(self.accepted_timed) or None,
                 "passed": self.passed, "problems": self.problems}
+
+
+def _rounds(streams: list[Stream]) -> dict[str, list[float]]:
+    return {"ttft_ms": [s.ttft_s * 1e3 for s in streams], "tpot_ms": [s.tpot_s * 1e3 for s in streams]} \
+        if streams else {}
 
 
 @dataclass
@@ -76,6 +81,7 @@ class GenerationReport:
     model: str
     rows: list[GenerationRow]
     skipped: dict[str, str] = field(default_factory=dict)  # format -> why it could not run here
+    artifacts: dict[str, str] = field(default_factory=dict)  # format -> its artifact directory (eager has none)
 
     @property
     def passed(self) -> bool:
@@ -93,7 +99,7 @@ class GenerationReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON data, for CI artifacts."""
-        return {"model": self.model, "passed": self.passed, "skipped": self.skipped,
+        return {"model": self.model, "passed": self.passed, "skipped": self.skipped, "artifacts": self.artifacts,
                 "rows": [row.to_dict() for row in self.rows],
                 "best": {str(batch): row.format for batch, row in self.best().items()}}
 
@@ -123,11 +129,15 @@ class GenerationReport:
 
 
 def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Path] | None = None,
-                 trust_code: bool = False, runners: Mapping[str, Decoder] | None = None) -> GenerationReport:
+                 trust_code: bool = False, runners: Mapping[str, Decoder] | None = None,
+                 accepted: Mapping[str, Decoder] | None = None) -> GenerationReport:
     """Export each of `spec.formats` under `out_dir/<format>` (or load it from `exported`, by format; `trust_code`
     for `.pt2` artifacts this process did not write; or take the caller's own loaded decoder from `runners`),
-    then hold every format and batch size to eager. A format that cannot run here is skipped with its reason."""
+    then hold every format and batch size to eager. A format that cannot run here is skipped with its reason.
+    `accepted` (by format: the decoder of the artifact its baseline accepted) generates in the same timing
+    rounds, so a speed regression is judged on old and new side by side."""
     exported, runners = dict(exported or {}), dict(runners or {})
+    accepted = {name: decoder for name, decoder in (accepted or {}).items() if name in spec.formats}
     decoders: dict[str, tuple[Decoder, dict[str, Any]]] = {}
     skipped: dict[str, str] = {}
     for name in spec.formats:
@@ -159,12 +169,13 @@ def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Pat
                                 cache_consistency(decoder, prompts, free), token_quality(expected, forced), free)
             row.problems = _problems(spec, decoder.label, row)
             rows.append(row)
+        timing = {name: decoder for name, (decoder, _) in decoders.items()}
+        timing.update({f"{name} (accepted)": decoder for name, decoder in accepted.items() if name in decoders})
         with torch_threads(TIMING_THREADS):
-            timed = timed_rounds({name: decoder for name, (decoder, _) in decoders.items()}, prompts,
-                                 spec.new_tokens, TIMING_ROUNDS)
+            timed = timed_rounds(timing, prompts, spec.new_tokens, TIMING_ROUNDS)
         for row in rows[-len(decoders):]:
-            row.timed = timed[row.format]
-    return GenerationReport(spec.name, rows, skipped)
+            row.timed, row.accepted_timed = timed[row.format], timed.get(f"{row.format} (accepted)", [])
+    return GenerationReport(spec.name, rows, skipped, {name: str(path) for name, path in exported.items()})
 
 
 def _problems(spec: GenerativeSpec, label: str, row: GenerationRow) -> list[str]:
