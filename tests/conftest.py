@@ -17,6 +17,24 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # the helper models in tests/models.py
 
 
+def _run_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test run's own directory, shared by the pytest-xdist workers (the one above each worker's)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_weight_cache(tmp_path_factory):
+    """The demo weights (the digits CNN and its compressed variants) trained once per test run, in the run's
+    directory, and shared by both workers and every subprocess (which inherit the environment); a cache the
+    caller configured is kept."""
+    previous = os.environ.get("DEPLOYCHECK_CACHE")
+    os.environ.setdefault("DEPLOYCHECK_CACHE", str(_run_directory(tmp_path_factory) / "weights"))
+    yield
+    if previous is None:
+        os.environ.pop("DEPLOYCHECK_CACHE", None)
+
+
 @pytest.fixture(scope="session")
 def digits_spec():
     from deploycheck.digits import digits_spec
@@ -26,17 +44,26 @@ def digits_spec():
 
 @pytest.fixture(scope="session")
 def digits_artifacts(digits_spec, tmp_path_factory):
-    """Every format of the digits CNN, exported once per test run: the pytest-xdist workers share one directory
-    (the run's, above each worker's own), the first exports under a lock and the others reuse its files through
-    the export cache, as the plugin's workers do. No test writes into these; those that alter one copy it."""
+    """Every format of the digits CNN, exported once per test run, laid out as the plugin's artifacts directory
+    (`<model>/<format>`): the pytest-xdist workers share one directory, the first exports under a lock and the
+    others reuse its files through the export cache, as the plugin's workers do. No test writes into these; those
+    that alter one copy it (`digits_gate_artifacts`)."""
     from filelock import FileLock
 
     import deploycheck
 
-    shared = tmp_path_factory.getbasetemp().parent if os.environ.get("PYTEST_XDIST_WORKER") else \
-        tmp_path_factory.getbasetemp()
+    shared = _run_directory(tmp_path_factory)
     with FileLock(str(shared / "digits-artifacts.lock")):
-        return deploycheck.export_all(digits_spec, shared / "digits-artifacts")
+        return deploycheck.export_all(digits_spec, shared / "digits-artifacts" / digits_spec.name)
+
+
+@pytest.fixture
+def digits_gate_artifacts(digits_artifacts, tmp_path) -> Path:
+    """A copy of the digits CNN's exports for a gate run's `--deploycheck-artifacts` (its export cache finds
+    them, as a CI cache step restores them), so that runs through the plugin export only what they change."""
+    copy = tmp_path / "gate-artifacts"
+    shutil.copytree(next(iter(digits_artifacts.values())).path.parent.parent, copy)
+    return copy
 
 
 @pytest.fixture(scope="session")
@@ -47,11 +74,9 @@ def two_io_spec():
 
 
 @pytest.fixture(scope="session")
-def cache_env(tmp_path_factory):
+def cache_env(_one_weight_cache):
     """Environment for subprocesses: the same weight cache as this process, so the demo model trains once."""
-    env = dict(os.environ)
-    env.setdefault("DEPLOYCHECK_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    return env
+    return dict(os.environ)
 
 
 @pytest.fixture(scope="session", autouse=True)

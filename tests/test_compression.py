@@ -45,13 +45,13 @@ def copy_example(pytester: pytest.Pytester, cache_env: dict[str, str]) -> None:
         pytester._monkeypatch.setenv(key, value)
 
 
-def test_pruned_models_against_the_original_in_the_summary(pytester: pytest.Pytester, tmp_path: Path,
+def test_pruned_models_against_the_original_in_the_summary(pytester: pytest.Pytester, digits_gate_artifacts: Path,
                                                            cache_env: dict[str, str]) -> None:
     copy_example(pytester, cache_env)
     result = pytester.runpytest_subprocess(
         "-k", "original", "--deploycheck-models=digits_pruned_channels,digits_pruned_unstructured",
         "--deploycheck-formats=onnx", "--deploycheck-no-baselines", "--deploycheck-bench-time=0.5",
-        f"--deploycheck-artifacts={tmp_path}")
+        f"--deploycheck-artifacts={digits_gate_artifacts}")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([
         "digits_pruned_channels*onnx*ok",
@@ -66,7 +66,7 @@ def test_pruned_models_against_the_original_in_the_summary(pytester: pytest.Pyte
 
 
 def test_a_drop_beyond_the_budget_against_the_original_fails_with_the_table(pytester: pytest.Pytester,
-                                                                            tmp_path: Path,
+                                                                            digits_gate_artifacts: Path,
                                                                             cache_env: dict[str, str]) -> None:
     copy_example(pytester, cache_env)
     pytester.makeconftest('''
@@ -84,7 +84,8 @@ def digits_student():
     return compressed_spec("student", original="digits_cnn", max_accuracy_drop_vs_original=0.001)
 ''')
     result = pytester.runpytest_subprocess("-k", "original", "--deploycheck-formats=onnx", "--deploycheck-no-bench",
-                                           "--deploycheck-no-baselines", f"--deploycheck-artifacts={tmp_path}", "-rs")
+                                           "--deploycheck-no-baselines", "-rs",
+                                           f"--deploycheck-artifacts={digits_gate_artifacts}")
     result.assert_outcomes(failed=1, skipped=1)
     result.stdout.fnmatch_lines([
         "*digits_student/onnx against its original digits_cnn",

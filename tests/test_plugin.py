@@ -123,11 +123,12 @@ def test_the_model_is_also_a_fixture(pytester: pytest.Pytester) -> None:
     pytester.runpytest_subprocess("test_fixture.py").assert_outcomes(passed=1)
 
 
-def test_digits_example_project(pytester: pytest.Pytester, tmp_path_factory, cache_env) -> None:
+def test_digits_example_project(pytester: pytest.Pytester, tmp_path_factory, cache_env,
+                                digits_gate_artifacts: Path) -> None:
     """The example as CI runs it, with xdist workers (the single-process gate is what every other plugin test
-    runs)."""
+    runs), its exports restored from a cache as a CI cache step does."""
     shutil.copytree(ROOT / "examples" / "digits", pytester.path, dirs_exist_ok=True)
-    artifacts = tmp_path_factory.getbasetemp() / "digits-example-artifacts"
+    artifacts = digits_gate_artifacts
     for key, value in cache_env.items():
         pytester._monkeypatch.setenv(key, value)
     baselines = tmp_path_factory.mktemp("digits-baselines")
@@ -155,11 +156,11 @@ def test_digits_example_project(pytester: pytest.Pytester, tmp_path_factory, cac
     compare.stdout.fnmatch_lines([f"*benchmark 'digits_cnn': {3 * formats} tests*", "*digits_cnn/onnx?batch=1?*"])
 
 
-def test_no_bench_skips_benchmarks(pytester: pytest.Pytester, tmp_path_factory, cache_env) -> None:
+def test_no_bench_skips_benchmarks(pytester: pytest.Pytester, cache_env, digits_gate_artifacts: Path) -> None:
     shutil.copytree(ROOT / "examples" / "digits", pytester.path, dirs_exist_ok=True)
     for key, value in cache_env.items():
         pytester._monkeypatch.setenv(key, value)
-    artifacts = tmp_path_factory.getbasetemp() / "digits-example-artifacts"
+    artifacts = digits_gate_artifacts
     result = pytester.runpytest_subprocess("--deploycheck-no-bench", "--deploycheck-formats=onnx",
                                            "--deploycheck-no-baselines", "--deploycheck-models=digits_cnn",
                                            f"--deploycheck-artifacts={artifacts}", "-rs")
