@@ -4,15 +4,18 @@
 per row and the cache so far (`past.{layer}.key` / `.value`), and returns the logits and the grown cache
 (`present.{layer}.*`), as Hugging Face Optimum names an ONNX decoder "with past". Inside, the tensors are put back
 into a transformers `DynamicCache`, so positions (`cache_position`) come from the cache's length exactly as in
-eager generation: an export cannot drift from the model's own position handling.
+eager generation: an export cannot drift from the model's own position handling. transformers is imported only
+where a cache is built: the single-pass gate imports this package and must not need it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import DynamicCache
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
 
 
 def cache_names(layers: int, prefix: str) -> list[str]:
@@ -27,6 +30,8 @@ def flat_cache(cache: Any) -> tuple[torch.Tensor, ...]:
 
 def dynamic_cache(past: tuple[torch.Tensor, ...]) -> DynamicCache:
     """The `DynamicCache` holding `past` (as `flat_cache` lays it out)."""
+    from transformers import DynamicCache  # an optional dependency (see above); `GenerativeSpec` says so first
+
     cache = DynamicCache()
     for layer in range(len(past) // 2):
         cache.update(past[2 * layer], past[2 * layer + 1], layer)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from deploycheck.errors import SpecError
+from deploycheck.formats.base import installed
 
 GENERATIVE_FORMATS = ("eager", "torch_export", "onnx", "openvino", "onnx_int8_weight", "onnx_int4_weight",
                       "openvino_int8_weight", "openvino_int4_weight", "torchao_int8_weight", "executorch",
@@ -42,6 +43,9 @@ class GenerativeSpec:
 
     def __post_init__(self) -> None:
         where = f"generative spec {self.name!r}"
+        if not installed("transformers"):
+            raise SpecError(f"{where}: the generative gate needs transformers (its DynamicCache carries the KV cache "
+                            "of every format): pip install transformers")
         if not isinstance(self.prompts, torch.Tensor) or self.prompts.dim() != 2 or \
                 self.prompts.dtype not in (torch.int64, torch.int32):
             raise SpecError(f"{where}: prompts must be a 2-D tensor of token ids (rows x prompt length)")
