@@ -96,6 +96,21 @@ def _records(index: int, value: float, formats: tuple[str, ...] = ("eager", "onn
             for name in formats]
 
 
+def test_the_significance_test_is_welchs() -> None:
+    """The change-point search's p-value is scipy's Welch t-test, computed from Student's t directly."""
+    from scipy import stats
+
+    from deploycheck.history.changepoints import _pvalue
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        left = rng.normal(0, rng.uniform(0.1, 2), rng.integers(2, 30))
+        right = rng.normal(rng.uniform(-1, 1), rng.uniform(0.1, 2), rng.integers(2, 30))
+        assert _pvalue(left, right) == pytest.approx(stats.ttest_ind(left, right, equal_var=False).pvalue,
+                                                     rel=1e-9, abs=1e-15)
+    assert _pvalue(np.ones(3), np.ones(4)) == 1.0 and _pvalue(np.ones(3), np.full(4, 2.0)) == 0.0
+
+
 def test_records_keep_every_figure_and_the_store_keeps_each_once(tmp_path: Path) -> None:
     row = {"model": "m", "format": "onnx", "size_bytes": 10, "parity": {"max_abs": 1e-6},
            "accuracy": {"value": 0.9, "drop": 0.01},
