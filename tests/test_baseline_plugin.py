@@ -43,16 +43,17 @@ def test_accuracy(artifact, deploycheck):
 '''
 
 
-@pytest.mark.parametrize("workers", ["0", "2"])
-def test_baseline_lifecycle(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                            workers: str) -> None:
+def test_baseline_lifecycle(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Missing, recorded, unchanged, regressed, re-accepted and stale, alternating between one process and
+    pytest-xdist workers (where the controller alone writes and relays the workers' failures)."""
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_gate=TESTS)
-    common = ["-n", workers, "-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path / 'artifacts'}",
+    common = ["-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path / 'artifacts'}",
               "--deploycheck-formats=eager,onnx"]
+    workers = ["-n", "2"]
     baselines = pytester.path / "baselines"
 
-    first = pytester.runpytest_subprocess(*common)
+    first = pytester.runpytest_subprocess(*common, *workers)
     assert first.ret == pytest.ExitCode.TESTS_FAILED
     first.assert_outcomes()
     first.stdout.fnmatch_lines([f"*deploycheck: 2 baseline(s) missing under {baselines}:",
@@ -67,12 +68,10 @@ def test_baseline_lifecycle(pytester: pytest.Pytester, monkeypatch: pytest.Monke
     assert stored["counters"]["flops_per_sample"] == 2 * (12 * 24 + 24 * 3) and stored["counters"]["ops"]
     assert sorted((baselines / "tiny").iterdir()) == [baselines / "tiny" / "eager.json",
                                                       baselines / "tiny" / "onnx.json"]
-
-    if workers == "0":  # an unchanged run passes; with workers, what differs is the regression's relay below
-        pytester.runpytest_subprocess(*common).assert_outcomes(passed=4)
+    pytester.runpytest_subprocess(*common).assert_outcomes(passed=4)
 
     monkeypatch.setenv("TINY_WEIGHT_NOISE", "0.6")
-    regressed = pytester.runpytest_subprocess(*common, "-rf")
+    regressed = pytester.runpytest_subprocess(*common, *workers, "-rf")
     regressed.assert_outcomes(passed=2, failed=2)
     regressed.stdout.fnmatch_lines(["*AssertionError: tiny/onnx against its baseline *onnx.json: regressed",
                                     "*metric*baseline*obtained*change*limit*status*",
@@ -81,10 +80,9 @@ def test_baseline_lifecycle(pytester: pytest.Pytester, monkeypatch: pytest.Monke
                                     "FAILED test_gate.py::test_accuracy?tiny/onnx?*"])
     assert stored == json.loads((baselines / "tiny" / "onnx.json").read_text()), "a failing run changes nothing"
 
-    if workers != "0":
-        return  # the re-accept and the stale-baseline listing are the same with workers: run them once
-
-    pytester.runpytest_subprocess(*common, "--deploycheck-update").assert_outcomes(passed=4)
+    pytester.runpytest_subprocess(*common, *workers, "--deploycheck-update").assert_outcomes(passed=4)
+    assert json.loads((baselines / "tiny" / "onnx.json").read_text())["accuracy"] != stored["accuracy"], \
+        "the controller wrote the workers' new figures"
 
     (baselines / "retired").mkdir()
     (baselines / "retired" / "onnx.json").write_text(json.dumps({"model": "retired", "format": "onnx"}))
