@@ -66,6 +66,57 @@ def digits_gate_artifacts(digits_artifacts, tmp_path) -> Path:
     return copy
 
 
+class _LibraryModulesStayImported:
+    """A plugin for an in-process pytester run: it notes the modules loaded when the run ends, so that the
+    libraries the run imported (torch, ONNX Runtime, onnxscript...) can be put back after pytester restores its
+    `sys.modules` snapshots (after each run, and when its fixture ends). Removed, they would be imported again by
+    the next run, and compiled extensions refuse that ("cannot load module more than once per process")."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[str, object] = {}
+
+    def pytest_unconfigure(self) -> None:
+        self.loaded = dict(sys.modules)
+
+
+_LIBRARY_MODULES = pytest.StashKey[dict]()
+
+
+def _put_back(modules: dict) -> None:
+    for name, module in modules.items():
+        sys.modules.setdefault(name, module)
+
+
+@pytest.fixture
+def run_in_process(pytester, request):
+    """`pytester.runpytest_inprocess` for a gate run that needs no process of its own: it saves the seconds a
+    subprocess spends importing torch and the exporters again. The project's own modules (its conftest and test
+    files, under `pytester.path`) are dropped after each run, as pytester does, so the next run reads them anew;
+    runs with pytest-xdist workers, or that must start clean, stay in `runpytest_subprocess`."""
+    libraries = request.node.stash.setdefault(_LIBRARY_MODULES, {})
+
+    def run(*args: str) -> pytest.RunResult:
+        kept = _LibraryModulesStayImported()
+        result = pytester.runpytest_inprocess(*args, plugins=[kept])
+        for name, module in kept.loaded.items():
+            file = getattr(module, "__file__", None)
+            if not (file and Path(file).is_relative_to(pytester.path)):
+                libraries[name] = module
+        _put_back(libraries)
+        return result
+
+    return run
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item):
+    """After the pytester fixture restored its snapshot: the libraries an in-process run imported stay."""
+    try:
+        return (yield)
+    finally:
+        _put_back(item.stash.get(_LIBRARY_MODULES, {}))
+
+
 @pytest.fixture(scope="session")
 def two_io_spec():
     from models import two_io_spec

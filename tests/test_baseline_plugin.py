@@ -43,7 +43,8 @@ def test_accuracy(artifact, deploycheck):
 '''
 
 
-def test_baseline_lifecycle(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_baseline_lifecycle(pytester: pytest.Pytester, run_in_process, monkeypatch: pytest.MonkeyPatch,
+                            tmp_path: Path) -> None:
     """Missing, recorded, unchanged, regressed, re-accepted and stale, alternating between one process and
     pytest-xdist workers (where the controller alone writes and relays the workers' failures)."""
     pytester.makeconftest(CONFTEST)
@@ -62,13 +63,13 @@ def test_baseline_lifecycle(pytester: pytest.Pytester, monkeypatch: pytest.Monke
     assert "Traceback" not in first.stdout.str() and len(first.stdout.lines) < 15
     assert not baselines.exists() and not (tmp_path / "artifacts").exists(), "nothing exported, nothing written"
 
-    pytester.runpytest_subprocess(*common, "--deploycheck-update").assert_outcomes(passed=4)
+    run_in_process(*common, "--deploycheck-update").assert_outcomes(passed=4)
     stored = json.loads((baselines / "tiny" / "onnx.json").read_text())
     assert {"accuracy", "parity", "size", "environment", "git_commit", "counters"} <= set(stored)
     assert stored["counters"]["flops_per_sample"] == 2 * (12 * 24 + 24 * 3) and stored["counters"]["ops"]
     assert sorted((baselines / "tiny").iterdir()) == [baselines / "tiny" / "eager.json",
                                                       baselines / "tiny" / "onnx.json"]
-    pytester.runpytest_subprocess(*common).assert_outcomes(passed=4)
+    run_in_process(*common).assert_outcomes(passed=4)
 
     monkeypatch.setenv("TINY_WEIGHT_NOISE", "0.6")
     regressed = pytester.runpytest_subprocess(*common, *workers, "-rf")
@@ -86,68 +87,68 @@ def test_baseline_lifecycle(pytester: pytest.Pytester, monkeypatch: pytest.Monke
 
     (baselines / "retired").mkdir()
     (baselines / "retired" / "onnx.json").write_text(json.dumps({"model": "retired", "format": "onnx"}))
-    stale = pytester.runpytest_subprocess(*common)
+    stale = run_in_process(*common)
     stale.assert_outcomes(passed=4)
     stale.stdout.fnmatch_lines(["*1 stale baseline(s)*", f"*{baselines / 'retired' / 'onnx.json'}"])
 
 
-def test_a_size_regression_fails_test_size_not_test_parity(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
-                                                           tmp_path: Path) -> None:
+def test_a_size_regression_fails_test_size_not_test_parity(pytester: pytest.Pytester, run_in_process,
+                                                           monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A CI listing names a size regression as one; a gate without test_size is told its size is not held."""
     pytester.makeconftest(CONFTEST)
     size_test = "\n\ndef test_size(artifact, deploycheck):\n    deploycheck.assert_size(artifact)\n"
     pytester.makepyfile(test_gate=TESTS + size_test)
     common = ["-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path / 'artifacts'}",
               "--deploycheck-formats=onnx", "-rf"]
-    pytester.runpytest_subprocess(*common, "--deploycheck-update").assert_outcomes(passed=3)
+    run_in_process(*common, "--deploycheck-update").assert_outcomes(passed=3)
     monkeypatch.setenv("TINY_HIDDEN", "48")
-    grown = pytester.runpytest_subprocess(*common)
+    grown = run_in_process(*common)
     grown.assert_outcomes(passed=2, failed=1)
     grown.stdout.fnmatch_lines(["FAILED test_gate.py::test_size?tiny/onnx?*"])
     assert any("size" in line and "REGRESSED" in line for line in grown.stdout.lines)
     pytester.makepyfile(test_gate=TESTS)
-    unheld = pytester.runpytest_subprocess(*common)
+    unheld = run_in_process(*common)
     unheld.assert_outcomes(passed=2)
     unheld.stdout.fnmatch_lines(["deploycheck: no test called assert_size for tiny/onnx: their size is held to no "
                                  "baseline (add `def test_size(artifact, deploycheck): *"])
 
 
-def test_update_new_only_creates_missing_and_broken_files_are_named(pytester: pytest.Pytester,
+def test_update_new_only_creates_missing_and_broken_files_are_named(pytester: pytest.Pytester, run_in_process,
                                                                     tmp_path: Path) -> None:
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_gate=TESTS)
     common = ["-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path / 'artifacts'}",
               "--deploycheck-formats=eager,onnx"]
     baselines = pytester.path / "baselines"
-    quiet = pytester.runpytest_subprocess(*common, "--deploycheck-update-new", "-k", "eager", "-p", "no:terminal")
+    quiet = run_in_process(*common, "--deploycheck-update-new", "-k", "eager", "-p", "no:terminal")
     assert quiet.ret == 0 and not quiet.stdout.lines, "baselines are saved at session finish, not by the terminal"
     eager = (baselines / "tiny" / "eager.json").read_text()
-    result = pytester.runpytest_subprocess(*common, "--deploycheck-update-new")
+    result = run_in_process(*common, "--deploycheck-update-new")
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*1 baseline(s) written*", f"*{baselines / 'tiny' / 'onnx.json'}"])
     assert (baselines / "tiny" / "eager.json").read_text() == eager
 
     (baselines / "tiny" / "onnx.json").write_text('{"model": "tiny", "format": "onnx", "parity": [')
-    broken = pytester.runpytest_subprocess(*common)
+    broken = run_in_process(*common)
     broken.assert_outcomes(passed=2, failed=2)
     broken.stdout.fnmatch_lines([f"*baseline {baselines / 'tiny' / 'onnx.json'}: not valid JSON*"])
 
-    assert pytester.runpytest_subprocess(*common, "--deploycheck-update", "--deploycheck-update-new").ret == 4
+    assert run_in_process(*common, "--deploycheck-update", "--deploycheck-update-new").ret == 4
 
 
-def test_rules_from_pyproject_and_reports(pytester: pytest.Pytester, tmp_path: Path) -> None:
+def test_rules_from_pyproject_and_reports(pytester: pytest.Pytester, run_in_process, tmp_path: Path) -> None:
     """A looser accuracy rule in [tool.deploycheck.rules] lets the same regression pass; the Markdown and HTML
     reports are written."""
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_gate=TESTS)
     common = ["-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path / 'artifacts'}",
               "--deploycheck-formats=onnx", "--deploycheck-baselines=store"]
-    coloured = pytester.runpytest_subprocess(*common, "--deploycheck-update", "--color=yes")
+    coloured = run_in_process(*common, "--deploycheck-update", "--color=yes")
     assert coloured.ret == 0 and (pytester.path / "store" / "tiny" / "onnx.json").is_file()
     row = next(line for line in coloured.stdout.lines if line.lstrip("\x1b[0123456789;m").startswith("tiny "))
     assert row.startswith("\x1b[32m") and row.rstrip().endswith("ok\x1b[0m"), "a status coloured on a terminal"
     pytester.makepyprojecttoml("[tool.deploycheck.rules]\naccuracy_drop = 0.5\n")
-    result = pytester.runpytest_subprocess(
+    result = run_in_process(
         *common, f"--deploycheck-markdown={tmp_path / 'r.md'}", f"--deploycheck-html={tmp_path / 'r.html'}")
     result.assert_outcomes(passed=2)
     assert "\x1b[" not in result.stdout.str(), "plain when piped"
@@ -169,30 +170,30 @@ def _latency_notes(report: Path) -> list[str]:
 
 
 def test_latency_is_timed_side_by_side_with_the_accepted_artifact_or_another_revision(
-        pytester: pytest.Pytester, tmp_path: Path) -> None:
+        pytester: pytest.Pytester, run_in_process, tmp_path: Path) -> None:
     """`--deploycheck-update` puts the artifact into the accepted store by content; a later run times it side by
     side with the new one. `--deploycheck-against REF` exports REF's models from a git worktree and times those."""
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_gate=SPEED_TESTS)
     pytester.makepyprojecttoml('[tool.deploycheck.rules]\nlatency = ["p50:200%"]\nthroughput_drop = 0.9\n')
     common = ["--deploycheck-formats=onnx", "--deploycheck-bench-time=0.05", "--deploycheck-accepted=accepted"]
-    pytester.runpytest_subprocess(*common, "--deploycheck-update").assert_outcomes(passed=1)
+    run_in_process(*common, "--deploycheck-update").assert_outcomes(passed=1)
     digest = json.loads((pytester.path / "baselines" / "tiny" / "onnx.json").read_text())["accepted_artifact"]
     assert (pytester.path / "accepted" / digest / "deploycheck.json").is_file()
 
     report = tmp_path / "report.json"
-    pytester.runpytest_subprocess(*common, f"--deploycheck-report={report}").assert_outcomes(passed=1)
+    run_in_process(*common, f"--deploycheck-report={report}").assert_outcomes(passed=1)
     assert all(note == "side by side with the accepted artifact" for note in _latency_notes(report))
 
     for command in (["init", "-q"], ["add", "-A"],
                     ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "the accepted model"]):
         subprocess.run(["git", *command], cwd=pytester.path, check=True)
-    against = pytester.runpytest_subprocess(*common, "--deploycheck-against=HEAD",
+    against = run_in_process(*common, "--deploycheck-against=HEAD",
                                             f"--deploycheck-report={report}")
     against.assert_outcomes(passed=1)
     against.stdout.fnmatch_lines(["*exporting the models of HEAD (*) to time them side by side*"])
     assert all(note.startswith("side by side with HEAD (") for note in _latency_notes(report))
 
-    unknown = pytester.runpytest_subprocess(*common, "--deploycheck-against=no-such-branch")
+    unknown = run_in_process(*common, "--deploycheck-against=no-such-branch")
     assert unknown.ret == pytest.ExitCode.USAGE_ERROR
     unknown.stderr.fnmatch_lines(["*--deploycheck-against no-such-branch: no commit of that name in*"])

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 EXE = [sys.executable, "-m", "deploycheck.cli"]
 
 
-def test_init_writes_a_project_that_passes_the_gate(tmp_path: Path, pytester: pytest.Pytester) -> None:
+def test_init_writes_a_project_that_passes_the_gate(tmp_path: Path, pytester: pytest.Pytester,
+                                                    run_in_process) -> None:
     assert main(["init", str(pytester.path)]) == 0
     assert (pytester.path / "conftest.py").is_file() and (pytester.path / "baselines").is_dir()
     assert main(["init", str(pytester.path)]) == 0, "init again: its own files are recognised, left as they are"
@@ -28,12 +29,13 @@ def test_init_writes_a_project_that_passes_the_gate(tmp_path: Path, pytester: py
     # an int8 format too: the template's model must keep its top-1 under int8, as the README's sequence runs it
     options = [f"--deploycheck-artifacts={tmp_path}", "--deploycheck-bench-time=0.2",
                "--deploycheck-formats=eager,onnx,state_dict,onnx_int8_static"]
-    pytester.runpytest_subprocess(*options, "--deploycheck-update").assert_outcomes(passed=16)
-    pytester.runpytest_subprocess(*options).assert_outcomes(passed=16)
+    run_in_process(*options, "--deploycheck-update").assert_outcomes(passed=16)
+    run_in_process(*options).assert_outcomes(passed=16)
     assert (pytester.path / "baselines" / "my_model" / "onnx.json").is_file()
 
 
 def test_init_in_a_project_with_its_own_conftest_loses_nothing(tmp_path: Path, pytester: pytest.Pytester,
+                                                                 run_in_process,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """The user's conftest.py (a fixture, a pytest_plugins line) and tests/test_deploy.py stay as they were,
     with one import line added to the conftest; the gate and the user's own test then run together."""
@@ -57,7 +59,7 @@ def test_init_in_a_project_with_its_own_conftest_loses_nothing(tmp_path: Path, p
     assert main(["init", str(pytester.path), "--force"]) == 0
     assert (pytester.path / "conftest_deploycheck.py.bak").read_text().endswith("# edited\n"), "kept, not lost"
     options = [f"--deploycheck-artifacts={tmp_path}", "--deploycheck-no-bench", "--deploycheck-formats=eager,onnx"]
-    pytester.runpytest_subprocess(*options, "--deploycheck-update").assert_outcomes(passed=7, skipped=2)
+    run_in_process(*options, "--deploycheck-update").assert_outcomes(passed=7, skipped=2)
 
 
 def test_demo_prints_every_installed_format_and_reuses_its_cache(tmp_path: Path, cache_env: dict[str, str],

@@ -45,10 +45,11 @@ def copy_example(pytester: pytest.Pytester, cache_env: dict[str, str]) -> None:
         pytester._monkeypatch.setenv(key, value)
 
 
-def test_pruned_models_against_the_original_in_the_summary(pytester: pytest.Pytester, digits_gate_artifacts: Path,
+def test_pruned_models_against_the_original_in_the_summary(pytester: pytest.Pytester, run_in_process,
+                                                           digits_gate_artifacts: Path,
                                                            cache_env: dict[str, str]) -> None:
     copy_example(pytester, cache_env)
-    result = pytester.runpytest_subprocess(
+    result = run_in_process(
         "-k", "original", "--deploycheck-models=digits_pruned_channels,digits_pruned_unstructured",
         "--deploycheck-formats=onnx", "--deploycheck-no-baselines", "--deploycheck-bench-time=0.5",
         f"--deploycheck-artifacts={digits_gate_artifacts}")
@@ -65,7 +66,7 @@ def test_pruned_models_against_the_original_in_the_summary(pytester: pytest.Pyte
     ])
 
 
-def test_a_drop_beyond_the_budget_against_the_original_fails_with_the_table(pytester: pytest.Pytester,
+def test_a_drop_beyond_the_budget_against_the_original_fails_with_the_table(pytester: pytest.Pytester, run_in_process,
                                                                             digits_gate_artifacts: Path,
                                                                             cache_env: dict[str, str]) -> None:
     copy_example(pytester, cache_env)
@@ -83,7 +84,7 @@ def digits_cnn():
 def digits_student():
     return compressed_spec("student", original="digits_cnn", max_accuracy_drop_vs_original=0.001)
 ''')
-    result = pytester.runpytest_subprocess("-k", "original", "--deploycheck-formats=onnx", "--deploycheck-no-bench",
+    result = run_in_process("-k", "original", "--deploycheck-formats=onnx", "--deploycheck-no-bench",
                                            "--deploycheck-no-baselines", "-rs",
                                            f"--deploycheck-artifacts={digits_gate_artifacts}")
     result.assert_outcomes(failed=1, skipped=1)

@@ -34,14 +34,14 @@ def test_generation(generative, deploycheck):
 '''
 
 
-def test_generation_lifecycle(pytester: pytest.Pytester, tmp_path: Path) -> None:
+def test_generation_lifecycle(pytester: pytest.Pytester, run_in_process, tmp_path: Path) -> None:
     pytester.makeconftest(CONFTEST.format(tests=str(Path(__file__).parent)))
     pytester.makepyfile(test_decoder=TESTS)
     common = ["-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path / 'artifacts'}",
               f"--deploycheck-accepted={tmp_path / 'accepted'}"]
     baseline = pytester.path / "baselines" / "llama_tiny" / "generative.json"
 
-    missing = pytester.runpytest_subprocess(*common)
+    missing = run_in_process(*common)
     missing.assert_outcomes(failed=1)
     missing.stdout.fnmatch_lines([f"*llama_tiny: no generation baseline at {baseline}; record it with `pytest "
                                   "--deploycheck-update-new`*"])
@@ -56,7 +56,7 @@ def test_generation_lifecycle(pytester: pytest.Pytester, tmp_path: Path) -> None
     assert all(len(row["rounds"]["tpot_ms"]) == 3 for row in stored["rows"])
     assert sorted(stored["accepted_artifacts"]) == ["onnx", "onnx_int8_weight"], "speed is judged beside these"
     assert all((tmp_path / "accepted" / digest).is_dir() for digest in stored["accepted_artifacts"].values())
-    unchanged = pytester.runpytest_subprocess(*common)  # the same model against its own baseline: no false alarm
+    unchanged = run_in_process(*common)  # the same model against its own baseline: no false alarm
     unchanged.assert_outcomes(passed=1)
 
     for row in stored["rows"]:  # a baseline whose int8 weights were ten times closer to eager's
@@ -64,7 +64,7 @@ def test_generation_lifecycle(pytester: pytest.Pytester, tmp_path: Path) -> None
             row["mean_kl"] /= 10
     baseline.write_text(json.dumps(stored))
     report = tmp_path / "report.json"
-    regressed = pytester.runpytest_subprocess(*common, f"--deploycheck-report={report}")
+    regressed = run_in_process(*common, f"--deploycheck-report={report}")
     regressed.assert_outcomes(failed=1)
     regressed.stdout.fnmatch_lines(["*llama_tiny failed the generative gate:",
                                     "*llama_tiny/onnx_int8_weight at batch 2: mean KL divergence from eager * nats, "

@@ -64,14 +64,14 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_every_run_is_kept_and_ci_gets_its_summary_annotations_and_merged_shards(
-        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        pytester: pytest.Pytester, run_in_process, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_gate=TESTS)
     common = ["-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path / 'artifacts'}",
               "--deploycheck-formats=eager,onnx"]
     history = pytester.path / ".deploycheck" / "history.sqlite"
 
-    pytester.runpytest_subprocess(*common, "--deploycheck-update").assert_outcomes(passed=12)
+    run_in_process(*common, "--deploycheck-update").assert_outcomes(passed=12)
     pytester.runpytest_subprocess(*common, "-n", "2", f"--deploycheck-report={tmp_path / 'single.json'}") \
         .assert_outcomes(passed=12)
     records = HistoryStore(history).records()
@@ -105,7 +105,7 @@ def test_every_run_is_kept_and_ci_gets_its_summary_annotations_and_merged_shards
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     monkeypatch.setenv("TINY_WEIGHT_NOISE", "0.6")
-    failed = pytester.runpytest_subprocess(*common, f"--deploycheck-html={tmp_path / 'report.html'}")
+    failed = run_in_process(*common, f"--deploycheck-html={tmp_path / 'report.html'}")
     failed.assert_outcomes(passed=10, failed=2)
     page = (tmp_path / "report.html").read_text()
     trends = page.split("Over the history")[1]

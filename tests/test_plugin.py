@@ -59,10 +59,10 @@ def make_project(pytester: pytest.Pytester, tolerances: str = "None") -> None:
     pytester.makeini("[pytest]\ndeploycheck_no_baselines = true\n")
 
 
-def test_every_format_is_a_test_and_a_failing_export_fails_only_its_own(pytester: pytest.Pytester,
+def test_every_format_is_a_test_and_a_failing_export_fails_only_its_own(pytester: pytest.Pytester, run_in_process,
                                                                       tmp_path: Path) -> None:
     make_project(pytester)
-    result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path}")
+    result = run_in_process("-v", "-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path}")
     missing = len(default_formats()) - len(installed_formats())  # an extra not installed: its formats skip
     result.assert_outcomes(passed=len(installed_formats()) - 1, errors=1, skipped=missing)
     result.stdout.fnmatch_lines([
@@ -77,9 +77,9 @@ def test_every_format_is_a_test_and_a_failing_export_fails_only_its_own(pytester
     assert "tiny  torchscript" not in result.stdout.str(), "a format that never ran has no row"
 
 
-def test_parity_failure_shows_the_per_output_table(pytester: pytest.Pytester, tmp_path: Path) -> None:
+def test_parity_failure_shows_the_per_output_table(pytester: pytest.Pytester, run_in_process, tmp_path: Path) -> None:
     make_project(pytester, tolerances='{"onnx_int8_dynamic": {"atol": 1e-9, "rtol": 1e-9}}')
-    result = pytester.runpytest_subprocess("--deploycheck-formats=onnx,onnx_int8_dynamic",
+    result = run_in_process("--deploycheck-formats=onnx,onnx_int8_dynamic",
                                            f"--deploycheck-artifacts={tmp_path}")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([
@@ -91,36 +91,37 @@ def test_parity_failure_shows_the_per_output_table(pytester: pytest.Pytester, tm
     ])
 
 
-def test_formats_option_and_ini_key_and_json_report(pytester: pytest.Pytester, tmp_path: Path) -> None:
+def test_formats_option_and_ini_key_and_json_report(pytester: pytest.Pytester, run_in_process, tmp_path: Path) -> None:
     make_project(pytester)
     pytester.makeini(f"[pytest]\ndeploycheck_formats = onnx\ndeploycheck_artifacts = {tmp_path}\n"
                      "deploycheck_no_baselines = true\n")
     report = tmp_path / "report.json"
-    result = pytester.runpytest_subprocess(f"--deploycheck-report={report}")
+    result = run_in_process(f"--deploycheck-report={report}")
     result.assert_outcomes(passed=1)
     rows = json.loads(report.read_text())["results"]
     assert [(r["model"], r["format"]) for r in rows] == [("tiny", "onnx")]
     assert rows[0]["parity"]["passed"] is True and rows[0]["parity"]["max_abs"] < 1e-5
-    result = pytester.runpytest_subprocess("--deploycheck-formats=onnx,nope")
+    result = run_in_process("--deploycheck-formats=onnx,nope")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "unknown format(s) ['nope']; valid: eager, state_dict" in result.stderr.str()
 
 
-def test_a_run_without_xdist_does_not_warn_of_the_xdist_group_mark(pytester: pytest.Pytester, tmp_path: Path,
+def test_a_run_without_xdist_does_not_warn_of_the_xdist_group_mark(pytester: pytest.Pytester, run_in_process,
+                                                                    tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Every run without pytest-xdist printed `PytestUnknownMarkWarning: Unknown pytest.mark.xdist_group`."""
     make_project(pytester)
     monkeypatch.setenv("PYTEST_PLUGINS", "deploycheck.plugin")  # deploycheck alone: no xdist to register the mark
-    result = pytester.runpytest_subprocess("--deploycheck-formats=eager", f"--deploycheck-artifacts={tmp_path}",
+    result = run_in_process("--deploycheck-formats=eager", f"--deploycheck-artifacts={tmp_path}",
                                            "-W", "error::pytest.PytestUnknownMarkWarning")
     result.assert_outcomes(passed=1)
     assert "PytestUnknownMarkWarning" not in result.stdout.str() + result.stderr.str()
 
 
-def test_the_model_is_also_a_fixture(pytester: pytest.Pytester) -> None:
+def test_the_model_is_also_a_fixture(pytester: pytest.Pytester, run_in_process) -> None:
     make_project(pytester)
     pytester.makepyfile(test_fixture="def test_spec(tiny):\n    assert tiny.name == 'tiny' and tiny.batch_size == 8\n")
-    pytester.runpytest_subprocess("test_fixture.py").assert_outcomes(passed=1)
+    run_in_process("test_fixture.py").assert_outcomes(passed=1)
 
 
 def test_digits_example_project(pytester: pytest.Pytester, tmp_path_factory, cache_env,
@@ -156,12 +157,13 @@ def test_digits_example_project(pytester: pytest.Pytester, tmp_path_factory, cac
     compare.stdout.fnmatch_lines([f"*benchmark 'digits_cnn': {3 * formats} tests*", "*digits_cnn/onnx?batch=1?*"])
 
 
-def test_no_bench_skips_benchmarks(pytester: pytest.Pytester, cache_env, digits_gate_artifacts: Path) -> None:
+def test_no_bench_skips_benchmarks(pytester: pytest.Pytester, run_in_process, cache_env,
+                                   digits_gate_artifacts: Path) -> None:
     shutil.copytree(ROOT / "examples" / "digits", pytester.path, dirs_exist_ok=True)
     for key, value in cache_env.items():
         pytester._monkeypatch.setenv(key, value)
     artifacts = digits_gate_artifacts
-    result = pytester.runpytest_subprocess("--deploycheck-no-bench", "--deploycheck-formats=onnx",
+    result = run_in_process("--deploycheck-no-bench", "--deploycheck-formats=onnx",
                                            "--deploycheck-no-baselines", "--deploycheck-models=digits_cnn",
                                            f"--deploycheck-artifacts={artifacts}", "-rs")
     result.assert_outcomes(passed=2, skipped=3)
@@ -171,8 +173,8 @@ def test_no_bench_skips_benchmarks(pytester: pytest.Pytester, cache_env, digits_
                                  "with*"]), "each skip is reported at the test that called the check"
 
 
-def test_quantized_artifact_from_the_search_passes_the_gate(pytester: pytest.Pytester, tmp_path: Path,
-                                                            cache_env) -> None:
+def test_quantized_artifact_from_the_search_passes_the_gate(pytester: pytest.Pytester, run_in_process,
+                                                            tmp_path: Path, cache_env) -> None:
     """`deploycheck quantize` on a model built to quantize badly, then the written artifact through the plugin."""
     shutil.copy(ROOT / "tests" / "models.py", pytester.path / "models.py")
     out = tmp_path / "int8"
@@ -206,7 +208,7 @@ def deploycheck_export(spec, tmp_path):
     import deploycheck as dc
     return dc.export(spec, "onnx_int8_static", tmp_path / "plain")
 """)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--deploycheck-no-baselines")
+    result = run_in_process("-p", "no:cacheprovider", "--deploycheck-no-baselines")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*accuracy drop * exceeds the budget of 1.00%*", "*worst classes*",
                                  "*where the error comes from*", "*node_linear*relu*"])
