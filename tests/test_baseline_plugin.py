@@ -189,7 +189,7 @@ def test_latency_is_timed_side_by_side_with_the_accepted_artifact_or_another_rev
                     ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "the accepted model"]):
         subprocess.run(["git", *command], cwd=pytester.path, check=True)
     against = run_in_process(*common, "--deploycheck-against=HEAD",
-                                            f"--deploycheck-report={report}")
+                             f"--deploycheck-report={report}")
     against.assert_outcomes(passed=1)
     against.stdout.fnmatch_lines(["*exporting the models of HEAD (*) to time them side by side*"])
     assert all(note.startswith("side by side with HEAD (") for note in _latency_notes(report))

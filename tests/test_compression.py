@@ -85,8 +85,8 @@ def digits_student():
     return compressed_spec("student", original="digits_cnn", max_accuracy_drop_vs_original=0.001)
 ''')
     result = run_in_process("-k", "original", "--deploycheck-formats=onnx", "--deploycheck-no-bench",
-                                           "--deploycheck-no-baselines", "-rs",
-                                           f"--deploycheck-artifacts={digits_gate_artifacts}")
+                            "--deploycheck-no-baselines", "-rs",
+                            f"--deploycheck-artifacts={digits_gate_artifacts}")
     result.assert_outcomes(failed=1, skipped=1)
     result.stdout.fnmatch_lines([
         "*digits_student/onnx against its original digits_cnn",

@@ -80,7 +80,7 @@ def test_every_format_is_a_test_and_a_failing_export_fails_only_its_own(pytester
 def test_parity_failure_shows_the_per_output_table(pytester: pytest.Pytester, run_in_process, tmp_path: Path) -> None:
     make_project(pytester, tolerances='{"onnx_int8_dynamic": {"atol": 1e-9, "rtol": 1e-9}}')
     result = run_in_process("--deploycheck-formats=onnx,onnx_int8_dynamic",
-                                           f"--deploycheck-artifacts={tmp_path}")
+                            f"--deploycheck-artifacts={tmp_path}")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([
         "*parity of tiny/onnx_int8_dynamic against eager*",
@@ -113,7 +113,7 @@ def test_a_run_without_xdist_does_not_warn_of_the_xdist_group_mark(pytester: pyt
     make_project(pytester)
     monkeypatch.setenv("PYTEST_PLUGINS", "deploycheck.plugin")  # deploycheck alone: no xdist to register the mark
     result = run_in_process("--deploycheck-formats=eager", f"--deploycheck-artifacts={tmp_path}",
-                                           "-W", "error::pytest.PytestUnknownMarkWarning")
+                            "-W", "error::pytest.PytestUnknownMarkWarning")
     result.assert_outcomes(passed=1)
     assert "PytestUnknownMarkWarning" not in result.stdout.str() + result.stderr.str()
 
@@ -164,8 +164,8 @@ def test_no_bench_skips_benchmarks(pytester: pytest.Pytester, run_in_process, ca
         pytester._monkeypatch.setenv(key, value)
     artifacts = digits_gate_artifacts
     result = run_in_process("--deploycheck-no-bench", "--deploycheck-formats=onnx",
-                                           "--deploycheck-no-baselines", "--deploycheck-models=digits_cnn",
-                                           f"--deploycheck-artifacts={artifacts}", "-rs")
+                            "--deploycheck-no-baselines", "--deploycheck-models=digits_cnn",
+                            f"--deploycheck-artifacts={artifacts}", "-rs")
     result.assert_outcomes(passed=2, skipped=3)
     result.stdout.fnmatch_lines(["*benchmarks are off (--deploycheck-no-bench)*"])
     result.stdout.fnmatch_lines(["SKIPPED * tests/test_deploy.py:*: baselines are off: the size is held to no "
