@@ -23,6 +23,16 @@ def _run_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules with end-to-end (`slow`) tests first, the modules of short unit tests last, each in file order.
+    pytest-xdist hands out one module at a time (`--dist loadscope`, in collection order with
+    `--no-loadscope-reorder`), and a worker takes its next module while its last two tests still run. Its own order
+    (most tests first) left the one-test end-to-end modules for last: one worker then ran the two it had taken
+    for a minute while the other had nothing left. Longest first, the run ends on short tests both workers share."""
+    slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_modules)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_weight_cache(tmp_path_factory):
     """The demo weights (the digits CNN and its compressed variants) trained once per test run, in the run's

@@ -178,3 +178,8 @@ def llama_decoder(vocab: int = 512, layers: int = 2, hidden: int = 64) -> nn.Mod
 
 def prompts(rows: int = 2, length: int = 8, vocab: int = 512) -> torch.Tensor:
     return torch.randint(0, vocab, (rows, length), generator=torch.Generator().manual_seed(1))
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """What `model`'s parameters take in fp32, each stored once: the size a quantized artifact is measured against."""
+    return sum(parameter.numel() * 4 for parameter in model.parameters())

@@ -55,6 +55,7 @@ def test_the_plugin_imports_no_heavy_library() -> None:
     assert loaded.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_a_pytest_run_without_the_gate_imports_no_heavy_library(pytester: pytest.Pytester) -> None:
     """deploycheck is a pytest plugin, loaded by every pytest run of a project that installs it: a run of tests
     that never ask for the gate (with a pyproject.toml of the project's own) must not pay for torch, numpy or

@@ -45,6 +45,7 @@ def copy_example(pytester: pytest.Pytester, cache_env: dict[str, str]) -> None:
         pytester._monkeypatch.setenv(key, value)
 
 
+@pytest.mark.slow
 def test_pruned_models_against_the_original_in_the_summary(pytester: pytest.Pytester, run_in_process,
                                                            digits_gate_artifacts: Path,
                                                            cache_env: dict[str, str]) -> None:
@@ -66,6 +67,7 @@ def test_pruned_models_against_the_original_in_the_summary(pytester: pytest.Pyte
     ])
 
 
+@pytest.mark.slow
 def test_a_drop_beyond_the_budget_against_the_original_fails_with_the_table(pytester: pytest.Pytester, run_in_process,
                                                                             digits_gate_artifacts: Path,
                                                                             cache_env: dict[str, str]) -> None:

@@ -75,6 +75,7 @@ def test_a_sequence_longer_than_the_program_planned_is_refused_by_name(tmp_path:
         artifact.run([np.zeros((2, 9), dtype=np.int64)])
 
 
+@pytest.mark.slow
 def test_gpt2_with_a_dynamic_sequence_lowers_or_is_unavailable_with_the_cause(tmp_path: Path) -> None:
     """ExecuTorch 1.5's passes cannot re-trace GPT-2's SDPA attention with symbolic shapes ("Cannot view a tensor
     with shape [s21, s41, 64] ..."), which was an export error of the user's test; now the format is skipped with

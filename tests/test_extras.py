@@ -20,6 +20,7 @@ sys.meta_path.insert(0, Block())
 """
 
 
+@pytest.mark.slow
 def test_without_the_extras_their_formats_are_skipped_with_the_install_line(tmp_path: Path, cache_env) -> None:
     code = BLOCK_EXTRAS + f"""
 from deploycheck.cli import main
@@ -34,6 +35,7 @@ sys.exit(main(["demo", "--out", {str(tmp_path)!r}]))
     assert "onnx                ok" in run.stdout
 
 
+@pytest.mark.slow
 def test_without_transformers_the_gate_runs_and_a_generative_spec_says_what_to_install(
         pytester: pytest.Pytester, tmp_path: Path) -> None:
     """transformers is no dependency of deploycheck (only decoders need it): a gate run without it passes, and

@@ -1,6 +1,7 @@
 """A decoder lowered to ExecuTorch: one `.pte` with a prefill and a decode method (XNNPACK), its axes bounded
-for ExecuTorch's planned memory, held to eager token for token; its 8da4w form judged by KL divergence. Its own
-module, so that pytest-xdist's `--dist loadscope` runs these slow lowerings beside the other generation tests."""
+for ExecuTorch's planned memory, held to eager token for token (its 8da4w form: test_generation_executorch_8da4w).
+Modules of their own, so that pytest-xdist's `--dist loadscope` runs these slow lowerings on both workers, beside
+the other generation tests."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 pytest.importorskip("transformers")
 pytest.importorskip("executorch", reason="pip install 'deploycheck[executorch]'")
-from models import llama_decoder, prompts
+from models import llama_decoder, prompts, weight_bytes
 from serving import start_server, stop_server
 
 from deploycheck.errors import ExportError, InputError
@@ -35,21 +36,16 @@ def llama_spec(**overrides: object) -> GenerativeSpec:
 LLAMA = llama_decoder(layers=1)  # one layer: ExecuTorch's lowering passes take half as long
 
 
-def test_executorch_carries_the_cache_exactly_and_its_8da4w_form_is_judged_by_kl(tmp_path: Path) -> None:
-    """One `.pte` with a prefill and a decode method, lowered through XNNPACK with its axes bounded; 8da4w (int4
-    weights in groups, int8 activations) is held to the KL / top-1 budget like any quantized form; a batch above
+def test_executorch_carries_the_cache_exactly_and_is_served_within_its_planned_bounds(tmp_path: Path) -> None:
+    """One `.pte` with a prefill and a decode method, lowered through XNNPACK with its axes bounded; a batch above
     the planned bound is refused by name rather than run out of planned memory, and the server, interleaving
     sequences on one program, answers eager's tokens and holds requests to the planned length."""
-    spec = llama_spec(new_tokens=4, batch_sizes=(2,), formats=("eager", "executorch", "executorch_8da4w"),
-                      format_options={"executorch": {"max_batch": 3, "max_length": 20}}, max_kl=1.0,
-                      min_top1_agreement=0.0)  # random weights: top-1 flips on near ties; judged by KL below
+    spec = llama_spec(new_tokens=4, batch_sizes=(2,), format_options={"executorch": {"max_batch": 3, "max_length": 20}})
     report = gate_decoder(spec, tmp_path)
     assert report.passed, str(report)
-    rows = {row.format: row for row in report.rows}
-    fp32, low = rows["executorch"], rows["executorch_8da4w"]
+    fp32 = next(row for row in report.rows if row.format == "executorch")
     assert fp32.greedy.exact and fp32.consistency.passed and fp32.consistency.max_error < 1e-4
-    assert 0 < low.quality.mean_kl < 0.01 and low.int8_fraction is not None and low.int8_fraction > 0.5
-    assert low.size_bytes is not None and fp32.size_bytes is not None and low.size_bytes < fp32.size_bytes / 1.5
+    assert fp32.size_bytes is not None and fp32.size_bytes > 0.9 * weight_bytes(LLAMA)
     assert read_sidecar(tmp_path / "executorch")["planned"] == {"max_batch": 3, "max_length": 20}
     decoder = load_decoder(tmp_path / "executorch")
     with pytest.raises(InputError, match=r"llama_tiny/executorch: 4 rows of 8 positions; this program was planned "
@@ -58,13 +54,13 @@ def test_executorch_carries_the_cache_exactly_and_its_8da4w_form_is_judged_by_kl
     served = start_server(tmp_path, "--drain", "0")
     try:
         prompt_rows = [0, 1, 0, 1]
-        with ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda row: served.post("/v2/models/llama_tiny-executorch/generate", {
+        with ThreadPoolExecutor(4) as pool:  # the one artifact served: named by its model alone
+            answers = list(pool.map(lambda row: served.post("/v2/models/llama_tiny/generate", {
                 "input_ids": spec.prompts[row].tolist(), "max_tokens": 12}), prompt_rows))
         wanted = generate(EagerDecoder(LLAMA, "eager"), spec.prompts.numpy(), 12).tokens
         assert all(status == 200 for status, _ in answers), answers
         assert [answer["output_ids"] for _, answer in answers] == [wanted[row].tolist() for row in prompt_rows]
-        status, refused = served.post("/v2/models/llama_tiny-executorch/generate",
+        status, refused = served.post("/v2/models/llama_tiny/generate",
                                       {"input_ids": spec.prompts[0].tolist(), "max_tokens": 14})
         assert status == 400 and "from 1 to 13 (the model's 21 positions less the prompt's 8)" in refused["error"]
     finally:
