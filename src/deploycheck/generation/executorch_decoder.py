@@ -31,7 +31,7 @@ import torch
 
 from deploycheck.errors import ExportError, FormatUnavailable, InputError, one_line
 from deploycheck.formats.base import installed
-from deploycheck.formats.executorch import ProgramMethods, set_threads
+from deploycheck.formats.executorch import ProgramMethods, lower_through_xnnpack, set_threads
 from deploycheck.generation.artifact import prepare_directory, write_sidecar
 from deploycheck.generation.cache import Decode
 from deploycheck.generation.spec import GenerativeSpec
@@ -74,9 +74,6 @@ def export_executorch_decoder(spec: GenerativeSpec, format_name: str, out_dir: P
     needed = ("executorch", "torchao") if format_name == "executorch_8da4w" else ("executorch",)
     if not all(installed(package) for package in needed):
         raise FormatUnavailable(f"{label}: needs {' and '.join(needed)}: pip install 'deploycheck[executorch]'")
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
-
     planned = bounds(spec, format_name)
     # the positions the artifact holds, which the server's max_tokens check reads: no more than were planned
     model, details = spec.model, {"format": format_name, **spec.described(), "planned": planned,
@@ -86,10 +83,7 @@ def export_executorch_decoder(spec: GenerativeSpec, format_name: str, out_dir: P
     out_dir = prepare_directory(out_dir, label)
     programs, layers = export_programs(model, spec.prompts, decode, label, **planned)
     try:
-        # without the edge dialect's validity check, as ExecuTorch's example export utilities lower: it re-checks
-        # every node of both methods (a fifth of the lowering time); the gate runs the program against eager
-        lowered = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()],
-                                              compile_config=EdgeCompileConfig(_check_ir_validity=False)).to_executorch()
+        lowered = lower_through_xnnpack(programs).to_executorch()
     except Exception as exc:  # the model exported; ExecuTorch's own passes cannot take its programs
         raise FormatUnavailable(f"{label}: ExecuTorch cannot lower this decoder's torch.export programs "
                                 f"({one_line(exc, 300)}); torch_export and onnx are unaffected") from exc
