@@ -55,16 +55,25 @@ def digits_spec():
 @pytest.fixture(scope="session")
 def digits_artifacts(digits_spec, tmp_path_factory):
     """Every format of the digits CNN, exported once per test run, laid out as the plugin's artifacts directory
-    (`<model>/<format>`): the pytest-xdist workers share one directory, the first exports under a lock and the
-    others reuse its files through the export cache, as the plugin's workers do. No test writes into these; those
-    that alter one copy it (`digits_gate_artifacts`)."""
-    from filelock import FileLock
-
-    import deploycheck
+    (`<model>/<format>`) by the plugin's own `ExportSession`: the pytest-xdist workers share one directory and a
+    lock per format, and a worker reuses through the export cache what the other wrote. The second worker takes
+    the formats from the other end of the list, so the two export side by side and meet in the middle (with one
+    lock for all, one worker waited half a minute for the other). No test writes into these; those that alter one
+    copy it (`digits_gate_artifacts`)."""
+    from deploycheck.errors import FormatUnavailable
+    from deploycheck.exporting import ExportSession
+    from deploycheck.formats import default_formats
 
     shared = _run_directory(tmp_path_factory)
-    with FileLock(str(shared / "digits-artifacts.lock")):
-        return deploycheck.export_all(digits_spec, shared / "digits-artifacts" / digits_spec.name)
+    session = ExportSession(shared / "digits-artifacts", lock_dir=shared)
+    names = list(digits_spec.formats or default_formats())
+    exported = {}
+    for name in reversed(names) if os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0" else names:
+        try:
+            exported[name] = session.artifact(digits_spec, name)
+        except FormatUnavailable:
+            continue
+    return {name: exported[name] for name in names if name in exported}
 
 
 @pytest.fixture
