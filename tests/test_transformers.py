@@ -15,8 +15,8 @@ from deploycheck.accuracy import check_accuracy, evaluate, reference_artifact
 from deploycheck.errors import FormatUnavailable, SpecError
 from deploycheck.parity import check_parity
 
-# one worker builds the exported BERT once (with `--dist loadgroup`, as pyproject sets), not each worker
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bert")]
+# one worker builds the exported BERT once: `--dist loadscope` (pyproject) gives a module's tests to one worker
+pytestmark = pytest.mark.slow
 
 transformers = pytest.importorskip("transformers")
 
