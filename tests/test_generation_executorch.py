@@ -45,7 +45,7 @@ def test_executorch_carries_the_cache_exactly_and_is_served_within_its_planned_b
     assert report.passed, str(report)
     fp32 = next(row for row in report.rows if row.format == "executorch")
     assert fp32.greedy.exact and fp32.consistency.passed and fp32.consistency.max_error < 1e-4
-    assert fp32.size_bytes is not None and fp32.size_bytes > 0.9 * weight_bytes(LLAMA)
+    assert fp32.size_bytes is not None and fp32.size_bytes >= weight_bytes(LLAMA)  # the bound 8da4w is held to
     assert read_sidecar(tmp_path / "executorch")["planned"] == {"max_batch": 3, "max_length": 20}
     decoder = load_decoder(tmp_path / "executorch")
     with pytest.raises(InputError, match=r"llama_tiny/executorch: 4 rows of 8 positions; this program was planned "
