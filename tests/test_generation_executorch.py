@@ -51,7 +51,7 @@ def test_executorch_carries_the_cache_exactly_and_is_served_within_its_planned_b
     with pytest.raises(InputError, match=r"llama_tiny/executorch: 4 rows of 8 positions; this program was planned "
                                          r"for at most 3 rows and 20 cached positions"):
         decoder.prefill(prompts(rows=4).numpy())
-    served = start_server(tmp_path, "--drain", "0")
+    served = start_server(tmp_path)
     try:
         prompt_rows = [0, 1, 0, 1]
         with ThreadPoolExecutor(4) as pool:  # the one artifact served: named by its model alone

@@ -46,7 +46,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tree: Path) -> Iterator[Server]:
-    running = start_server(tree, "--max-sequences", "16", "--drain", "0")
+    running = start_server(tree, "--max-sequences", "16")
     yield running
     stop_server(running)
 
