@@ -137,6 +137,35 @@ def pytest_runtest_teardown(item):
 
 
 @pytest.fixture(scope="session")
+def shared_decoder_exports(tmp_path_factory):
+    """`exports(spec, formats)`: `spec`'s decoder exported once per test run in each of `formats` that is installed,
+    by format, for the tests that only read them (modules on either pytest-xdist worker share them). Each export
+    lives in a directory named by its cache key (weights, code, format, options, library versions), under a lock
+    of its own: a spec that differs in anything an export depends on gets its own export, never another's."""
+    from filelock import FileLock
+
+    from deploycheck.errors import FormatUnavailable
+    from deploycheck.generation.cache import Decode
+    from deploycheck.generation.formats import cache_key, export_decoder
+
+    shared = _run_directory(tmp_path_factory) / "decoders"
+    shared.mkdir(exist_ok=True)
+
+    def exports(spec, formats: tuple[str, ...]) -> dict[str, Path]:
+        found = {}
+        for format_name in formats:
+            key = cache_key(spec, format_name, Decode)[:16]
+            try:
+                with FileLock(str(shared / f"{key}.lock")):
+                    found[format_name] = export_decoder(spec, format_name, shared / key / format_name)
+            except FormatUnavailable:
+                continue
+        return found
+
+    return exports
+
+
+@pytest.fixture(scope="session")
 def two_io_spec():
     from models import two_io_spec
 

@@ -48,9 +48,15 @@ LLAMA = llama_decoder()
 
 
 @pytest.fixture(scope="module")
-def llama_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The Llama-style decoder's ONNX export, made once for the tests that only read it."""
-    return export_decoder(llama_spec(), "onnx", tmp_path_factory.mktemp("llama") / "onnx")
+def llama_exports(shared_decoder_exports) -> dict[str, Path]:
+    """The Llama-style decoder's fp32 ONNX and OpenVINO (where installed) exports, made once for the tests (here
+    and in test_generation_server) that only read them."""
+    return shared_decoder_exports(llama_spec(), ("onnx", "openvino"))
+
+
+@pytest.fixture(scope="module")
+def llama_onnx(llama_exports: dict[str, Path]) -> Path:
+    return llama_exports["onnx"]
 
 
 class PositionsOffByOne(Decode):
@@ -62,10 +68,10 @@ class PositionsOffByOne(Decode):
         return (out.logits, *flat_cache(out.cache))
 
 
-def test_a_llama_style_decoder_matches_eager_token_for_token_with_its_cache(tmp_path: Path,
-                                                                           llama_onnx: Path) -> None:
+def test_a_llama_style_decoder_matches_eager_token_for_token_with_its_cache(
+        tmp_path: Path, llama_exports: dict[str, Path]) -> None:
     spec = llama_spec(formats=("eager", "torch_export", "onnx", "openvino", "onnx_int8_weight", "torchao_int8_weight"))
-    report = gate_decoder(spec, tmp_path, exported={"onnx": llama_onnx})
+    report = gate_decoder(spec, tmp_path, exported=llama_exports)
     assert report.passed, str(report)
     rows = {(row.format, row.batch_size): row for row in report.rows}
     for batch in (1, 2):
@@ -112,10 +118,11 @@ class NoResetRunner(OpenVinoStatefulDecoder):
             self.started = True
 
 
-def test_a_stateful_runner_that_skips_its_reset_fails_at_the_first_step_it_answers_wrongly(tmp_path: Path) -> None:
+def test_a_stateful_runner_that_skips_its_reset_fails_at_the_first_step_it_answers_wrongly(
+        tmp_path: Path, llama_exports: dict[str, Path]) -> None:
     pytest.importorskip("openvino", reason="pip install 'deploycheck[openvino]'")
     spec = llama_spec(new_tokens=4, batch_sizes=(2,), formats=("eager", "openvino"))
-    path = export_decoder(spec, "openvino", tmp_path / "openvino")
+    path = llama_exports["openvino"]
     runner = NoResetRunner(path, read_sidecar(path), threads=1)
     report = gate_decoder(spec, tmp_path, exported={"openvino": path}, runners={"openvino": runner})
     row = next(row for row in report.rows if row.format == "openvino")

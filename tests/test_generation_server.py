@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +20,6 @@ from models import llama_decoder, prompts
 from serving import Server, fuzz, start_server, stop_server
 
 from deploycheck.generation.decoders import EagerDecoder
-from deploycheck.generation.formats import export_decoder
 from deploycheck.generation.spec import GenerativeSpec
 from deploycheck.generation.streams import generate
 from deploycheck.server.app import create_app
@@ -33,14 +33,14 @@ FORMATS = ("onnx", "openvino")
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tree(tmp_path_factory: pytest.TempPathFactory, shared_decoder_exports) -> Path:
     """The Llama-style decoder as ONNX (the cache passed between steps) and stateful OpenVINO (the cache inside
-    the infer request: concurrent sequences each need their own)."""
-    formats = FORMATS if _installed("openvino") else FORMATS[:1]
-    spec = GenerativeSpec("llama_tiny", LLAMA, prompts(), new_tokens=4, batch_sizes=(1,), formats=("eager", *formats))
+    the infer request: concurrent sequences each need their own), where installed: test_generation's exports,
+    copied into a tree of their own to serve."""
+    spec = GenerativeSpec("llama_tiny", LLAMA, prompts(), new_tokens=4, batch_sizes=(1,), formats=("eager", *FORMATS))
     root = tmp_path_factory.mktemp("generative")
-    for format_name in formats:
-        export_decoder(spec, format_name, root / format_name)
+    for format_name, path in shared_decoder_exports(spec, FORMATS).items():
+        shutil.copytree(path, root / format_name)
     return root
 
 
@@ -49,12 +49,6 @@ def server(tree: Path) -> Iterator[Server]:
     running = start_server(tree, "--max-sequences", "16")
     yield running
     stop_server(running)
-
-
-def _installed(package: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(package) is not None
 
 
 def expected(row: int) -> list[int]:
