@@ -55,10 +55,12 @@ class GenerationRow:
         return not self.problems
 
     def speed(self) -> dict[str, float]:
-        """Medians over the side-by-side rounds: TTFT and TPOT in ms, decode tokens/s."""
+        """Medians over the side-by-side rounds: TTFT, TPOT and the median inter-token latency in ms, decode
+        tokens/s."""
         streams = self.timed or [self.stream]
         return {"ttft_ms": float(np.median([s.ttft_s for s in streams])) * 1e3,
                 "tpot_ms": median_tpot_s(streams) * 1e3,
+                "itl_p50_ms": float(np.median([s.itl_p50_s for s in streams])) * 1e3,
                 "decode_tokens_per_s": float(np.median([s.decode_tokens_per_s() for s in streams]))}
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,8 +74,8 @@ class GenerationRow:
 
 
 def _rounds(streams: list[Stream]) -> dict[str, list[float]]:
-    return {"ttft_ms": [s.ttft_s * 1e3 for s in streams], "tpot_ms": [s.tpot_s * 1e3 for s in streams]} \
-        if streams else {}
+    return {"ttft_ms": [s.ttft_s * 1e3 for s in streams], "tpot_ms": [s.tpot_s * 1e3 for s in streams],
+            "itl_p50_ms": [s.itl_p50_s * 1e3 for s in streams]} if streams else {}
 
 
 @dataclass

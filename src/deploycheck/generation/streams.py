@@ -31,6 +31,11 @@ class Stream:
     def tpot_s(self) -> float:
         return float(sum(self.step_s) / len(self.step_s))
 
+    @property
+    def itl_p50_s(self) -> float:
+        """The median decode step: unlike TPOT (their mean), not moved by the one step the scheduler preempted."""
+        return float(np.median(self.step_s))
+
     def decode_tokens_per_s(self) -> float:
         """Rows x (tokens - 1) over the decode time, optimum-benchmark's decode throughput."""
         return float(self.tokens.shape[0] * len(self.step_s) / sum(self.step_s))
