@@ -5,11 +5,16 @@ under pytest-xdist, the generation table in the summary and the JSON report, and
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("transformers")
+from models import llama_decoder, prompts
+
+from deploycheck.generation.artifact import SIDECAR
+from deploycheck.generation.spec import GenerativeSpec
 
 pytestmark = pytest.mark.slow
 
@@ -34,15 +39,23 @@ def test_generation(generative, deploycheck):
 '''
 
 
-def test_generation_lifecycle(pytester: pytest.Pytester, run_in_process, tmp_path: Path) -> None:
+def test_generation_lifecycle(pytester: pytest.Pytester, run_in_process, tmp_path: Path,
+                              shared_decoder_exports) -> None:
+    """The fp32 ONNX export is restored into the artifacts directory, as a CI cache step restores it (the export
+    cache finds it); the gate exports the int8 form itself."""
     pytester.makeconftest(CONFTEST.format(tests=str(Path(__file__).parent)))
     pytester.makepyfile(test_decoder=TESTS)
+    spec = GenerativeSpec("llama_tiny", llama_decoder(), prompts(), new_tokens=6, batch_sizes=(2,))
+    restored = tmp_path / "artifacts" / "generative" / "llama_tiny" / "onnx"
+    shutil.copytree(shared_decoder_exports(spec, ("onnx",))["onnx"], restored)
+    restored_at = (restored / SIDECAR).stat().st_mtime_ns
     common = ["-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path / 'artifacts'}",
               f"--deploycheck-accepted={tmp_path / 'accepted'}"]
     baseline = pytester.path / "baselines" / "llama_tiny" / "generative.json"
 
     missing = run_in_process(*common)
     missing.assert_outcomes(failed=1)
+    assert (restored / SIDECAR).stat().st_mtime_ns == restored_at, "the restored export is reused, not redone"
     missing.stdout.fnmatch_lines([f"*llama_tiny: no generation baseline at {baseline}; record it with `pytest "
                                   "--deploycheck-update-new`*"])
 
