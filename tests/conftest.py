@@ -141,7 +141,8 @@ def shared_decoder_exports(tmp_path_factory):
     """`exports(spec, formats)`: `spec`'s decoder exported once per test run in each of `formats` that is installed,
     by format, for the tests that only read them (modules on either pytest-xdist worker share them). Each export
     lives in a directory named by its cache key (weights, code, format, options, library versions), under a lock
-    of its own: a spec that differs in anything an export depends on gets its own export, never another's."""
+    of its own: a spec that differs in anything an export depends on gets its own export, never another's. (A
+    `.pt2` export loads without `trust_code` only in the worker that wrote it: ask for those from one module.)"""
     from filelock import FileLock
 
     from deploycheck.errors import FormatUnavailable

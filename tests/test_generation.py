@@ -49,9 +49,9 @@ LLAMA = llama_decoder()
 
 @pytest.fixture(scope="module")
 def llama_exports(shared_decoder_exports) -> dict[str, Path]:
-    """The Llama-style decoder's fp32 ONNX and OpenVINO (where installed) exports, made once for the tests (here
-    and in test_generation_server) that only read them."""
-    return shared_decoder_exports(llama_spec(), ("onnx", "openvino"))
+    """The Llama-style decoder's fp32 torch.export, ONNX and OpenVINO (where installed) exports, made once for the
+    tests (here and in test_generation_server) that only read them or copy them to change."""
+    return shared_decoder_exports(llama_spec(), ("torch_export", "onnx", "openvino"))
 
 
 @pytest.fixture(scope="module")
@@ -178,11 +178,10 @@ def test_an_altered_graph_is_refused_before_it_runs(tmp_path: Path, llama_onnx: 
     assert (tmp_path / "theirs" / "notes.txt").read_text() == "keep me"
 
 
-def test_a_pt2_decoder_loads_only_when_trusted(tmp_path: Path) -> None:
+def test_a_pt2_decoder_loads_only_when_trusted(tmp_path: Path, llama_exports: dict[str, Path]) -> None:
     """`.pt2` archives unpickle: an artifact this process did not write (here: its sidecar edited, as one copied
     from elsewhere would be unknown) is refused until the caller says it trusts it."""
-    spec = llama_spec(new_tokens=3, batch_sizes=(2,), formats=("eager", "torch_export"))
-    path = export_decoder(spec, "torch_export", tmp_path / "pt2")
+    path = Path(shutil.copytree(llama_exports["torch_export"], tmp_path / "pt2"))
     sidecar = path / "deploycheck-generative.json"
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "copied_from": "elsewhere"}))
     with pytest.raises(ArtifactError, match=r"llama_tiny/torch_export: refusing to load .*unpickles"):
@@ -191,9 +190,12 @@ def test_a_pt2_decoder_loads_only_when_trusted(tmp_path: Path) -> None:
     assert np.array_equal(trusted.tokens, generate(EagerDecoder(LLAMA, "eager"), prompts().numpy(), 3).tokens)
 
 
-def test_an_unchanged_decoder_is_not_exported_again_and_a_changed_one_is(tmp_path: Path) -> None:
+def test_an_unchanged_decoder_is_not_exported_again_and_a_changed_one_is(tmp_path: Path,
+                                                                        llama_exports: dict[str, Path]) -> None:
+    """An export restored from elsewhere (a CI cache) is reused when every file matches its hash; an altered file
+    or new weights export again."""
     spec = llama_spec(new_tokens=3, batch_sizes=(2,), formats=("eager", "torch_export"))
-    path = export_decoder(spec, "torch_export", tmp_path / "pt2")
+    path = Path(shutil.copytree(llama_exports["torch_export"], tmp_path / "pt2"))
     written = {p.name: p.stat().st_mtime_ns for p in path.iterdir()}
     assert export_decoder(spec, "torch_export", path) == path
     assert {p.name: p.stat().st_mtime_ns for p in path.iterdir()} == written, "reused: nothing rewritten"
