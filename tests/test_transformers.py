@@ -13,6 +13,7 @@ from models import installed_formats
 import deploycheck
 from deploycheck.accuracy import check_accuracy, evaluate, reference_artifact
 from deploycheck.errors import FormatUnavailable, SpecError
+from deploycheck.formats import default_formats
 from deploycheck.parity import check_parity
 
 # one worker builds the exported BERT once: `--dist loadscope` (pyproject) gives a module's tests to one worker
@@ -50,8 +51,9 @@ def bert(tmp_path_factory: pytest.TempPathFactory) -> tuple[deploycheck.ModelSpe
     batches = token_batches()
     with torch.no_grad():
         labels = [model(**batch).logits.argmax(-1) for batch in batches]
-    spec = deploycheck.ModelSpec(
+    spec = deploycheck.ModelSpec(  # executorch_int8 left out: PT2E breaks on BERT, said by the test that asks
         name="bert_tiny", model=model, factory=functools.partial(tiny_bert, "sequence"),
+        formats=[name for name in default_formats() if name != "executorch_int8"],
         example_inputs={name: tensor[:8] for name, tensor in batches[0].items()},
         dynamic_axes={"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}},
         eval_data=list(zip(batches, labels)))
