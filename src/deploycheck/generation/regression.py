@@ -15,9 +15,9 @@ judged side by side in one report) and the rules a new run's report is held to.
   measured 5.6x, 5.8x and 3.7x its TPOT in the three rounds, with the same TTFT. A real regression slows every
   step, so it moves the median. TTFT is one prefill call per round (about a millisecond on small models, where a
   fresh process's first calls of a new shape cost several times more): it is also only said, never failed.
-  Without the accepted artifact (a fresh runner whose store was not kept), the ratio to
-  eager's median ITL is compared with the baseline's and only said: it moves with the machine's load (an ONNX decoder
-  measured at 0.14x eager's when the baseline was recorded and 0.22-0.25x an hour later on the same busy runner,
+  Without the accepted artifact (a fresh runner whose store was not kept), the ratio to eager's median ITL is
+  compared with the baseline's and only said: such ratios move with the machine's load (an ONNX decoder's TPOT
+  measured 0.14x eager's when the baseline was recorded and 0.22-0.25x an hour later on the same busy runner,
   same artifact), because eager and a runtime do not slow alike.
 - A format or batch size missing from the baseline is a regression to record, never silently accepted.
 """
