@@ -127,6 +127,7 @@ def test_an_optional_runtimes_corrupted_file_is_refused_by_hash_and_a_good_one_i
         deploycheck.load_artifact(copy)
 
 
+@pytest.mark.slow  # every format exported and run: among the end-to-end modules, not the short ones the run ends on
 def test_two_inputs_two_outputs_in_every_format(two_io_spec, tmp_path) -> None:
     artifacts = deploycheck.export_all(two_io_spec, tmp_path)
     assert set(artifacts) == set(INSTALLED)
