@@ -287,3 +287,30 @@ def test_a_file_the_sidecar_does_not_list_is_refused(digits_artifacts, tmp_path)
     (emptied / "deploycheck.json").write_text(json.dumps({**sidecar, "files": {}}))
     with pytest.raises(ArtifactError, match=r"holds \['model.onnx'.*\], which its deploycheck.json does not list"):
         deploycheck.load_artifact(emptied)
+
+
+def test_onnx_runtime_takes_omp_num_threads_unless_given_a_count(digits_artifacts, monkeypatch) -> None:
+    """ONNX Runtime ignores OMP_NUM_THREADS; its loader passes it on, so that one variable shares a CI job's cores
+    (pytest-xdist workers) for every runtime. An explicit count still wins, and without either ONNX Runtime
+    chooses (0)."""
+    from deploycheck.formats.onnx import MODEL_FILE, create_session
+
+    model = digits_artifacts["onnx"].path / MODEL_FILE
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert create_session(model).get_session_options().intra_op_num_threads == 1
+    assert create_session(model, intra_op_threads=2).get_session_options().intra_op_num_threads == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")  # not a count: ignored, as by torch's own default
+    assert create_session(model).get_session_options().intra_op_num_threads == 0
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert create_session(model).get_session_options().intra_op_num_threads == 0
+
+
+def test_openvino_takes_omp_num_threads_unless_given_a_count(digits_artifacts, monkeypatch) -> None:
+    pytest.importorskip("openvino", reason="pip install 'deploycheck[openvino]'")
+    from deploycheck.artifact import read_metadata
+    from deploycheck.formats.openvino import compile_ir
+
+    path = digits_artifacts["openvino"].path
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert compile_ir(path, read_metadata(path)).get_property("INFERENCE_NUM_THREADS") == 1
+    assert compile_ir(path, read_metadata(path), intra_op_threads=2).get_property("INFERENCE_NUM_THREADS") == 2

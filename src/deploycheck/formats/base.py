@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import io
 import logging
+import os
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -110,6 +111,15 @@ MIN_INT8_WEIGHT_FRACTION = 0.5
 def int8_in_name_only(fraction: float | None, floor: float = MIN_INT8_WEIGHT_FRACTION) -> bool:
     """Whether a quantized artifact with `fraction` of its weights in int8 (None: not recorded) is below `floor`."""
     return fraction is not None and fraction < floor
+
+
+def environment_threads() -> int | None:
+    """The intra-op thread count `OMP_NUM_THREADS` asks for (a positive integer), else None. torch follows it, and
+    ONNX Runtime and OpenVINO, which ignore it, are given it by their loaders when no count is passed: the one
+    variable by which a CI job shares its cores between processes (pytest-xdist workers) then holds for every
+    runtime, where otherwise each session takes every core and its idle threads spin beside the other workers."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def installed(package: str) -> bool:
