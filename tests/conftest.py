@@ -17,9 +17,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # the helper models in tests/models.py
 
 # The suite's pytest-xdist workers share the cores: each computes on one thread, and so does every process a test
-# starts (they inherit it). torch's OpenMP pool would otherwise take every core in each of them, and threads that
-# outnumber the cores spin waiting for each other (the quiet suite ran 271 s that way, 259 s this way). Timings
-# set their own thread counts; a value the caller exported is kept. Set before anything imports torch.
+# starts (they inherit it). torch's OpenMP pool, and through deploycheck's loaders ONNX Runtime's and OpenVINO's,
+# would otherwise take every core in each of them, and threads that outnumber the cores spin waiting for each other
+# (the quiet suite: 271 s that way, 245 s this way). Timings set their own thread counts; a value the caller
+# exported is kept. Set before anything imports torch.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
