@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import deploycheck
-from deploycheck.compression import compression_facts
+from deploycheck.compression import OriginalReport, compression_facts
 from deploycheck.errors import SpecError
+from deploycheck.latency import SpeedRatio
 from deploycheck.spec import original_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +40,30 @@ def test_an_incompatible_original_is_named_with_the_compressed_model() -> None:
         original_spec(named)
 
 
+def statement(sparsity: float, ratio: float, low: float, high: float) -> str:
+    speed = SpeedRatio("cnn/onnx", "cnn_pruned/onnx", ratio, low, high, 0.99, ratio, 1.0, 2000)
+    return OriginalReport("cnn_pruned", "onnx", "cnn", None, None, None, 0.0, 1000, 1000, sparsity,
+                          speed).speed_statement()
+
+
+def test_a_speedup_is_claimed_only_beyond_what_separates_two_runs() -> None:
+    assert statement(0.0, 1.10, 1.06, 1.14) == "faster than the original in onnx: 1.10x [1.06, 1.14]"
+    # 1.02x [1.02, 1.02]: how far the digits CNN and its equally costly unstructured-pruned twin once measured apart
+    assert statement(0.0, 1.024, 1.021, 1.026) == "not measurably faster than the original in onnx: 1.02x [1.02, 1.03]"
+    assert statement(0.0, 1.06, 1.04, 1.08).startswith("not measurably faster")
+    assert statement(0.0, 0.90, 0.88, 0.92) == "slower than the original in onnx: 0.90x [0.88, 0.92]"
+    assert statement(0.0, 0.96, 0.955, 0.965).startswith("not measurably faster")
+
+
+def test_a_sparse_model_that_is_not_faster_is_told_why() -> None:
+    why = "; its 50% sparsity does not speed it up here (the zeros are stored and computed densely)"
+    assert statement(0.5, 1.0, 0.99, 1.01) == ("not measurably faster than the original in onnx: 1.00x [0.99, 1.01]"
+                                               + why)
+    assert statement(0.5, 0.9, 0.88, 0.92).endswith(why)
+    assert statement(0.5, 1.3, 1.2, 1.4) == "faster than the original in onnx: 1.30x [1.20, 1.40]"
+    assert ";" not in statement(0.1, 1.0, 0.99, 1.01)
+
+
 def copy_example(pytester: pytest.Pytester, cache_env: dict[str, str]) -> None:
     shutil.copytree(ROOT / "examples" / "digits", pytester.path, dirs_exist_ok=True)
     for key, value in cache_env.items():
@@ -62,8 +87,14 @@ def test_pruned_models_against_the_original_in_the_summary(pytester: pytest.Pyte
         "digits_pruned_channels*onnx*0.5? *[[]*]",
         "digits_pruned_unstructured*onnx*4?.??%*1.00 *",
         "deploycheck: speed against the original, as measured:",
-        "*digits_pruned_channels/onnx: faster than the original in onnx: 1.*x [[]1.*]",
-        "*digits_pruned_unstructured/onnx: * its 50% sparsity does not speed it up here*",
+    ])
+    # which verdict is the machine's to give (test_a_speedup_is_claimed_only_...); that it is given, with its
+    # interval, and that a sparse model not found faster is told why, are the plugin's
+    interval = r"\d+\.\d\dx \[\d+\.\d\d, \d+\.\d\d\]"
+    result.stdout.re_match_lines([
+        rf"  digits_pruned_channels/onnx: (faster|not measurably faster|slower) than the original in onnx: {interval}$",
+        rf"  digits_pruned_unstructured/onnx: (faster than the original in onnx: {interval}|(not measurably faster"
+        rf"|slower) than the original in onnx: {interval}; its 50% sparsity does not speed it up here \(.*\))$",
     ])
 
 

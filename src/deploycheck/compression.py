@@ -27,7 +27,10 @@ if TYPE_CHECKING:
     from deploycheck.spec import ModelSpec
 
 SPARSE_ENOUGH_TO_MENTION = 0.2
-NEGLIGIBLE_SPEEDUP = 0.02
+# Two artifacts of equal compute (the digits CNN and its 50% unstructured-pruned twin in ONNX Runtime) measured
+# 1.02x [1.02, 1.02] apart on a shared 2-core CI runner, and 0.99-1.00x here: a run's interval holds its own pairs'
+# noise, not what sets one run apart from the next. A speedup is claimed only beyond that.
+NEGLIGIBLE_SPEEDUP = 0.05
 
 
 def compression_facts(model: torch.nn.Module) -> dict[str, Any]:
@@ -93,8 +96,9 @@ class OriginalReport:
         return not self.problems
 
     def speed_statement(self) -> str:
-        """Whether the compressed model is faster, as measured: only when the whole interval is above a 2% gain
-        (said plainly for a sparse model, whose zeros are usually stored and multiplied like any other weight)."""
+        """Whether the compressed model is faster, as measured: only when the whole interval is above a 5% gain
+        (`NEGLIGIBLE_SPEEDUP`), slower only when it is wholly below a 5% loss; said plainly for a sparse model that
+        is not faster, whose zeros are usually stored and multiplied like any other weight."""
         if self.speed is None:
             return "speed not measured"
         interval = f"{self.speed.ratio:.2f}x [{self.speed.low:.2f}, {self.speed.high:.2f}]"
