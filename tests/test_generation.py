@@ -192,8 +192,8 @@ def test_a_pt2_decoder_loads_only_when_trusted(tmp_path: Path, llama_exports: di
 
 def test_an_unchanged_decoder_is_not_exported_again_and_a_changed_one_is(tmp_path: Path,
                                                                         llama_exports: dict[str, Path]) -> None:
-    """An export restored from elsewhere (a CI cache) is reused when every file matches its hash; an altered file
-    or new weights export again."""
+    """An export restored from elsewhere (a CI cache) is reused when every file matches its hash; an altered file,
+    new weights or another name export again."""
     spec = llama_spec(new_tokens=3, batch_sizes=(2,), formats=("eager", "torch_export"))
     path = Path(shutil.copytree(llama_exports["torch_export"], tmp_path / "pt2"))
     written = {p.name: p.stat().st_mtime_ns for p in path.iterdir()}
@@ -208,6 +208,9 @@ def test_an_unchanged_decoder_is_not_exported_again_and_a_changed_one_is(tmp_pat
     before = read_sidecar(path)["cache_key"]
     export_decoder(llama_spec(model=changed, formats=("eager", "torch_export")), "torch_export", path)
     assert read_sidecar(path)["cache_key"] != before, "new weights: exported again"
+    export_decoder(llama_spec(name="llama_renamed", model=changed, formats=("eager", "torch_export")),
+                   "torch_export", path)
+    assert read_sidecar(path)["model"] == "llama_renamed", "another name: exported again, and its sidecar says so"
 
 
 def test_a_slower_export_fails_beside_its_accepted_artifact_and_the_accepted_one_passes(tmp_path: Path) -> None:

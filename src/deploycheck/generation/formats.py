@@ -62,13 +62,14 @@ def export_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, decode
 
 
 def cache_key(spec: GenerativeSpec, format_name: str, decode: type[Decode]) -> str:
-    """A digest of everything a generative export depends on: the weights and module code, the decode step's code,
-    the format and its options, the versions of the libraries that write it, and `EXPORT_VERSION`."""
+    """A digest of everything a generative export depends on: the spec's name (its sidecar records it), the weights
+    and module code, the decode step's code, the format and its options, the versions of the libraries that write
+    it, and `EXPORT_VERSION`."""
     try:
         step = inspect.getsource(decode)
     except (OSError, TypeError):
         step = f"{decode.__module__}.{decode.__qualname__}"
-    description = {"model": model_fingerprint(spec.model), "decode": step, "format": format_name,
+    description = {"name": spec.name, "model": model_fingerprint(spec.model), "decode": step, "format": format_name,
                    "options": dict(spec.options(format_name)), "export_version": EXPORT_VERSION,
                    "versions": package_versions(("torch", "transformers", "onnx", "onnxscript", "onnxruntime",
                                                  "openvino", "nncf", "torchao", "executorch"))}
