@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from models import installed_formats
 
 from deploycheck.formats import default_formats
+from deploycheck.machine import share_cores
 
 pytestmark = pytest.mark.slow
 
@@ -116,6 +118,33 @@ def test_a_run_without_xdist_does_not_warn_of_the_xdist_group_mark(pytester: pyt
                             "-W", "error::pytest.PytestUnknownMarkWarning")
     result.assert_outcomes(passed=1)
     assert "PytestUnknownMarkWarning" not in result.stdout.str() + result.stderr.str()
+
+
+def test_xdist_workers_share_the_cores_when_no_thread_count_is_set(pytester: pytest.Pytester) -> None:
+    """Without OMP_NUM_THREADS, each of two workers takes half the usable cores, at least one, in torch and in the
+    variable every runtime's untimed load follows (so their sessions do not each take every core)."""
+    make_project(pytester)
+    pytester.makepyfile(test_threads='''
+import os
+
+import torch
+
+
+def test_threads(artifact, deploycheck):
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert (os.environ["OMP_NUM_THREADS"], torch.get_num_threads()) == (str(share), share)
+''')
+    pytester._monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    result = pytester.runpytest_subprocess("-n", "2", "--deploycheck-formats=eager,onnx", "-k", "threads",
+                                           "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+
+
+def test_a_thread_count_the_caller_set_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert share_cores(2) is None and os.environ["OMP_NUM_THREADS"] == "3"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert share_cores(1) is None and "OMP_NUM_THREADS" not in os.environ, "one process: its runtimes choose"
 
 
 def test_the_model_is_also_a_fixture(pytester: pytest.Pytester, run_in_process) -> None:

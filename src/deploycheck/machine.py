@@ -99,6 +99,23 @@ def reference_workload() -> ReferenceWorkload:
     return ReferenceWorkload()
 
 
+def share_cores(workers: int) -> int | None:
+    """Give this process, one of `workers` side by side (pytest-xdist workers), its share of the cores for
+    untimed work: `OMP_NUM_THREADS`, which every runtime's load without a thread count follows (see
+    `deploycheck.formats.base.environment_threads`), and torch's pool set to the usable cores // `workers`, at
+    least 1. Otherwise each worker's ONNX Runtime session takes every core, and its spinning threads slow the
+    other workers' parity runs and disturb their timing windows. A value the caller set is kept. Returns the
+    count set, or None when nothing was set."""
+    if workers < 2 or "OMP_NUM_THREADS" in os.environ:
+        return None
+    import torch
+
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    return threads
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     """torch's intra-op thread count set for a measurement and restored after it, so a benchmark does not leave

@@ -192,8 +192,11 @@ def _registered(metafunc: pytest.Metafunc, mark: str) -> list[str]:
 @pytest.fixture(scope="session")
 def _deploycheck_exports(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from deploycheck.exporting import ExportSession
+    from deploycheck.machine import share_cores
 
     config = request.config
+    if hasattr(config, "workerinput"):  # one of the run's pytest-xdist workers: its share of the cores
+        share_cores(config.workerinput["workercount"])
     configured = option(config, "artifacts")
     if configured:
         artifacts_dir = Path(configured)
