@@ -110,7 +110,8 @@ def share_cores(workers: int) -> int | None:
         return None
     import torch
 
-    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # not macOS
+    threads = max(1, usable // workers)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
     return threads
