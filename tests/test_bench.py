@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import deploycheck
 from deploycheck.artifact import Artifact
 from deploycheck.gate import Gate
-from deploycheck.latency import Window, undisturbed
+from deploycheck.latency import Window, speed_claim, undisturbed
 from deploycheck.stats import bootstrap_ratio_interval
 
 
@@ -37,6 +37,13 @@ def test_side_by_side_ratio_separates_eager_from_onnx_but_not_onnx_from_itself(d
     # the same runtime against itself: no difference beyond 1% (a 99% interval excludes a true ratio of exactly 1
     # once in a hundred runs by construction, so "contains 1" would be a flaky criterion)
     assert itself.low <= 1.01 and itself.high >= 0.99 and abs(itself.ratio - 1) < 0.01, str(itself)
+
+
+def test_faster_or_slower_is_said_only_beyond_what_sets_two_runs_apart() -> None:
+    assert speed_claim(1.06, 1.14) == "faster" and speed_claim(0.86, 0.94) == "slower"
+    # 1.02x [1.02, 1.02]: the digits CNN and its equally costly unstructured-pruned twin, once, on a CI runner
+    assert speed_claim(1.021, 1.026) is None and speed_claim(0.955, 0.965) is None
+    assert speed_claim(0.9, 1.3) is None, "an interval across 1 says nothing"
 
 
 def test_bootstrap_interval_covers_the_true_ratio() -> None:

@@ -4,6 +4,7 @@ whose only "answer" would keep every layer in float."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from models import distil_clf_spec, outlier_spec
 import deploycheck
 from deploycheck.errors import DeployCheckError
 from deploycheck.explain import explain_quantization
+from deploycheck.latency import speed_claim
 from deploycheck.quantize import search_quantization
 
 pytestmark = pytest.mark.slow
@@ -65,6 +67,9 @@ def test_a16w8_holds_an_outlier_activation_within_one_point(tmp_path: Path) -> N
         assert trial.speed_vs_fp32 is not None and trial.p50_ms is not None and trial.p50_ms > 0
         ratio, low, high = trial.speed_vs_fp32
         assert 0 < low <= ratio <= high
+        claim = speed_claim(low, high)
+        cell = f"{ratio:.2f}x [{low:.2f}, {high:.2f}]" + (f" {claim}" if claim else "")
+        assert re.search(rf"{re.escape(cell)}(  |$)", str(result), re.MULTILINE), str(result)
     assert "speed vs fp32, side by side" in str(result)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from deploycheck.accuracy import evaluate, reference_artifact
 from deploycheck.errors import SpecError
+from deploycheck.latency import speed_claim
 from deploycheck.table import format_table
 
 if TYPE_CHECKING:
@@ -27,10 +28,6 @@ if TYPE_CHECKING:
     from deploycheck.spec import ModelSpec
 
 SPARSE_ENOUGH_TO_MENTION = 0.2
-# Two artifacts of equal compute (the digits CNN and its 50% unstructured-pruned twin in ONNX Runtime) measured
-# 1.02x [1.02, 1.02] apart on a shared 2-core CI runner, and 0.99-1.00x here: a run's interval holds its own pairs'
-# noise, not what sets one run apart from the next. A speedup is claimed only beyond that.
-NEGLIGIBLE_SPEEDUP = 0.05
 
 
 def compression_facts(model: torch.nn.Module) -> dict[str, Any]:
@@ -96,20 +93,15 @@ class OriginalReport:
         return not self.problems
 
     def speed_statement(self) -> str:
-        """Whether the compressed model is faster, as measured: only when the whole interval is above a 5% gain
-        (`NEGLIGIBLE_SPEEDUP`), slower only when it is wholly below a 5% loss; said plainly for a sparse model that
-        is not faster, whose zeros are usually stored and multiplied like any other weight."""
+        """Whether the compressed model is faster, as measured (`deploycheck.latency.speed_claim`: beyond 5% over
+        the whole interval); said plainly for a sparse model that is not faster, whose zeros are usually stored
+        and multiplied like any other weight."""
         if self.speed is None:
             return "speed not measured"
         interval = f"{self.speed.ratio:.2f}x [{self.speed.low:.2f}, {self.speed.high:.2f}]"
-        faster = self.speed.low > 1 + NEGLIGIBLE_SPEEDUP
-        if faster:
-            verdict = f"faster than the original in {self.format}: {interval}"
-        elif self.speed.high < 1 - NEGLIGIBLE_SPEEDUP:
-            verdict = f"slower than the original in {self.format}: {interval}"
-        else:
-            verdict = f"not measurably faster than the original in {self.format}: {interval}"
-        if self.sparsity >= SPARSE_ENOUGH_TO_MENTION and not faster:
+        claim = speed_claim(self.speed.low, self.speed.high)
+        verdict = f"{claim or 'not measurably faster'} than the original in {self.format}: {interval}"
+        if self.sparsity >= SPARSE_ENOUGH_TO_MENTION and claim != "faster":
             verdict += (f"; its {self.sparsity:.0%} sparsity does not speed it up here (the zeros are stored and "
                         "computed densely)")
         return verdict

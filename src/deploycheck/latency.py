@@ -135,6 +135,22 @@ class BenchResult:
                                 "stabilised", "disturbed windows left out"], rows))
 
 
+# Two artifacts of equal cost (the digits CNN and its 50% unstructured-pruned twin in ONNX Runtime) measured
+# 1.02x [1.02, 1.02] apart on a shared 2-core CI runner, and 0.99-1.00x here: a run's interval holds the noise of
+# its own pairs, not what sets one run apart from the next.
+SAME_SPEED_WITHIN = 0.05
+
+
+def speed_claim(low: float, high: float) -> str | None:
+    """What may be said of b against a from the interval of a's time over b's: "faster" when the whole interval
+    lies above a 5% gain (`SAME_SPEED_WITHIN`), "slower" when it lies below a 5% loss, else nothing."""
+    if low > 1 + SAME_SPEED_WITHIN:
+        return "faster"
+    if high < 1 - SAME_SPEED_WITHIN:
+        return "slower"
+    return None
+
+
 @dataclass
 class SpeedRatio:
     """a's median time over b's, with a bootstrap confidence interval: above 1 means a is slower than b."""

@@ -40,7 +40,7 @@ from deploycheck.exporting import export
 from deploycheck.formats import get_format
 from deploycheck.formats.base import MIN_INT8_WEIGHT_FRACTION, int8_in_name_only
 from deploycheck.formats.openvino_int8 import PRESETS
-from deploycheck.latency import interleaved_times
+from deploycheck.latency import interleaved_times, speed_claim
 from deploycheck.stats import bootstrap_ratio_interval
 from deploycheck.table import format_table, human_size
 
@@ -235,4 +235,8 @@ def _timed_beside(candidate: Artifact, fp32: Artifact) -> tuple[float, tuple[flo
 
 
 def _speed(speed: tuple[float, float, float] | None) -> str:
-    return "" if speed is None else f"{speed[0]:.2f}x [{speed[1]:.2f}, {speed[2]:.2f}]"
+    """fp32's median over the candidate's with its interval, and "faster" or "slower" where that may be said."""
+    if speed is None:
+        return ""
+    claim = speed_claim(speed[1], speed[2])
+    return f"{speed[0]:.2f}x [{speed[1]:.2f}, {speed[2]:.2f}]" + (f" {claim}" if claim else "")
