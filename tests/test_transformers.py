@@ -27,7 +27,7 @@ FP32 = [name for name in ("eager", "state_dict", "torchscript", "torch_export", 
 
 def tiny_bert(head: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    config = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                      intermediate_size=64, max_position_embeddings=64, num_labels=3)
     model_class = {"sequence": transformers.BertForSequenceClassification,
                    "tokens": transformers.BertForTokenClassification}[head]
