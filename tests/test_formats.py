@@ -305,6 +305,31 @@ def test_onnx_runtime_takes_omp_num_threads_unless_given_a_count(digits_artifact
     assert create_session(model).get_session_options().intra_op_num_threads == 0
 
 
+def test_executorch_takes_omp_num_threads_unless_given_a_count(digits_artifacts, monkeypatch) -> None:
+    """ExecuTorch's thread pool is process-wide: sized at each load, to the count asked for, else to
+    OMP_NUM_THREADS; without either it is left as it is."""
+    pytest.importorskip("executorch", reason="pip install 'deploycheck[executorch]'")
+    from executorch.extension.pybindings import portable_lib
+
+    from deploycheck.artifact import read_metadata
+    from deploycheck.formats.executorch import load_pte, set_threads
+
+    path = digits_artifacts["executorch"].path
+    before = portable_lib._threadpool_get_thread_count()
+    try:
+        set_threads(1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        load_pte(path, read_metadata(path))
+        assert portable_lib._threadpool_get_thread_count() == 2
+        load_pte(path, read_metadata(path), intra_op_threads=1)
+        assert portable_lib._threadpool_get_thread_count() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        load_pte(path, read_metadata(path))
+        assert portable_lib._threadpool_get_thread_count() == 1
+    finally:
+        set_threads(before)
+
+
 def test_openvino_takes_omp_num_threads_unless_given_a_count(digits_artifacts, monkeypatch) -> None:
     pytest.importorskip("openvino", reason="pip install 'deploycheck[openvino]'")
     from deploycheck.artifact import read_metadata

@@ -31,7 +31,14 @@ import numpy as np
 from deploycheck.artifact import Runner
 from deploycheck.costs import CostCounters
 from deploycheck.errors import ExportError, FormatUnavailable, InputError, one_line
-from deploycheck.formats.base import Format, Precision, dynamic_shapes, program_costs, require_packages
+from deploycheck.formats.base import (
+    Format,
+    Precision,
+    dynamic_shapes,
+    environment_threads,
+    program_costs,
+    require_packages,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -228,10 +235,12 @@ class ExecuTorchFormat(Format):
 
 def load_pte(path: Path, metadata: dict[str, Any], device: str = "cpu", intra_op_threads: int | None = None,
              **_: Any) -> ExecuTorchRunner:
-    """A runner over a `.pte` (both ExecuTorch formats load alike), with ExecuTorch's thread pool sized first when
-    a thread count is asked for, so that the program is loaded into the pool it will run on."""
+    """A runner over a `.pte` (both ExecuTorch formats load alike), with ExecuTorch's thread pool sized first, so
+    that the program is loaded into the pool it will run on: to the count asked for, else to `OMP_NUM_THREADS`
+    when it is set (as ONNX Runtime's and OpenVINO's loads are; the pool would otherwise keep every core)."""
     if device != "cpu":
         raise FormatUnavailable(f"{path}: deploycheck runs ExecuTorch programs on the CPU only (device={device!r})")
-    if intra_op_threads is not None:
-        set_threads(intra_op_threads)
+    threads = intra_op_threads if intra_op_threads is not None else environment_threads()
+    if threads is not None:
+        set_threads(threads)
     return ExecuTorchRunner(path, metadata)
