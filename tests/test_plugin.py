@@ -130,8 +130,8 @@ import pytest
 import torch
 
 
-@pytest.mark.parametrize("worker", [0, 1])
-def test_threads(deploycheck, worker):
+@pytest.mark.parametrize("copy", [0, 1])  # two tests: one for each worker, as xdist usually hands them out
+def test_threads(deploycheck, copy):
     share = max(1, len(os.sched_getaffinity(0)) // 2)
     assert (os.environ["OMP_NUM_THREADS"], torch.get_num_threads()) == (str(share), share)
 ''')
