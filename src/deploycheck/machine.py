@@ -102,7 +102,7 @@ def reference_workload() -> ReferenceWorkload:
 def share_cores(workers: int) -> int | None:
     """Give this process, one of `workers` side by side (pytest-xdist workers), its share of the cores for
     untimed work: `OMP_NUM_THREADS`, which every runtime's load without a thread count follows (see
-    `deploycheck.formats.base.environment_threads`), and torch's pool set to the usable cores // `workers`, at
+    `deploycheck.formats.base.thread_count`), and torch's pool set to the usable cores // `workers`, at
     least 1. Otherwise each worker's ONNX Runtime session takes every core, and its spinning threads slow the
     other workers' parity runs and disturb their timing windows. A value the caller set is kept. Returns the
     count set, or None when nothing was set."""

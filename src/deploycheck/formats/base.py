@@ -113,12 +113,14 @@ def int8_in_name_only(fraction: float | None, floor: float = MIN_INT8_WEIGHT_FRA
     return fraction is not None and fraction < floor
 
 
-def environment_threads() -> int | None:
-    """The intra-op thread count `OMP_NUM_THREADS` asks for (a positive integer), else None. torch follows it, and
-    ONNX Runtime, OpenVINO and ExecuTorch, which ignore it, are given it by their loaders when no count is passed:
-    the one variable by which a CI job shares its cores between processes (pytest-xdist workers) then holds for
-    every runtime, where otherwise each session takes every core and its idle threads spin beside the other
-    workers."""
+def thread_count(asked: int | None) -> int | None:
+    """The intra-op thread count a load runs on: the one `asked` for, else the one `OMP_NUM_THREADS` asks for (a
+    positive integer), else None (the runtime chooses). torch follows the variable, and ONNX Runtime, OpenVINO and
+    ExecuTorch, which ignore it, are given it by their loaders through this: the one variable by which a CI job
+    shares its cores between processes (pytest-xdist workers) then holds for every runtime, where otherwise each
+    session takes every core and its idle threads spin beside the other workers."""
+    if asked is not None:
+        return asked
     value = os.environ.get("OMP_NUM_THREADS", "").strip()
     return int(value) if value.isdigit() and int(value) > 0 else None
 

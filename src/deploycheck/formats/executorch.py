@@ -35,9 +35,9 @@ from deploycheck.formats.base import (
     Format,
     Precision,
     dynamic_shapes,
-    environment_threads,
     program_costs,
     require_packages,
+    thread_count,
 )
 
 if TYPE_CHECKING:
@@ -240,7 +240,7 @@ def load_pte(path: Path, metadata: dict[str, Any], device: str = "cpu", intra_op
     when it is set (as ONNX Runtime's and OpenVINO's loads are; the pool would otherwise keep every core)."""
     if device != "cpu":
         raise FormatUnavailable(f"{path}: deploycheck runs ExecuTorch programs on the CPU only (device={device!r})")
-    threads = intra_op_threads if intra_op_threads is not None else environment_threads()
+    threads = thread_count(intra_op_threads)
     if threads is not None:
         set_threads(threads)
     return ExecuTorchRunner(path, metadata)

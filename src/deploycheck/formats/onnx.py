@@ -15,7 +15,7 @@ import numpy as np
 from deploycheck.artifact import Runner
 from deploycheck.costs import CostCounters, op_counts
 from deploycheck.errors import FormatUnavailable
-from deploycheck.formats.base import Format, dynamic_shapes, environment_threads
+from deploycheck.formats.base import Format, dynamic_shapes, thread_count
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -102,13 +102,12 @@ def int8_weight_fraction(model_path: Path) -> float:
 def create_session(model_path: Path, intra_op_threads: int | None = None, inter_op_threads: int | None = None,
                    device: str = "cpu", spinning: bool = True) -> onnxruntime.InferenceSession:
     """An ONNX Runtime session with explicit thread counts (`OMP_NUM_THREADS` for the intra-op pool when none is
-    given: `deploycheck.formats.base.environment_threads`); `device="cuda"` asks for the CUDA provider;
+    given: `deploycheck.formats.base.thread_count`); `device="cuda"` asks for the CUDA provider;
     `spinning=False` keeps idle pool threads from spinning (a server shares its cores with other work)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    if intra_op_threads is None:
-        intra_op_threads = environment_threads()
+    intra_op_threads = thread_count(intra_op_threads)
     if intra_op_threads is not None:
         options.intra_op_num_threads = intra_op_threads
     if inter_op_threads is not None:

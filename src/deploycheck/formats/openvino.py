@@ -17,7 +17,7 @@ import numpy as np
 from deploycheck.artifact import Runner
 from deploycheck.costs import CostCounters, op_counts
 from deploycheck.errors import FormatUnavailable
-from deploycheck.formats.base import Format, Precision, environment_threads, require_packages
+from deploycheck.formats.base import Format, Precision, require_packages, thread_count
 from deploycheck.formats.onnx import MODEL_FILE as ONNX_FILE
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def compile_ir(path: Path, metadata: dict[str, Any], intra_op_threads: int | Non
                **_: Any) -> Any:
     """The IR compiled for OpenVINO's CPU plugin with the runtime properties its sidecar records (the inference
     precision: f32 for sidecars older than the record), with an explicit thread count when given (else
-    `OMP_NUM_THREADS`'s, when set: `deploycheck.formats.base.environment_threads`)."""
+    `OMP_NUM_THREADS`'s, when set: `deploycheck.formats.base.thread_count`)."""
     import openvino as ov
 
     if device != "cpu":
@@ -49,8 +49,7 @@ def compile_ir(path: Path, metadata: dict[str, Any], intra_op_threads: int | Non
     recorded = metadata.get("precision", {})
     config: dict[str, Any] = {PRECISION_HINT[0]: PRECISION_HINT[1], "PERFORMANCE_HINT": "LATENCY",
                               **{key: recorded[key] for key in RUNTIME_PROPERTIES if key in recorded}}
-    if intra_op_threads is None:
-        intra_op_threads = environment_threads()
+    intra_op_threads = thread_count(intra_op_threads)
     if intra_op_threads is not None:
         config["INFERENCE_NUM_THREADS"] = intra_op_threads
     return ov.Core().compile_model(str(path / IR_FILE), "CPU", config)
