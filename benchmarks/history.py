@@ -21,10 +21,11 @@ import torch
 
 import deploycheck
 from deploycheck.cli import main as cli
-from deploycheck.history.records import HistoryRecord, RunInfo
+from deploycheck.history.records import HistoryRecord
 from deploycheck.history.store import HistoryStore
 from deploycheck.history.trend import trend_table, trends
 from deploycheck.latency import bench
+from deploycheck.run_result import RunInfo
 
 
 def measured_p50_norm(runs: int, bench_time_s: float, out: Path) -> list[float]:

@@ -134,7 +134,7 @@ def test_accuracy_parity_and_size_rules() -> None:
 def test_the_vs_baseline_cell_keeps_the_figure_that_matters_whole() -> None:
     """Four regressions in two sections: the cell shows the first whole and counts the rest (the cell joined
     them all and was cut at 44 characters, inside the second figure)."""
-    from deploycheck.report import CELL_WIDTH, summary_table
+    from deploycheck.report.summary import CELL_WIDTH, summary_table
 
     old = record(size={"bytes": 1000}, parity={"max_abs": 1e-3, "top1_agreement": 1.0}, accuracy={"value": 0.95})
     worse = record(size={"bytes": 1100}, parity={"max_abs": 3e-3, "top1_agreement": 0.98}, accuracy={"value": 0.94})
@@ -251,7 +251,8 @@ def test_load_records_reads_reports_directories_and_files(tmp_path: Path) -> Non
 def test_markdown_report_is_a_github_table_and_html_has_both_plots() -> None:
     from markdown_it import MarkdownIt
 
-    from deploycheck.report import html_report, markdown_report
+    from deploycheck.report.files import html_report, markdown_report
+    from deploycheck.run_result import RunResult
 
     rows = [{"model": "m", "format": fmt, "size_bytes": size, "accuracy": {"value": acc, "drop": 0.0, "passed": True},
              "latency": latency_section(scale), "baseline": {"accuracy": {"passed": fmt != "onnx_int8_static",
@@ -259,14 +260,14 @@ def test_markdown_report_is_a_github_table_and_html_has_both_plots() -> None:
                                                                           "findings": [{"metric": "accuracy",
                                                                                         "status": "REGRESSED"}]}}}
             for fmt, size, acc, scale in (("onnx", 1000, 0.99, 1.0), ("onnx_int8_static", 300, 0.98, 0.6))]
-    markdown = markdown_report(rows)
+    markdown = markdown_report(RunResult.from_rows(rows))
     rendered = MarkdownIt("commonmark").enable("table").render(markdown)
     assert rendered.count("<table>") == 2 and rendered.count("<tr>") == 3 + 3
     assert "x \\| y" in markdown, "a pipe inside a cell is escaped"
     assert markdown.startswith("## deploycheck: FAILED\n")
     assert markdown.rstrip().endswith("**Verdict: FAILED** (1 of 2 passed). If the changes are intended, accept "
                                       "them with `pytest --deploycheck-update`."), markdown
-    page = html_report(rows)
+    page = html_report(RunResult.from_rows(rows))
     assert page.count("<svg") == 2 and 'aria-label="latency distribution per format"' in page
     assert "m/onnx_int8_static (batch 1)" in page and '<td class="bad">FAIL</td>' in page
 
@@ -364,7 +365,9 @@ def test_latency_triage_says_whether_the_graph_or_the_machine_moved(tmp_path: Pa
 
 
 def test_reports_carry_the_latency_triage_in_the_finding_note() -> None:
-    from deploycheck.report import baseline_findings, markdown_report
+    from deploycheck.report.files import markdown_report
+    from deploycheck.report.summary import baseline_findings
+    from deploycheck.run_result import RunResult
 
     costs = {"ops": {"Gemm": 2}, "flops_per_sample": 100}
     comparison = compare_records(record(latency=latency_section(1.0), counters=costs),
@@ -373,7 +376,7 @@ def test_reports_carry_the_latency_triage_in_the_finding_note() -> None:
     (name, finding), = baseline_findings([row], only_problems=True)
     assert name == "m/onnx" and finding["metric"] == "p50 @ batch 1" and finding["status"] == REGRESSED
     assert finding["note"].endswith("cost counters unchanged: the machine or the runtime, not the model")
-    assert "the machine or the runtime, not the model" in markdown_report([row])
+    assert "the machine or the runtime, not the model" in markdown_report(RunResult.from_rows([row]))
 
 
 def test_a_models_generative_baseline_is_not_taken_for_a_format_record(tmp_path: Path) -> None:
@@ -417,14 +420,18 @@ def test_generation_speed_fails_only_beside_the_accepted_artifact() -> None:
     slower = compare_generation(_generation_rows({"eager": [0.6] * 3, "onnx": [0.30, 0.31, 0.29]},
                                                  {"onnx": [0.10, 0.10, 0.11]}), stored, "b.json")
     assert slower.regressions == ["llm/onnx at batch 1: median ITL 3.00x the accepted artifact's, side by side in "
-                                  "this run's rounds (each round: 3.00, 3.10, 2.64; allowed 1.25x)"]
-    assert slower.inconclusive == ["llm/onnx at batch 1: TPOT 3.00x the accepted artifact's, side by side in this "
-                                   "run's rounds (each round: 3.00, 3.10, 2.64; allowed 1.25x): TPOT is said, "
-                                   "never failed"]
+                                  "this run's rounds (rounds from 2.64 to 3.10; allowed 1.25x)"]
+    judged, tpot = (next(c for c in slower.checks["onnx"] if c.metric == metric and c.against == "accepted")
+                    for metric in ("itl_p50_ms", "tpot_ms"))
+    assert (judged.status, judged.limit, judged.bound) == ("REGRESSED", 1.25, "max")
+    assert judged.interval == pytest.approx((2.636, 3.1), abs=1e-3) and judged.value == pytest.approx(3.0)
+    assert tpot.status == "reported" and tpot.value == pytest.approx(3.0) and not slower.inconclusive, \
+        "TPOT is reported, never judged"
     preempted = compare_generation(_generation_rows({"eager": [0.6] * 3, "onnx": [0.13, 0.13, 0.12]},
                                                     {"onnx": [0.13, 0.12, 0.13]},
                                                     tpot={"onnx": [2.0, 2.0, 1.2]}), stored, "b.json")
-    assert preempted.passed and len(preempted.inconclusive) == 1 and "TPOT 15.38x" in preempted.inconclusive[0]
+    assert preempted.passed and not preempted.inconclusive
+    assert [round(c.value or 0, 2) for c in preempted.checks["onnx"] if c.metric == "tpot_ms"] == [15.38]
     burst = compare_generation(_generation_rows({"eager": [0.6] * 3, "onnx": [0.30, 0.31, 0.11]},
                                                 {"onnx": [0.10, 0.10, 0.11]}), stored, "b.json")
     assert burst.passed and burst.inconclusive[0].endswith("not every round is slower")

@@ -147,7 +147,7 @@ def test_original_budgets_and_shapes_are_checked_when_the_spec_is_built() -> Non
 
 
 def test_a_budget_against_the_original_that_no_test_checked_is_listed() -> None:
-    from deploycheck.report import unchecked_budgets
+    from deploycheck.report.summary import unchecked_budgets
 
     rows = [{"model": "student", "format": "onnx", "budgets_vs_original": ["max_accuracy_drop_vs_original"]},
             {"model": "pruned", "format": "onnx", "budgets_vs_original": ["min_speedup_vs_original"],

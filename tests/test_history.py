@@ -17,9 +17,10 @@ import pytest
 from deploycheck.history.changepoints import change_points
 from deploycheck.history.pictures import MAX_POINTS, RECENT, history_page, panels, trend_section
 from deploycheck.history.recorder import change_note
-from deploycheck.history.records import HistoryRecord, RunInfo, figures, fingerprint
+from deploycheck.history.records import HistoryRecord, figures, fingerprint
 from deploycheck.history.store import HistoryError, HistoryStore, merge_stores
 from deploycheck.history.trend import new_worse_changes, trend_table, trends
+from deploycheck.run_result import RunInfo
 
 
 def scripted(seed: int, noise: float = 0.01, outliers: int = 0) -> np.ndarray:

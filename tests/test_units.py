@@ -12,7 +12,7 @@ import numpy as np
 
 from deploycheck.artifact import Artifact
 from deploycheck.gate import Gate
-from deploycheck.report import summary_table
+from deploycheck.report.summary import summary_table
 from deploycheck.rows import Row
 from deploycheck.server.batcher import Batcher
 
@@ -93,7 +93,7 @@ def test_the_summary_shows_each_rows_real_status_in_its_columns() -> None:
 
 
 def test_the_best_format_is_the_fastest_that_passed_every_gate() -> None:
-    from deploycheck.report import best_formats
+    from deploycheck.report.summary import best_formats
 
     def row(fmt: str, p50: float, passed: bool = True) -> Row:
         return {"model": "m", "format": fmt, "parity": {"max_abs": 0.0, "top1_agreement": 1.0, "passed": passed},
@@ -107,15 +107,16 @@ def test_the_best_format_is_the_fastest_that_passed_every_gate() -> None:
 
 
 def test_the_run_ends_with_one_verdict_line_saying_what_to_do() -> None:
-    from deploycheck.report import verdict
+    from deploycheck.report.summary import verdict
+    from deploycheck.run_result import RunResult
 
     ok: Row = {"model": "m", "format": "onnx", "parity": {"max_abs": 0.0, "top1_agreement": 1.0, "passed": True}}
     behind: Row = {"model": "m", "format": "onnx_int8_static",
                    "baseline": {"accuracy": {"passed": False, "status": "FAIL", "change": "-0.74 pt"}}}
-    assert verdict([ok]) == "deploycheck: 1 of 1 model x format(s) passed"
-    assert verdict([ok, behind]) == ("deploycheck: 1 of 2 model x format(s) FAILED (m/onnx_int8_static); 1 fell "
-                                     "behind its baseline\n  if that is intended, accept the new figures with: "
-                                     "pytest --deploycheck-update")
+    assert verdict(RunResult.from_rows([ok])) == "deploycheck: 1 of 1 model x format(s) passed"
+    assert verdict(RunResult.from_rows([ok, behind])) == (
+        "deploycheck: 1 of 2 model x format(s) FAILED (m/onnx_int8_static); 1 fell behind its baseline\n  if that "
+        "is intended, accept the new figures with: pytest --deploycheck-update")
 
 
 def test_inputs_of_different_batch_sizes_are_refused_also_for_a_sidecar_without_axis_names() -> None:

@@ -11,7 +11,7 @@ import pytest
 import deploycheck
 from deploycheck.formats import default_formats
 from deploycheck.parity import check_parity
-from deploycheck.report import quantization_summary
+from deploycheck.report.summary import quantization_summary
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("transformers")

@@ -18,6 +18,7 @@ from deploycheck.plugin_options import (
     BASELINE_SETTINGS,
     EXPORTS,
     GENERATION_PROPERTY,
+    GENERATIVE_MODEL_PROPERTY,
     LAST_USE,
     OPTIONS,
     PAIRS,
@@ -239,7 +240,9 @@ def artifact(request: pytest.FixtureRequest, _deploycheck_exports: Any) -> Any:
 @pytest.fixture
 def generative(request: pytest.FixtureRequest) -> Any:
     """One generative model's `GenerativeSpec` (parametrized over those registered with
-    `@deploycheck.generative_model`), for `deploycheck.assert_generation`."""
+    `@deploycheck.generative_model`), for `deploycheck.assert_generation`. The test is marked with the model's
+    name, so a failure before its report (an export that raised) still fails the model in the summary."""
+    request.node.user_properties.append((GENERATIVE_MODEL_PROPERTY, request.param))
     return request.getfixturevalue(request.param)
 
 

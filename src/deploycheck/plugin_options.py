@@ -15,6 +15,7 @@ from deploycheck.rows import BaselineMode
 
 PROPERTY = "deploycheck"
 GENERATION_PROPERTY = "deploycheck-generation"  # a generative report, on the test report of its check
+GENERATIVE_MODEL_PROPERTY = "deploycheck-generative-model"  # the decoder a test is parametrized with
 
 
 @dataclass(frozen=True)

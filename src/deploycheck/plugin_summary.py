@@ -20,6 +20,7 @@ import pytest
 from deploycheck.model_registry import MODEL_FUNCTION, model_functions
 from deploycheck.plugin_options import (
     GENERATION_PROPERTY,
+    GENERATIVE_MODEL_PROPERTY,
     PROPERTY,
     accepted_store,
     baseline_mode,
@@ -27,7 +28,6 @@ from deploycheck.plugin_options import (
     history_location,
     option,
 )
-from deploycheck.rows import nested
 
 
 def terminal_progress(config: pytest.Config) -> Any:
@@ -86,6 +86,8 @@ class RunSummary:
         self.config = config
         self.results: dict[tuple[str, str], dict[str, Any]] = {}
         self.generation: dict[str, dict[str, Any]] = {}  # generative reports, by model
+        self.generation_failures: dict[str, list[str]] = {}  # generative tests that failed, by model
+        self.document: Any = None  # the run document (`deploycheck.run_result.RunResult`), built at session finish
         self.collected: set[tuple[str, str]] = set()
         self.checked_missing = False
         self.written: list[str] = []
@@ -94,6 +96,9 @@ class RunSummary:
         for name, payload in report.user_properties:
             if name == GENERATION_PROPERTY and isinstance(payload, dict):
                 self.generation[payload["model"]] = payload
+            if name == GENERATIVE_MODEL_PROPERTY and report.failed:
+                self.generation_failures.setdefault(str(payload), []).append(
+                    report.nodeid.split("::")[-1].split("[")[0])
             if name == PROPERTY and isinstance(payload, dict):
                 row = self.results.setdefault((payload["model"], payload["format"]), {})
                 for key, value in payload.items():
@@ -140,49 +145,41 @@ class RunSummary:
     def rows(self) -> list[dict[str, Any]]:
         if not self.results:  # a pytest run without the gate imports nothing heavy
             return []
-        from deploycheck.report import sort_rows
+        from deploycheck.report.summary import sort_rows
 
         return sort_rows(self.results.values())
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.results and not self.written and not self.generation:  # nothing of the gate's: import nothing
+        if self.document is None and not self.written:  # nothing of the gate's: import nothing
             return
-        from deploycheck.report import (
-            best_formats,
+        from deploycheck.report.summary import (
             budget_summary,
-            inconclusive_summary,
-            quantization_summary,
-            summary_table,
+            summary_lines,
             unchecked_budgets,
             unchecked_sizes,
             verdict,
         )
 
         lines: list[str] = []
-        rows = self.rows()
-        if rows:
-            lines.append(summary_table(rows))
-            lines += best_formats(rows)
-            lines += quantization_summary(rows)
+        document = self.document
+        rows = document.rows() if document is not None else []
+        if document is not None:
+            lines += summary_lines(document)
             lines += unchecked_budgets(rows)
             lines += unchecked_sizes(rows)
-            lines += inconclusive_summary(rows)
             budget = option(self.config, "budget")
             lines += budget_summary(rows, float(budget) if budget else None)
         statements = [f"  {r['model']}/{r['format']}: {r['original']['statement']}" for r in rows
                       if isinstance(r.get("original"), dict) and r["original"].get("statement")]
         if statements:
             lines += ["deploycheck: speed against the original, as measured:", *statements]
-        for data in self.generation.values():
-            lines += [data["text"], *(f"  inconclusive: {note}" for note in
-                                      (data.get("baseline") or {}).get("inconclusive", []))]
         lines += self.written
-        if rows:
-            lines.append(verdict(rows))
-        if os.environ.get("GITHUB_ACTIONS") == "true":
-            from deploycheck.github import github_annotations
+        if document is not None:
+            lines.append(verdict(document))
+            if os.environ.get("GITHUB_ACTIONS") == "true":
+                from deploycheck.github import github_annotations
 
-            lines += github_annotations(rows)
+                lines += github_annotations(document)
         if lines:
             terminalreporter.section("deploycheck")
             for line in "\n".join(lines).splitlines():
@@ -190,17 +187,34 @@ class RunSummary:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        """The history, baselines and reports are written here, so a run without the terminal plugin still saves
-        them; the terminal summary only prints what was written. The history comes first: a new change point
-        that fails a row must show in the reports and the exit status."""
+        """The run document is built here, once, and the history, baselines and reports are written from it, so
+        a run without the terminal plugin still saves them; the terminal summary only prints what was written.
+        The history comes first: a new change point that fails a row must show in the reports and the exit
+        status."""
         rows = self.rows()
-        run = self._run(rows) if rows else None  # each step below imports its modules only when it has work
+        if not rows and not self.generation and not self.generation_failures:
+            return
+        run = self._run(rows)  # each step below imports its modules only when it has work
         history = self._record_history(rows, run)
+        self.document = self._document(rows, run)
         self.written = (self._write_baselines(rows) + self._write_generation_baselines() + self._stale_baselines()
-                        + self._write_reports(rows, run) + history)
-        if any(nested(row, "history", "passed") is False for row in rows) and session.exitstatus == 0:
+                        + self._write_reports(self.document) + history)
+        if not self.document.passed and session.exitstatus == 0:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        self._github_step_summary(rows, run)
+        self._github_step_summary(self.document)
+
+    def _document(self, rows: list[dict[str, Any]], run: Any) -> Any:
+        """The run document: each single-pass row and each decoder format a result; a decoder whose test failed
+        before it reported anything (an export that raised) one failed result for the model."""
+        from deploycheck.formats import format_names
+        from deploycheck.report.summary import with_size_ratios
+        from deploycheck.run_result import Result, RunResult, ordered
+
+        results = [Result.from_row(row) for row in with_size_ratios(rows)]
+        results += [Result.from_dict(result) for data in self.generation.values() for result in data["results"]]
+        results += [Result(model, "*", "generative", failed_tests=tuple(tests))
+                    for model, tests in self.generation_failures.items() if model not in self.generation]
+        return RunResult(run, ordered(results, format_names()))
 
     def _run(self, rows: list[dict[str, Any]]) -> Any:
         """This run's `RunInfo` (commit, branch, machine), shared by the history and the JSON report."""
@@ -224,13 +238,13 @@ class RunSummary:
             return [f"deploycheck: {exc} (this run is not in the history)"]
         return outcome.lines
 
-    def _github_step_summary(self, rows: list[dict[str, Any]], run: Any) -> None:
+    def _github_step_summary(self, document: Any) -> None:
         """On GitHub Actions, the Markdown report goes into the job summary without any option."""
         path = os.environ.get("GITHUB_STEP_SUMMARY")
-        if os.environ.get("GITHUB_ACTIONS") == "true" and path and rows:
+        if os.environ.get("GITHUB_ACTIONS") == "true" and path and document.results:
             from deploycheck.github import append_step_summary
 
-            append_step_summary(Path(path), rows, run)
+            append_step_summary(Path(path), document)
 
     def _write_baselines(self, rows: list[dict[str, Any]]) -> list[str]:
         mode = baseline_mode(self.config)
@@ -275,22 +289,21 @@ class RunSummary:
         return [f"deploycheck: {len(stale)} stale baseline(s), for a model or format that no longer exists "
                 "(delete them if that is intended):"] + [f"  {path}" for path in stale]
 
-    def _write_reports(self, rows: list[dict[str, Any]], run: Any) -> list[str]:
+    def _write_reports(self, document: Any) -> list[str]:
         if not any(option(self.config, name) for name in REPORT_OPTIONS):
             return []
-        from deploycheck import report
+        from deploycheck.report import files
 
-        writers: dict[str, Callable[[Path, list[dict[str, Any]], Any], None]] = {
-            "report": partial(report.write_json_report, generation=list(self.generation.values())),
-            "markdown": report.write_markdown,
-            "html": partial(report.write_html,
-                            trends_html=self._trend_pictures(rows) if option(self.config, "html") else ""),
-            "benchmark-json": report.write_benchmark_json}
+        writers: dict[str, Callable[[Path, Any], None]] = {
+            "report": files.write_json_report, "markdown": files.write_markdown,
+            "html": partial(files.write_html, trends_html=self._trend_pictures(document.rows())
+                            if option(self.config, "html") else ""),
+            "benchmark-json": files.write_benchmark_json}
         lines = []
         for name in REPORT_OPTIONS:
             path = option(self.config, name)
             if path:
-                writers[name](Path(path), rows, run)
+                writers[name](Path(path), document)
                 lines.append(f"deploycheck: {name} written to {path}")
         return lines
 

@@ -83,23 +83,3 @@ def best_throughput(row: dict[str, Any]) -> float | None:
 
 
 ACCEPT_COMMAND = "pytest --deploycheck-update"  # what accepts figures that fell behind their baselines
-
-
-def fell_behind_baseline(row: dict[str, Any]) -> bool:
-    """Whether some section of the row failed against its stored baseline (what `ACCEPT_COMMAND` would accept)."""
-    return any(c.get("passed") is False for c in (row.get("baseline") or {}).values())
-
-
-def row_status(row: dict[str, Any]) -> str:
-    """FAIL, inconclusive, ok, skipped or "" (nothing judged): what the summary's status column says of a row."""
-    if row.get("failed_tests"):
-        return "FAIL"
-    checks = [nested(row, section, "passed") for section in ("parity", "accuracy", "original", "history")]
-    checks += [c.get("passed") for c in (row.get("baseline") or {}).values()]
-    known = [c for c in checks if c is not None]
-    if not known:
-        return "skipped" if row.get("skipped") else ""
-    if not all(known):
-        return "FAIL"
-    return "inconclusive" if any(c.get("status") == "inconclusive" for c in (row.get("baseline") or {}).values()) \
-        else "ok"

@@ -141,8 +141,9 @@ def stale_entries(store: BaselineStore, models: Sequence[str], formats: Sequence
 
 
 def load_records(path: Path) -> dict[tuple[str, str], Record]:
-    """Every (model, format) record in a baselines directory, a JSON report (`--deploycheck-report`), or a
-    single baseline file; report rows are turned into records as the plugin would store them."""
+    """Every (model, format) record in a baselines directory, a JSON report (`--deploycheck-report`: its
+    single-pass results, or the rows of a report written before results had a kind), or a single baseline file;
+    report rows are turned into records as the plugin would store them."""
     path = Path(path)
     if path.is_dir():
         store = BaselineStore(path)
@@ -153,11 +154,14 @@ def load_records(path: Path) -> dict[tuple[str, str], Record]:
         raise BaselineError(f"{path}: not a readable JSON report or baseline ({exc})") from exc
     if isinstance(data, dict) and isinstance(data.get("results"), list):
         records = {}
-        for position, row in enumerate(data["results"]):
-            if not isinstance(row, dict) or not isinstance(row.get("model"), str) or \
-                    not isinstance(row.get("format"), str):
+        for position, result in enumerate(data["results"]):
+            if not isinstance(result, dict) or not isinstance(result.get("model"), str) or \
+                    not isinstance(result.get("format"), str):
                 raise BaselineError(f"{path}: results[{position}] has no 'model' and 'format'")
-            records[(row["model"], row["format"])] = record_from_row(row, passed_only=False)
+            if result.get("kind", "single-pass") != "single-pass":
+                continue  # a decoder's figures are held to its generation baseline, not compared here
+            row = result["measurements"] if isinstance(result.get("measurements"), dict) else result
+            records[(result["model"], result["format"])] = record_from_row(row, passed_only=False)
         return records
     record = read_record(path)
     return {(record["model"], record["format"]): record}

@@ -25,7 +25,7 @@ from deploycheck.generation.spec import GenerativeSpec
 
 class GenerationCheck:
     """`artifacts_dir/<model>/<format>` holds the exports; `record(data)` receives the report as JSON data (with
-    its printed table under "text" and the baseline comparison under "baseline"); `baselines_dir` and `mode`
+    its results of the run document, baseline checks included, under "results"); `baselines_dir` and `mode`
     ("compare", "update", "update-new"; None: baselines off) as for single-pass models: in "update" modes the
     caller writes the baselines of passing reports (in the plugin, the controller at the end of the run); the
     `accepted` store holds the artifacts a baseline accepted, timed beside the new ones."""
@@ -50,12 +50,12 @@ class GenerationCheck:
                                      "--deploycheck-update-new` (or run without the regression gate: "
                                      "--deploycheck-no-baselines)")
         report = gate_decoder(spec, self.artifacts_dir / spec.name, accepted=self._accepted_decoders(stored))
-        data: dict[str, Any] = {**report.to_dict(), "text": str(report)}
         problems = [problem for row in report.rows for problem in row.problems]
-        if stored is not None:
-            comparison = compare_generation(data, stored, str(where))
-            data["baseline"] = comparison.to_dict()
+        comparison = compare_generation(report.to_dict(), stored, str(where)) if stored is not None else None
+        if comparison is not None:
             problems += comparison.regressions
+        data: dict[str, Any] = {**report.to_dict(), "results": [
+            result.to_dict() for result in report.results(comparison.checks if comparison else None)]}
         self.record(data)
         if problems:
             listed = "\n".join(f"  {problem}" for problem in problems)

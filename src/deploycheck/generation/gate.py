@@ -5,7 +5,7 @@ run, alone, would let a neighbour's burst pick the winner)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from deploycheck.errors import FormatUnavailable
 from deploycheck.formats.base import MIN_INT8_WEIGHT_FRACTION, int8_in_name_only
 from deploycheck.generation.artifact import read_sidecar
 from deploycheck.generation.checks import (
+    CONSISTENCY_TOLERANCE,
     Consistency,
     GreedyMatch,
     Quality,
@@ -28,6 +29,7 @@ from deploycheck.generation.formats import export_decoder, load_decoder
 from deploycheck.generation.spec import GenerativeSpec
 from deploycheck.generation.streams import Stream, generate, median_tpot_s, timed_rounds
 from deploycheck.machine import torch_threads
+from deploycheck.run_result import Check, Result
 from deploycheck.table import format_table, human_size
 
 TIMING_ROUNDS = 3  # side-by-side rounds per batch size behind the speed columns and the best format
@@ -46,13 +48,14 @@ class GenerationRow:
     consistency: Consistency
     quality: Quality
     stream: Stream
-    problems: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)  # what it was held to, as the run document holds it
+    problems: list[str] = field(default_factory=list)  # the failing checks, as the failing test says them
     timed: list[Stream] = field(default_factory=list)  # the side-by-side rounds the speed figures come from
     accepted_timed: list[Stream] = field(default_factory=list)  # the accepted artifact's, in the same rounds
 
     @property
     def passed(self) -> bool:
-        return not self.problems
+        return not any(check.failed for check in self.checks)
 
     def speed(self) -> dict[str, float]:
         """Medians over the side-by-side rounds: TTFT, TPOT and the median inter-token latency in ms, decode
@@ -98,6 +101,19 @@ class GenerationReport:
                 if current is None or row.speed()["decode_tokens_per_s"] > current.speed()["decode_tokens_per_s"]:
                     found[row.batch_size] = row
         return found
+
+    def results(self, comparison: Mapping[str, Sequence[Check]] | None = None) -> list[Result]:
+        """One result of the run per format: its checks at every batch size, its size, and (by format) the
+        checks of its comparison with the baseline; a format that could not run here is skipped with why."""
+        comparison = comparison or {}
+        results = []
+        for name in dict.fromkeys(row.format for row in self.rows):
+            rows = [row for row in self.rows if row.format == name]
+            size = rows[0].size_bytes
+            checks = [check for row in rows for check in row.checks]
+            checks += [Check("size_bytes", "reported", float(size), "bytes")] if size is not None else []
+            results.append(Result(self.model, name, "generative", tuple(checks + list(comparison.get(name, ())))))
+        return results + [Result(self.model, name, "generative", skipped=why) for name, why in self.skipped.items()]
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON data, for CI artifacts."""
@@ -169,7 +185,8 @@ def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Pat
                                 quantization.get("modules"), bool(quantization),
                                 greedy_match(expected, free),
                                 cache_consistency(decoder, prompts, free), token_quality(expected, forced), free)
-            row.problems = _problems(spec, decoder.label, row)
+            row.checks = _checks(spec, row)
+            row.problems = _problems(decoder.label, row)
             rows.append(row)
         timing = {name: decoder for name, (decoder, _) in decoders.items()}
         timing.update({f"{name} (accepted)": decoder for name, decoder in accepted.items() if name in decoders})
@@ -180,24 +197,56 @@ def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Pat
     return GenerationReport(spec.name, rows, skipped, {name: str(path) for name, path in exported.items()})
 
 
-def _problems(spec: GenerativeSpec, label: str, row: GenerationRow) -> list[str]:
+def _checks(spec: GenerativeSpec, row: GenerationRow) -> list[Check]:
+    """What one format at one batch size is held to: eager's tokens exactly and a cache equal to a recompute (an
+    fp32 format), or its budgets of low-bit weights, mean KL and top-1 (a quantized one); its speed, reported."""
+    batch = row.batch_size
+    quantized = row.quantized
+    divergence = row.greedy.first_divergence
+    greedy = Check("greedy_match", "reported" if quantized else "ok" if row.greedy.exact else "FAIL",
+                   row.greedy.rows_matching, "fraction", "eager", None if quantized else 1.0, "min",
+                   batch_size=batch, step=None if divergence is None else divergence[1])
+    checks = [greedy, Check("cache_max_error", "ok" if row.consistency.passed else "FAIL", row.consistency.max_error,
+                            "of the largest logit", "eager", CONSISTENCY_TOLERANCE, "max", batch_size=batch,
+                            step=row.consistency.first_bad_step)]
+    if quantized and row.int8_fraction is not None:
+        checks.append(Check("int8_weight_fraction", "FAIL" if int8_in_name_only(row.int8_fraction) else "ok",
+                            row.int8_fraction, "fraction", "budget", MIN_INT8_WEIGHT_FRACTION, "min",
+                            batch_size=batch))
+    kl, top1 = row.quality.mean_kl, row.quality.top1_agreement
+    checks += [Check("mean_kl", "reported" if not quantized else "FAIL" if kl > spec.max_kl else "ok", kl, "nats",
+                     "budget" if quantized else "eager", spec.max_kl if quantized else None, "max", batch_size=batch),
+               Check("top1_agreement", "reported" if not quantized else "FAIL" if top1 < spec.min_top1_agreement
+                     else "ok", top1, "fraction", "budget" if quantized else "eager",
+                     spec.min_top1_agreement if quantized else None, "min", batch_size=batch)]
+    checks += [Check(metric, "reported", value, SPEED_UNITS[metric], batch_size=batch)
+               for metric, value in row.speed().items()]
+    return checks
+
+
+SPEED_UNITS = {"ttft_ms": "ms", "tpot_ms": "ms", "itl_p50_ms": "ms", "decode_tokens_per_s": "tokens/s"}
+
+
+def _problems(label: str, row: GenerationRow) -> list[str]:
+    """The failing checks of a row, as the failing test says them."""
     found = []
     where = f"{label} at batch {row.batch_size}"
-    if not row.consistency.passed:
-        found.append(f"{where}: decode step {row.consistency.first_bad_step} (new token "
-                     f"{row.consistency.first_bad_step}) differs from a full recompute of the same prefix by "
-                     f"{row.consistency.max_error:.2e} of the largest logit: the KV cache is wrong from that step")
-    if not row.quantized and not row.greedy.exact:
-        found.append(f"{where}: the greedy continuation leaves eager's at {row.greedy.detail}")
-    if row.quantized:
-        if int8_in_name_only(row.int8_fraction):
+    for check in row.checks:
+        if not check.failed:
+            continue
+        if check.metric == "cache_max_error":
+            found.append(f"{where}: decode step {check.step} (new token {check.step}) differs from a full recompute "
+                         f"of the same prefix by {check.value:.2e} of the largest logit: the KV cache is wrong from "
+                         "that step")
+        elif check.metric == "greedy_match":
+            found.append(f"{where}: the greedy continuation leaves eager's at {row.greedy.detail}")
+        elif check.metric == "int8_weight_fraction":
             takes = f"; its quantizer takes {row.quantized_modules}" if row.quantized_modules else ""
-            found.append(f"{where}: int8 in name only: {row.int8_fraction:.0%} of its weights are in 8 bits or "
-                         f"fewer (at least {MIN_INT8_WEIGHT_FRACTION:.0%} expected{takes})")
-        if row.quality.mean_kl > spec.max_kl:
-            found.append(f"{where}: mean KL divergence from eager {row.quality.mean_kl:.3g} nats exceeds max_kl "
-                         f"{spec.max_kl:.3g}")
-        if row.quality.top1_agreement < spec.min_top1_agreement:
-            found.append(f"{where}: top-1 agreement with eager {row.quality.top1_agreement:.1%} is below "
-                         f"{spec.min_top1_agreement:.0%}")
+            found.append(f"{where}: int8 in name only: {check.value:.0%} of its weights are in 8 bits or "
+                         f"fewer (at least {check.limit:.0%} expected{takes})")
+        elif check.metric == "mean_kl":
+            found.append(f"{where}: mean KL divergence from eager {check.value:.3g} nats exceeds max_kl "
+                         f"{check.limit:.3g}")
+        elif check.metric == "top1_agreement":
+            found.append(f"{where}: top-1 agreement with eager {check.value:.1%} is below {check.limit:.0%}")
     return found

@@ -9,7 +9,7 @@ judged side by side in one report) and the rules a new run's report is held to.
   timing rounds as the new one, so both meet the same machine. A format regressed when every round's median
   inter-token latency (the median decode step of that round's generation) is more than `MAX_SLOWDOWN` above the
   accepted artifact's of that round; when only the median over rounds is, the verdict is inconclusive (said, not
-  failed). TPOT, the mean step, is compared the same way and only said: a small decoder's generation lasts about
+  failed). TPOT, the mean step, is compared the same way and only reported: a small decoder's generation lasts about
   a millisecond, and one step the scheduler preempts (milliseconds on a busy runner) moves the mean several
   times over. An unchanged ONNX decoder, timed beside its own accepted copy during the suite on two busy cores,
   measured 5.6x, 5.8x and 3.7x its TPOT in the three rounds, with the same TTFT. A real regression slows every
@@ -36,6 +36,7 @@ from deploycheck.baseline.store import GENERATIVE_FILE
 from deploycheck.errors import BaselineError
 from deploycheck.generation.artifact import SIDECAR
 from deploycheck.jsonio import write_json
+from deploycheck.run_result import Check, CheckStatus
 
 MAX_KL_GROWTH = 1.5
 KL_FLOOR = 1e-9  # nats: fp32 formats' KL is rounding (1e-15); int8 weight-only is 1e-7 and up
@@ -90,73 +91,107 @@ def accepted_artifacts(stored: dict[str, Any], accepted: AcceptedStore) -> dict[
 
 @dataclass
 class GenerationComparison:
-    regressions: list[str] = field(default_factory=list)
-    inconclusive: list[str] = field(default_factory=list)
+    """A report against its baseline (`source`): per format, the checks the comparison made."""
+
+    model: str
+    source: str
+    checks: dict[str, list[Check]] = field(default_factory=dict)
+
+    def add(self, format_name: str, check: Check) -> None:
+        self.checks.setdefault(format_name, []).append(check)
+
+    def _said(self, statuses: tuple[str, ...]) -> list[str]:
+        return [describe(self.model, name, check, self.source) for name, checks in self.checks.items()
+                for check in checks if check.status in statuses]
+
+    @property
+    def regressions(self) -> list[str]:
+        return self._said(("REGRESSED", "missing"))
+
+    @property
+    def inconclusive(self) -> list[str]:
+        return self._said(("inconclusive",))
 
     @property
     def passed(self) -> bool:
         return not self.regressions
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "regressions": self.regressions, "inconclusive": self.inconclusive}
+
+def describe(model: str, format_name: str, check: Check, source: str) -> str:
+    """A comparison's check as the failing test and the summary say it."""
+    label = f"{model}/{format_name} at batch {check.batch_size}"
+    if check.status == "missing":
+        return f"{label}: not in the baseline {source}; record it with `pytest --deploycheck-update`"
+    if check.metric == "mean_kl":
+        return (f"{label}: mean KL divergence from eager {check.value:.3g} nats, baseline {check.baseline:.3g} (at "
+                f"most {check.limit:.3g})")
+    if check.metric == "top1_agreement":
+        return (f"{label}: top-1 agreement {check.value:.1%}, baseline {check.baseline:.1%} (at most "
+                f"{MAX_TOP1_DROP:.0%} lower)")
+    name = SPEED_FIGURES.get(check.metric, check.metric)
+    low, high = check.interval or (check.value, check.value)
+    if check.against == "accepted":
+        why = "" if check.status != "inconclusive" else ": not every round is slower"
+        return (f"{label}: {name} {check.value:.2f}x the accepted artifact's, side by side in this run's rounds "
+                f"(rounds from {low:.2f} to {high:.2f}; allowed {check.limit:.2f}x){why}")
+    return (f"{label}: {name} {check.value:.2f}x eager's in this run's rounds (rounds from {low:.2f} to {high:.2f}), "
+            f"baseline at most {check.baseline:.2f}x: said, not failed, as the accepted artifact was not at hand to "
+            "time beside it (the ratio to eager moves with the machine's load)")
 
 
 def compare_generation(report: dict[str, Any], stored: dict[str, Any], where: str) -> GenerationComparison:
     """`report` (`GenerationReport.to_dict()`) against the `stored` baseline (from `where`)."""
-    comparison = GenerationComparison()
+    comparison = GenerationComparison(report["model"], where)
     old = {(row["format"], row["batch_size"]): row for row in stored["rows"]}
     new = {(row["format"], row["batch_size"]): row for row in report["rows"]}
     for (format_name, batch), row in new.items():
-        label = f"{report['model']}/{format_name} at batch {batch}"
         before = old.get((format_name, batch))
         if before is None:
-            comparison.regressions.append(f"{label}: not in the baseline {where}; record it with "
-                                          "`pytest --deploycheck-update`")
+            comparison.add(format_name, Check("in_baseline", "missing", against="baseline", batch_size=batch))
             continue
         limit = MAX_KL_GROWTH * float(before["mean_kl"]) + KL_FLOOR
-        if row["mean_kl"] > limit:
-            comparison.regressions.append(f"{label}: mean KL divergence from eager {row['mean_kl']:.3g} nats, "
-                                          f"baseline {before['mean_kl']:.3g} (at most {limit:.3g})")
-        if row["top1_agreement"] < before["top1_agreement"] - MAX_TOP1_DROP:
-            comparison.regressions.append(f"{label}: top-1 agreement {row['top1_agreement']:.1%}, baseline "
-                                          f"{before['top1_agreement']:.1%} (at most {MAX_TOP1_DROP:.0%} lower)")
+        comparison.add(format_name, Check("mean_kl", "REGRESSED" if row["mean_kl"] > limit else "ok",
+                                          row["mean_kl"], "nats", "baseline", limit, "max",
+                                          baseline=before["mean_kl"], batch_size=batch))
+        lowest = before["top1_agreement"] - MAX_TOP1_DROP
+        comparison.add(format_name, Check("top1_agreement", "REGRESSED" if row["top1_agreement"] < lowest else "ok",
+                                          row["top1_agreement"], "fraction", "baseline", lowest, "min",
+                                          baseline=before["top1_agreement"], batch_size=batch))
         if row.get("accepted_rounds"):
-            _judge_side_by_side(comparison, label, row)
+            _judge_side_by_side(comparison, format_name, row)
         elif format_name != "eager" and ("eager", batch) in new and ("eager", batch) in old:
-            _say_against_eager(comparison, label, row, before, new[("eager", batch)], old[("eager", batch)])
+            _say_against_eager(comparison, format_name, row, before, new[("eager", batch)], old[("eager", batch)])
     return comparison
 
 
-def _judge_side_by_side(comparison: GenerationComparison, label: str, row: dict[str, Any]) -> None:
-    """The new artifact's figures over the accepted artifact's, round by round, in this run."""
-    for figure, name in SPEED_FIGURES.items():
+def _judge_side_by_side(comparison: GenerationComparison, format_name: str, row: dict[str, Any]) -> None:
+    """The new artifact's figures over the accepted artifact's, round by round, in this run: the judged figure
+    regressed when every round is over the limit, inconclusive when only the median is; the others reported."""
+    allowed = 1 + MAX_SLOWDOWN
+    for figure in SPEED_FIGURES:
         ratios = _ratios(row["rounds"], row["accepted_rounds"], figure)
         if not ratios:
             continue
-        allowed = 1 + MAX_SLOWDOWN
-        said = (f"{label}: {name} {float(np.median(ratios)):.2f}x the accepted artifact's, side by side in this "
-                f"run's rounds (each round: {_listed(ratios)}; allowed {allowed:.2f}x)")
-        if min(ratios) > allowed and figure == JUDGED_SPEED:
-            comparison.regressions.append(said)
-        elif float(np.median(ratios)) > allowed:
-            why = "not every round is slower" if figure == JUDGED_SPEED else f"{name} is said, never failed"
-            comparison.inconclusive.append(f"{said}: {why}")
+        median = float(np.median(ratios))
+        status: CheckStatus = "reported"
+        if figure == JUDGED_SPEED:
+            status = "REGRESSED" if min(ratios) > allowed else "inconclusive" if median > allowed else "ok"
+        comparison.add(format_name, Check(figure, status, median, "x", "accepted", allowed, "max",
+                                          (min(ratios), max(ratios)), batch_size=row["batch_size"]))
 
 
-def _say_against_eager(comparison: GenerationComparison, label: str, row: dict[str, Any], before: dict[str, Any],
-                       eager_now: dict[str, Any], eager_then: dict[str, Any]) -> None:
-    """Without the accepted artifact: the ratio to eager's TPOT against the baseline's, said only (see above)."""
+def _say_against_eager(comparison: GenerationComparison, format_name: str, row: dict[str, Any],
+                       before: dict[str, Any], eager_now: dict[str, Any], eager_then: dict[str, Any]) -> None:
+    """Without the accepted artifact: the ratio to eager's median ITL against the baseline's, said only (see
+    above): inconclusive when it grew past the limit, else reported."""
     ratios = _ratios(row.get("rounds") or {}, eager_now.get("rounds") or {}, JUDGED_SPEED)
     accepted = _ratios(before.get("rounds") or {}, eager_then.get("rounds") or {}, JUDGED_SPEED)
-    if ratios and accepted and float(np.median(ratios)) > max(accepted) * (1 + MAX_SLOWDOWN):
-        comparison.inconclusive.append(
-            f"{label}: median ITL {float(np.median(ratios)):.2f}x eager's in this run's rounds (each round: "
-            f"{_listed(ratios)}), baseline at most {max(accepted):.2f}x: said, not failed, as the accepted artifact "
-            "was not at hand to time beside it (the ratio to eager moves with the machine's load)")
-
-
-def _listed(ratios: list[float]) -> str:
-    return ", ".join(f"{r:.2f}" for r in ratios)
+    if not ratios or not accepted:
+        return
+    median, limit = float(np.median(ratios)), max(accepted) * (1 + MAX_SLOWDOWN)
+    comparison.add(format_name, Check(JUDGED_SPEED, "inconclusive" if median > limit else "reported", median,
+                                      "x eager", "baseline", limit, "max", (min(ratios), max(ratios)),
+                                      max(accepted), row["batch_size"]))
 
 
 def _ratios(mine: dict[str, list[float]], theirs: dict[str, list[float]], figure: str) -> list[float]:

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploycheck.history.records import RunInfo, records_from_rows
+from deploycheck.history.records import records_from_rows
 from deploycheck.history.store import HistoryStore
 from deploycheck.history.trend import Change, counters_text, describe, new_worse_changes
+from deploycheck.run_result import RunInfo
 
 HISTORY_WINDOW = 100  # the runs a new change point is searched in: the recent past, at bounded cost
 

@@ -14,38 +14,17 @@ import hashlib
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deploycheck.gitrepo import current_branch, current_commit
-from deploycheck.rows import nested, row_status
+from deploycheck.rows import nested
+from deploycheck.run_result import RunInfo, row_status
 
 # the machine facts that make two timings comparable; versions are not among them: a runtime upgrade is a change
 # the history should show, not hide
 FINGERPRINT_KEYS = ("cpu", "cores", "machine", "cpu_flags", "device", "threads")
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """One gate run: its id (unique, so merged stores keep each run once), commit, branch, UTC time (ISO 8601),
-    what it did with baselines, and the machine's fingerprint and environment record."""
-
-    run_id: str
-    commit: str | None
-    branch: str | None
-    time: str
-    mode: str
-    machine: str
-    environment: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RunInfo:
-        return cls(str(data["run_id"]), data.get("commit"), data.get("branch"), str(data["time"]),
-                   str(data.get("mode") or ""), str(data.get("machine") or ""), dict(data.get("environment") or {}))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from deploycheck.errors import DeployCheckError
-from deploycheck.history.records import HistoryRecord, RunInfo
+from deploycheck.history.records import HistoryRecord
+from deploycheck.run_result import RunInfo
 
 SCHEMA = 1
 BUSY_TIMEOUT_S = 60.0

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from deploycheck.costs import counter_changes
 from deploycheck.history.changepoints import ChangePoint, change_points
-from deploycheck.history.records import HistoryRecord, RunInfo
+from deploycheck.history.records import HistoryRecord
+from deploycheck.run_result import RunInfo
 from deploycheck.table import format_table, human_size
 
 LATENCY_MIN_CHANGE = 0.02  # a latency level shift below 2% is not called a change (measurement noise)

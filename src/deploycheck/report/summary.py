@@ -1,26 +1,22 @@
-"""Reports: the end-of-run summary table, and the JSON, Markdown, HTML and pytest-benchmark JSON reports.
+"""The end-of-run summary of a run document: the single-pass table, the lines under it, and the verdict, which
+every other output (the Markdown and HTML reports, the GitHub job summary, `report merge`) repeats.
 
-A row is the dict of everything measured for one model x format (what the `Gate` recorded). Columns that no row
-has a value for are left out, so a run that only checks parity prints a parity table. The HTML page is one file
-with inline SVG plots (no JavaScript, no network), so it can be attached to a CI run as it is.
+A single-pass row is the dict of everything measured for one model x format (what the `Gate` recorded). Columns
+that no row has a value for are left out, so a run that only checks parity prints a parity table.
 """
 
 from __future__ import annotations
 
-import datetime
-import html
-import os
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from deploycheck.baseline.compare import smallest_batch
 from deploycheck.formats import format_names
 from deploycheck.formats.base import int8_in_name_only
-from deploycheck.history.records import RunInfo
-from deploycheck.jsonio import write_json, write_text
-from deploycheck.plots import svg_latency, svg_tradeoff
-from deploycheck.rows import ACCEPT_COMMAND, best_throughput, fell_behind_baseline, nested, row_status
+from deploycheck.report.checks import check_text
+from deploycheck.report.generative import best_decoders, generation_table, skipped_decoders
+from deploycheck.rows import ACCEPT_COMMAND, best_throughput, nested
+from deploycheck.run_result import Result, RunResult, row_status
 from deploycheck.table import format_table, human_size
 
 
@@ -107,8 +103,8 @@ WIDTH = 120
 CELL_WIDTH = 44  # longer cells (a baseline change with its reasons) are cut; the full text is in the report
 
 
-def _cells(rows: Sequence[dict[str, Any]], titles: Sequence[str] | None = None
-           ) -> tuple[list[str], list[list[str]]]:
+def table_cells(rows: Sequence[dict[str, Any]], titles: Sequence[str] | None = None
+                ) -> tuple[list[str], list[list[str]]]:
     """Titles and cells of the summary (of `titles` only, if given), keeping the columns some row has a value for."""
     columns = [(title, render) for title, render in COLUMNS if titles is None or title in titles]
     cells = [[_cut(render(row)) for _, render in columns] for row in with_size_ratios(rows)]
@@ -123,20 +119,20 @@ def _cut(cell: str) -> str:
 def summary_table(rows: Sequence[dict[str, Any]], width: int = WIDTH) -> str:
     """A row per model x format, `width` columns wide at most where it can be: when everything does not fit, the
     main columns form one table and the rest (sizes, compression, the original) a second, by the same rows."""
-    whole = format_table(*_cells(rows))
+    whole = format_table(*table_cells(rows))
     note = ("\nx eager: speed over the eager model, timed side by side (interleaved) in this run; it can differ from "
             "\n  the ratio of the p50s, which were timed apart" if "x eager" in whole.splitlines()[0] else "")
     if max(len(line) for line in whole.splitlines()) <= width:
         return whole + note
     main = list(MAIN_COLUMNS)
-    table = format_table(*_cells(rows, main))
+    table = format_table(*table_cells(rows, main))
     for title in MOVABLE:
         if max(len(line) for line in table.splitlines()) <= width:
             break
         main.remove(title)
-        table = format_table(*_cells(rows, main))
+        table = format_table(*table_cells(rows, main))
     details = [title for title, _ in COLUMNS if title not in main]
-    detail_titles, detail_cells = _cells(rows, ["model", "format", *details])
+    detail_titles, detail_cells = table_cells(rows, ["model", "format", *details])
     if len(detail_titles) > 2:
         table += "\n\ndetails:\n" + format_table(detail_titles, detail_cells)
     return table + note
@@ -160,21 +156,26 @@ def best_formats(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def verdict(rows: Sequence[dict[str, Any]]) -> str:
-    """The run in one line, last: how many model x formats failed and why, what was inconclusive, and what to do."""
-    statuses = [row_status(row) for row in rows]
-    failed = [row for row, status in zip(rows, statuses) if status == "FAIL"]
-    inconclusive = statuses.count("inconclusive")
-    judged = sum(1 for status in statuses if status in ("ok", "FAIL", "inconclusive"))
+def fell_behind(result: Result) -> bool:
+    """Whether a figure of the result fell behind its baseline or its accepted artifact (what `ACCEPT_COMMAND`
+    would accept)."""
+    return any(check.failed and check.against in ("baseline", "accepted") for check in result.checks)
+
+
+def verdict(document: RunResult) -> str:
+    """The run in one line, last: how many model x formats (single-pass and generative alike) failed and which,
+    what was inconclusive, and what to do."""
+    failed, judged = document.failed, document.judged
+    inconclusive = sum(1 for result in judged if result.status == "inconclusive")
     if not failed:
         tail = f", {inconclusive} inconclusive (see above)" if inconclusive else ""
-        return f"deploycheck: {judged - inconclusive} of {judged} model x format(s) passed{tail}"
-    against_baseline = [row for row in failed if fell_behind_baseline(row)]
-    names = ", ".join(f"{row['model']}/{row['format']}" for row in failed[:4]) + (", ..." if len(failed) > 4 else "")
-    line = f"deploycheck: {len(failed)} of {judged} model x format(s) FAILED ({names})"
-    if against_baseline:
-        line += (f"; {len(against_baseline)} fell behind its baseline\n  if that is intended, accept the new "
-                 f"figures with: {ACCEPT_COMMAND}")
+        return f"deploycheck: {len(judged) - inconclusive} of {len(judged)} model x format(s) passed{tail}"
+    behind = [result for result in failed if fell_behind(result)]
+    names = ", ".join(result.name for result in failed[:4]) + (", ..." if len(failed) > 4 else "")
+    line = f"deploycheck: {len(failed)} of {len(judged)} model x format(s) FAILED ({names})"
+    if behind:
+        line += (f"; {len(behind)} fell behind its baseline\n  if that is intended, accept the new figures with: "
+                 f"{ACCEPT_COMMAND}")
     return line
 
 
@@ -213,16 +214,19 @@ def unchecked_sizes(rows: Sequence[dict[str, Any]]) -> list[str]:
             "(add `def test_size(artifact, deploycheck): deploycheck.assert_size(artifact)`)"]
 
 
-def inconclusive_summary(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Lines naming every verdict against a baseline that could not be reached, with its reason: they did not
-    fail the run, and the reader must know that nothing was concluded."""
-    found = [(name, finding) for name, finding in baseline_findings(rows, only_problems=True)
+def inconclusive_summary(document: RunResult) -> list[str]:
+    """Lines naming every verdict that could not be reached, with its reason: they did not fail the run, and the
+    reader must know that nothing was concluded."""
+    found = [(name, f"{finding.get('metric')}: {finding.get('note')}")
+             for name, finding in baseline_findings(document.rows(), only_problems=True)
              if finding.get("status") == "inconclusive"]
+    found += [(result.name, check_text(check)) for result in document.of_kind("generative")
+              for check in result.checks if check.status == "inconclusive"]
     if not found:
         return []
-    lines = [f"deploycheck: {len(found)} verdict(s) against the baselines inconclusive (not failed; "
-             "--deploycheck-strict-latency fails them):"]
-    return lines + [f"  {name} {finding.get('metric')}: {finding.get('note')}" for name, finding in found]
+    lines = [f"deploycheck: {len(found)} verdict(s) inconclusive (not failed; --deploycheck-strict-latency fails "
+             "those against single-pass baselines):"]
+    return lines + [f"  {name} {text}" for name, text in found]
 
 
 def budget_summary(rows: Sequence[dict[str, Any]], budget_s: float | None) -> list[str]:
@@ -268,37 +272,12 @@ def baseline_findings(rows: Sequence[dict[str, Any]], only_problems: bool) -> li
     return found
 
 
-def markdown_report(rows: Sequence[dict[str, Any]], run: RunInfo | None = None) -> str:
-    """GitHub-flavoured Markdown: the verdict with commit and machine, the summary table, then every baseline
-    finding that is not ok."""
-    titles, cells = _cells(rows)
-
-    def line(values: Sequence[str]) -> str:
-        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
-
-    statuses = [row_status(r) for r in rows]
-    failing = statuses.count("FAIL")
-    outcome = "FAILED" if failing else "inconclusive" if "inconclusive" in statuses else "passed"
-    parts = [f"## deploycheck: {outcome}", "", f"**{run_line(rows, run)}**", "",
-             f"{len(rows)} model x format result(s), {failing} failing.", "",
-             line(titles), "| " + " | ".join("---" for _ in titles) + " |", *(line(c) for c in cells)]
-    problems = baseline_findings(rows, only_problems=True)
-    if problems:
-        parts += ["", "### Against the baselines", "",
-                  line(["model/format", "metric", "baseline", "obtained", "change", "limit", "status", "note"]),
-                  "| " + " | ".join("---" for _ in range(8)) + " |"]
-        parts += [line([name, *(str(f.get(k, "")) for k in ("metric", "baseline", "obtained", "change", "limit",
-                                                            "status", "note"))]) for name, f in problems]
-    behind = any(status == "FAIL" and fell_behind_baseline(row) for row, status in zip(rows, statuses))
-    parts += ["", f"**Verdict: {outcome}** ({len(rows) - failing} of {len(rows)} passed)."
-              + (f" If the changes are intended, accept them with `{ACCEPT_COMMAND}`." if behind else "")]
-    return "\n".join(parts) + "\n"
-
-
-def run_line(rows: Sequence[dict[str, Any]], run: RunInfo | None) -> str:
+def run_line(document: RunResult) -> str:
     """The verdict first, then where it was measured: commit, branch and machine (a report read on its own, in a
     CI job summary or an attached page, says at once what it is about)."""
-    line = verdict(rows).removeprefix("deploycheck: ").splitlines()[0] if rows else "nothing measured"
+    line = verdict(document).removeprefix("deploycheck: ").splitlines()[0] if document.results else \
+        "nothing measured"
+    run = document.run
     if run is None:
         return line
     environment = run.environment
@@ -308,113 +287,13 @@ def run_line(rows: Sequence[dict[str, Any]], run: RunInfo | None) -> str:
     return f"{line} — {', '.join(part for part in where if part)}"
 
 
-def _html_table(titles: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(t)}</th>" for t in titles)
-    body = "".join("<tr>" + "".join(f'<td class="{"bad" if c in ("FAIL", "REGRESSED") else ""}">{html.escape(c)}'
-                                    "</td>" for c in row) + "</tr>" for row in cells)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def html_report(rows: Sequence[dict[str, Any]], run: RunInfo | None = None, trends_html: str = "") -> str:
-    """One self-contained page that fits a 1,280-px window: the verdict with commit and machine, the main table
-    (the terminal's main columns) and the details below it, baseline findings, the plots, and, when the run kept
-    a history, each model x format's trend over it (`trends_html`)."""
-    main = list(MAIN_COLUMNS)
-    details = ["model", "format", *(title for title, _ in COLUMNS if title not in MAIN_COLUMNS)]
-    detail_titles, detail_cells = _cells(rows, details)
-    tables = _html_table(*_cells(rows, main))
-    if len(detail_titles) > 2:
-        tables += "<h2>Details</h2>" + _html_table(detail_titles, detail_cells)
-    problems = baseline_findings(rows, only_problems=True)
-    findings = ""
-    if problems:
-        findings = "<h2>Against the baselines</h2>" + _html_table(
-            ["model/format", "metric", "baseline", "obtained", "change", "limit", "status", "note"],
-            [[name, *(str(f.get(k, "")) for k in ("metric", "baseline", "obtained", "change", "limit", "status",
-                                                   "note"))] for name, f in problems])
-    latency, tradeoff = svg_latency(rows), svg_tradeoff(rows)
-    plots = (f"<h2>Latency distribution</h2>{latency}" if latency else "") + \
-        (f"<h2>Accuracy, size and speed</h2>{tradeoff}" if tradeoff else "")
-    failed = any(row_status(row) == "FAIL" for row in rows)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>deploycheck report</title>
-<style>{PAGE_STYLE}</style></head><body>
-<h1>deploycheck report</h1>
-<p class="verdict {'fail' if failed else 'pass'}">{html.escape(run_line(rows, run))}</p>
-<p>{len(rows)} model x format result(s), generated {stamp}.</p>
-{tables}{findings}{plots}{trends_html}
-</body></html>
-"""
-
-
-# the page fits 1,280 px: cells wrap instead of widening the table, SVGs scale down with the window
-PAGE_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1240px; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 12px; max-width: 100%; }
-th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; overflow-wrap: anywhere; }
-th { background: #f0f0f0; } td:first-child, td:nth-child(2) { text-align: left; white-space: nowrap; }
-td.bad { background: #fdd; font-weight: bold; }
-p.verdict { font-size: 15px; font-weight: bold; padding: 6px 10px; border-radius: 4px; }
-p.verdict.fail { background: #fdd; } p.verdict.pass { background: #dfd; }
-svg { max-width: 100%; height: auto; }
-"""
-
-
-def write_json_report(path: Path, rows: Sequence[dict[str, Any]], run: RunInfo | None = None,
-                      generation: Sequence[dict[str, Any]] = ()) -> None:
-    """The rows, the run they came from (what `deploycheck report merge` checks shards by), generative reports."""
-    write_json(path, {"run": run.to_dict() if run else None, "results": with_size_ratios(rows),
-                      **({"generation": list(generation)} if generation else {})})
-
-
-def write_markdown(path: Path, rows: Sequence[dict[str, Any]], run: RunInfo | None = None) -> None:
-    write_text(path, markdown_report(rows, run))
-
-
-def write_html(path: Path, rows: Sequence[dict[str, Any]], run: RunInfo | None = None,
-               trends_html: str = "") -> None:
-    write_text(path, html_report(rows, run, trends_html))
-
-
-def benchmark_json(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The latencies in pytest-benchmark's JSON schema (seconds), one benchmark per model x format x batch size,
-    so tools that read pytest-benchmark files (its `compare`, CI dashboards) read these."""
-    benchmarks = []
-    environment: dict[str, Any] = {}
-    for row in rows:
-        environment = row.get("environment") or environment
-        for batch, stats in sorted((row.get("latency") or {}).items(), key=lambda item: int(item[0])):
-            q = stats.get("quantiles_ms") or [stats["p50_ms"]]
-            q1, q3 = float(q[len(q) // 4]) / 1e3, float(q[(3 * len(q)) // 4]) / 1e3
-            name = f"{row['model']}/{row['format']}[batch={batch}]"
-            mean = stats["mean_ms"] / 1e3
-            benchmarks.append({
-                "group": row["model"], "name": name, "fullname": name,
-                "params": {"batch_size": int(batch)}, "param": str(batch),
-                "extra_info": {"format": row["format"], "throughput_per_s": stats.get("throughput_per_s"),
-                               "p99_ms": stats.get("p99_ms"), "stabilised": stats.get("stabilised"),
-                               "disturbed_rounds": stats.get("disturbed_rounds")},
-                "options": {"timer": "perf_counter", "disable_gc": True, "warmup": True},
-                "stats": {"min": stats["min_ms"] / 1e3, "max": stats["max_ms"] / 1e3, "mean": mean,
-                          "stddev": stats["stddev_ms"] / 1e3, "rounds": stats["calls"],
-                          "median": stats["p50_ms"] / 1e3, "iqr": stats["iqr_ms"] / 1e3, "q1": q1, "q3": q3,
-                          "iqr_outliers": 0, "stddev_outliers": 0, "outliers": "0;0",
-                          "ld15iqr": stats["min_ms"] / 1e3, "hd15iqr": stats["max_ms"] / 1e3,
-                          "ops": 1 / mean if mean else 0.0, "total": mean * stats["calls"], "iterations": 1},
-            })
-    from importlib.metadata import version
-
-    return {"machine_info": {"node": os.uname().nodename, "processor": environment.get("cpu", ""),
-                             "machine": environment.get("machine", ""), "cpu": environment,
-                             "python_implementation": "CPython", "python_version": environment.get(
-                                 "versions", {}).get("python", "")},
-            "commit_info": {}, "benchmarks": benchmarks,
-            "datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "version": f"deploycheck {version('deploycheck')}"}
-
-
-def write_benchmark_json(path: Path, rows: Sequence[dict[str, Any]], run: RunInfo | None = None) -> None:
-    write_json(path, benchmark_json(rows))
-
-
+def summary_lines(document: RunResult) -> list[str]:
+    """What the terminal prints of a document, the verdict aside: the single-pass table and best formats, the
+    generative table and best formats, int8-in-name-only lines, and the inconclusive verdicts. The plugin and
+    `report merge` both print it, so a merged matrix reads as one job."""
+    rows = document.rows()
+    decoders = document.of_kind("generative")
+    lines = [summary_table(rows), *best_formats(rows)] if rows else []
+    if decoders:
+        lines += [generation_table(decoders), *best_decoders(decoders), *skipped_decoders(decoders)]
+    return lines + quantization_summary(rows) + inconclusive_summary(document)
