@@ -16,11 +16,11 @@ import pytest
 
 from deploycheck.history.changepoints import change_points
 from deploycheck.history.pictures import MAX_POINTS, RECENT, history_page, panels, trend_section
-from deploycheck.history.recorder import change_note
+from deploycheck.history.recorder import change_note, record_run
 from deploycheck.history.records import HistoryRecord, figures, fingerprint
 from deploycheck.history.store import HistoryError, HistoryStore, merge_stores
 from deploycheck.history.trend import new_worse_changes, trend_table, trends
-from deploycheck.run_result import RunInfo
+from deploycheck.run_result import Check, Result, RunInfo
 
 
 def scripted(seed: int, noise: float = 0.01, outliers: int = 0) -> np.ndarray:
@@ -279,3 +279,43 @@ def test_each_change_point_says_whether_the_cost_counters_moved_across_it() -> N
     assert "cost counters: unchanged)" in counters_column(history(small))
     assert counters_column(history(larger)).startswith("+1 Gemm, +1 Relu, +24% FLOPs, +25% weight bytes | ")
     assert counters_column(history(None, None)).startswith("not recorded | ")
+
+
+def _decoder_runs(itl_ms: np.ndarray) -> list[tuple[RunInfo, list[Result]]]:
+    """One run per value: a decoder's onnx format at batch 1 with that median ITL, and eager beside it."""
+    runs = []
+    for index, itl in enumerate(itl_ms):
+        run = RunInfo(f"run{index:05d}", str(index) * 40, "main", f"2026-12-08T00:{index:02d}:00", "compare", "m1")
+        runs.append((run, [Result("llm", name, "generative", (
+            Check("itl_p50_ms", "reported", value, "ms", batch_size=1),
+            Check("decode_tokens_per_s", "reported", 1e3 / value, "tokens/s", batch_size=1),
+            Check("mean_kl", "ok", 1e-6, "nats", "budget", 0.05, "max", batch_size=1),
+            Check("itl_p50_ms", "ok", 1.0, "x", "accepted", 1.25, "max", batch_size=1)))
+            for name, value in (("eager", 0.7), ("onnx", itl))]))
+    return runs
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_slower_decode_step_is_one_change_point_with_its_commits_and_noise_none(tmp_path: Path, seed: int) -> None:
+    """Ten scripted runs of a decoder: its median ITL 30% longer from run 6 (index 5) is one change point in
+    `deploycheck history`, between the commits of runs 5 and 6; ten runs of noise alone (3%) have none."""
+    rng = np.random.default_rng(seed)
+    noise = 1 + rng.normal(0, 0.03, 10)
+    stepped = 0.25 * noise * np.where(np.arange(10) >= 5, 1.3, 1.0)
+    for name, values in (("stepped", stepped), ("unchanged", 0.25 * noise)):
+        location = str(tmp_path / f"{name}.sqlite")
+        for run, results in _decoder_runs(values):
+            record_run(location, [], run, fail_on_change_point=False, decoders=results)
+        records = HistoryStore(location).records()
+        assert {(r.format, tuple(sorted(r.figures))) for r in records} == {
+            (f, ("decode_tokens_per_s@1", "itl_p50_ms@1", "mean_kl@1")) for f in ("eager", "onnx")}, \
+            "the figures measured, not the ratio to the accepted artifact"
+        changes = [(t.format, c.commits) for t in trends(records) for c in t.changes]
+        listed = subprocess.run([sys.executable, "-m", "deploycheck.cli", "history", "--store", location],
+                                capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        if name == "stepped":
+            assert changes == [("onnx", "4444444444..5555555555")]
+            assert "4444444444..5555555555" in listed.stdout and "median ITL" in listed.stdout, listed.stdout
+        else:
+            assert changes == [], changes

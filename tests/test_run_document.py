@@ -126,3 +126,10 @@ def test_a_decoder_with_a_broken_cache_fails_every_output_of_the_run(
     assert _without_timings(merged.stdout) == _without_timings(single.stdout) and verdict in merged.stdout
     assert RunResult.from_dict(json.loads((tmp_path / "merged.json").read_text())).failed[0].name == \
         "llama_tiny/onnx"
+
+    # --deploycheck-formats chooses the decoder's formats too; a format only decoders have is known
+    run_in_process(*common[:-1], "--deploycheck-formats=eager", f"--deploycheck-report={tmp_path / 'eager.json'}") \
+        .assert_outcomes(passed=2)
+    eager_only = RunResult.from_dict(json.loads((tmp_path / "eager.json").read_text()))
+    assert [result.name for result in eager_only.results] == ["llama_tiny/eager", "tiny/eager"]
+    run_in_process(*common[:-1], "--deploycheck-formats=onnx_int8_weight").assert_outcomes(skipped=2)

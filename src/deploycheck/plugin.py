@@ -170,7 +170,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "artifact" in metafunc.fixturenames:
-        formats = selected_formats(metafunc.config)
+        from deploycheck.formats import format_names
+
+        single_pass = format_names()  # the run's choice may also name formats only decoders have
+        formats = [name for name in selected_formats(metafunc.config) if name in single_pass]
         params = [(model, fmt) for model in _registered(metafunc, MODEL_MARK) for fmt in formats]
         metafunc.parametrize("artifact", params, indirect=True, ids=[f"{m}/{f}" for m, f in params])
     if "generative" in metafunc.fixturenames:
@@ -270,7 +273,7 @@ def deploycheck(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     generation = GenerationCheck(
         _deploycheck_exports.artifacts_dir / "generative", lambda data: request.node.user_properties.append(
             (GENERATION_PROPERTY, data)), baseline_settings(config)[0] if mode is not None else None, mode,
-        accepted_store(config))
+        accepted_store(config), selected_formats(config) if option(config, "formats") else None, pytest.skip)
     budget = option(config, "budget")
     pairs = config.stash.get(PAIRS, 0) or 1
     return Gate(record, bench_time_s=float(option(config, "bench-time")),

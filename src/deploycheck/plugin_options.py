@@ -91,12 +91,13 @@ def option(config: pytest.Config, name: str) -> Any:
 
 
 def selected_formats(config: pytest.Config) -> list[str]:
-    """The formats to gate: `--deploycheck-formats` / the ini key, else every registered format but the opt-in
-    ones (`Format.default`)."""
+    """The formats to gate, single-pass and generative: `--deploycheck-formats` / the ini key, else every
+    registered format but the opt-in ones (`Format.default`)."""
     from deploycheck.formats import default_formats, format_names
+    from deploycheck.generation.spec import GENERATIVE_FORMATS
 
     selected = option(config, "formats")
-    known = format_names()
+    known = list(dict.fromkeys([*format_names(), *GENERATIVE_FORMATS]))
     formats = [f.strip() for f in selected.split(",") if f.strip()] if selected else default_formats()
     unknown = [f for f in formats if f not in known]
     if unknown:

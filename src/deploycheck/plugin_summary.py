@@ -195,25 +195,38 @@ class RunSummary:
         if not rows and not self.generation and not self.generation_failures:
             return
         run = self._run(rows)  # each step below imports its modules only when it has work
-        history = self._record_history(rows, run)
-        self.document = self._document(rows, run)
+        decoders = self._decoder_results()
+        history, changed = self._record_history(rows, run, decoders)
+        self.document = self._document(rows, run, decoders, changed)
         self.written = (self._write_baselines(rows) + self._write_generation_baselines() + self._stale_baselines()
                         + self._write_reports(self.document) + history)
         if not self.document.passed and session.exitstatus == 0:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         self._github_step_summary(self.document)
 
-    def _document(self, rows: list[dict[str, Any]], run: Any) -> Any:
-        """The run document: each single-pass row and each decoder format a result; a decoder whose test failed
-        before it reported anything (an export that raised) one failed result for the model."""
+    def _decoder_results(self) -> list[Any]:
+        """Each decoder format a result (`deploycheck.run_result.Result`); a decoder whose test failed before it
+        reported anything (an export that raised) one failed result for the model."""
+        from deploycheck.run_result import Result
+
+        results = [Result.from_dict(result) for data in self.generation.values() for result in data["results"]]
+        return results + [Result(model, "*", "generative", failed_tests=tuple(tests))
+                          for model, tests in self.generation_failures.items() if model not in self.generation]
+
+    def _document(self, rows: list[dict[str, Any]], run: Any, decoders: list[Any],
+                  changed: set[tuple[str, str]]) -> Any:
+        """The run document: each single-pass row a result, and each decoder result, with a failed history check
+        where the run fails on a new worse change point (`changed`; a row's is in its `history` section)."""
+        from dataclasses import replace
+
         from deploycheck.formats import format_names
         from deploycheck.report.summary import with_size_ratios
-        from deploycheck.run_result import Result, RunResult, ordered
+        from deploycheck.run_result import Check, Result, RunResult, ordered
 
-        results = [Result.from_row(row) for row in with_size_ratios(rows)]
-        results += [Result.from_dict(result) for data in self.generation.values() for result in data["results"]]
-        results += [Result(model, "*", "generative", failed_tests=tuple(tests))
-                    for model, tests in self.generation_failures.items() if model not in self.generation]
+        history = Check("change_point", "REGRESSED", against="history")
+        decoders = [replace(result, checks=(*result.checks, history)) if (result.model, result.format) in changed
+                    else result for result in decoders]
+        results = [Result.from_row(row) for row in with_size_ratios(rows)] + decoders
         return RunResult(run, ordered(results, format_names()))
 
     def _run(self, rows: list[dict[str, Any]]) -> Any:
@@ -225,18 +238,21 @@ class RunSummary:
         return new_run(self.config.rootpath, baseline_mode(self.config) or "no-baselines",
                        measured or environment(threads=1))
 
-    def _record_history(self, rows: list[dict[str, Any]], run: Any) -> list[str]:
+    def _record_history(self, rows: list[dict[str, Any]], run: Any,
+                        decoders: list[Any]) -> tuple[list[str], set[tuple[str, str]]]:
+        """The history's lines, and the model x formats whose figures made a new worse change point (with
+        `--deploycheck-fail-on-change-point`)."""
         location = history_location(self.config)
-        if location is None or not rows:
-            return []
+        if location is None or not (rows or decoders):
+            return [], set()
         from deploycheck.errors import DeployCheckError
         from deploycheck.history.recorder import record_run
 
         try:
-            outcome = record_run(location, rows, run, bool(option(self.config, "fail-on-change-point")))
+            outcome = record_run(location, rows, run, bool(option(self.config, "fail-on-change-point")), decoders)
         except DeployCheckError as exc:  # the gate's results stand; the history could not take them
-            return [f"deploycheck: {exc} (this run is not in the history)"]
-        return outcome.lines
+            return [f"deploycheck: {exc} (this run is not in the history)"], set()
+        return outcome.lines, {(change.model, change.format) for change in outcome.changes}
 
     def _github_step_summary(self, document: Any) -> None:
         """On GitHub Actions, the Markdown report goes into the job summary without any option."""

@@ -6,11 +6,13 @@ says how to accept new figures. Pytest-free: the plugin hands it a `record` call
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from deploycheck.accepted import AcceptedStore
+from deploycheck.errors import FormatUnavailable
 from deploycheck.generation.decoders import Decoder
 from deploycheck.generation.formats import load_decoder
 from deploycheck.generation.gate import GenerationReport, gate_decoder
@@ -28,12 +30,17 @@ class GenerationCheck:
     its results of the run document, baseline checks included, under "results"); `baselines_dir` and `mode`
     ("compare", "update", "update-new"; None: baselines off) as for single-pass models: in "update" modes the
     caller writes the baselines of passing reports (in the plugin, the controller at the end of the run); the
-    `accepted` store holds the artifacts a baseline accepted, timed beside the new ones."""
+    `accepted` store holds the artifacts a baseline accepted, timed beside the new ones. `formats`, when given
+    (`--deploycheck-formats`), is the run's choice of formats: a spec's others are not gated, and a spec left
+    with none is `not_applicable` (the plugin's `pytest.skip`)."""
 
     def __init__(self, artifacts_dir: Path, record: Callable[[dict[str, Any]], None] | None = None,
                  baselines_dir: Path | None = None, mode: str | None = None,
-                 accepted: AcceptedStore | None = None) -> None:
+                 accepted: AcceptedStore | None = None, formats: Sequence[str] | None = None,
+                 not_applicable: Callable[[str], Any] | None = None) -> None:
         self.artifacts_dir = Path(artifacts_dir)
+        self.formats = formats
+        self.not_applicable = not_applicable
         self.record = record or (lambda data: None)
         self.baselines_dir = baselines_dir
         self.mode = mode if baselines_dir is not None else None
@@ -41,6 +48,14 @@ class GenerationCheck:
 
     def assert_generation(self, spec: GenerativeSpec) -> GenerationReport:
         __tracebackhide__ = True
+        if self.formats is not None:
+            chosen = tuple(name for name in spec.formats if name in self.formats)
+            if not chosen:
+                reason = f"{spec.name}: none of its formats {list(spec.formats)} is among the run's formats"
+                if self.not_applicable is None:
+                    raise FormatUnavailable(reason)
+                self.not_applicable(reason)
+            spec = replace(spec, formats=chosen)
         stored = None
         if self.mode in ("compare", "update-new") and self.baselines_dir is not None:
             where = baseline_path(self.baselines_dir, spec.name)

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploycheck.history.records import records_from_rows
+from deploycheck.history.records import records_from_results, records_from_rows
 from deploycheck.history.store import HistoryStore
 from deploycheck.history.trend import Change, counters_text, describe, new_worse_changes
-from deploycheck.run_result import RunInfo
+from deploycheck.run_result import Result, RunInfo
 
 HISTORY_WINDOW = 100  # the runs a new change point is searched in: the recent past, at bounded cost
 
@@ -30,15 +30,17 @@ def change_note(change: Change) -> str:
             f"commits {change.commits} (p = {change.point.pvalue:.1e}; cost counters: {counters_text(change)})")
 
 
-def record_run(location: str, rows: Sequence[dict[str, Any]], run: RunInfo,
-               fail_on_change_point: bool) -> HistoryOutcome:
-    """Append this run's rows to the history at `location`. With `fail_on_change_point`, each row whose figures
-    make a new worse change point in its recent history first gets a failed `history` section (so the record,
-    the reports and the verdict say FAIL)."""
+def record_run(location: str, rows: Sequence[dict[str, Any]], run: RunInfo, fail_on_change_point: bool,
+               decoders: Sequence[Result] = ()) -> HistoryOutcome:
+    """Append this run's rows and decoder results to the history at `location`. With `fail_on_change_point`,
+    each row whose figures make a new worse change point in its recent history first gets a failed `history`
+    section (so the record, the reports and the verdict say FAIL); a decoder's new worse change points are in
+    `changes`, for the caller to add to its result."""
     store = HistoryStore(location)
     outcome = HistoryOutcome()
+    decoder_records = records_from_results(decoders, run)
     if fail_on_change_point:
-        current = {(r.model, r.format): r for r in records_from_rows(rows, run)}
+        current = {(r.model, r.format): r for r in [*records_from_rows(rows, run), *decoder_records]}
         pasts = store.recent_series(list(current), last_runs=HISTORY_WINDOW)
         for row in rows:
             key = (row["model"], row["format"])
@@ -47,7 +49,9 @@ def record_run(location: str, rows: Sequence[dict[str, Any]], run: RunInfo,
             changes = new_worse_changes(pasts[key], [current[key]])
             row["history"] = {"passed": not changes, "changes": [change_note(c) for c in changes]}
             outcome.changes += changes
-    added = store.append(records_from_rows(rows, run))
+        for record in decoder_records:
+            outcome.changes += new_worse_changes(pasts[(record.model, record.format)], [record])
+    added = store.append([*records_from_rows(rows, run), *decoder_records])
     outcome.lines.append(f"deploycheck: history: {added} record(s) of run {run.run_id[:8]} "
                          f"({run.commit[:10] if run.commit else 'no commit'}) appended to {store.label}")
     if outcome.changes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 
 from deploycheck.gitrepo import current_branch, current_commit
 from deploycheck.rows import nested
-from deploycheck.run_result import RunInfo, row_status
+from deploycheck.run_result import Result, RunInfo, row_status
 
 # the machine facts that make two timings comparable; versions are not among them: a runtime upgrade is a change
 # the history should show, not hide
@@ -86,4 +87,18 @@ def records_from_rows(rows: Sequence[dict[str, Any]], run: RunInfo) -> list[Hist
             continue
         records.append(HistoryRecord(run, str(row["model"]), str(row["format"]), row_status(row) or "ok",
                                      measured, dict(row.get("counters") or {})))
+    return records
+
+
+def records_from_results(results: Sequence[Result], run: RunInfo) -> list[HistoryRecord]:
+    """The history records of a run's decoder results: each figure this run measured (not a comparison's ratio),
+    keyed `metric@batch` (`itl_p50_ms@1`: the batch-1 median inter-token latency); results that measured
+    nothing (skipped formats) are left out."""
+    records = []
+    for result in results:
+        measured = {(check.metric if check.batch_size is None else f"{check.metric}@{check.batch_size}"): check.value
+                    for check in result.checks if check.against in (None, "eager", "budget")
+                    and check.value is not None and math.isfinite(check.value)}
+        if measured or result.failed_tests:
+            records.append(HistoryRecord(run, result.model, result.format, result.status or "ok", measured))
     return records

@@ -33,8 +33,12 @@ class Figure:
     min_change: float = 0.0
 
 
+DECODE_MIN_CHANGE = 0.10  # a decoder's median ITL is timed, not normalised: a shift below 10% is not named
+
+
 FIGURES = (
     Figure("p50_norm@", "p50 / reference", True, True, LATENCY_MIN_CHANGE),
+    Figure("itl_p50_ms@", "median ITL", True, True, DECODE_MIN_CHANGE),
     Figure("size_bytes", "size", True, False),
     Figure("accuracy", "accuracy", False, False),
     Figure("max_abs", "max abs error", True, False),
