@@ -165,7 +165,7 @@ def test_speed(artifact, deploycheck):
 
 
 def _latency_notes(report: Path) -> list[str]:
-    rows = json.loads(report.read_text())["results"]
+    rows = [result["measurements"] for result in json.loads(report.read_text())["results"]]
     return [finding["note"] for row in rows for finding in row["baseline"]["latency"]["findings"]]
 
 

@@ -61,8 +61,9 @@ def test_generation_lifecycle(pytester: pytest.Pytester, run_in_process, tmp_pat
 
     update = pytester.runpytest_subprocess(*common, "-n", "2", "--deploycheck-update")
     update.assert_outcomes(passed=1)
-    update.stdout.fnmatch_lines(["*generation of llama_tiny against eager*", "*onnx_int8_weight*2*ok*",
-                                 "*best format at batch 2:*", f"*generation baseline written to {baseline}"])
+    update.stdout.fnmatch_lines(["*generative decoders against eager*", "*llama_tiny*onnx_int8_weight*2*ok",
+                                 "*best format for llama_tiny at batch 2:*",
+                                 f"*generation baseline written to {baseline}", "*3 of 3 model x format(s) passed"])
     stored = json.loads(baseline.read_text())
     assert {(row["format"], row["batch_size"]) for row in stored["rows"]} == {
         ("eager", 2), ("onnx", 2), ("onnx_int8_weight", 2)}
@@ -82,8 +83,15 @@ def test_generation_lifecycle(pytester: pytest.Pytester, run_in_process, tmp_pat
     regressed.stdout.fnmatch_lines(["*llama_tiny failed the generative gate:",
                                     "*llama_tiny/onnx_int8_weight at batch 2: mean KL divergence from eager * nats, "
                                     "baseline * (at most *)", "*pytest --deploycheck-update*"])
-    written = json.loads(report.read_text())["generation"]
-    assert [data["model"] for data in written] == ["llama_tiny"]
-    assert written[0]["passed"], "every format passed its own checks: the baseline is what failed"
-    assert all(len(row["accepted_rounds"]["tpot_ms"]) == 3 for row in written[0]["rows"] if row["format"] != "eager")
-    assert not written[0]["baseline"]["passed"] and len(written[0]["baseline"]["regressions"]) == 1, written[0]
+    results = {r["format"]: r for r in json.loads(report.read_text())["results"] if r["kind"] == "generative"}
+    assert sorted(results) == ["eager", "onnx", "onnx_int8_weight"]
+    int8 = results["onnx_int8_weight"]
+    assert [(c["metric"], c.get("against")) for c in int8["checks"] if c["status"] not in ("ok", "reported")] == [
+        ("mean_kl", "baseline")], "every format passed its own checks: the baseline is what failed"
+    assert int8["status"] == "FAIL" and results["onnx"]["status"] in ("ok", "inconclusive")
+    for name in ("onnx", "onnx_int8_weight"):  # timed beside the accepted artifact, its interval over the rounds
+        speed = next(c for c in results[name]["checks"]
+                     if c["metric"] == "itl_p50_ms" and c.get("against") == "accepted")
+        assert speed["limit"] == 1.25 and speed["interval"][0] <= speed["value"] <= speed["interval"][1]
+    regressed.stdout.fnmatch_lines(["deploycheck: 1 of 3 model x format(s) FAILED (llama_tiny/onnx_int8_weight); 1 "
+                                    "fell behind its baseline"])

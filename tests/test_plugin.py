@@ -100,9 +100,13 @@ def test_formats_option_and_ini_key_and_json_report(pytester: pytest.Pytester, r
     report = tmp_path / "report.json"
     result = run_in_process(f"--deploycheck-report={report}")
     result.assert_outcomes(passed=1)
-    rows = json.loads(report.read_text())["results"]
-    assert [(r["model"], r["format"]) for r in rows] == [("tiny", "onnx")]
-    assert rows[0]["parity"]["passed"] is True and rows[0]["parity"]["max_abs"] < 1e-5
+    results = json.loads(report.read_text())["results"]
+    assert [(r["model"], r["format"], r["kind"], r["status"]) for r in results] == [
+        ("tiny", "onnx", "single-pass", "ok")]
+    parity = results[0]["measurements"]["parity"]
+    assert parity["passed"] is True and parity["max_abs"] < 1e-5
+    assert results[0]["checks"] == [{"metric": "parity.max_abs", "status": "ok", "value": parity["max_abs"],
+                                     "against": "eager"}]
     result = run_in_process("--deploycheck-formats=onnx,nope")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "unknown format(s) ['nope']; valid: eager, state_dict" in result.stderr.str()
