@@ -7,10 +7,14 @@ altered file is reported by name, never turned into wrong numbers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import platform
-from collections.abc import Callable, Iterable, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -263,3 +267,25 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return metadata
 
 
+@contextlib.contextmanager
+def staged_directory(target: Path) -> Iterator[Path]:
+    """A new, empty directory beside `target` to write an artifact into. When the block ends without an error it
+    replaces `target` whole (the old one removed only once the new one is in place); otherwise it is removed. An
+    export that fails, or a process killed while writing, never replaces or half-writes `target`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    staging.chmod(0o777 & ~mask)  # mkdtemp makes it private; an artifact is shared like any other output
+    try:
+        yield staging
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{staging.name}")
+            target.rename(old)
+        staging.rename(target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -15,8 +15,6 @@ import hashlib
 import inspect
 import json
 import os
-import shutil
-import tempfile
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,7 +22,15 @@ from typing import TYPE_CHECKING, Any, cast
 
 from filelock import FileLock
 
-from deploycheck.artifact import METADATA_FILE, Artifact, file_digest, package_versions, read_metadata, write_metadata
+from deploycheck.artifact import (
+    METADATA_FILE,
+    Artifact,
+    file_digest,
+    package_versions,
+    read_metadata,
+    staged_directory,
+    write_metadata,
+)
 from deploycheck.costs import CostCounters
 from deploycheck.errors import ArtifactError, DeployCheckError, ExportError, FormatUnavailable
 from deploycheck.formats import default_formats, get_format
@@ -62,10 +68,7 @@ def export(spec: ModelSpec, format: str, out_dir: str | Path, *, base: Artifact 
             sign_artifact(out_dir, sign_key)
         return cached
     _check_replaceable(out_dir, spec.name, format)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an artifact is shared like any other output
-    try:
+    with staged_directory(out_dir) as staging:
         try:
             with quiet_exporters():
                 details = fmt.export(spec, staging, base)
@@ -83,9 +86,6 @@ def export(spec: ModelSpec, format: str, out_dir: str | Path, *, base: Artifact 
                        fmt.packages, in_memory_bytes=in_memory)
         if sign_key is not None:
             sign_artifact(staging, sign_key)
-        _replace_directory(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     _WRITTEN_HERE.add(file_digest(out_dir / METADATA_FILE))
     return load_artifact(out_dir, spec=spec)
 
@@ -201,23 +201,6 @@ def _check_replaceable(out_dir: Path, model: str, format_name: str) -> None:
             held = f"{sum(1 for _ in out_dir.iterdir())} entries that deploycheck did not write"
         raise ExportError(f"{model}/{format_name}: refusing to export into {out_dir}: it holds {held}, and an "
                           "export replaces its directory whole; give an empty or new directory")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _replace_directory(new: Path, target: Path) -> None:
-    """Move a finished export into place; the old one is removed only once the new one is there."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{new.name}")
-        target.rename(old)
-    new.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _dependency_order(names: list[str]) -> list[str]:

@@ -273,7 +273,8 @@ def deploycheck(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     generation = GenerationCheck(
         _deploycheck_exports.artifacts_dir / "generative", lambda data: request.node.user_properties.append(
             (GENERATION_PROPERTY, data)), baseline_settings(config)[0] if mode is not None else None, mode,
-        accepted_store(config), selected_formats(config) if option(config, "formats") else None, pytest.skip)
+        accepted_store(config), selected_formats(config) if option(config, "formats") else None, pytest.skip,
+        _deploycheck_exports.sign_key)
     budget = option(config, "budget")
     pairs = config.stash.get(PAIRS, 0) or 1
     return Gate(record, bench_time_s=float(option(config, "bench-time")),

@@ -25,7 +25,7 @@ import torch
 
 from deploycheck.errors import ExportError, FormatUnavailable, one_line
 from deploycheck.formats.aot_inductor import COMPILERS, AotInductorFormat
-from deploycheck.generation.artifact import prepare_directory, write_sidecar
+from deploycheck.generation.artifact import write_sidecar
 from deploycheck.generation.cache import Decode
 from deploycheck.generation.spec import GenerativeSpec
 from deploycheck.generation.torch_export_decoder import PROGRAMS, TorchExportDecoder, export_programs
@@ -42,7 +42,6 @@ def export_aot_inductor_decoder(spec: GenerativeSpec, format_name: str, out_dir:
     compiler = next((c for c in COMPILERS if shutil.which(c)), None)
     if compiler is None:
         raise FormatUnavailable(f"{label}: compiling needs a C++ compiler ({', '.join(COMPILERS)} on PATH)")
-    out_dir = prepare_directory(out_dir, label)
     programs, layers = export_programs(spec.model, spec.prompts, decode, label)
     for name, program in programs.items():
         try:

@@ -19,14 +19,13 @@ SIDECAR = "deploycheck-generative.json"
 _WRITTEN_HERE: set[str] = set()  # sidecar digests this process wrote: its own exports load without a signature
 
 
-def prepare_directory(out_dir: Path, label: str) -> Path:
-    """`out_dir`, created; refused when it holds files that are not a generative artifact (nothing of the
-    user's is overwritten)."""
+def check_replaceable(out_dir: Path, label: str) -> None:
+    """An export replaces `out_dir` whole: refuse unless it is absent, empty or a generative artifact (never
+    delete what deploycheck did not write)."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / SIDECAR).is_file():
-        raise ExportError(f"{label}: {out_dir} is not empty and not a generative artifact; refusing to write into it")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / SIDECAR).is_file())):
+        raise ExportError(f"{label}: refusing to export into {out_dir}: it is not empty and not a generative "
+                          "artifact, and an export replaces its directory whole; give an empty or new directory")
 
 
 def write_sidecar(out_dir: Path, files: Sequence[str], packages: Sequence[str], details: dict[str, Any]) -> None:

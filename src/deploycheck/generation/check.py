@@ -32,13 +32,15 @@ class GenerationCheck:
     caller writes the baselines of passing reports (in the plugin, the controller at the end of the run); the
     `accepted` store holds the artifacts a baseline accepted, timed beside the new ones. `formats`, when given
     (`--deploycheck-formats`), is the run's choice of formats: a spec's others are not gated, and a spec left
-    with none is `not_applicable` (the plugin's `pytest.skip`)."""
+    with none is `not_applicable` (the plugin's `pytest.skip`). `sign_key` signs every export
+    (`--deploycheck-sign-key`)."""
 
     def __init__(self, artifacts_dir: Path, record: Callable[[dict[str, Any]], None] | None = None,
                  baselines_dir: Path | None = None, mode: str | None = None,
                  accepted: AcceptedStore | None = None, formats: Sequence[str] | None = None,
-                 not_applicable: Callable[[str], Any] | None = None) -> None:
+                 not_applicable: Callable[[str], Any] | None = None, sign_key: str | None = None) -> None:
         self.artifacts_dir = Path(artifacts_dir)
+        self.sign_key = sign_key
         self.formats = formats
         self.not_applicable = not_applicable
         self.record = record or (lambda data: None)
@@ -64,7 +66,8 @@ class GenerationCheck:
                 raise AssertionError(f"{spec.name}: no generation baseline at {where}; record it with `pytest "
                                      "--deploycheck-update-new` (or run without the regression gate: "
                                      "--deploycheck-no-baselines)")
-        report = gate_decoder(spec, self.artifacts_dir / spec.name, accepted=self._accepted_decoders(stored))
+        report = gate_decoder(spec, self.artifacts_dir / spec.name, accepted=self._accepted_decoders(stored),
+                              sign_key=self.sign_key)
         problems = [problem for row in report.rows for problem in row.problems]
         comparison = compare_generation(report.to_dict(), stored, str(where)) if stored is not None else None
         if comparison is not None:

@@ -32,7 +32,7 @@ import torch
 from deploycheck.errors import ExportError, FormatUnavailable, InputError, one_line
 from deploycheck.formats.base import installed
 from deploycheck.formats.executorch import ProgramMethods, lower_through_xnnpack, set_threads
-from deploycheck.generation.artifact import prepare_directory, write_sidecar
+from deploycheck.generation.artifact import write_sidecar
 from deploycheck.generation.cache import Decode
 from deploycheck.generation.spec import GenerativeSpec
 from deploycheck.generation.torch_export_decoder import export_programs, torchao_quantized
@@ -80,7 +80,6 @@ def export_executorch_decoder(spec: GenerativeSpec, format_name: str, out_dir: P
                                   "max_positions": planned["max_length"] + 1}
     if format_name == "executorch_8da4w":
         model, details["quantization"] = _8da4w(spec, format_name)
-    out_dir = prepare_directory(out_dir, label)
     programs, layers = export_programs(model, spec.prompts, decode, label, **planned)
     try:
         lowered = lower_through_xnnpack(programs).to_executorch()

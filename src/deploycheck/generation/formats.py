@@ -6,16 +6,17 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 from pathlib import Path
 
-from deploycheck.artifact import package_versions
+from deploycheck.artifact import package_versions, staged_directory
 from deploycheck.errors import ExportError
 from deploycheck.exporting import model_fingerprint
 from deploycheck.formats.base import quiet_exporters
 from deploycheck.generation.aot_inductor_decoder import EXECUTES_CODE as COMPILED_CODE
 from deploycheck.generation.aot_inductor_decoder import FORMATS as AOT_INDUCTOR_FORMATS
 from deploycheck.generation.aot_inductor_decoder import AotInductorDecoder, export_aot_inductor_decoder
-from deploycheck.generation.artifact import check_trusted, read_sidecar, reusable, stamp_cache_key
+from deploycheck.generation.artifact import check_replaceable, check_trusted, read_sidecar, reusable, stamp_cache_key
 from deploycheck.generation.cache import Decode
 from deploycheck.generation.decoders import Decoder
 from deploycheck.generation.executorch_decoder import FORMATS as EXECUTORCH_FORMATS
@@ -27,17 +28,20 @@ from deploycheck.generation.openvino_decoder import OpenVinoStatefulDecoder, exp
 from deploycheck.generation.spec import GENERATIVE_FORMATS, GenerativeSpec
 from deploycheck.generation.torch_export_decoder import EXECUTES_CODE, TorchExportDecoder, export_torch_decoder
 from deploycheck.generation.torch_export_decoder import FORMATS as TORCH_FORMATS
+from deploycheck.signing import sign_artifact
 
 EXPORT_VERSION = 1  # raised when what deploycheck writes for a generative format changes: older exports are redone
 
 
 def export_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, decode: type[Decode] = Decode,
-                   fp32_onnx: Path | None = None) -> Path:
+                   fp32_onnx: Path | None = None, sign_key: str | os.PathLike[str] | None = None) -> Path:
     """Export `spec`'s model as `format_name` into `out_dir` (new, or a generative artifact); returns the
     directory. An intact export there made from the same weights, code, options and library versions is reused
     (`cache_key`). `decode` wraps the model's decode step (a model whose step needs more than the cache and one
     token per row subclasses `Decode`); `fp32_onnx`, this model's `onnx` artifact, spares the ONNX weight-only
-    formats a second export."""
+    formats a second export. The export is written beside `out_dir` and moved over it once whole and stamped
+    (and signed with `sign_key`, an elliptic-curve private key, PEM), as a single-pass export is: one that fails or
+    is killed leaves the previous artifact as it was."""
     out_dir = Path(out_dir)
     if format_name not in (*TORCH_FORMATS, *OPENVINO_FORMATS, *ONNX_FORMATS, *EXECUTORCH_FORMATS,
                            *AOT_INDUCTOR_FORMATS):
@@ -45,19 +49,24 @@ def export_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, decode
                           f"{', '.join(GENERATIVE_FORMATS)}")
     key = cache_key(spec, format_name, decode)
     if reusable(out_dir, key):
+        if sign_key is not None:
+            sign_artifact(out_dir, sign_key)
         return out_dir
-    with quiet_exporters():  # their progress lines and deprecation warnings; errors still raise
+    check_replaceable(out_dir, f"{spec.name}/{format_name}")
+    with staged_directory(out_dir) as staging, quiet_exporters():  # their progress lines; errors still raise
         if format_name in TORCH_FORMATS:
-            export_torch_decoder(spec, format_name, out_dir, decode)
+            export_torch_decoder(spec, format_name, staging, decode)
         elif format_name in OPENVINO_FORMATS:
-            export_openvino_decoder(spec, format_name, out_dir, decode)
+            export_openvino_decoder(spec, format_name, staging, decode)
         elif format_name in EXECUTORCH_FORMATS:
-            export_executorch_decoder(spec, format_name, out_dir, decode)
+            export_executorch_decoder(spec, format_name, staging, decode)
         elif format_name in AOT_INDUCTOR_FORMATS:
-            export_aot_inductor_decoder(spec, format_name, out_dir, decode)
+            export_aot_inductor_decoder(spec, format_name, staging, decode)
         else:
-            export_onnx_decoder(spec, format_name, out_dir, decode, fp32_onnx)
-    stamp_cache_key(out_dir, key)
+            export_onnx_decoder(spec, format_name, staging, decode, fp32_onnx)
+        stamp_cache_key(staging, key)
+        if sign_key is not None:
+            sign_artifact(staging, sign_key)
     return out_dir
 
 

@@ -148,12 +148,12 @@ class GenerationReport:
 
 def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Path] | None = None,
                  trust_code: bool = False, runners: Mapping[str, Decoder] | None = None,
-                 accepted: Mapping[str, Decoder] | None = None) -> GenerationReport:
+                 accepted: Mapping[str, Decoder] | None = None, sign_key: str | None = None) -> GenerationReport:
     """Export each of `spec.formats` under `out_dir/<format>` (or load it from `exported`, by format; `trust_code`
     for `.pt2` artifacts this process did not write; or take the caller's own loaded decoder from `runners`),
     then hold every format and batch size to eager. A format that cannot run here is skipped with its reason.
     `accepted` (by format: the decoder of the artifact its baseline accepted) generates in the same timing
-    rounds, so a speed regression is judged on old and new side by side."""
+    rounds, so a speed regression is judged on old and new side by side. `sign_key` signs each export."""
     exported, runners = dict(exported or {}), dict(runners or {})
     accepted = {name: decoder for name, decoder in (accepted or {}).items() if name in spec.formats}
     decoders: dict[str, tuple[Decoder, dict[str, Any]]] = {}
@@ -166,7 +166,7 @@ def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Pat
         else:
             try:
                 path = exported.get(name) or export_decoder(spec, name, Path(out_dir) / name,
-                                                            fp32_onnx=exported.get("onnx"))
+                                                            fp32_onnx=exported.get("onnx"), sign_key=sign_key)
             except FormatUnavailable as exc:
                 skipped[name] = str(exc)
                 continue

@@ -25,7 +25,7 @@ from deploycheck.formats.onnx_weight_only import (
     low_bit_weight_fraction,
     quantize_matmul_weights,
 )
-from deploycheck.generation.artifact import prepare_directory, read_sidecar, write_sidecar
+from deploycheck.generation.artifact import read_sidecar, write_sidecar
 from deploycheck.generation.cache import Decode, Prefill, cache_names, dynamic_shapes, examples
 from deploycheck.generation.decoders import OnnxDecoder
 from deploycheck.generation.spec import GenerativeSpec
@@ -41,7 +41,6 @@ def export_onnx_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, d
     format quantizes the graphs of `fp32` (this model's verified `onnx` artifact) when given, instead of exporting
     them again."""
     label = f"{spec.name}/{format_name}"
-    out_dir = prepare_directory(out_dir, label)
     weight_only = None
     if format_name != "onnx":
         fmt = get_format(format_name)

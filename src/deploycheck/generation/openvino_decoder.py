@@ -30,7 +30,7 @@ from deploycheck.formats.openvino_weight_only import (
     compress_ir_weights,
     compression_record,
 )
-from deploycheck.generation.artifact import prepare_directory, write_sidecar
+from deploycheck.generation.artifact import write_sidecar
 from deploycheck.generation.cache import Decode, cache_names, examples
 from deploycheck.generation.spec import GenerativeSpec
 
@@ -54,7 +54,6 @@ def export_openvino_decoder(spec: GenerativeSpec, format_name: str, out_dir: Pat
         fmt = get_format(format_name)
         assert isinstance(fmt, OpenVinoWeightOnlyFormat)
         compression = fmt.settings_from(spec.options(format_name), label)
-    out_dir = prepare_directory(out_dir, label)
     _, _, past = examples(spec.model, spec.prompts)
     layers = len(past) // 2
     tokens = spec.prompts[:2, :3].to(torch.int64).repeat(2 // len(spec.prompts[:2]), 1)  # several new tokens

@@ -18,7 +18,7 @@ import torch
 
 from deploycheck.errors import ExportError, FormatUnavailable, one_line
 from deploycheck.formats.base import installed
-from deploycheck.generation.artifact import prepare_directory, write_sidecar
+from deploycheck.generation.artifact import write_sidecar
 from deploycheck.generation.cache import Decode, Prefill, dynamic_shapes, examples
 from deploycheck.generation.spec import GenerativeSpec
 
@@ -34,7 +34,6 @@ def export_torch_decoder(spec: GenerativeSpec, format_name: str, out_dir: Path, 
     model, details = spec.model, {"format": format_name, **spec.described()}
     if format_name == "torchao_int8_weight":
         model, details["quantization"] = _int8_weights(spec.model, label)
-    out_dir = prepare_directory(out_dir, label)
     programs, layers = export_programs(model, spec.prompts, decode, label)
     for name, exported in programs.items():
         torch.export.save(exported, str(out_dir / f"{name}.pt2"))
