@@ -45,7 +45,7 @@ def record(**sections: object) -> dict:
 
 
 def statuses(comparison) -> dict[str, str]:
-    return {f.metric: f.status for f in comparison.findings}
+    return {f.label: f.status for f in comparison.findings}
 
 
 def test_latency_limits_parse_and_reject_nonsense() -> None:
@@ -214,7 +214,7 @@ def test_a_changed_machine_reads_both_ways_and_never_hides_a_slowdown() -> None:
 
 def test_a_re_measure_that_disagrees_makes_the_verdict_inconclusive() -> None:
     def comparison(*status: str) -> Comparison:
-        return Comparison("m", "onnx", "b", [Finding(f"p{50 + i} @ batch 1", "", "", "+1.0%", "", s)
+        return Comparison("m", "onnx", "b", [Finding(f"p{50 + i}", "", "", "+1.0%", "", s, batch_size=1)
                                              for i, s in enumerate(status)])
 
     merged = confirmed(comparison(OK, REGRESSED, REGRESSED, INCONCLUSIVE),
@@ -258,11 +258,13 @@ def test_markdown_report_is_a_github_table_and_html_has_both_plots() -> None:
              "latency": latency_section(scale), "baseline": {"accuracy": {"passed": fmt != "onnx_int8_static",
                                                                           "status": "FAIL", "change": "x | y",
                                                                           "findings": [{"metric": "accuracy",
-                                                                                        "status": "REGRESSED"}]}}}
+                                                                                        "status": "REGRESSED"
+                                                                                        if fmt == "onnx_int8_static"
+                                                                                        else "ok"}]}}}
             for fmt, size, acc, scale in (("onnx", 1000, 0.99, 1.0), ("onnx_int8_static", 300, 0.98, 0.6))]
     markdown = markdown_report(RunResult.from_rows(rows))
     rendered = MarkdownIt("commonmark").enable("table").render(markdown)
-    assert rendered.count("<table>") == 2 and rendered.count("<tr>") == 3 + 3
+    assert rendered.count("<table>") == 2 and rendered.count("<tr>") == 3 + 2
     assert "x \\| y" in markdown, "a pipe inside a cell is escaped"
     assert markdown.startswith("## deploycheck: FAILED\n")
     assert markdown.rstrip().endswith("**Verdict: FAILED** (1 of 2 passed). If the changes are intended, accept "
@@ -323,7 +325,7 @@ def test_strict_latency_fails_an_inconclusive_verdict() -> None:
     from deploycheck.gate import BaselineCheck, Gate
 
     artifact = SimpleNamespace(model_name="m", format="onnx", spec=None, size_bytes=1, path=Path("m"), metadata={})
-    unsure = Comparison("m", "onnx", "b", [Finding("p50 @ batch 1", "", "", "+9%", "", INCONCLUSIVE, "noisy")])
+    unsure = Comparison("m", "onnx", "b", [Finding("p50", "", "", "+9%", "", INCONCLUSIVE, "noisy", 1)])
     for strict in (False, True):
         gate = Gate(baselines=BaselineCheck(BaselineStore(Path("unused")), strict_latency=strict))
         if strict:
@@ -374,7 +376,8 @@ def test_reports_carry_the_latency_triage_in_the_finding_note() -> None:
                                  record(latency=latency_section(1.3, seed=2), counters=costs), Rules(), "b")
     row = {"model": "m", "format": "onnx", "baseline": {"latency": comparison.to_dict()}}
     (name, finding), = baseline_findings([row], only_problems=True)
-    assert name == "m/onnx" and finding["metric"] == "p50 @ batch 1" and finding["status"] == REGRESSED
+    assert name == "m/onnx" and finding["label"] == "p50 @ batch 1" and finding["status"] == REGRESSED
+    assert (finding["metric"], finding["batch_size"]) == ("p50", 1) and finding["interval"][0] > 0
     assert finding["note"].endswith("cost counters unchanged: the machine or the runtime, not the model")
     assert "the machine or the runtime, not the model" in markdown_report(RunResult.from_rows([row]))
 

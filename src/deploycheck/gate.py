@@ -20,6 +20,7 @@ from deploycheck.accuracy import check_accuracy, reference_artifact
 from deploycheck.artifact import Artifact
 from deploycheck.baseline.compare import (
     Comparison,
+    Finding,
     compare_records,
     confirmed,
     latency_side_by_side,
@@ -305,13 +306,14 @@ class Gate:
         allowed = self._allowance(artifact, 2)
         with self._bench_lock(), self._timing(artifact, allowed):
             new_times, old_times = interleaved_times(artifact, old, batch_size=smallest, max_time_s=allowed)
-            side_by_side = {f"{limit.statistic} @ batch {smallest}": latency_side_by_side(
-                new_times, old_times, limit, smallest, rules.confidence, label) for limit in rules.latency}
+            side_by_side: dict[tuple[str, int | None], Finding] = {
+                (limit.statistic, smallest): latency_side_by_side(new_times, old_times, limit, smallest,
+                                                                  rules.confidence, label) for limit in rules.latency}
             if largest != smallest:
                 new_times, old_times = interleaved_times(artifact, old, batch_size=largest, max_time_s=allowed)
-            side_by_side[f"throughput @ batch {largest}"] = throughput_side_by_side(
+            side_by_side[("throughput", largest)] = throughput_side_by_side(
                 new_times, old_times, rules.throughput_drop, largest, rules.confidence, label)
-        comparison.findings = [side_by_side.get(f.metric, f) for f in comparison.findings]
+        comparison.findings = [side_by_side.get((f.metric, f.batch_size), f) for f in comparison.findings]
         return comparison
 
     def assert_baseline(self, artifact: Artifact, sections: Sequence[str], **measured: Any) -> Comparison | None:

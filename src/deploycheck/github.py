@@ -26,7 +26,8 @@ def failure_reasons(result: Result) -> list[str]:
             reasons.append(f"{section} outside its budget")
     for _, finding in baseline_findings([row], only_problems=True):
         if finding.get("status") != "inconclusive":
-            reasons.append(f"{finding.get('metric')} {finding.get('change')} (limit {finding.get('limit')})")
+            reasons.append(f"{finding.get('label') or finding.get('metric')} {finding.get('change')} (limit "
+                           f"{finding.get('limit')})")
     reasons += list(nested(row, "history", "changes") or [])
     return reasons
 

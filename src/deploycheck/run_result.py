@@ -189,7 +189,17 @@ def row_checks(row: Mapping[str, Any]) -> list[Check]:
     if nested(dict(row), "history", "passed") is not None:
         checks.append(Check("change_point", "ok" if row["history"]["passed"] else "REGRESSED", against="history"))
     for section, comparison in sorted((row.get("baseline") or {}).items()):
-        if isinstance(comparison, dict) and comparison.get("passed") is not None:
+        if not isinstance(comparison, dict) or comparison.get("passed") is None:
+            continue
+        findings = [f for f in comparison.get("findings") or () if isinstance(f, dict) and f.get("status") in
+                    get_args(CheckStatus)]
+        for finding in findings:  # each rule's verdict, its interval a relative change where one was estimated
+            interval = finding.get("interval")
+            checks.append(Check(str(finding.get("metric")), cast(CheckStatus, finding["status"]),
+                                unit="relative change" if interval else "", against="baseline",
+                                interval=(float(interval[0]), float(interval[1])) if interval else None,
+                                batch_size=_integer(finding.get("batch_size"))))
+        if not findings:
             status: CheckStatus = "REGRESSED" if comparison["passed"] is False else \
                 "inconclusive" if comparison.get("status") == "inconclusive" else "ok"
             checks.append(Check(section, status, against="baseline"))

@@ -42,7 +42,9 @@ UPDATE_HINT = "run with --deploycheck-update to accept the new figures"
 
 @dataclass(frozen=True)
 class Finding:
-    """One rule applied to one metric."""
+    """One rule applied to one metric. `metric` names the figure (`p50`, `throughput`, `size`, ...) and
+    `batch_size` the batch it was timed at (None for a figure that has none); `change` is the change as shown,
+    and `interval` its confidence interval as a relative change, where one was estimated."""
 
     metric: str
     baseline: str
@@ -51,9 +53,33 @@ class Finding:
     limit: str
     status: Status
     note: str = ""
+    batch_size: int | None = None
+    interval: tuple[float, float] | None = None
+
+    @property
+    def label(self) -> str:
+        """What the metric is called in a table: `p50 @ batch 1`, `size`."""
+        return self.metric if self.batch_size is None else f"{self.metric} @ batch {self.batch_size}"
+
+    @property
+    def timed(self) -> bool:
+        """A latency or throughput figure (timed at a batch size)."""
+        return self.batch_size is not None
+
+    def shown_change(self) -> str:
+        return self.change if self.interval is None else \
+            f"{self.change} [{self.interval[0]:+.1%}, {self.interval[1]:+.1%}]"
 
     def row(self) -> list[str]:
-        return [self.metric, self.baseline, self.obtained, self.change, self.limit, self.status, self.note]
+        return [self.label, self.baseline, self.obtained, self.shown_change(), self.limit, self.status, self.note]
+
+    def to_dict(self) -> dict[str, Any]:
+        """As a report's row holds it: the label and the change with its interval as shown, beside the metric,
+        the batch size and the interval themselves."""
+        return {"metric": self.metric, "batch_size": self.batch_size, "label": self.label,
+                "baseline": self.baseline, "obtained": self.obtained, "change": self.shown_change(),
+                "limit": self.limit, "status": self.status, "note": self.note,
+                "interval": None if self.interval is None else list(self.interval)}
 
 
 @dataclass
@@ -91,7 +117,8 @@ class Comparison:
         if not problems:
             return ""
         first = problems[0]
-        return f"{first.metric.replace(' @ batch ', ' b')} {first.change.split(' [')[0]} {first.status}".strip()
+        where = "" if first.batch_size is None else f" b{first.batch_size}"
+        return f"{first.metric}{where} {first.change} {first.status}".strip()
 
     def short(self) -> str:
         """A few words for the "vs baseline" column: the headline and how many more problems there are, else the
@@ -99,8 +126,8 @@ class Comparison:
         problems = len(self.regressed + self.inconclusive)
         if problems:
             return self.headline() + (f" (+{problems - 1} more)" if problems > 1 else "")
-        latency = [f for f in self.findings if " @ batch " in f.metric]
-        return f"{latency[0].metric.split(' @')[0]} {latency[0].change.split(' [')[0]}" if latency else "same"
+        latency = [f for f in self.findings if f.timed]
+        return f"{latency[0].metric} {latency[0].change}" if latency else "same"
 
     def table(self) -> str:
         return format_table(["metric", "baseline", "obtained", "change", "limit", "status", "note"],
@@ -110,7 +137,7 @@ class Comparison:
         verdict = ("regressed" if self.regressed else "inconclusive (see notes)" if self.inconclusive
                    else "within limits")
         text = f"{self.model}/{self.format} against its baseline {self.source}: {verdict}\n{self.table()}"
-        if self.costs and any(" @ batch " in f.metric for f in self.regressed + self.inconclusive):
+        if self.costs and any(f.timed for f in self.regressed + self.inconclusive):
             text += f"\n\nLatency triage: {self.costs}."
         if self.regressed:
             text += f"\n\nIf the change is intended, {UPDATE_HINT}."
@@ -119,7 +146,7 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "status": self.status, "passed": self.passed, "change": self.short(),
                 "headline": self.headline(), "problems": len(self.regressed + self.inconclusive),
-                "findings": [vars(f) for f in self.findings], **({"costs": self.costs} if self.costs else {})}
+                "findings": [f.to_dict() for f in self.findings], **({"costs": self.costs} if self.costs else {})}
 
 
 def _pct(value: float) -> str:
@@ -240,7 +267,7 @@ def machine_ratio(old: Mapping[str, Any], new: Mapping[str, Any]) -> float | Non
 
 
 def centre_finding(old: Mapping[str, Any], new: Mapping[str, Any], limit: LatencyLimit, rules: Rules,
-                   name: str, shown: tuple[str, str]) -> Finding:
+                   batch: int, shown: tuple[str, str]) -> Finding:
     """The verdict on a central statistic from stored figures (see the module docstring): REGRESSED only beyond
     limit + noise under both readings of the machine, OK only within limit - noise under both, else
     INCONCLUSIVE with the reason."""
@@ -254,7 +281,8 @@ def centre_finding(old: Mapping[str, Any], new: Mapping[str, Any], limit: Latenc
     lowest = min(r[0] for r in readings) / (1 + noise)
     highest = max(r[0] for r in readings) * (1 + noise)
     low = min(r[1] for r in readings)
-    changes = " / ".join(f"{_pct(r[0] - 1)} [{r[1] - 1:+.1%}, {r[2] - 1:+.1%}]" for r in readings)
+    changes = " / ".join(_pct(r[0] - 1) for r in readings)
+    interval = (min(r[1] for r in readings) - 1, max(r[2] for r in readings) - 1)
     bound = 1 + limit.limit
     if lowest > bound and low > 1:
         status, note = REGRESSED, f"beyond the limit by more than the noise (±{noise:.1%} between windows)"
@@ -268,7 +296,7 @@ def centre_finding(old: Mapping[str, Any], new: Mapping[str, Any], limit: Latenc
     if machine is not None and len(readings) > 1:
         note = (f"machine {machine:.2f}x {'slower' if machine > 1 else 'faster'} than when recorded; change as "
                 f"measured / divided by the reference workload's: {note}")
-    return Finding(name, *shown, changes, f"<= {limit.limit:+.0%}", status, note)
+    return Finding(limit.statistic, *shown, changes, f"<= {limit.limit:+.0%}", status, note, batch, interval)
 
 
 def compare_latency(old: Mapping[str, Any], new: Mapping[str, Any], rules: Rules) -> list[Finding]:
@@ -284,25 +312,26 @@ def compare_latency(old: Mapping[str, Any], new: Mapping[str, Any], rules: Rules
     o, n = before[batch], after[batch]
     why_not = machine_difference(o, n, rules, old.get("environment"), new.get("environment"))
     for limit in rules.latency:
-        name = f"{limit.statistic} @ batch {batch}"
+        name, batch_size = limit.statistic, int(batch)
         shown = (f"{o.get(limit.statistic + '_ms', float('nan')):.3f} ms",
                  f"{n.get(limit.statistic + '_ms', float('nan')):.3f} ms")
         if why_not:
             ratio = latency_ratio(o, n, limit, rules.confidence, normalise=False)[0]
-            findings.append(Finding(name, *shown, _pct(ratio - 1), f"<= {limit.limit:+.0%}", INCONCLUSIVE, why_not))
+            findings.append(Finding(name, *shown, _pct(ratio - 1), f"<= {limit.limit:+.0%}", INCONCLUSIVE, why_not,
+                                    batch_size))
         elif limit.is_tail:
             ratio, low, high = latency_ratio(o, n, limit, rules.confidence, normalise=False)
-            findings.append(Finding(name, *shown, f"{_pct(ratio - 1)} [{low - 1:+.1%}, {high - 1:+.1%}]",
-                                    f"<= {limit.limit:+.0%}", REPORTED, "the tail is judged side by side only"))
+            findings.append(Finding(name, *shown, _pct(ratio - 1), f"<= {limit.limit:+.0%}", REPORTED,
+                                    "the tail is judged side by side only", batch_size, (low - 1, high - 1)))
         else:
-            findings.append(centre_finding(o, n, limit, rules, name, shown))
+            findings.append(centre_finding(o, n, limit, rules, batch_size, shown))
     batch = common[-1]
     o, n = before[batch], after[batch]
     if o.get("throughput_per_s") and n.get("throughput_per_s"):
         change = n["throughput_per_s"] / o["throughput_per_s"] - 1
         findings.append(Finding(
-            f"throughput @ batch {batch}", f"{o['throughput_per_s']:.0f}/s", f"{n['throughput_per_s']:.0f}/s",
-            _pct(change), f">= -{rules.throughput_drop:.0%}", REPORTED, "throughput is judged side by side only"))
+            "throughput", f"{o['throughput_per_s']:.0f}/s", f"{n['throughput_per_s']:.0f}/s", _pct(change),
+            f">= -{rules.throughput_drop:.0%}", REPORTED, "throughput is judged side by side only", int(batch)))
     return findings
 
 
@@ -310,17 +339,17 @@ def confirmed(first: Comparison, second: Comparison) -> Comparison:
     """Two measurements of the same thing against the same baseline, as one verdict: a rule regresses only when
     both regress and passes only when both pass; when they disagree the re-measure has shown the noise to be
     larger than the change, and the verdict is inconclusive."""
-    earlier = {f.metric: f for f in first.findings}
+    earlier = {(f.metric, f.batch_size): f for f in first.findings}
     findings = []
     for finding in second.findings:
-        before = earlier.get(finding.metric)
+        before = earlier.get((finding.metric, finding.batch_size))
         if before is None or before.status == finding.status or finding.status == INCONCLUSIVE:
             findings.append(finding)
         elif before.status == INCONCLUSIVE:
             findings.append(replace(finding, status=INCONCLUSIVE, note=before.note))
         elif {before.status, finding.status} == {OK, REGRESSED}:
             findings.append(replace(finding, status=INCONCLUSIVE, note=(
-                f"the re-measure disagreed ({before.change.split(' [')[0]}, then {finding.change.split(' [')[0]}): "
+                f"the re-measure disagreed ({before.change}, then {finding.change}): "
                 "the noise is larger than the change")))
         else:
             findings.append(finding)
@@ -362,9 +391,9 @@ def latency_side_by_side(new_times: np.ndarray, old_times: np.ndarray, limit: La
     low, high = bootstrap_ratio_interval(new_times, old_times, confidence, resamples=1000,
                                          statistic=lambda x: limit.quantile(x, axis=-1))
     regressed = ratio > 1 + limit.limit and low > 1
-    return Finding(f"{limit.statistic} @ batch {batch}", f"{old_value * 1e3:.3f} ms", f"{new_value * 1e3:.3f} ms",
-                   f"{_pct(ratio - 1)} [{low - 1:+.1%}, {high - 1:+.1%}]", f"<= {limit.limit:+.0%}",
-                   REGRESSED if regressed else OK, f"side by side with {against}")
+    return Finding(limit.statistic, f"{old_value * 1e3:.3f} ms", f"{new_value * 1e3:.3f} ms", _pct(ratio - 1),
+                   f"<= {limit.limit:+.0%}", REGRESSED if regressed else OK, f"side by side with {against}", batch,
+                   (low - 1, high - 1))
 
 
 def throughput_side_by_side(new_times: np.ndarray, old_times: np.ndarray, max_drop: float, batch: int,
@@ -374,9 +403,9 @@ def throughput_side_by_side(new_times: np.ndarray, old_times: np.ndarray, max_dr
     low, high = bootstrap_ratio_interval(old_times, new_times, confidence, resamples=1000,
                                          statistic=lambda x: np.mean(x, axis=-1))
     regressed = -change > max_drop and high < 1
-    return Finding(f"throughput @ batch {batch}", f"{batch / np.mean(old_times):.0f}/s",
-                   f"{batch / np.mean(new_times):.0f}/s", f"{_pct(change)} [{low - 1:+.1%}, {high - 1:+.1%}]",
-                   f">= -{max_drop:.0%}", REGRESSED if regressed else OK, f"side by side with {against}")
+    return Finding("throughput", f"{batch / np.mean(old_times):.0f}/s", f"{batch / np.mean(new_times):.0f}/s",
+                   _pct(change), f">= -{max_drop:.0%}", REGRESSED if regressed else OK, f"side by side with {against}",
+                   batch, (low - 1, high - 1))
 
 
 def compare_sets(old: Mapping[tuple[str, str], Mapping[str, Any]], new: Mapping[tuple[str, str], Mapping[str, Any]],

@@ -33,7 +33,7 @@ FINDING_TITLES = ["model/format", "metric", "baseline", "obtained", "change", "l
 def findings(document: RunResult) -> list[list[str]]:
     """Every comparison that is not ok: single-pass baseline findings, and decoders' checks against their
     baseline or accepted artifact (their whole check in the "obtained" cell)."""
-    found = [[name, *(str(f.get(k, "")) for k in FINDING_TITLES[1:])]
+    found = [[name, str(f.get("label") or f.get("metric")), *(str(f.get(k, "")) for k in FINDING_TITLES[2:])]
              for name, f in baseline_findings(document.rows(), only_problems=True)]
     found += [[result.name, check.metric, "", check_text(check), "", "", check.status, ""]
               for result in document.of_kind("generative") for check in result.checks

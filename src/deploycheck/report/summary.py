@@ -217,7 +217,7 @@ def unchecked_sizes(rows: Sequence[dict[str, Any]]) -> list[str]:
 def inconclusive_summary(document: RunResult) -> list[str]:
     """Lines naming every verdict that could not be reached, with its reason: they did not fail the run, and the
     reader must know that nothing was concluded."""
-    found = [(name, f"{finding.get('metric')}: {finding.get('note')}")
+    found = [(name, f"{finding.get('label') or finding.get('metric')}: {finding.get('note')}")
              for name, finding in baseline_findings(document.rows(), only_problems=True)
              if finding.get("status") == "inconclusive"]
     found += [(result.name, check_text(check)) for result in document.of_kind("generative")
@@ -265,7 +265,7 @@ def baseline_findings(rows: Sequence[dict[str, Any]], only_problems: bool) -> li
             for finding in check.get("findings", []):
                 if only_problems and finding.get("status") in ("ok", "reported"):
                     continue
-                if check.get("costs") and " @ batch " in str(finding.get("metric")):
+                if check.get("costs") and finding.get("batch_size") is not None:
                     note = "; ".join(n for n in (finding.get("note"), check["costs"]) if n)
                     finding = {**finding, "note": note}
                 found.append((f"{row['model']}/{row['format']}", finding))
