@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["digits_cnn", "digits_pruned_unstructured", "digits_pruned_channels", "digits_student"]
 SPLITS = {1: [MODELS], 2: [MODELS[:2], MODELS[2:]], 3: [MODELS[:2], MODELS[2:3], MODELS[3:]]}
-VOLATILE = ("artifact_path", "environment", "timing")  # where and when, not what was measured
+VOLATILE = ("artifact_path", "environment", "timing")  # of a result's measurements: where and when, not what
 
 
 def gate(project: Path, models: list[str], report: Path, workers: str) -> None:
@@ -38,8 +38,9 @@ def merged(project: Path, reports: list[Path], name: str) -> tuple[str, list[dic
                            "-o", str(out)], capture_output=True, text=True)
     if done.returncode not in (0, 1):
         raise SystemExit(f"report merge exited {done.returncode}: {done.stderr}")
-    rows = json.loads(out.read_text())["results"]
-    return done.stdout, [{k: v for k, v in row.items() if k not in VOLATILE} for row in rows]
+    results = json.loads(out.read_text())["results"]
+    return done.stdout, [{**result, "measurements": {k: v for k, v in result.get("measurements", {}).items()
+                                                     if k not in VOLATILE}} for result in results]
 
 
 def main() -> None:

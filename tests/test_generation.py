@@ -5,9 +5,11 @@ at its first wrong step."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +95,26 @@ def test_a_llama_style_decoder_matches_eager_token_for_token_with_its_cache(
     data = json.loads(json.dumps(report.to_dict()))
     assert data["passed"] and len(data["rows"]) == len(report.rows) and data["best"]["2"] == best[2].format
     assert {"mean_kl", "tpot_ms", "cache_first_bad_step", "int8_weight_fraction"} <= set(data["rows"][0])
+
+
+def test_the_timing_rounds_hold_the_bench_lock_once_per_batch_size(tmp_path: Path,
+                                                                      llama_exports: dict[str, Path]) -> None:
+    """The side-by-side rounds run under the run's bench lock (another worker's benchmark never shares the CPU
+    with them); the checks before them do not hold it."""
+    held: list[bool] = []
+
+    @contextlib.contextmanager
+    def bench_lock() -> Iterator[None]:
+        held.append(True)
+        try:
+            yield
+        finally:
+            held[-1] = False
+
+    spec = llama_spec(new_tokens=4, batch_sizes=(1, 2))
+    report = gate_decoder(spec, tmp_path, exported={"onnx": llama_exports["onnx"]}, timing_lock=bench_lock)
+    assert held == [False, False] and report.passed
+    assert all(len(row.timed) == 3 for row in report.rows)
 
 
 def test_a_cache_with_positions_off_by_one_fails_at_its_first_decode_step(tmp_path: Path) -> None:

@@ -401,7 +401,7 @@ class Gate:
         """The generative gate of a decoder (`deploycheck.generation.check`), its report in the run's summary."""
         __tracebackhide__ = True
         check = self.generation or GenerationCheck(Path(tempfile.mkdtemp(prefix="deploycheck-generative-")))
-        return check.assert_generation(spec)
+        return check.assert_generation(spec, timing_lock=self._bench_lock)
 
     def _export(self, spec: ModelSpec, format_name: str) -> Artifact:
         if self.exporter is not None:

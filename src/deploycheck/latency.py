@@ -19,7 +19,6 @@ every result, and the kept reference times go with it, so a baseline can be norm
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ from deploycheck.artifact import Artifact
 from deploycheck.errors import FormatUnavailable
 from deploycheck.exporting import load_artifact
 from deploycheck.formats import get_format
-from deploycheck.machine import ReferenceWorkload, environment, reference_workload, torch_threads
+from deploycheck.machine import ReferenceWorkload, environment, gc_paused, reference_workload, torch_threads
 from deploycheck.stats import bootstrap_ratio_interval, compact_quantiles
 from deploycheck.table import format_table
 
@@ -328,9 +327,7 @@ def _bench(artifact: Artifact, batch_sizes: Sequence[int], max_time_s: float, mi
         measured: list[Window] = []
         quiet: list[Window] = []
         stabilised = False
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused():
             started = time.perf_counter()
             while True:
                 measured.append(_timed_window(timed, inputs, reference, window_s, call_s))
@@ -343,9 +340,6 @@ def _bench(artifact: Artifact, batch_sizes: Sequence[int], max_time_s: float, mi
                     break
                 if quiet_s >= max_time_s or time.perf_counter() - started >= patience * max_time_s:
                     break
-        finally:
-            if gc_was_enabled:
-                gc.enable()
         used = quiet or measured
         stats[batch_size] = LatencyStats.from_samples(
             batch_size, [t for w in used for t in w.samples_s], sum(w.wall_s for w in used), len(used), stabilised,
@@ -388,9 +382,7 @@ def _interleaved_times(a: Artifact, b: Artifact, batch_size: int, max_time_s: fl
         _warm_up(timed_b, inputs_b, 0.05)
     times_a: list[float] = []
     times_b: list[float] = []
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         started = time.perf_counter()
         while True:
             elapsed = time.perf_counter() - started
@@ -404,9 +396,6 @@ def _interleaved_times(a: Artifact, b: Artifact, batch_size: int, max_time_s: fl
             else:
                 times_a.append(_call(timed_a, inputs_a))
                 times_b.append(_call(timed_b, inputs_b))
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     return np.array(times_a), np.array(times_b)
 
 

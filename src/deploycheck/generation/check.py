@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,9 @@ class GenerationCheck:
         self.mode = mode if baselines_dir is not None else None
         self.accepted = accepted
 
-    def assert_generation(self, spec: GenerativeSpec) -> GenerationReport:
+    def assert_generation(self, spec: GenerativeSpec,
+                          timing_lock: Callable[[], AbstractContextManager[Any]] = nullcontext) -> GenerationReport:
+        """Gate `spec`'s decoder, its timing rounds under `timing_lock` (the run's bench lock)."""
         __tracebackhide__ = True
         if self.formats is not None:
             chosen = tuple(name for name in spec.formats if name in self.formats)
@@ -67,7 +70,7 @@ class GenerationCheck:
                                      "--deploycheck-update-new` (or run without the regression gate: "
                                      "--deploycheck-no-baselines)")
         report = gate_decoder(spec, self.artifacts_dir / spec.name, accepted=self._accepted_decoders(stored),
-                              sign_key=self.sign_key)
+                              sign_key=self.sign_key, timing_lock=timing_lock)
         problems = [problem for row in report.rows for problem in row.problems]
         comparison = compare_generation(report.to_dict(), stored, str(where)) if stored is not None else None
         if comparison is not None:

@@ -5,7 +5,8 @@ run, alone, would let a neighbour's burst pick the winner)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from deploycheck.generation.decoders import Decoder, EagerDecoder
 from deploycheck.generation.formats import export_decoder, load_decoder
 from deploycheck.generation.spec import GenerativeSpec
 from deploycheck.generation.streams import Stream, generate, median_tpot_s, timed_rounds
-from deploycheck.machine import torch_threads
+from deploycheck.machine import gc_paused, torch_threads
 from deploycheck.run_result import Check, Result
 from deploycheck.table import format_table, human_size
 
@@ -148,12 +149,15 @@ class GenerationReport:
 
 def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Path] | None = None,
                  trust_code: bool = False, runners: Mapping[str, Decoder] | None = None,
-                 accepted: Mapping[str, Decoder] | None = None, sign_key: str | None = None) -> GenerationReport:
+                 accepted: Mapping[str, Decoder] | None = None, sign_key: str | None = None,
+                 timing_lock: Callable[[], AbstractContextManager[Any]] = nullcontext) -> GenerationReport:
     """Export each of `spec.formats` under `out_dir/<format>` (or load it from `exported`, by format; `trust_code`
     for `.pt2` artifacts this process did not write; or take the caller's own loaded decoder from `runners`),
     then hold every format and batch size to eager. A format that cannot run here is skipped with its reason.
     `accepted` (by format: the decoder of the artifact its baseline accepted) generates in the same timing
-    rounds, so a speed regression is judged on old and new side by side. `sign_key` signs each export."""
+    rounds, so a speed regression is judged on old and new side by side. `sign_key` signs each export. The timing
+    rounds run under `timing_lock` (the run's bench lock: no other worker's benchmark shares the CPU with them),
+    on one thread, with the garbage collector paused, as a single-pass benchmark does."""
     exported, runners = dict(exported or {}), dict(runners or {})
     accepted = {name: decoder for name, decoder in (accepted or {}).items() if name in spec.formats}
     decoders: dict[str, tuple[Decoder, dict[str, Any]]] = {}
@@ -190,7 +194,7 @@ def gate_decoder(spec: GenerativeSpec, out_dir: Path, exported: Mapping[str, Pat
             rows.append(row)
         timing = {name: decoder for name, (decoder, _) in decoders.items()}
         timing.update({f"{name} (accepted)": decoder for name, decoder in accepted.items() if name in decoders})
-        with torch_threads(TIMING_THREADS):
+        with timing_lock(), torch_threads(TIMING_THREADS), gc_paused():
             timed = timed_rounds(timing, prompts, spec.new_tokens, TIMING_ROUNDS)
         for row in rows[-len(decoders):]:
             row.timed, row.accepted_timed = timed[row.format], timed.get(f"{row.format} (accepted)", [])
