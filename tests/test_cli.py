@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -72,10 +73,13 @@ def test_demo_prints_every_installed_format_and_reuses_its_cache(tmp_path: Path,
     run = subprocess.run([*EXE, "demo", "--out", str(out)], capture_output=True, text=True, env=cache_env)
     assert run.returncode == 0, run.stderr
     first = run.stdout
-    for name in installed_formats():
-        assert f"\n{name} " in first
-    assert [line.split()[0] for line in first.splitlines() if " exported " in line] == ["onnx_int8_static"]
-    assert first.count(" cached ") == len(installed_formats()) - 1
+    for name in installed_formats():  # the gate's own table, status words and verdict
+        assert re.search(rf"^digits_cnn +{name} .* ok$", first, re.MULTILINE), name
+    assert "deploycheck: exported: onnx_int8_static\n" in first
+    cached = next(line for line in first.splitlines() if line.startswith("deploycheck: cached: "))
+    assert len(cached.split(", ")) == len(installed_formats()) - 1
+    assert re.search(r"^deploycheck: best format for digits_cnn: \w+ \(p50 [0-9.]+ ms", first, re.MULTILINE)
+    assert f"deploycheck: {len(installed_formats())} of {len(installed_formats())} model x format(s) passed" in first
     assert "int8 formats are\n  judged by top-1 agreement with eager (at least 90%) and SQNR" in first, "a legend"
     assert first.rstrip().splitlines()[-1].startswith("next: `deploycheck init` writes this gate into your project")
 
@@ -90,7 +94,9 @@ def test_export_command_and_bad_reference(tmp_path: Path, cache_env: dict[str, s
                          text=True, env=cache_env)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "out" / "onnx" / "model.onnx").is_file()
-    assert "state_dict  skipped" in run.stdout and "no factory given" in run.stdout
+    assert re.search(r"^lin +state_dict .*skipped$", run.stdout, re.MULTILINE), run.stdout
+    assert "deploycheck: lin/state_dict skipped: " in run.stdout and "no factory given" in run.stdout
+    assert run.stdout.rstrip().endswith("deploycheck: 1 of 1 model x format(s) passed")
     bad = subprocess.run([*EXE, "export", "specs", "--out", "out"], cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode == 2 and "'specs' is not MODULE:FUNC" in bad.stderr
 

@@ -7,7 +7,7 @@ import contextlib
 import importlib.metadata
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +40,6 @@ def load_spec_function(reference: str) -> Any:
     return spec
 
 
-def _artifact_rows(spec: Any, out_dir: Path, formats: list[str] | None,
-                   sign_key: str | None = None) -> list[dict[str, Any]]:
-    """Export every format (failures and skips reported per format) and check each one's parity and accuracy."""
-    rows: list[dict[str, Any]] = []
-    done: dict[str, Any] = {}
-    for name in formats or spec.formats:
-        with _progress(f"{spec.name}/{name}: exporting, then checking parity and accuracy"):
-            rows.append(_artifact_row(spec, name, out_dir, done, sign_key))
-    return rows
-
-
 @contextlib.contextmanager
 def _progress(text: str) -> Iterator[None]:
     """A line per step on a terminal (stderr), with its time when it ends; nothing when output is not a tty."""
@@ -65,56 +54,77 @@ def _progress(text: str) -> Iterator[None]:
             print(f" {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
 
 
-def _artifact_row(spec: Any, name: str, out_dir: Path, done: dict[str, Any],
-                  sign_key: str | None = None) -> dict[str, Any]:
-    """One format: exported (its base format's artifact taken from `done`), its parity and accuracy."""
-    from deploycheck.accuracy import check_accuracy
+def _gate_rows(spec: Any, out_dir: Path, formats: list[str] | None, sign_key: str | None = None,
+               bench_time_s: float | None = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Export every format and run the gate's own checks on each through the `Gate` a pytest run uses: parity,
+    accuracy (with eval data), and batch-1 latency of those that passed (with `bench_time_s`). Returns the rows
+    of the run document, and per format what was done with its export ("exported", "cached") or why it failed."""
     from deploycheck.errors import FormatUnavailable
     from deploycheck.exporting import export
     from deploycheck.formats import get_format
-    from deploycheck.parity import check_parity
+    from deploycheck.gate import Gate
+    from deploycheck.rows import Row
+    from deploycheck.run_result import row_status
 
-    fmt = get_format(name)
-    row: dict[str, Any] = {"model": spec.name, "format": name}
-    try:
-        base = done.get(fmt.base_format) if fmt.base_format else None
-        artifact = export(spec, name, out_dir / name, base=base, sign_key=sign_key)
-    except FormatUnavailable as exc:
-        return {**row, "status": "skipped", "note": str(exc)}
-    except DeployCheckError as exc:
-        return {**row, "status": "export failed", "note": str(exc)}
-    done[name] = artifact
-    report = check_parity(artifact, spec)
-    accuracy = check_accuracy(artifact, spec, explain=False) if spec.eval_data else None
-    status = "ok" if report.passed else "parity FAIL"
-    if accuracy is not None and not accuracy.passed:
-        status = "accuracy FAIL" if report.passed else "FAIL"
-    return {**row, "status": status, "size_bytes": artifact.size_bytes, "reused": artifact.reused,
-            "artifact": artifact, "parity": report, "accuracy": accuracy}
+    rows: dict[str, dict[str, Any]] = {}
+
+    def record(payload: Row) -> None:  # as the plugin gathers a row from its tests' reports
+        row = rows.setdefault(payload["format"], {})
+        for key, value in payload.items():
+            row[key] = {**row[key], **value} if isinstance(value, dict) and isinstance(row.get(key), dict) else value
+
+    gate = Gate(record, bench_time_s=bench_time_s or 1.0)
+    exports: dict[str, str] = {}
+    done: dict[str, Any] = {}
+    for name in formats or spec.formats:
+        row = rows.setdefault(name, {"model": spec.name, "format": name})
+        fmt = get_format(name)
+        with _progress(f"{spec.name}/{name}: exporting, then checking parity and accuracy"):
+            try:
+                base = done.get(fmt.base_format) if fmt.base_format else None
+                artifact = done[name] = export(spec, name, out_dir / name, base=base, sign_key=sign_key)
+            except FormatUnavailable as exc:
+                row["skipped"] = str(exc)
+                continue
+            except DeployCheckError as exc:
+                row["failed_tests"] = ["export"]
+                exports[name] = str(exc)
+                continue
+            exports[name] = "cached" if artifact.reused else "exported"
+            checks: list[Callable[[Any], Any]] = [gate.assert_parity,
+                                                  *([gate.assert_accuracy] if spec.eval_data else [])]
+            for check in checks:
+                try:
+                    check(artifact)
+                except AssertionError:
+                    rows[name].setdefault("failed_tests", []).append(check.__name__)
+    if bench_time_s:
+        with _progress("timing batch-1 latency of each format that passed"):
+            for name, artifact in done.items():
+                if row_status(rows[name]) == "ok":
+                    gate.bench(artifact, batch_sizes=(1,))
+    return list(rows.values()), exports
 
 
-def _print_rows(rows: list[dict[str, Any]]) -> None:
-    from deploycheck.table import format_table, human_size
+def _print_gate(rows: list[dict[str, Any]], exports: dict[str, str]) -> bool:
+    """The summary a pytest run prints (the table, the best format, the verdict), what was exported and what
+    reused, and why a format failed to export or was skipped; whether every format passed."""
+    from deploycheck.report.summary import sort_rows, summary_lines, verdict
+    from deploycheck.run_result import RunResult
 
-    table = []
-    for row in rows:
-        parity, accuracy = row.get("parity"), row.get("accuracy")
-        top1 = accuracy.agreement if accuracy is not None and accuracy.agreement is not None else (
-            parity.min_top1_agreement if parity is not None else None)  # the eval data's, else the parity batch's
-        table.append([row["format"], row["status"], human_size(row.get("size_bytes")),
-                      f"{parity.max_abs:.3g}" if parity is not None else "",
-                      f"{top1:.2%}" if top1 is not None else "",
-                      f"{accuracy.obtained:.2%}" if accuracy is not None else "",
-                      f"{accuracy.drop:.2%}" if accuracy is not None else "",
-                      "cached" if row.get("reused") else ("exported" if parity is not None else ""),
-                      f"{row['p50_ms']:.3f}" if row.get("p50_ms") is not None else ""])
-    titles = ["format", "status", "size", "max abs err", "agree (eval)", "accuracy", "drop", "export", "p50 ms"]
-    if not any(cells[-1] for cells in table):
-        titles, table = titles[:-1], [cells[:-1] for cells in table]
-    print(format_table(titles, table))
-    for row in rows:
-        if row.get("note"):
-            print(f"\n{row['format']}: {row['note']}")
+    document = RunResult.from_rows(sort_rows(rows))
+    print("\n".join(summary_lines(document)))
+    for what in ("exported", "cached"):
+        names = [name for name, done in exports.items() if done == what]
+        if names:
+            print(f"deploycheck: {what}: {', '.join(names)}")
+    for result in document.results:
+        if result.skipped:
+            print(f"deploycheck: {result.name} skipped: {result.skipped}")
+        elif exports.get(result.format) not in (None, "exported", "cached"):
+            print(f"deploycheck: {result.name} export failed: {exports[result.format]}")
+    print(verdict(document))
+    return document.passed
 
 
 def _demo_legend(budget: float | None) -> str:
@@ -132,36 +142,22 @@ each format timed alone.""")
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from deploycheck.digits import cache_dir, digits_spec
-    from deploycheck.latency import bench
 
     started = time.perf_counter()
     spec = digits_spec()
     out_dir = Path(args.out) if args.out else cache_dir() / "demo-artifacts"
-    rows = _artifact_rows(spec, out_dir, None)
-    with _progress("timing batch-1 latency of each format that passed"):
-        for row in rows:
-            if row["status"] == "ok":
-                row["p50_ms"] = bench(row["artifact"], batch_sizes=(1,), max_time_s=0.2).stats[1].p50_ms
+    rows, exports = _gate_rows(spec, out_dir, None, bench_time_s=0.2)
     print(f"deploycheck demo: {spec.name} (a CNN on scikit-learn's digits), artifacts in {out_dir}\n")
-    _print_rows(rows)
-    timed = [row for row in rows if row.get("p50_ms") is not None]
-    if timed:
-        eager = next((row["p50_ms"] for row in timed if row["format"] == "eager"), None)
-        best = min(timed, key=lambda row: row["p50_ms"])
-        speedup = f", {eager / best['p50_ms']:.1f}x eager's p50" if eager else ""
-        print(f"\nbest format: {best['format']} (batch-1 p50 {best['p50_ms']:.3f} ms{speedup}, accuracy drop "
-              f"{best['accuracy'].drop:.2%}; the fastest that passed parity and accuracy)")
+    passed = _print_gate(rows, exports)
     print(f"\n{_demo_legend(spec.max_accuracy_drop)}\n\nwall time {time.perf_counter() - started:.1f} s\nnext: "
           "`deploycheck init` writes this gate into your project (conftest.py, tests/, baselines/), then `pytest`")
-    return 0 if all(r["status"] in ("ok", "skipped") for r in rows) else 1
+    return 0 if passed else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     spec = load_spec_function(args.spec)
     formats = [f.strip() for f in args.formats.split(",")] if args.formats else None
-    rows = _artifact_rows(spec, Path(args.out), formats, args.sign_key)
-    _print_rows(rows)
-    return 0 if all(r["status"] in ("ok", "skipped") for r in rows) else 1
+    return 0 if _print_gate(*_gate_rows(spec, Path(args.out), formats, args.sign_key)) else 1
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
