@@ -133,3 +133,27 @@ def test_inputs_of_different_batch_sizes_are_refused_also_for_a_sidecar_without_
         check_inputs("m/onnx", old, [np.zeros((2, 3), np.float32), np.zeros((1, 3), np.float32)])
     fixed = TensorSpec.from_dict({"name": "x", "shape": [4, 3], "dtype": "float32"})
     assert fixed.axis_names == (None, None)
+
+
+def test_every_speed_verdict_is_one_interval_rule() -> None:
+    """Regressed only when the whole interval clears the limit; inconclusive (said, not failed) when it straddles
+    it: for single-pass latency and throughput side by side and for a decoder's rounds alike."""
+    import numpy as np
+
+    from deploycheck.baseline.compare import latency_side_by_side, throughput_side_by_side
+    from deploycheck.baseline.rules import LatencyLimit
+    from deploycheck.stats import interval_verdict
+
+    assert [interval_verdict(*case, 1.25) for case in ((1.3, 1.5), (1.1, 1.4), (0.9, 1.2), (1.25, 1.25))] == [
+        "REGRESSED", "inconclusive", "ok", "ok"]
+    rng = np.random.default_rng(0)
+    old = 1e-3 * (1 + 0.01 * rng.standard_normal(200))
+    limit = LatencyLimit("p50", 0.10)
+    clear, straddling = old * 1.5, old * rng.choice([1.0, 1.25], 200)  # half the calls 25% slower: a noisy +12%
+    assert latency_side_by_side(clear, old, limit, 1, 0.95, "the accepted artifact").status == "REGRESSED"
+    assert latency_side_by_side(old * 1.02, old, limit, 1, 0.95, "the accepted artifact").status == "ok"
+    found = latency_side_by_side(straddling, old, limit, 1, 0.95, "the accepted artifact")
+    assert found.interval is not None and found.interval[0] < 0.10 < found.interval[1]
+    assert found.status == "inconclusive", found
+    assert throughput_side_by_side(clear, old, 0.10, 8, 0.95, "the accepted artifact").status == "REGRESSED"
+    assert throughput_side_by_side(old, old * 1.02, 0.10, 8, 0.95, "the accepted artifact").status == "ok"

@@ -4,7 +4,7 @@ interval of a ratio of medians (or of any statistic) over paired samples."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -37,3 +37,13 @@ def bootstrap_ratio_interval(a: np.ndarray, b: np.ndarray, confidence: float = 0
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(ratios, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def interval_verdict(low: float, high: float, limit: float) -> Literal["ok", "REGRESSED", "inconclusive"]:
+    """A figure that must stay at or below `limit` (a slowdown: new time over old, 1.25 allowing +25%), judged on
+    its interval: REGRESSED only when the whole interval lies above the limit, inconclusive (said, not failed)
+    when the interval straddles it, ok when it lies at or below. Every speed verdict against a baseline or an
+    accepted artifact, single-pass or generative, is this one rule."""
+    if low > limit:
+        return "REGRESSED"
+    return "inconclusive" if high > limit else "ok"

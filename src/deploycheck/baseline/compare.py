@@ -29,7 +29,7 @@ from deploycheck.baseline.rules import LatencyLimit, Rules, resolve_rules
 from deploycheck.costs import cost_change
 from deploycheck.errors import BaselineError
 from deploycheck.rows import Status, Verdict
-from deploycheck.stats import bootstrap_ratio_interval, quantile_grid
+from deploycheck.stats import bootstrap_ratio_interval, interval_verdict, quantile_grid
 from deploycheck.table import format_table, human_size
 
 OK: Status = "ok"
@@ -390,10 +390,9 @@ def latency_side_by_side(new_times: np.ndarray, old_times: np.ndarray, limit: La
     ratio = new_value / old_value
     low, high = bootstrap_ratio_interval(new_times, old_times, confidence, resamples=1000,
                                          statistic=lambda x: limit.quantile(x, axis=-1))
-    regressed = ratio > 1 + limit.limit and low > 1
     return Finding(limit.statistic, f"{old_value * 1e3:.3f} ms", f"{new_value * 1e3:.3f} ms", _pct(ratio - 1),
-                   f"<= {limit.limit:+.0%}", REGRESSED if regressed else OK, f"side by side with {against}", batch,
-                   (low - 1, high - 1))
+                   f"<= {limit.limit:+.0%}", interval_verdict(low, high, 1 + limit.limit),
+                   f"side by side with {against}", batch, (low - 1, high - 1))
 
 
 def throughput_side_by_side(new_times: np.ndarray, old_times: np.ndarray, max_drop: float, batch: int,
@@ -402,10 +401,10 @@ def throughput_side_by_side(new_times: np.ndarray, old_times: np.ndarray, max_dr
     change = float(np.mean(old_times) / np.mean(new_times)) - 1
     low, high = bootstrap_ratio_interval(old_times, new_times, confidence, resamples=1000,
                                          statistic=lambda x: np.mean(x, axis=-1))
-    regressed = -change > max_drop and high < 1
+    slowdown = interval_verdict(1 / high, 1 / low, 1 / (1 - max_drop))  # new time over old, as latency is judged
     return Finding("throughput", f"{batch / np.mean(old_times):.0f}/s", f"{batch / np.mean(new_times):.0f}/s",
-                   _pct(change), f">= -{max_drop:.0%}", REGRESSED if regressed else OK, f"side by side with {against}",
-                   batch, (low - 1, high - 1))
+                   _pct(change), f">= -{max_drop:.0%}", slowdown, f"side by side with {against}", batch,
+                   (low - 1, high - 1))
 
 
 def compare_sets(old: Mapping[tuple[str, str], Mapping[str, Any]], new: Mapping[tuple[str, str], Mapping[str, Any]],

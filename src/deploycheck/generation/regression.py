@@ -8,10 +8,11 @@ judged side by side in one report) and the rules a new run's report is held to.
   artifact went into the accepted store (`deploycheck.accepted`), and a later run generates with it in the same
   timing rounds as the new one, so both meet the same machine. A format regressed when every round's median
   inter-token latency (the median decode step of that round's generation) is more than `MAX_SLOWDOWN` above the
-  accepted artifact's of that round; when only the median over rounds is, the verdict is inconclusive (said, not
-  failed). TPOT, the mean step, is compared the same way and only reported: a small decoder's generation lasts about
-  a millisecond, and one step the scheduler preempts (milliseconds on a busy runner) moves the mean several
-  times over. An unchanged ONNX decoder, timed beside its own accepted copy during the suite on two busy cores,
+  accepted artifact's of that round; when only some rounds are, the verdict is inconclusive (said, not failed):
+  the rounds' range is the interval of `deploycheck.stats.interval_verdict`, the rule of every speed verdict.
+  TPOT, the mean step, is compared the same way and only reported: a small decoder's generation lasts about a
+  millisecond, and one step the scheduler preempts (milliseconds on a busy runner) moves the mean several times
+  over. An unchanged ONNX decoder, timed beside its own accepted copy during the suite on two busy cores,
   measured 5.6x, 5.8x and 3.7x its TPOT in the three rounds, with the same TTFT. A real regression slows every
   step, so it moves the median. TTFT is one prefill call per round (about a millisecond on small models, where a
   fresh process's first calls of a new shape cost several times more): it is also only said, never failed.
@@ -37,6 +38,7 @@ from deploycheck.errors import BaselineError
 from deploycheck.generation.artifact import SIDECAR
 from deploycheck.jsonio import write_json
 from deploycheck.run_result import Check, CheckStatus
+from deploycheck.stats import interval_verdict
 
 MAX_KL_GROWTH = 1.5
 KL_FLOOR = 1e-9  # nats: fp32 formats' KL is rounding (1e-15); int8 weight-only is 1e-7 and up
@@ -131,7 +133,7 @@ def describe(model: str, format_name: str, check: Check, source: str) -> str:
     name = SPEED_FIGURES.get(check.metric, check.metric)
     low, high = check.interval or (check.value, check.value)
     if check.against == "accepted":
-        why = "" if check.status != "inconclusive" else ": not every round is slower"
+        why = "" if check.status != "inconclusive" else ": not every round is slower"  # the interval straddles
         return (f"{label}: {name} {check.value:.2f}x the accepted artifact's, side by side in this run's rounds "
                 f"(rounds from {low:.2f} to {high:.2f}; allowed {check.limit:.2f}x){why}")
     return (f"{label}: {name} {check.value:.2f}x eager's in this run's rounds (rounds from {low:.2f} to {high:.2f}), "
@@ -174,8 +176,8 @@ def _judge_side_by_side(comparison: GenerationComparison, format_name: str, row:
             continue
         median = float(np.median(ratios))
         status: CheckStatus = "reported"
-        if figure == JUDGED_SPEED:
-            status = "REGRESSED" if min(ratios) > allowed else "inconclusive" if median > allowed else "ok"
+        if figure == JUDGED_SPEED:  # the rounds' range is the interval
+            status = interval_verdict(min(ratios), max(ratios), allowed)
         comparison.add(format_name, Check(figure, status, median, "x", "accepted", allowed, "max",
                                           (min(ratios), max(ratios)), batch_size=row["batch_size"]))
 
