@@ -26,7 +26,7 @@ from deploycheck.generation.cache import Decode, dynamic_cache, flat_cache
 from deploycheck.generation.checks import token_quality
 from deploycheck.generation.decoders import EagerDecoder
 from deploycheck.generation.formats import cache_key, export_decoder, load_decoder
-from deploycheck.generation.gate import gate_decoder
+from deploycheck.generation.gate import TIMING_ROUNDS, gate_decoder
 from deploycheck.generation.openvino_decoder import OpenVinoStatefulDecoder
 from deploycheck.generation.regression import (
     accepted_artifacts,
@@ -90,7 +90,7 @@ def test_a_llama_style_decoder_matches_eager_token_for_token_with_its_cache(
     assert "greedy match" in str(report) and "TTFT ms" in str(report)
     best = report.best()
     assert set(best) == {1, 2} and all(row.passed and row.format != "eager" for row in best.values())
-    assert all(len(row.timed) == 3 for row in report.rows), "speed from side-by-side rounds"
+    assert all(len(row.timed) == TIMING_ROUNDS for row in report.rows), "speed from side-by-side rounds"
     assert "best format at batch 1: " in str(report) and "side-by-side rounds" in str(report)
     data = json.loads(json.dumps(report.to_dict()))
     assert data["passed"] and len(data["rows"]) == len(report.rows) and data["best"]["2"] == best[2].format
@@ -114,7 +114,7 @@ def test_the_timing_rounds_hold_the_bench_lock_once_per_batch_size(tmp_path: Pat
     spec = llama_spec(new_tokens=4, batch_sizes=(1, 2))
     report = gate_decoder(spec, tmp_path, exported={"onnx": llama_exports["onnx"]}, timing_lock=bench_lock)
     assert held == [False, False] and report.passed
-    assert all(len(row.timed) == 3 for row in report.rows)
+    assert all(len(row.timed) == TIMING_ROUNDS for row in report.rows)
 
 
 def test_a_cache_with_positions_off_by_one_fails_at_its_first_decode_step(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ pytest.importorskip("transformers")
 from models import llama_decoder, prompts
 
 from deploycheck.generation.artifact import SIDECAR
+from deploycheck.generation.gate import TIMING_ROUNDS
 from deploycheck.generation.spec import GenerativeSpec
 
 pytestmark = pytest.mark.slow
@@ -67,7 +68,7 @@ def test_generation_lifecycle(pytester: pytest.Pytester, run_in_process, tmp_pat
     stored = json.loads(baseline.read_text())
     assert {(row["format"], row["batch_size"]) for row in stored["rows"]} == {
         ("eager", 2), ("onnx", 2), ("onnx_int8_weight", 2)}
-    assert all(len(row["rounds"]["tpot_ms"]) == 3 for row in stored["rows"])
+    assert all(len(row["rounds"]["tpot_ms"]) == TIMING_ROUNDS for row in stored["rows"])
     assert sorted(stored["accepted_artifacts"]) == ["onnx", "onnx_int8_weight"], "speed is judged beside these"
     assert all((tmp_path / "accepted" / digest).is_dir() for digest in stored["accepted_artifacts"].values())
     unchanged = run_in_process(*common)  # the same model against its own baseline: no false alarm
