@@ -15,7 +15,7 @@ import deploycheck
 from deploycheck import formats
 from deploycheck.errors import DeployCheckError
 from deploycheck.explain import ENGINES, explain_quantization, explained_formats
-from deploycheck.formats import Format, format_names, get_format
+from deploycheck.formats import Format, format_names, get_format, searchable_formats
 from deploycheck.formats.base import Precision
 from deploycheck.server.repository import discover, servable_formats
 from deploycheck.tolerance import Tolerance
@@ -96,6 +96,11 @@ def test_the_layers_contract_fails_on_a_cycle(tmp_path: Path) -> None:
     assert "deploycheck.tensors -> deploycheck.gate" in broken.stdout
 
 
+def test_the_int8_search_covers_the_formats_that_declare_a_search_space() -> None:
+    assert searchable_formats() == ["onnx_int8_static", "openvino_int8"]
+    assert len(get_format("onnx_int8_static").int8_search_space) == 12, "6 calibrations, per channel and tensor"
+
+
 @pytest.mark.parametrize("name", format_names())
 def test_every_format_declares_its_facts(name: str) -> None:
     problems = format_contract_problems(get_format(name))
@@ -123,6 +128,10 @@ def format_contract_problems(fmt: Format) -> list[str]:
         problems.append("precision must say, in words, what the artifact stores and computes in")
     if fmt.base_format is not None and fmt.base_format not in format_names():
         problems.append(f"base_format {fmt.base_format!r} is not a registered format")
+    if not (isinstance(fmt.int8_search_space, tuple) and all(isinstance(s, dict) for s in fmt.int8_search_space)):
+        problems.append("int8_search_space must be a tuple of format_options settings")
+    if fmt.int8_search_space and fmt.base_format is None:
+        problems.append("a searched format is quantized from its base_format's export")
     return problems
 
 

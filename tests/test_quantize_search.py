@@ -39,18 +39,20 @@ def test_a_keyword_input_transformer_is_searched_and_explained(tmp_path: Path) -
     assert any(layer.weight_sqnr_db is not None for layer in explanation.layers), "weights compared too"
 
 
+MIN_MAX = tuple({"calibrate_method": "MinMax", "per_channel": per_channel} for per_channel in (True, False))
+
+
 def test_keeping_every_layer_in_float_is_not_an_int8_answer(tmp_path: Path) -> None:
     """MinMax alone cannot hold the outlier MLP's accuracy; the old search then excluded its layers until the
     budget was met and called that int8. A configuration below half its weights in int8 is not eligible."""
     spec = outlier_spec()
     with pytest.raises(DeployCheckError) as refused:
-        search_quantization(spec, 0.01, tmp_path / "never", calibrations=({"calibrate_method": "MinMax"},))
+        search_quantization(spec, 0.01, tmp_path / "never", candidates=MIN_MAX)
     message = str(refused.value)
     assert "no int8 configuration within the budget; the closest: MinMax, per-channel (drop " in message, message
     assert "int8 in name only (< 50% of weights)" in message and "node(s) in float" in message
     assert not (tmp_path / "never").exists(), "nothing is written when nothing fits"
-    loose = search_quantization(spec, 0.01, tmp_path / "loose", calibrations=({"calibrate_method": "MinMax"},),
-                                min_int8_fraction=0.0)
+    loose = search_quantization(spec, 0.01, tmp_path / "loose", candidates=MIN_MAX, min_int8_fraction=0.0)
     assert loose.winner is not None and loose.winner.settings["nodes_to_exclude"], "the floor is an option"
 
 
@@ -58,8 +60,9 @@ def test_a16w8_holds_an_outlier_activation_within_one_point(tmp_path: Path) -> N
     """The issue's acceptance figure: an outlier unit two orders of magnitude above the rest; 16-bit activations
     with int8 weights keep the drop within 1% with nearly every weight in int8."""
     spec = outlier_spec()
-    result = search_quantization(spec, 0.01, tmp_path / "a16w8", measure_latency=True, calibrations=(
-        {"calibrate_method": "MinMax"}, {"calibrate_method": "MinMax", "activation_type": "QInt16"}))
+    result = search_quantization(spec, 0.01, tmp_path / "a16w8", measure_latency=True, candidates=(
+        *MIN_MAX, *({"calibrate_method": "MinMax", "activation_type": "QInt16", "per_channel": per_channel}
+                    for per_channel in (True, False))))
     assert result.winner is not None and result.winner.settings["activation_type"] == "QInt16"
     assert result.winner.drop <= 0.01 and result.winner.int8_fraction is not None
     assert result.winner.int8_fraction >= 0.5 and not result.winner.settings.get("nodes_to_exclude")

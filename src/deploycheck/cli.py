@@ -301,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the budget, a fraction (0.01 is one point of accuracy)")
     quantize.add_argument("--out", required=True, help="where to write the winning artifact")
     quantize.add_argument("--format", default="onnx_int8_static",
-                          help="the int8 format searched: onnx_int8_static (default) or openvino_int8 (NNCF)")
+                          help="the int8 format searched (one that declares a search space): onnx_int8_static "
+                               "(default) or openvino_int8 (NNCF)")
     quantize.add_argument("--no-latency", action="store_true", help="do not measure batch-1 latency per trial")
     quantize.add_argument("--min-int8-fraction", type=float, help="of weights in int8 to count as int8 (0.5)")
     quantize.set_defaults(handler=cmd_quantize)

@@ -37,9 +37,8 @@ from deploycheck.accuracy import check_accuracy, evaluate, reference_artifact
 from deploycheck.errors import DeployCheckError, ExportError, one_line
 from deploycheck.explain import explain_quantization
 from deploycheck.exporting import export
-from deploycheck.formats import get_format
+from deploycheck.formats import get_format, searchable_formats
 from deploycheck.formats.base import MIN_INT8_WEIGHT_FRACTION, int8_in_name_only
-from deploycheck.formats.openvino_int8 import PRESETS
 from deploycheck.latency import interleaved_times, speed_claim
 from deploycheck.stats import bootstrap_ratio_interval
 from deploycheck.table import format_table, human_size
@@ -48,21 +47,7 @@ if TYPE_CHECKING:
     from deploycheck.artifact import Artifact
     from deploycheck.spec import ModelSpec
 
-SEARCHABLE = ("onnx_int8_static", "openvino_int8")
 TIMING_S = 0.5  # per candidate, interleaved with fp32
-CALIBRATIONS: tuple[dict[str, Any], ...] = (
-    {"calibrate_method": "MinMax"},
-    {"calibrate_method": "Entropy"},
-    {"calibrate_method": "Percentile"},
-    {"calibrate_method": "Percentile", "extra_options": {"CalibPercentile": 99.99}},
-    {"calibrate_method": "Percentile", "extra_options": {"CalibPercentile": 99.9}},
-    # A16W8: 16-bit activations (an outlier no longer crushes the other channels' int8 steps), int8 weights
-    {"calibrate_method": "MinMax", "activation_type": "QInt16"},
-)
-SMOOTH_QUANT_ALPHAS = (None, 0.5, 0.75, 0.95)  # None: no SmoothQuant
-NNCF_CANDIDATES: tuple[dict[str, Any], ...] = tuple(
-    {"preset": preset} if alpha is None else {"preset": preset, "smooth_quant_alpha": alpha}
-    for alpha in SMOOTH_QUANT_ALPHAS for preset in PRESETS)
 
 
 @dataclass
@@ -161,16 +146,18 @@ class SearchResult:
 
 
 def search_quantization(spec: ModelSpec, max_accuracy_drop: float, out_dir: str | Path, measure_latency: bool = False,
-                        min_int8_fraction: float | None = None, calibrations: tuple[dict[str, Any], ...] = CALIBRATIONS,
+                        min_int8_fraction: float | None = None, candidates: tuple[dict[str, Any], ...] | None = None,
                         max_excluded: int = 8, format_name: str = "onnx_int8_static") -> SearchResult:
-    """Find a static int8 configuration of `format_name` (one of `SEARCHABLE`) within `max_accuracy_drop` (a
-    fraction), with at least `min_int8_fraction` (default `MIN_INT8_WEIGHT_FRACTION`) of the weights in int8, and
-    export it to `out_dir`. `calibrations` are ONNX Runtime's (each tried per channel and per tensor).
+    """Find a static int8 configuration of `format_name` (one of `searchable_formats()`) within
+    `max_accuracy_drop` (a fraction), with at least `min_int8_fraction` (default `MIN_INT8_WEIGHT_FRACTION`) of the
+    weights in int8, and export it to `out_dir`. `candidates`, when given, are tried instead of the format's own
+    `int8_search_space`.
 
     Raises `DeployCheckError` when nothing fits, with the trade-off table and the closest configuration.
     """
-    if format_name not in SEARCHABLE:
-        raise DeployCheckError(f"{spec.name}: the int8 search covers {', '.join(SEARCHABLE)}, not {format_name!r}")
+    if format_name not in searchable_formats():
+        raise DeployCheckError(f"{spec.name}: the int8 search covers {', '.join(searchable_formats())}, not "
+                               f"{format_name!r}")
     if not spec.eval_data:
         raise DeployCheckError(f"{spec.name}: accuracy-aware quantization needs labelled eval_data")
     out_dir = Path(out_dir)
@@ -180,8 +167,7 @@ def search_quantization(spec: ModelSpec, max_accuracy_drop: float, out_dir: str 
     reference = evaluate(reference_artifact(spec), spec.eval_data, spec.metric, f"{spec.name}/eager").value
     result = SearchResult(spec.name, format_name, max_accuracy_drop, reference,
                           MIN_INT8_WEIGHT_FRACTION if min_int8_fraction is None else min_int8_fraction)
-    candidates = NNCF_CANDIDATES if format_name == "openvino_int8" else tuple(
-        {**calibration, "per_channel": per_channel} for calibration in calibrations for per_channel in (True, False))
+    candidates = candidates or get_format(format_name).int8_search_space
     with tempfile.TemporaryDirectory(prefix="deploycheck-quantize-") as scratch:
 
         def trial(settings: dict[str, Any]) -> Trial:

@@ -35,7 +35,7 @@ BUILTIN_FORMATS = {
 }
 ENTRY_POINT_GROUP = "deploycheck.formats"
 
-__all__ = ["Format", "default_formats", "format_names", "get_format"]
+__all__ = ["Format", "default_formats", "format_names", "get_format", "searchable_formats"]
 
 
 @cache
@@ -54,6 +54,11 @@ def format_names() -> list[str]:
 def default_formats() -> list[str]:
     """The formats gated when none are named: every known one except the opt-in ones (`Format.default`)."""
     return [name for name in format_names() if get_format(name).default]
+
+
+def searchable_formats() -> list[str]:
+    """The formats `deploycheck quantize` searches: those that declare an `int8_search_space`."""
+    return [name for name in format_names() if get_format(name).int8_search_space]
 
 
 @cache

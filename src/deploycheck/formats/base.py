@@ -82,6 +82,9 @@ class Format(ABC):
     # False for a format too costly to export on every run (a C++ compilation): gated only where named, in
     # ModelSpec(formats=...) and --deploycheck-formats
     default: ClassVar[bool] = True
+    # the settings `deploycheck quantize` tries for this format, each a `format_options` entry (empty: the format
+    # is not searched); the search exports each, keeps those within the accuracy budget, and picks one
+    int8_search_space: ClassVar[tuple[dict[str, Any], ...]] = ()
 
     def check_supported(self, spec: ModelSpec) -> None:  # noqa: B027  (optional hook; most formats take any model)
         """Raise `FormatUnavailable` with a reason when this format cannot handle the spec."""

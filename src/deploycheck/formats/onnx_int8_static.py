@@ -98,6 +98,18 @@ def quantize_static_qdq(fp32_model: Path, output: Path, feeds: list[dict[str, np
                         extra_options=settings["extra_options"] or None)
 
 
+# ONNX Runtime's calibrations `deploycheck quantize` tries, each per channel and per tensor
+CALIBRATIONS: tuple[dict[str, Any], ...] = (
+    {"calibrate_method": "MinMax"},
+    {"calibrate_method": "Entropy"},
+    {"calibrate_method": "Percentile"},
+    {"calibrate_method": "Percentile", "extra_options": {"CalibPercentile": 99.99}},
+    {"calibrate_method": "Percentile", "extra_options": {"CalibPercentile": 99.9}},
+    # A16W8: 16-bit activations (an outlier no longer crushes the other channels' int8 steps), int8 weights
+    {"calibrate_method": "MinMax", "activation_type": "QInt16"},
+)
+
+
 class OnnxInt8StaticFormat(Format):
     name = "onnx_int8_static"
     precision = Precision(weights="int8", compute="int8", activations="int8, calibrated ranges (QDQ)")
@@ -107,6 +119,8 @@ class OnnxInt8StaticFormat(Format):
     servable = True
     platform = "onnxruntime_onnx"
     explanation = "qdq"
+    int8_search_space = tuple({**calibration, "per_channel": per_channel}
+                              for calibration in CALIBRATIONS for per_channel in (True, False))
 
     def cache_inputs(self, spec: ModelSpec) -> list[Any]:
         return [*calibration_feeds(spec), static_settings(spec)]

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 PRESETS = ("performance", "mixed")
 MODEL_TYPES = (None, "transformer")
+SMOOTH_QUANT_ALPHAS = (None, 0.5, 0.75, 0.95)  # what `deploycheck quantize` tries; None: no SmoothQuant
 
 
 def nncf_settings(spec: ModelSpec) -> dict[str, Any]:
@@ -81,6 +82,8 @@ class OpenVinoInt8Format(Format):
     packages = ("torch", "onnx", "onnxscript", "openvino", "nncf")
     servable = True
     platform = "openvino"
+    int8_search_space = tuple({"preset": preset} if alpha is None else {"preset": preset, "smooth_quant_alpha": alpha}
+                              for alpha in SMOOTH_QUANT_ALPHAS for preset in PRESETS)
 
     def check_supported(self, spec: ModelSpec) -> None:
         require_packages(spec, self.name, ("openvino", "nncf"), "openvino")
