@@ -135,6 +135,7 @@ def test_the_vs_baseline_cell_keeps_the_figure_that_matters_whole() -> None:
     """Four regressions in two sections: the cell shows the first whole and counts the rest (the cell joined
     them all and was cut at 44 characters, inside the second figure)."""
     from deploycheck.report.summary import CELL_WIDTH, summary_table
+    from deploycheck.run_result import RunResult
 
     old = record(size={"bytes": 1000}, parity={"max_abs": 1e-3, "top1_agreement": 1.0}, accuracy={"value": 0.95})
     worse = record(size={"bytes": 1100}, parity={"max_abs": 3e-3, "top1_agreement": 0.98}, accuracy={"value": 0.94})
@@ -143,7 +144,7 @@ def test_the_vs_baseline_cell_keeps_the_figure_that_matters_whole() -> None:
     assert size_and_parity.short() == "size +10.0% REGRESSED (+2 more)"
     row = {"model": "m", "format": "onnx", "size_bytes": 1100,
            "baseline": {"size+parity": size_and_parity.to_dict(), "accuracy": accuracy.to_dict()}}
-    table = summary_table([row])
+    table = summary_table(RunResult.from_rows([row]).results)
     assert "size +10.0% REGRESSED (+3 more)" in table and "…" not in table
     assert len("size +10.0% REGRESSED (+3 more)") < CELL_WIDTH
 

@@ -194,3 +194,32 @@ def test_two_gate_runs_at_once_keep_every_record_once_in_postgresql(pytester: py
     assert len(records) == 6 and len({r.key for r in records}) == 6
     assert len({r.run.run_id for r in records}) == 2
     assert sorted((r.model, r.format) for r in records) == sorted([(m, "eager") for m in ("deep", "tiny", "wide")] * 2)
+
+
+def test_a_history_that_cannot_take_the_run_loses_none_of_its_baselines_or_reports(
+        pytester: pytest.Pytester, run_in_process, tmp_path: Path) -> None:
+    """A hand-edited store (a figure that is not a number) makes the history raise at session finish: the run's
+    baselines and report are written all the same, and with --deploycheck-fail-on-change-point the run fails
+    (the gate could not look for change points) instead of passing unchecked."""
+    import sqlite3
+
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_gate=TESTS)
+    common = ["-p", "no:cacheprovider", f"--deploycheck-artifacts={tmp_path / 'artifacts'}",
+              "--deploycheck-formats=eager", "--deploycheck-models=tiny"]
+    run_in_process(*common, "--deploycheck-update").assert_outcomes(passed=2)
+    history = pytester.path / ".deploycheck" / "history.sqlite"
+    with sqlite3.connect(history) as connection:
+        connection.execute("""UPDATE results SET figures = '{"max_abs": "n/a", "accuracy": "high"}'""")
+    baseline = pytester.path / "baselines" / "tiny" / "eager.json"
+    baseline.unlink()
+    report = tmp_path / "report.json"
+    gated = run_in_process(*common, "--deploycheck-update", "--deploycheck-fail-on-change-point",
+                           f"--deploycheck-report={report}")
+    assert gated.ret == 1, "the change points could not be looked for: not a pass"
+    gated.stdout.fnmatch_lines([f"deploycheck: the history at {history} could not take this run (*); this run is "
+                                "not in the history", "*--deploycheck-fail-on-change-point could not be checked*",
+                                "deploycheck: 1 of 1 model x format(s) FAILED (tiny/eager)"])
+    assert baseline.is_file() and report.is_file(), "written whatever the history says"
+    without_gate = run_in_process(*common, f"--deploycheck-report={report}")  # appending reads no old figure
+    assert without_gate.ret == 0 and "1 record(s) of run" in without_gate.stdout.str()

@@ -14,6 +14,7 @@ from deploycheck.artifact import Artifact
 from deploycheck.gate import Gate
 from deploycheck.report.summary import summary_table
 from deploycheck.rows import Row
+from deploycheck.run_result import RunResult
 from deploycheck.server.batcher import Batcher
 
 
@@ -84,7 +85,7 @@ def test_the_summary_shows_each_rows_real_status_in_its_columns() -> None:
         {"model": "m", "format": "torchscript", "size_bytes": 4096, "failed_tests": ["test_parity"]},
         {"model": "m", "format": "state_dict", "skipped": "no factory"},
     ]
-    lines = summary_table(rows).splitlines()
+    lines = summary_table(RunResult.from_rows(rows).results).splitlines()
     header = lines[0].split()
     assert header[:2] == ["model", "format"] and "status" in header
     status = {line.split()[1]: line.split()[-1] for line in lines[2:]}
@@ -102,13 +103,12 @@ def test_the_best_format_is_the_fastest_that_passed_every_gate() -> None:
                 "latency": {"1": {"p50_ms": p50}, "8": {"p50_ms": p50 * 4}}}
 
     rows = [row("eager", 0.5), row("onnx", 0.1), row("onnx_int8_static", 0.05, passed=False), row("openvino", 0.2)]
-    assert best_formats(rows) == ["deploycheck: best format for m: onnx (p50 0.100 ms, 2.00x eager, accuracy drop "
-                                  "0.10%, every gate passed)"]
+    assert best_formats(RunResult.from_rows(rows).results) == [
+        "deploycheck: best format for m: onnx (p50 0.100 ms, 2.00x eager, accuracy drop 0.10%, every gate passed)"]
 
 
 def test_the_run_ends_with_one_verdict_line_saying_what_to_do() -> None:
     from deploycheck.report.summary import verdict
-    from deploycheck.run_result import RunResult
 
     ok: Row = {"model": "m", "format": "onnx", "parity": {"max_abs": 0.0, "top1_agreement": 1.0, "passed": True}}
     behind: Row = {"model": "m", "format": "onnx_int8_static",

@@ -216,7 +216,8 @@ class RunSummary:
     def _document(self, rows: list[dict[str, Any]], run: Any, decoders: list[Any],
                   changed: set[tuple[str, str]]) -> Any:
         """The run document: each single-pass row a result, and each decoder result, with a failed history check
-        where the run fails on a new worse change point (`changed`; a row's is in its `history` section)."""
+        where the run fails on a new worse change point or could not look for one (`changed`; a row whose
+        `history` section says so has its check already)."""
         from dataclasses import replace
 
         from deploycheck.formats import format_names
@@ -224,9 +225,10 @@ class RunSummary:
         from deploycheck.run_result import Check, Result, RunResult, ordered
 
         history = Check("change_point", "REGRESSED", against="history")
-        decoders = [replace(result, checks=(*result.checks, history)) if (result.model, result.format) in changed
-                    else result for result in decoders]
         results = [Result.from_row(row) for row in with_size_ratios(rows)] + decoders
+        results = [replace(result, checks=(*result.checks, history))
+                   if (result.model, result.format) in changed and not any(
+                       check.metric == "change_point" for check in result.checks) else result for result in results]
         return RunResult(run, ordered(results, format_names()))
 
     def _run(self, rows: list[dict[str, Any]]) -> Any:
@@ -245,13 +247,19 @@ class RunSummary:
         location = history_location(self.config)
         if location is None or not (rows or decoders):
             return [], set()
-        from deploycheck.errors import DeployCheckError
         from deploycheck.history.recorder import record_run
 
+        gate_on_it = bool(option(self.config, "fail-on-change-point"))
         try:
-            outcome = record_run(location, rows, run, bool(option(self.config, "fail-on-change-point")), decoders)
-        except DeployCheckError as exc:  # the gate's results stand; the history could not take them
-            return [f"deploycheck: {exc} (this run is not in the history)"], set()
+            outcome = record_run(location, rows, run, gate_on_it, decoders)
+        except Exception as exc:  # a damaged or hand-edited store: the run's baselines and reports are still written
+            line = (f"deploycheck: the history at {location} could not take this run ({type(exc).__name__}: "
+                    f"{exc}); this run is not in the history")
+            if not gate_on_it:
+                return [line], set()
+            every = {(row["model"], row["format"]) for row in rows} | {(r.model, r.format) for r in decoders}
+            return [line + "\n  --deploycheck-fail-on-change-point could not be checked: every result fails it"], \
+                every
         return outcome.lines, {(change.model, change.format) for change in outcome.changes}
 
     def _github_step_summary(self, document: Any) -> None:

@@ -54,8 +54,8 @@ def markdown_report(document: RunResult) -> str:
     failing, total = len(document.failed), len(document.results)
     parts = [f"## deploycheck: {document.outcome}", "", f"**{run_line(document)}**", "",
              f"{total} model x format result(s), {failing} failing.", ""]
-    if document.rows():
-        parts += table(*table_cells(document.rows()))
+    if document.of_kind("single-pass"):
+        parts += table(*table_cells(document.of_kind("single-pass")))
     if document.of_kind("generative"):
         parts += ["", "### Generative decoders", "", *table(*generation_cells(document.of_kind("generative")))]
     problems = findings(document)
@@ -78,12 +78,12 @@ def html_report(document: RunResult, trends_html: str = "") -> str:
     """One self-contained page that fits a 1,280-px window: the verdict with commit and machine, the main table
     (the terminal's main columns) and the details below it, the generative table, baseline findings, the plots,
     and, when the run kept a history, each model x format's trend over it (`trends_html`)."""
-    rows = document.rows()
+    rows, single_pass = document.rows(), document.of_kind("single-pass")
     tables = ""
-    if rows:
+    if single_pass:
         details = ["model", "format", *(title for title, _ in COLUMNS if title not in MAIN_COLUMNS)]
-        detail_titles, detail_cells = table_cells(rows, details)
-        tables = _html_table(*table_cells(rows, list(MAIN_COLUMNS)))
+        detail_titles, detail_cells = table_cells(single_pass, details)
+        tables = _html_table(*table_cells(single_pass, list(MAIN_COLUMNS)))
         if len(detail_titles) > 2:
             tables += "<h2>Details</h2>" + _html_table(detail_titles, detail_cells)
     if document.of_kind("generative"):

@@ -16,7 +16,7 @@ from deploycheck.formats.base import int8_in_name_only
 from deploycheck.report.checks import check_text
 from deploycheck.report.generative import best_decoders, generation_table, skipped_decoders
 from deploycheck.rows import ACCEPT_COMMAND, best_throughput, nested
-from deploycheck.run_result import Result, RunResult, row_status
+from deploycheck.run_result import Result, RunResult
 from deploycheck.table import format_table, human_size
 
 
@@ -76,8 +76,8 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("size/orig", lambda r: _num(nested(r, "original", "size_ratio"), ".2f")),
     ("speedup vs orig", lambda r: _speedup_interval(nested(r, "original"))),
     ("vs baseline", _baseline_change),
-    ("status", row_status),
 ]
+STATUS = "status"  # the last column: the result's verdict, from its checks
 
 
 def sort_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -103,12 +103,17 @@ WIDTH = 120
 CELL_WIDTH = 44  # longer cells (a baseline change with its reasons) are cut; the full text is in the report
 
 
-def table_cells(rows: Sequence[dict[str, Any]], titles: Sequence[str] | None = None
+def table_cells(results: Sequence[Result], titles: Sequence[str] | None = None
                 ) -> tuple[list[str], list[list[str]]]:
-    """Titles and cells of the summary (of `titles` only, if given), keeping the columns some row has a value for."""
+    """Titles and cells of the single-pass results' table (of `titles` only, if given), keeping the columns some
+    result has a value for: each column read from the result's measurements, the status from its checks."""
     columns = [(title, render) for title, render in COLUMNS if titles is None or title in titles]
-    cells = [[_cut(render(row)) for _, render in columns] for row in with_size_ratios(rows)]
+    rows = with_size_ratios([dict(result.measurements) for result in results])
+    cells = [[_cut(render(row)) for _, render in columns] for row in rows]
     keep = [i for i, (title, _) in enumerate(columns) if title in ("model", "format") or any(c[i] for c in cells)]
+    if titles is None or STATUS in titles:
+        return [*(columns[i][0] for i in keep), STATUS], [[*(c[i] for i in keep), result.status]
+                                                          for c, result in zip(cells, results)]
     return [columns[i][0] for i in keep], [[c[i] for i in keep] for c in cells]
 
 
@@ -116,40 +121,42 @@ def _cut(cell: str) -> str:
     return cell if len(cell) <= CELL_WIDTH else cell[:CELL_WIDTH - 1] + "…"
 
 
-def summary_table(rows: Sequence[dict[str, Any]], width: int = WIDTH) -> str:
-    """A row per model x format, `width` columns wide at most where it can be: when everything does not fit, the
-    main columns form one table and the rest (sizes, compression, the original) a second, by the same rows."""
-    whole = format_table(*table_cells(rows))
+def summary_table(results: Sequence[Result], width: int = WIDTH) -> str:
+    """A row per single-pass model x format, `width` columns wide at most where it can be: when everything does
+    not fit, the main columns form one table and the rest (sizes, compression, the original) a second, by the
+    same rows."""
+    whole = format_table(*table_cells(results))
     note = ("\nx eager: speed over the eager model, timed side by side (interleaved) in this run; it can differ from "
             "\n  the ratio of the p50s, which were timed apart" if "x eager" in whole.splitlines()[0] else "")
     if max(len(line) for line in whole.splitlines()) <= width:
         return whole + note
     main = list(MAIN_COLUMNS)
-    table = format_table(*table_cells(rows, main))
+    table = format_table(*table_cells(results, main))
     for title in MOVABLE:
         if max(len(line) for line in table.splitlines()) <= width:
             break
         main.remove(title)
-        table = format_table(*table_cells(rows, main))
+        table = format_table(*table_cells(results, main))
     details = [title for title, _ in COLUMNS if title not in main]
-    detail_titles, detail_cells = table_cells(rows, ["model", "format", *details])
+    detail_titles, detail_cells = table_cells(results, ["model", "format", *details])
     if len(detail_titles) > 2:
         table += "\n\ndetails:\n" + format_table(detail_titles, detail_cells)
     return table + note
 
 
-def best_formats(rows: Sequence[dict[str, Any]]) -> list[str]:
+def best_formats(results: Sequence[Result]) -> list[str]:
     """Per model, the answer a user came for: the fastest format (batch-1 p50) that passed every gate, with its
     speed over eager and its accuracy drop."""
     lines = []
-    for model in dict.fromkeys(str(row.get("model")) for row in rows):
-        timed = [(float(p50), row) for row in rows if row.get("model") == model and row_status(row) == "ok"
-                 and (p50 := smallest_batch(row.get("latency")).get("p50_ms")) is not None]
+    for model in dict.fromkeys(result.model for result in results):
+        timed = [(float(p50), result.measurements) for result in results
+                 if result.model == model and result.status == "ok"
+                 and (p50 := smallest_batch(result.measurements.get("latency")).get("p50_ms")) is not None]
         if not timed:
             continue
         p50_ms, best = min(timed, key=lambda pair: pair[0])
-        speedup = nested(best, "speedup", "vs_eager", "ratio")
-        drop = nested(best, "accuracy", "drop")
+        speedup = nested(dict(best), "speedup", "vs_eager", "ratio")
+        drop = nested(dict(best), "accuracy", "drop")
         lines.append(f"deploycheck: best format for {model}: {best['format']} (p50 {p50_ms:.3f} ms"
                      + (f", {speedup:.2f}x eager" if speedup is not None else "")
                      + (f", accuracy drop {drop:.2%}" if drop is not None else "") + ", every gate passed)")
@@ -291,9 +298,9 @@ def summary_lines(document: RunResult) -> list[str]:
     """What the terminal prints of a document, the verdict aside: the single-pass table and best formats, the
     generative table and best formats, int8-in-name-only lines, and the inconclusive verdicts. The plugin and
     `report merge` both print it, so a merged matrix reads as one job."""
-    rows = document.rows()
+    rows, single_pass = document.rows(), document.of_kind("single-pass")
     decoders = document.of_kind("generative")
-    lines = [summary_table(rows), *best_formats(rows)] if rows else []
+    lines = [summary_table(single_pass), *best_formats(single_pass)] if single_pass else []
     if decoders:
         lines += [generation_table(decoders), *best_decoders(decoders), *skipped_decoders(decoders)]
     return lines + quantization_summary(rows) + inconclusive_summary(document)
