@@ -155,6 +155,68 @@ def test_a_newer_schema_is_refused_by_name(tmp_path: Path) -> None:
         HistoryStore(path)
 
 
+def test_a_damaged_store_takes_no_run_and_is_named(tmp_path: Path) -> None:
+    """A byte flipped inside a record's text (the pages stay sound, and an append used to succeed into a file that
+    `deploycheck history` then refused), and bytes overwritten across a page: the store is checked before it is
+    appended to, and the file is left as it was."""
+    path = tmp_path / "h.sqlite"
+    store = HistoryStore(path)
+    for index in range(40):
+        store.append(_records(index, 1.0, formats=tuple(f"f{k}" for k in range(8))))
+    data = bytearray(path.read_bytes())
+    assert len(data) > 16 * 4096
+    flipped = data.replace(b'"size_bytes": 1000.0', b'"size_bytes"; 1000.0', 1)  # one byte of a record's text
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(HistoryError, match=rf"history {path}: the file is damaged \(.* is not valid JSON\); nothing"):
+        HistoryStore(path).append(_records(99, 1.0))
+    assert path.read_bytes() == bytes(flipped), "nothing written to a damaged store"
+    data[8 * 4096:8 * 4096 + 512] = b"\xa5" * 512  # a page in the middle of the file
+    path.write_bytes(bytes(data))
+    with pytest.raises(HistoryError, match=rf"history {path}: (the file is damaged|.*malformed)"):
+        HistoryStore(path).append(_records(99, 1.0))
+    assert path.read_bytes() == bytes(data)
+
+
+def test_a_figure_that_is_not_a_finite_number_is_refused_on_the_way_in_and_named_on_the_way_out(
+        tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "h.sqlite"
+    store = HistoryStore(path)
+    store.append(_records(0, 1.0))
+    for value in (float("nan"), float("inf"), "fast", True):
+        bad = [HistoryRecord(_run(1), "tiny", "onnx", "ok", {"p50_norm@1": value})]  # type: ignore[dict-item]
+        with pytest.raises(HistoryError, match=r"tiny/onnx of run run00001: figure 'p50_norm@1' is .*, not a finite"):
+            store.append(bad)
+    assert store.count() == 2, "nothing of a refused run was written"
+    with sqlite3.connect(path) as connection:  # edited by hand, or by another tool
+        connection.execute("""UPDATE results SET figures = '{"size_bytes": NaN}' WHERE format = 'onnx'""")
+    with pytest.raises(HistoryError, match=rf"history {path}: tiny/onnx of run run00000 .*: figure 'size_bytes' is "
+                                           "nan, not a finite number"):
+        store.records()
+    listed = subprocess.run([sys.executable, "-m", "deploycheck.cli", "history", "--store", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 2 and "Traceback" not in listed.stderr and "not a finite number" in listed.stderr
+
+
+def test_a_database_that_is_not_a_history_is_never_written_into(tmp_path: Path) -> None:
+    import sqlite3
+
+    other = tmp_path / "app.sqlite"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE users (name TEXT)")
+    before = other.read_bytes()
+    with pytest.raises(HistoryError, match=r"a SQLite database but not a deploycheck history \(its tables: users\)"):
+        HistoryStore(other)
+    target = tmp_path / "merged.sqlite"
+    with pytest.raises(HistoryError, match="not a deploycheck history"):
+        merge_stores([other], target)
+    assert other.read_bytes() == before
+    with pytest.raises(HistoryError, match="does not exist"):
+        merge_stores([tmp_path / "missing.sqlite"], tmp_path / "never.sqlite")
+    assert not (tmp_path / "never.sqlite").exists(), "a mistyped source leaves no target behind"
+
+
 def _write_runs(path: str, first: int, count: int) -> None:
     store = HistoryStore(path)
     for index in range(first, first + count):

@@ -11,6 +11,7 @@ readers never block the writer, and two writers wait their turn.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -100,6 +101,13 @@ class HistoryStore:
                                    "'deploycheck[postgres]'") from exc
             return psycopg.connect(self.location, connect_timeout=10)
         connection = sqlite3.connect(self.location, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        tables = [str(row[0]) for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        if tables and "results" not in tables:  # another tool's database (or a mistyped path): never written into
+            connection.close()
+            raise HistoryError(f"history {self.label}: a SQLite database but not a deploycheck history (its tables: "
+                               f"{', '.join(tables)}); nothing was written to it: give the path of a history or a "
+                               "new file")
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         return connection
@@ -123,9 +131,17 @@ class HistoryStore:
 
     def append(self, records: Sequence[HistoryRecord]) -> int:
         """Add records (each run once, each model x format of a run once) in one transaction; returns how many
-        were new."""
+        were new. A figure that is not a finite number is refused before anything is written, and so is a store
+        whose file is damaged (a run appended to it could never be read back)."""
+        for record in records:
+            for name, value in record.figures.items():
+                if not _finite_number(value):
+                    raise HistoryError(f"history {self.label}: {record.model}/{record.format} of run "
+                                       f"{record.run.run_id[:8]}: figure {name!r} is {value!r}, not a finite number; "
+                                       "nothing was appended")
         runs = {record.run.run_id: record.run for record in records}
         with self._transaction() as cursor:
+            self._check_sound(cursor)
             cursor.executemany(
                 "INSERT INTO runs (run_id, commit_sha, branch, time, mode, machine, environment) VALUES "
                 "(?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO NOTHING",
@@ -138,6 +154,22 @@ class HistoryStore:
                 [(r.run.run_id, r.model, r.format, r.verdict, json.dumps(r.figures, sort_keys=True),
                   json.dumps(r.counters, sort_keys=True, default=str)) for r in records])
             return self._count(cursor) - before
+
+    def _check_sound(self, cursor: _Cursor) -> None:
+        """SQLite's quick check of the whole file, before it is written to (PostgreSQL guards its own)."""
+        if self.postgres:
+            return
+        cursor.execute("PRAGMA quick_check")
+        found = [str(row[0]) for row in cursor.fetchall()]
+        if found == ["ok"]:  # the pages are sound; a byte flipped inside a record's text is not seen by that
+            cursor.execute("SELECT results.run_id, model, format FROM results JOIN runs USING (run_id) WHERE NOT "
+                           "(json_valid(figures) AND json_valid(counters) AND json_valid(environment)) LIMIT 3")
+            found = [f"{model}/{fmt} of run {run_id[:8]} is not valid JSON" for run_id, model, fmt in cursor.fetchall()]
+            found = found or ["ok"]
+        if found != ["ok"]:
+            raise HistoryError(f"history {self.label}: the file is damaged (SQLite's quick_check: "
+                               f"{'; '.join(found[:3])}); nothing was appended: restore it from a copy, or move it "
+                               "aside to start a new history")
 
     @staticmethod
     def _count(cursor: _Cursor) -> int:
@@ -211,8 +243,19 @@ def _decoded(fetched: Sequence[Sequence[Any]]) -> list[HistoryRecord]:
         run = runs.get(run_id)
         if run is None:
             run = runs[run_id] = RunInfo(run_id, commit, branch, time, mode, machine, json.loads(environment))
-        records.append(HistoryRecord(run, model, fmt, verdict, json.loads(figures), json.loads(counters)))
+        decoded = json.loads(figures)
+        wrong = {name: value for name, value in decoded.items() if not _finite_number(value)}
+        if wrong:
+            name, value = next(iter(wrong.items()))
+            raise ValueError(f"{model}/{fmt} of run {run_id[:8]} ({commit or 'no commit'}): figure {name!r} is "
+                               f"{value!r}, not a finite number (the store was edited by hand or written by another "
+                               "tool); delete or correct that record")
+        records.append(HistoryRecord(run, model, fmt, verdict, decoded, json.loads(counters)))
     return records
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class _Cursor:
@@ -243,11 +286,12 @@ class _Cursor:
 def merge_stores(sources: Sequence[str | Path], target: str | Path) -> tuple[int, int]:
     """Copy every record of `sources` into `target` (created if missing), each run and record once; returns
     (records read, records new in the target)."""
+    for source in sources:  # before the target is made: a mistyped source leaves nothing behind
+        if not str(source).startswith(POSTGRES_SCHEMES) and not Path(source).is_file():
+            raise HistoryError(f"history merge: {source} does not exist")
     destination = HistoryStore(target)
     read = added = 0
     for source in sources:
-        if not str(source).startswith(POSTGRES_SCHEMES) and not Path(source).is_file():
-            raise HistoryError(f"history merge: {source} does not exist")
         records = HistoryStore(source).records()
         read += len(records)
         added += destination.append(records)
