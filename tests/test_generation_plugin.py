@@ -87,7 +87,8 @@ def test_generation_lifecycle(pytester: pytest.Pytester, run_in_process, tmp_pat
     results = {r["format"]: r for r in json.loads(report.read_text())["results"] if r["kind"] == "generative"}
     assert sorted(results) == ["eager", "onnx", "onnx_int8_weight"]
     int8 = results["onnx_int8_weight"]
-    assert [(c["metric"], c.get("against")) for c in int8["checks"] if c["status"] not in ("ok", "reported")] == [
+    failing = ("FAIL", "REGRESSED", "missing")  # a speed check may be inconclusive on a busy machine: said, not failed
+    assert [(c["metric"], c.get("against")) for c in int8["checks"] if c["status"] in failing] == [
         ("mean_kl", "baseline")], "every format passed its own checks: the baseline is what failed"
     assert int8["status"] == "FAIL" and results["onnx"]["status"] in ("ok", "inconclusive")
     for name in ("onnx", "onnx_int8_weight"):  # timed beside the accepted artifact, its interval over the rounds
