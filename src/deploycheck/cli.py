@@ -63,15 +63,13 @@ def _gate_rows(spec: Any, out_dir: Path, formats: list[str] | None, sign_key: st
     from deploycheck.exporting import export
     from deploycheck.formats import get_format
     from deploycheck.gate import Gate
-    from deploycheck.rows import Row
+    from deploycheck.rows import Row, merge_payload
     from deploycheck.run_result import row_status
 
     rows: dict[str, dict[str, Any]] = {}
 
     def record(payload: Row) -> None:  # as the plugin gathers a row from its tests' reports
-        row = rows.setdefault(payload["format"], {})
-        for key, value in payload.items():
-            row[key] = {**row[key], **value} if isinstance(value, dict) and isinstance(row.get(key), dict) else value
+        merge_payload(rows.setdefault(payload["format"], {}), payload)
 
     gate = Gate(record, bench_time_s=bench_time_s or 1.0)
     exports: dict[str, str] = {}

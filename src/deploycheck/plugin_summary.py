@@ -28,6 +28,7 @@ from deploycheck.plugin_options import (
     history_location,
     option,
 )
+from deploycheck.rows import merge_payload
 
 
 def terminal_progress(config: pytest.Config) -> Any:
@@ -100,12 +101,7 @@ class RunSummary:
                 self.generation_failures.setdefault(str(payload), []).append(
                     report.nodeid.split("::")[-1].split("[")[0])
             if name == PROPERTY and isinstance(payload, dict):
-                row = self.results.setdefault((payload["model"], payload["format"]), {})
-                for key, value in payload.items():
-                    if isinstance(value, dict) and isinstance(row.get(key), dict):
-                        row[key].update(value)
-                    else:
-                        row[key] = value
+                merge_payload(self.results.setdefault((payload["model"], payload["format"]), {}), payload)
         pair = artifact_pairs([report.nodeid])
         if pair and (report.failed or (report.skipped and report.when == "setup")):
             model, format_name = pair.pop()

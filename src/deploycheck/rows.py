@@ -5,6 +5,7 @@ that measures it and the one that judges it."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, TypedDict
 
 from typing_extensions import Required
@@ -74,6 +75,16 @@ def nested(row: dict[str, Any], *keys: str) -> Any:
             return None
         value = value.get(key)
     return value
+
+
+def merge_payload(row: dict[str, Any], payload: Mapping[str, Any]) -> None:
+    """Add what one check recorded to its model x format's row: sections are merged key by key, so the figures
+    of several checks (and tests) of one artifact end in one row."""
+    for key, value in payload.items():
+        if isinstance(value, dict) and isinstance(row.get(key), dict):
+            row[key].update(value)
+        else:
+            row[key] = value
 
 
 def best_throughput(row: dict[str, Any]) -> float | None:

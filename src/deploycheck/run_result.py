@@ -110,6 +110,17 @@ def _integer(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def checks_status(checks: Iterable[Check]) -> ResultStatus:
+    """What a set of checks concludes: FAIL when one failed, inconclusive when one could not be concluded, ok
+    when something was judged and held, "" when every one was only reported."""
+    judged = [check for check in checks if check.status != "reported"]
+    if any(check.failed for check in judged):
+        return "FAIL"
+    if not judged:
+        return ""
+    return "inconclusive" if any(check.status == "inconclusive" for check in judged) else "ok"
+
+
 @dataclass(frozen=True)
 class Result:
     """One model x format of the run: its kind, its checks, the tests of it that failed, why it was skipped."""
@@ -130,12 +141,9 @@ class Result:
     def status(self) -> ResultStatus:
         """FAIL when a test of it failed or a check failed, inconclusive when a check could not be concluded,
         ok when something was judged and held, skipped (with its reason) or "" when nothing was judged."""
-        judged = [check for check in self.checks if check.status != "reported"]
-        if self.failed_tests or any(check.failed for check in judged):
+        if self.failed_tests:
             return "FAIL"
-        if not judged:
-            return "skipped" if self.skipped else ""
-        return "inconclusive" if any(check.status == "inconclusive" for check in judged) else "ok"
+        return checks_status(self.checks) or ("skipped" if self.skipped else "")
 
     def failing(self) -> list[Check]:
         return [check for check in self.checks if check.failed]

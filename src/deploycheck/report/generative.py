@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from deploycheck.report.checks import value_text
-from deploycheck.run_result import Check, Result
+from deploycheck.run_result import Check, Result, checks_status
 from deploycheck.table import format_table, human_size
 
 TITLES = ["model", "format", "batch", "greedy match", "cache", "low-bit weights", "mean KL", "top-1", "TTFT ms",
@@ -45,13 +45,6 @@ def _versus_baseline(checks: Sequence[Check]) -> str:
         "same" if compared else ""
 
 
-def _status(checks: Sequence[Check]) -> str:
-    judged = [c for c in checks if c.status != "reported"]
-    if any(c.failed for c in judged):
-        return "FAIL"
-    return "inconclusive" if any(c.status == "inconclusive" for c in judged) else "ok"
-
-
 def generation_cells(results: Sequence[Result]) -> tuple[list[str], list[list[str]]]:
     """Titles and cells: a row per decoder format and batch size (a failed or skipped format without figures,
     one row with its status)."""
@@ -73,7 +66,7 @@ def generation_cells(results: Sequence[Result]) -> tuple[list[str], list[list[st
                 _cell(_measured(checks, "ttft_ms"), ".2f"), _cell(_measured(checks, "itl_p50_ms"), ".3f"),
                 _cell(_measured(checks, "decode_tokens_per_s"), ".0f"),
                 "" if size is None or size.value is None else human_size(int(size.value)),
-                _versus_baseline(checks), "FAIL" if result.failed_tests else _status(checks + general)])
+                _versus_baseline(checks), "FAIL" if result.failed_tests else checks_status(checks + general) or "ok"])
     return TITLES, cells
 
 
